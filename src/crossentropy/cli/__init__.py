@@ -1,0 +1,46 @@
+"""The ``crossentropy`` command. It contains no logic: every subcommand calls the public API.
+
+Exit codes: 0 success, 1 bad data (one line on stderr, no traceback), 2 usage.
+Each subcommand lives in its own module exposing ``register(subparsers)``, which adds
+its parser and sets ``func`` to a callable taking the parsed namespace and returning
+an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from crossentropy import __version__
+
+_SUBCOMMAND_MODULES = ("_tour", "_measure", "_coding")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="crossentropy",
+        description="Cross-entropy, exactly: measures in bits, entropy coders, and the seed's tour.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _SUBCOMMAND_MODULES:
+        importlib.import_module(f"crossentropy.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, OSError) as error:
+        print(f"crossentropy {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"crossentropy {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Training losses on torch tensors. Importing this module is the opt-in to torch."""

@@ -1,0 +1,1 @@
+"""The seed's walkthrough, reproduced and corrected."""
