@@ -7,6 +7,7 @@ ratios, so that the numbers survive a change of machine. Results go to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -38,15 +39,13 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     for module in ("numpy", "scipy", "torch", "constriction"):
-        try:
+        with contextlib.suppress(ImportError, AttributeError):
             facts[module] = __import__(module).__version__
-        except (ImportError, AttributeError):
-            pass
     return facts
 
 
 def best_time(fn: Callable[[], object], *, repeat: int = 3, warmup: int = 1) -> float:
-    """The best wall time of ``repeat`` calls of ``fn`` after ``warmup`` untimed calls, in seconds."""
+    """The best wall time of ``repeat`` calls of ``fn`` after ``warmup`` untimed calls (s)."""
     for _ in range(warmup):
         fn()
     times = []

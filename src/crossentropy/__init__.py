@@ -11,6 +11,6 @@ from crossentropy._errors import DecodeError
 
 __version__ = "0.1.0"
 
-from crossentropy import coding, info  # noqa: E402
+from crossentropy import coding, info
 
 __all__ = ["DecodeError", "__version__", "coding", "info"]

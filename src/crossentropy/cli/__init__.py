@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="crossentropy",
-        description="Cross-entropy, exactly: measures in bits, entropy coders, and the seed's tour.",
+        description="Cross-entropy, exactly: measures in bits, entropy coders, the seed's tour.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
