@@ -1,0 +1,301 @@
+"""Per-row softmax cross-entropy on a 2-D block of logits: loss, log-sum-exp, gradient.
+
+This is the computation every loss in :mod:`crossentropy.losses` shares. It takes a block
+of logits of shape (n, V) whose rows all count (the caller removes or masks ignored
+tokens) and returns, per row, the loss, the log-sum-exp and optionally the entropy of the
+predicted distribution, and optionally the gradient of ``sum_i grad_scale_i * loss_i``
+with respect to the block.
+
+The block is processed a few rows at a time so that each slice of rows stays in cache
+while it is visited several times; every operation on a slice is one of torch's
+multithreaded kernels, in place where possible. Per slice: the row maximum, the target
+logit and (with smoothing) a weighted row sum are read first, then torch's fused softmax
+is written straight into the gradient buffer, which is then scaled and corrected in place.
+The log-sum-exp comes for free from the softmax: at the row's arg-max the probability is
+``exp(m - lse) = 1 / sum_c exp(z_c - m)``, so ``lse = m - log(max_c p_c)``, accurate
+because that probability is at least ``1 / V``. Half-precision logits are converted to
+float32 one slice at a time; the gradient is written in the logits' dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+_SLICE_ELEMENTS = 1 << 18  # about 1 MiB of float32 per row slice: fits in a core's L2 cache
+
+
+class RowTerms(NamedTuple):
+    """What :func:`cross_entropy_rows` returns; ``entropy`` and ``grad`` may be None.
+
+    Attributes:
+        loss: (n,) per-row loss in units of ``base`` (float32; float64 for float64 logits).
+        logsumexp: (n,) per-row ``log(sum_c exp(z_c))`` of the (soft-capped) logits, in nats,
+            same dtype as ``loss``.
+        entropy: (n,) entropy of ``softmax(z)`` per row in units of ``base``, or None when not
+            requested.
+        grad: (n, V) gradient of ``sum_i grad_scale_i * loss_i`` with respect to the logits,
+            in the logits' dtype, or None when ``grad_scale`` is None.
+    """
+
+    loss: torch.Tensor
+    logsumexp: torch.Tensor
+    entropy: torch.Tensor | None
+    grad: torch.Tensor | None
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernel computes in for logits of ``dtype``: float64 stays, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def default_slice_rows(num_classes: int) -> int:
+    """Rows per slice for a vocabulary of ``num_classes``: about 1 MiB of float32, and at
+    least as many rows as torch has threads (the fused softmax parallelises over rows)."""
+    return max(torch.get_num_threads(), _SLICE_ELEMENTS // max(num_classes, 1))
+
+
+def cross_entropy_rows(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    base: float = math.e,
+    grad_scale: torch.Tensor | float | None = None,
+    out: torch.Tensor | None = None,
+    with_entropy: bool = False,
+    slice_rows: int | None = None,
+) -> RowTerms:
+    """Softmax cross-entropy per row of a logits block, with its gradient if asked.
+
+    With ``z = softcap * tanh(logits / softcap)`` (or ``z = logits``), ``lse = log sum_c
+    exp(z_c)``, ``p = softmax(z)``, class weights ``w`` (ones when None), ``W = sum_c w_c``,
+    smoothing ``eps`` and ``ln_b = log(base)``, the loss of row ``i`` is
+
+    - class-index targets ``y`` (torch's formula, per token, before any reduction)::
+
+          loss = [(1 - eps) w_y (lse - z_y) + (eps / V) sum_c w_c (lse - z_c)
+                  + z_loss * w_y * lse**2] / ln_b
+
+    - class-probability targets ``t`` (smoothed to ``t' = (1 - eps) t + eps / V``, weighted
+      ``q = w * t'``)::
+
+          loss = [sum_c q_c (lse - z_c) + z_loss * lse**2] / ln_b
+
+    The z-loss term carries the token's class weight ``w_y`` for index targets, so that a
+    weighted mean weighs each token's whole loss alike; probability targets have no single
+    class and their z-loss term is unweighted. The gradient with respect to ``z`` is
+    ``[(a + 2 z_loss w_y lse) p - (1 - eps) w_y onehot(y) - (eps / V) w] / ln_b`` with
+    ``a = (1 - eps) w_y + (eps / V) W`` (index targets) or ``[(sum_c q_c + 2 z_loss lse) p
+    - q] / ln_b`` (probability targets); with soft-capping it is multiplied by
+    ``1 - tanh(logits / softcap)**2``. Every row of ``targets`` must be a valid class: the
+    kernel does not know ``ignore_index``.
+
+    Args:
+        logits: (n, V) floating-point logits (float64, float32, bfloat16 or float16).
+        targets: (n,) integer class indices in [0, V), or (n, V) floating-point class
+            probabilities.
+        weight: (V,) nonnegative class weights, or None.
+        label_smoothing: Smoothing ``eps`` in [0, 1].
+        z_loss: Coefficient of the per-row ``lse**2`` penalty, >= 0.
+        softcap: Soft-capping constant > 0, or None.
+        base: Logarithm base of ``loss``, ``entropy`` and ``grad`` (``math.e``: nats).
+        grad_scale: None for no gradient; else a scalar or an (n,) tensor of per-row factors
+            ``s_i``: the gradient returned is that of ``sum_i s_i * loss_i``.
+        out: Optional (n, V) tensor of the logits' dtype to write the gradient into; it may
+            be ``logits`` itself, whose values are then overwritten by the gradient (the
+            memory of one block instead of two). Without it a new tensor is allocated.
+        with_entropy: Also return the entropy of ``softmax(z)`` per row.
+        slice_rows: Rows processed together (default :func:`default_slice_rows`).
+
+    Returns:
+        :class:`RowTerms` ``(loss, logsumexp, entropy, grad)``; loss and entropy in units of
+        ``base``, log-sum-exp in nats; per-row results in float32 (float64 for float64
+        logits), the gradient in the logits' dtype.
+
+    Raises:
+        ValueError: ``logits`` not 2-D, or ``targets``/``weight``/``grad_scale``/``out`` of a
+            shape that does not match it.
+
+    Examples:
+        >>> import torch
+        >>> logits = torch.tensor([[2.0, 0.0, -1.0]], dtype=torch.float64)
+        >>> terms = cross_entropy_rows(logits, torch.tensor([0]), grad_scale=1.0)
+        >>> expected = torch.nn.functional.cross_entropy(logits, torch.tensor([0]))
+        >>> bool(torch.allclose(terms.loss[0], expected))
+        True
+        >>> bool(torch.allclose(terms.grad, torch.softmax(logits, 1) - torch.tensor([1, 0, 0])))
+        True
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"`logits` must be 2-D (n, V); got shape {tuple(logits.shape)}")
+    n, num_classes = logits.shape
+    probs = targets.is_floating_point()
+    if probs:
+        if targets.shape != logits.shape:
+            raise ValueError(
+                f"`targets` (probabilities) must have the logits' shape {tuple(logits.shape)}; "
+                f"got {tuple(targets.shape)}"
+            )
+    elif targets.shape != (n,):
+        raise ValueError(f"`targets` must have shape ({n},); got {tuple(targets.shape)}")
+    if weight is not None and weight.shape != (num_classes,):
+        raise ValueError(f"`weight` must have shape ({num_classes},); got {tuple(weight.shape)}")
+    if out is not None and (out.shape != logits.shape or out.dtype != logits.dtype):
+        raise ValueError(
+            f"`out` must have the logits' shape {tuple(logits.shape)} and dtype {logits.dtype}; "
+            f"got {tuple(out.shape)} and {out.dtype}"
+        )
+
+    device = logits.device
+    acc = accumulation_dtype(logits.dtype)
+    want_grad = grad_scale is not None
+    eps = float(label_smoothing)
+    zl = float(z_loss)
+    inv_ln_b = 1.0 / math.log(base)
+    logits = logits if logits.is_contiguous() else logits.contiguous()
+    if weight is not None:
+        weight = weight.to(device=device, dtype=acc)
+
+    # Per-row results, filled slice by slice.
+    row_max = torch.empty(n, dtype=acc, device=device)
+    neg_log_pmax = torch.empty(n, dtype=acc, device=device)  # log sum_c exp(z_c - m) >= 0
+    entropy = torch.empty(n, dtype=acc, device=device) if with_entropy else None
+    if probs:
+        q_sum = torch.empty(n, dtype=acc, device=device)  # sum_c q_c
+        q_dot_z = torch.empty(n, dtype=acc, device=device)  # sum_c q_c z_c
+    else:
+        y = targets.to(device=device, dtype=torch.long)
+        z_target = torch.empty(n, dtype=acc, device=device)
+        w_target = weight[y] if weight is not None else None
+        w_dot_z = torch.empty(n, dtype=acc, device=device) if eps > 0 else None
+    if want_grad:
+        # Every per-row factor as an (n,) vector: the gradient is of sum_i scale_i * loss_i.
+        scale = torch.as_tensor(grad_scale, dtype=acc, device=device)
+        if scale.dim() > 1 or (scale.dim() == 1 and scale.shape != (n,)):
+            raise ValueError(
+                f"`grad_scale` must be a scalar or have shape ({n},); got {tuple(scale.shape)}"
+            )
+        scale = (scale * inv_ln_b).expand(n).contiguous()
+        grad = out if out is not None else torch.empty_like(logits)
+        if not probs:
+            # Coefficients that do not depend on lse, for all rows at once.
+            if weight is None:
+                p_coef = scale
+                target_coef = (1.0 - eps) * scale
+                z_coef = (2.0 * zl) * scale
+            else:
+                p_coef = ((1.0 - eps) * w_target + (eps / num_classes) * weight.sum()) * scale
+                target_coef = (1.0 - eps) * w_target * scale
+                z_coef = (2.0 * zl) * w_target * scale
+            neg_target_coef = (-target_coef).reshape(n, 1)
+            smooth_coef = (eps / num_classes) * scale
+    else:
+        grad = None
+
+    rows = slice_rows or default_slice_rows(num_classes)
+    need_z_buf = softcap is not None or logits.dtype != acc
+    need_p_buf = not want_grad or grad.dtype != acc
+    z_buf = torch.empty(min(rows, n), num_classes, dtype=acc, device=device) if need_z_buf else None
+    t_buf = z_buf.new_empty(z_buf.shape) if softcap is not None else None
+    p_buf = torch.empty(min(rows, n), num_classes, dtype=acc, device=device) if need_p_buf else None
+    q_buf = torch.empty(min(rows, n), num_classes, dtype=acc, device=device) if probs else None
+
+    for r0 in range(0, n, rows):
+        r1 = min(r0 + rows, n)
+        b = r1 - r0
+        xb = logits[r0:r1]
+        # z: the logits after soft-capping, in the accumulation dtype.
+        if softcap is not None:
+            tanh_b = t_buf[:b]
+            tanh_b.copy_(xb)
+            tanh_b.div_(softcap).tanh_()
+            zb = torch.mul(tanh_b, softcap, out=z_buf[:b])
+        elif need_z_buf:
+            zb = z_buf[:b]
+            zb.copy_(xb)
+        else:
+            zb = xb
+        torch.amax(zb, 1, out=row_max[r0:r1])
+        if probs:
+            qb = q_buf[:b]
+            qb.copy_(targets[r0:r1])
+            if eps > 0:
+                qb.mul_(1.0 - eps).add_(eps / num_classes)
+            if weight is not None:
+                qb.mul_(weight)
+            torch.sum(qb, 1, out=q_sum[r0:r1])
+            torch.linalg.vecdot(qb, zb, out=q_dot_z[r0:r1])
+        else:
+            yb = y[r0:r1].reshape(b, 1)
+            torch.gather(zb, 1, yb, out=z_target[r0:r1].reshape(b, 1))
+            if w_dot_z is not None:
+                if weight is None:
+                    torch.sum(zb, 1, out=w_dot_z[r0:r1])
+                else:
+                    torch.mv(zb, weight, out=w_dot_z[r0:r1])
+        pb = p_buf[:b] if need_p_buf else grad[r0:r1]
+        torch.softmax(zb, 1, out=pb)
+        pmax = neg_log_pmax[r0:r1]
+        torch.amax(pb, 1, out=pmax)
+        pmax.log_().neg_()
+        if entropy is not None:
+            torch.sum(torch.special.entr(pb), 1, out=entropy[r0:r1])
+        if not want_grad:
+            continue
+        # Gradient of the slice, in place over the softmax.
+        scale_b = scale[r0:r1]
+        if probs:
+            coef = q_sum[r0:r1]
+            if zl > 0:
+                coef = coef + (2.0 * zl) * (row_max[r0:r1] + neg_log_pmax[r0:r1])
+            pb.mul_((coef * scale_b).reshape(b, 1))
+            qb.mul_(scale_b.reshape(b, 1))
+            pb.sub_(qb)
+        else:
+            coef = p_coef[r0:r1]
+            if zl > 0:
+                coef = coef + z_coef[r0:r1] * (row_max[r0:r1] + neg_log_pmax[r0:r1])
+            pb.mul_(coef.reshape(b, 1))
+            pb.scatter_add_(1, yb, neg_target_coef[r0:r1])
+            if eps > 0:
+                if weight is None:
+                    pb.sub_(smooth_coef[r0:r1].reshape(b, 1))
+                else:
+                    pb.addr_(smooth_coef[r0:r1], weight, alpha=-1.0)
+        if softcap is not None:
+            tanh_b.mul_(tanh_b)
+            pb.addcmul_(pb, tanh_b, value=-1.0)
+        if need_p_buf:
+            grad[r0:r1].copy_(pb)
+
+    lse = row_max + neg_log_pmax
+    if probs:
+        # sum_c q_c (lse - z_c) = (sum_c q_c) lse - sum_c q_c z_c
+        loss = q_sum * lse - q_dot_z
+        if zl > 0:
+            loss = loss + zl * lse.square()
+    else:
+        nll = (row_max - z_target) + neg_log_pmax  # lse - z_y, without cancellation
+        w_y = w_target
+        loss = (1.0 - eps) * (nll * w_y if w_y is not None else nll)
+        if eps > 0:
+            total_w = weight.sum() if weight is not None else float(num_classes)
+            # sum_c w_c (lse - z_c) = W lse - sum_c w_c z_c
+            loss = loss + (eps / num_classes) * (total_w * lse - w_dot_z)
+        if zl > 0:
+            zterm = zl * lse.square()
+            loss = loss + (zterm * w_y if w_y is not None else zterm)
+    if inv_ln_b != 1.0:
+        loss = loss * inv_ln_b
+        if entropy is not None:
+            entropy = entropy * inv_ln_b
+    return RowTerms(loss, lse, entropy, grad)
+
+
+__all__ = ["RowTerms", "accumulation_dtype", "cross_entropy_rows", "default_slice_rows"]

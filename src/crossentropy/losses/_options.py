@@ -1,0 +1,135 @@
+"""Validation of the options shared by every loss in :mod:`crossentropy.losses`.
+
+One function, :func:`check_options`, checks the keyword options that ``cross_entropy``,
+``linear_cross_entropy`` and ``vocab_parallel_cross_entropy`` have in common, so that each
+loss rejects bad options with the same words. Every check here is on Python scalars or on
+the shape and dtype of the class-weight tensor; the one value check on a tensor (the class
+weights being nonnegative and finite) forces a device synchronisation and is skipped with
+``validate=False``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Literal, get_args
+
+import torch
+
+Reduction = Literal["mean", "sum", "none"]
+"""The reductions every loss accepts: ``"mean"``, ``"sum"`` or ``"none"`` (per token)."""
+
+REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_options(
+    *,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    base: float,
+    weight: torch.Tensor | None,
+    num_classes: int,
+    ignore_index: int,
+    validate: bool = True,
+) -> None:
+    """Check the shared loss options; return nothing or raise naming the option.
+
+    The rules:
+
+    - ``reduction`` is one of ``"mean"``, ``"sum"``, ``"none"``.
+    - ``label_smoothing`` is a real number in [0, 1].
+    - ``z_loss`` is a real number, finite and >= 0.
+    - ``softcap`` is None or a real number, finite and > 0.
+    - ``base`` is a real number, finite, > 0 and != 1.
+    - ``ignore_index`` is an int (a Python int or an integer scalar; not a bool).
+    - ``weight`` is None or a floating-point tensor of shape (V,) with ``V = num_classes``;
+      with ``validate=True`` its entries are also checked to be finite and >= 0 (this reads
+      the tensor's values, a device synchronisation on accelerators).
+
+    Args:
+        reduction: How per-token losses are combined.
+        label_smoothing: Smoothing weight epsilon of torch's label smoothing.
+        z_loss: Coefficient of the ``logsumexp(logits)**2`` penalty per token.
+        softcap: Soft-capping constant ``c`` in ``c * tanh(logits / c)``, or None.
+        base: Logarithm base of the loss (``math.e`` for nats, 2 for bits).
+        weight: Class weights, shape (V,), or None.
+        num_classes: V, the number of classes (size of the class dimension of the logits).
+        ignore_index: Target value whose tokens are skipped.
+        validate: Whether to run the value check on ``weight`` that reads tensor values.
+
+    Raises:
+        ValueError: An option with a bad value or a weight of the wrong shape, with a message
+            "`name` must <rule>; got <seen>".
+        TypeError: An option of the wrong type (a string base, a float ignore_index, a weight
+            that is not a floating-point tensor).
+
+    Examples:
+        >>> check_options(reduction="mean", label_smoothing=0.1, z_loss=0.0, softcap=None,
+        ...               base=2, weight=None, num_classes=10, ignore_index=-100)
+        >>> check_options(reduction="avg", label_smoothing=0.0, z_loss=0.0, softcap=None,
+        ...               base=2, weight=None, num_classes=10, ignore_index=-100)
+        Traceback (most recent call last):
+        ...
+        ValueError: `reduction` must be one of 'mean', 'sum', 'none'; got 'avg'
+    """
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        allowed = ", ".join(repr(r) for r in REDUCTIONS)
+        raise ValueError(f"`reduction` must be one of {allowed}; got {reduction!r}")
+
+    if not _is_real(label_smoothing):
+        raise TypeError(
+            f"`label_smoothing` must be a real number; got {type(label_smoothing).__name__}"
+        )
+    if not 0.0 <= float(label_smoothing) <= 1.0:  # also rejects NaN
+        raise ValueError(f"`label_smoothing` must be in [0, 1]; got {label_smoothing!r}")
+
+    if not _is_real(z_loss):
+        raise TypeError(f"`z_loss` must be a real number; got {type(z_loss).__name__}")
+    if not (math.isfinite(float(z_loss)) and float(z_loss) >= 0.0):
+        raise ValueError(f"`z_loss` must be finite and >= 0; got {z_loss!r}")
+
+    if softcap is not None:
+        if not _is_real(softcap):
+            raise TypeError(
+                f"`softcap` must be None or a real number; got {type(softcap).__name__}"
+            )
+        if not (math.isfinite(float(softcap)) and float(softcap) > 0.0):
+            raise ValueError(
+                f"`softcap` must be None or a finite number > 0; got {softcap!r}; "
+                "pass softcap=None to turn soft-capping off"
+            )
+
+    if not _is_real(base):
+        raise TypeError(f"`base` must be a real number; got {type(base).__name__}")
+    if not (math.isfinite(float(base)) and float(base) > 0.0 and float(base) != 1.0):
+        raise ValueError(
+            f"`base` must be finite, > 0 and != 1; got {base!r}; use math.e for nats, 2 for bits"
+        )
+
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"`ignore_index` must be an int; got {type(ignore_index).__name__}")
+
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"`weight` must be None or a torch.Tensor; got {type(weight).__name__}")
+        if not weight.is_floating_point():
+            raise TypeError(f"`weight` must be a floating-point tensor; got dtype {weight.dtype}")
+        if weight.dim() != 1 or weight.shape[0] != num_classes:
+            raise ValueError(
+                f"`weight` must have shape ({num_classes},), one entry per class; "
+                f"got shape {tuple(weight.shape)}"
+            )
+        if validate and not bool(torch.isfinite(weight).all() and (weight >= 0).all()):
+            bad = weight[~(torch.isfinite(weight) & (weight >= 0))]
+            raise ValueError(
+                f"`weight` must be finite and >= 0; got {bad[0].item()!r} among its entries"
+            )
+
+
+__all__ = ["REDUCTIONS", "Reduction", "check_options"]
