@@ -1,0 +1,224 @@
+"""Parity of `losses.cross_entropy` with torch's F.cross_entropy and the float64 reference.
+
+A seeded grid over every option torch has (target kind and shape, reduction, class weights,
+ignore_index, label smoothing), forward values and gradients, float64 to 1e-10; then the
+options torch lacks (z-loss, soft-capping, base) against the loop reference and gradcheck.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from crossentropy.losses import CrossEntropyLoss, cross_entropy
+from tests.losses.reference_losses import reference_cross_entropy
+
+TOL = 1e-10
+C = 7
+# logits shapes: (C), (N, C), (N, C, d1, d2)
+SHAPES = [(C,), (5, C), (3, C, 2, 3)]
+
+
+def _token_shape(shape):
+    return () if len(shape) == 1 else (shape[0], *shape[2:])
+
+
+def _make_inputs(shape, kind, ignore_index, seed):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=gen, dtype=torch.float64) * 3
+    if kind == "index":
+        targets = torch.randint(0, C, _token_shape(shape), generator=gen)
+        if targets.dim() > 0:  # ignore about a third of the tokens (not all)
+            flat = targets.view(-1)
+            flat[1::3] = ignore_index
+    else:
+        class_dim = 0 if len(shape) == 1 else 1
+        targets = torch.softmax(torch.randn(shape, generator=gen, dtype=torch.float64), class_dim)
+    return logits, targets
+
+
+def _weight(seed):
+    gen = torch.Generator().manual_seed(seed + 1000)
+    return torch.rand(C, generator=gen, dtype=torch.float64) + 0.1
+
+
+INDEX_GRID = list(
+    itertools.product(SHAPES, ["mean", "sum", "none"], [False, True], [-100, 2], [0.0, 0.3])
+)
+PROBS_GRID = list(itertools.product(SHAPES, ["mean", "sum", "none"], [False, True], [0.0, 0.3]))
+
+
+def _grads(fn, logits, targets, probs_grad):
+    x = logits.clone().requires_grad_()
+    t = targets.clone().requires_grad_() if probs_grad else targets
+    loss = fn(x, t)
+    # A fixed, non-trivial upstream gradient so that backward's scaling is exercised.
+    upstream = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).reshape(loss.shape)
+    (loss * upstream).sum().backward()
+    return loss.detach(), x.grad, (t.grad if probs_grad else None)
+
+
+@pytest.mark.parametrize(
+    ("shape", "reduction", "weighted", "ignore_index", "smoothing"), INDEX_GRID
+)
+def test_parity_index_targets(shape, reduction, weighted, ignore_index, smoothing):
+    seed = INDEX_GRID.index((shape, reduction, weighted, ignore_index, smoothing))
+    logits, targets = _make_inputs(shape, "index", ignore_index, seed)
+    weight = _weight(seed) if weighted else None
+    options = {
+        "weight": weight,
+        "ignore_index": ignore_index,
+        "reduction": reduction,
+        "label_smoothing": smoothing,
+    }
+    ours = _grads(lambda x, t: cross_entropy(x, t, **options), logits, targets, False)
+    theirs = _grads(lambda x, t: F.cross_entropy(x, t, **options), logits, targets, False)
+    torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=TOL)
+    torch.testing.assert_close(ours[1], theirs[1], rtol=0, atol=TOL)
+    # The loop reference agrees too (gradient of the plain sum of the loss).
+    ref_loss, ref_grad = reference_cross_entropy(
+        logits.numpy(),
+        targets.numpy(),
+        weight=None if weight is None else weight.numpy(),
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=smoothing,
+    )
+    np.testing.assert_allclose(ours[0].numpy(), ref_loss, rtol=0, atol=TOL)
+    x = logits.clone().requires_grad_()
+    cross_entropy(x, targets, **options).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), ref_grad, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize(("shape", "reduction", "weighted", "smoothing"), PROBS_GRID)
+def test_parity_probability_targets(shape, reduction, weighted, smoothing):
+    seed = 500 + PROBS_GRID.index((shape, reduction, weighted, smoothing))
+    logits, targets = _make_inputs(shape, "probs", -100, seed)
+    weight = _weight(seed) if weighted else None
+    options = {"weight": weight, "reduction": reduction, "label_smoothing": smoothing}
+    ours = _grads(lambda x, t: cross_entropy(x, t, **options), logits, targets, True)
+    theirs = _grads(lambda x, t: F.cross_entropy(x, t, **options), logits, targets, True)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOL)
+    ref_loss, _ = reference_cross_entropy(
+        logits.numpy(),
+        targets.numpy(),
+        weight=None if weight is None else weight.numpy(),
+        reduction=reduction,
+        label_smoothing=smoothing,
+    )
+    np.testing.assert_allclose(ours[0].numpy(), ref_loss, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_module_matches_function_and_torch_module(reduction):
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, C, 4, generator=gen, dtype=torch.float64)
+    targets = torch.randint(0, C, (6, 4), generator=gen)
+    weight = _weight(3)
+    ours = CrossEntropyLoss(weight, reduction=reduction, label_smoothing=0.2, ignore_index=1)
+    theirs = torch.nn.CrossEntropyLoss(
+        weight, reduction=reduction, label_smoothing=0.2, ignore_index=1
+    )
+    torch.testing.assert_close(ours(logits, targets), theirs(logits, targets), rtol=0, atol=TOL)
+    assert "label_smoothing=0.2" in repr(ours)
+    assert "weight" in dict(ours.named_buffers())
+
+
+def test_uint8_targets_accepted_like_torch():
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(4, C, generator=gen, dtype=torch.float64)
+    targets = torch.tensor([0, 3, 6, 2], dtype=torch.uint8)
+    torch.testing.assert_close(
+        cross_entropy(logits, targets), F.cross_entropy(logits, targets), rtol=0, atol=TOL
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The options torch does not have: z-loss, soft-capping, base.
+
+EXTRA_GRID = list(
+    itertools.product(
+        ["index", "probs"],
+        ["mean", "sum", "none"],
+        [0.0, 1e-2],  # z_loss
+        [None, 2.5],  # softcap
+        [math.e, 2.0],  # base
+    )
+)
+
+
+@pytest.mark.parametrize(("kind", "reduction", "z_loss", "softcap", "base"), EXTRA_GRID)
+def test_extras_against_reference(kind, reduction, z_loss, softcap, base):
+    seed = 900 + EXTRA_GRID.index((kind, reduction, z_loss, softcap, base))
+    logits, targets = _make_inputs((4, C, 3), kind, -100, seed)
+    weight = _weight(seed)
+    options = {
+        "weight": weight,
+        "reduction": reduction,
+        "label_smoothing": 0.1,
+        "z_loss": z_loss,
+        "softcap": softcap,
+        "base": base,
+    }
+    x = logits.clone().requires_grad_()
+    loss = cross_entropy(x, targets, **options)
+    loss.sum().backward()
+    ref_loss, ref_grad = reference_cross_entropy(
+        logits.numpy(), targets.numpy(), **{**options, "weight": weight.numpy()}
+    )
+    np.testing.assert_allclose(loss.detach().numpy(), ref_loss, rtol=0, atol=TOL)
+    np.testing.assert_allclose(x.grad.numpy(), ref_grad, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"z_loss": 0.05},
+        {"softcap": 1.5},
+        {"label_smoothing": 0.3, "weight": "w"},
+        {"z_loss": 0.05, "softcap": 1.5, "label_smoothing": 0.2, "weight": "w", "base": 2.0},
+    ],
+)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_gradcheck_extras(options, reduction, kind):
+    logits, targets = _make_inputs((4, 5), kind, -100, 77)
+    if kind == "index":
+        targets = targets.clamp(0, 4)
+    else:
+        targets = torch.softmax(torch.randn(4, 5, dtype=torch.float64), 1)
+    opts = dict(options, reduction=reduction)
+    if opts.get("weight") == "w":
+        opts["weight"] = torch.rand(5, dtype=torch.float64) + 0.1
+    x = logits.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: cross_entropy(v, targets, **opts), (x,))
+    if kind == "probs":
+        t = targets.clone().requires_grad_()
+        fn = lambda v: cross_entropy(logits, v, **opts, validate=False)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (t,))
+
+
+def test_retain_graph_second_backward_and_scaled_upstream():
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randn(5, C, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, C, (5,), generator=gen)
+    loss = cross_entropy(logits, targets, label_smoothing=0.1)
+    loss.backward(retain_graph=True)
+    first = logits.grad.clone()
+    (3 * loss).backward()  # upstream 3: accumulates 3x the gradient
+    torch.testing.assert_close(logits.grad, 4 * first, rtol=0, atol=TOL)
+
+
+def test_no_grad_and_targets_without_grad():
+    logits = torch.randn(3, C, dtype=torch.float64)
+    targets = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        value = cross_entropy(logits.requires_grad_(), targets)
+    assert not value.requires_grad
+    torch.testing.assert_close(value, F.cross_entropy(logits, targets), rtol=0, atol=TOL)
