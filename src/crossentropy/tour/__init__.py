@@ -1,1 +1,105 @@
-"""The seed's walkthrough, reproduced and corrected."""
+"""The seed's walkthrough, reproduced and corrected: ``crossentropy tour``.
+
+The tour follows the seed (``SEED.md``) section by section: information, codes, entropy,
+the two prize boxes, the term −x log2 x, cross-entropy and the KL gap, cross-entropy as a
+loss and in classification, soft targets, then a real classifier trained with
+:class:`crossentropy.losses.CrossEntropyLoss`. Every number is computed by
+:mod:`crossentropy.info` (or the loss), rounded as the seed rounds it, and the seed's
+errata are printed beside the corrected values. Figures are saved as PNG files.
+
+Needs the ``demo`` extra (torch, scikit-learn, matplotlib, rich).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Literal, TextIO
+
+from crossentropy.tour._classifier import DigitsResult, classifier_section, train_digits_classifier
+from crossentropy.tour._report import Erratum, Figure, Section, Table, Text, Tour
+from crossentropy.tour._seed import (
+    boxes_section,
+    classification_section,
+    cross_entropy_section,
+    entropy_section,
+    entropy_tables_section,
+    information_section,
+    loss_section,
+    soft_targets_section,
+    summary_section,
+    term_section,
+    why_section,
+)
+
+__all__ = [
+    "DigitsResult",
+    "Erratum",
+    "Figure",
+    "Section",
+    "Table",
+    "Text",
+    "Tour",
+    "classifier_section",
+    "run_tour",
+    "train_digits_classifier",
+]
+
+
+def run_tour(
+    out: str | pathlib.Path = "tour-output",
+    *,
+    train: bool = True,
+    epochs: int = 20,
+    seed: int = 0,
+    stream: TextIO | None = None,
+    style: Literal["auto", "rich", "plain"] = "auto",
+    quiet: bool = False,
+) -> Tour:
+    """Run the whole tour: print every section and save the figures into ``out``.
+
+    Args:
+        out: folder for the PNG figures (created if missing).
+        train: train the digits classifier (the section is skipped when False).
+        epochs: passes over the digits training split.
+        seed: seeds the classifier's split, initial weights and batch order.
+        stream: where the text goes; standard output when ``None``.
+        style: ``"rich"``, ``"plain"`` or ``"auto"`` (rich on a terminal).
+        quiet: print nothing; the returned record is complete all the same.
+
+    Returns:
+        The :class:`Tour` with the record of every section, table, erratum, figure and
+        exact value (``tour.values``).
+
+    Raises:
+        ValueError: ``epochs`` is negative or ``style`` unknown.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"`epochs` must be an integer >= 0; got {epochs!r}")
+    tour = Tour(out, stream=stream, style=style, quiet=quiet)
+    why_section(tour)
+    information_section(tour)
+    _coding(tour)
+    entropy_section(tour)
+    boxes_section(tour)
+    term_section(tour)
+    entropy_tables_section(tour)
+    cross_entropy_section(tour)
+    loss_section(tour)
+    classification_section(tour)
+    soft_targets_section(tour)
+    if train:
+        classifier_section(tour, epochs=epochs, seed=seed)
+    summary_section(tour)
+    tour.listing()
+    return tour
+
+
+def _coding(tour: Tour) -> None:
+    """The coding section (codes for the four words), in its place after Information."""
+    try:
+        from crossentropy.tour._coding import coding_section
+    except ModuleNotFoundError as error:
+        if error.name != "crossentropy.tour._coding":
+            raise
+        return
+    coding_section(tour)
