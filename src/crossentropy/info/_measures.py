@@ -1,0 +1,444 @@
+"""The information measures: information, entropy, cross-entropy, KL and JS divergences."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from crossentropy.info import _blocked
+from crossentropy.info._validate import (
+    _check_entries,
+    _to_numpy,
+    as_float_array,
+    as_float_pair,
+    broadcast_shape,
+    check_axis,
+    check_base,
+    log_function,
+    validate_distribution,
+)
+
+__all__ = [
+    "binary_entropy",
+    "cross_entropy",
+    "entropy",
+    "information",
+    "js_divergence",
+    "kl_divergence",
+    "normalize",
+    "perplexity",
+]
+
+
+def _finish(result: Any) -> Any:
+    """NumPy 0-d results become NumPy scalars (``np.float64`` is a Python ``float``)."""
+    if isinstance(result, np.ndarray) and result.ndim == 0:
+        return result[()]
+    return result
+
+
+def _zero(xp: Any, like: Any) -> Any:
+    """A 0-d zero of ``like``'s dtype and device, for ``where``."""
+    return xp.zeros((), dtype=like.dtype, device=_device(like))
+
+
+def _device(x: Any) -> Any:
+    return array_api_compat.device(x)
+
+
+def _prepare_pair(p: Any, q: Any, axis: Any) -> tuple[Any, Any, Any, int]:
+    """Convert and check two distributions reduced along ``axis`` of their broadcast shape."""
+    xp, p, q = as_float_pair(p, q)
+    shape = broadcast_shape(p, q)
+    ax = check_axis(axis, len(shape), subject="`p` and `q` broadcast together")
+    for name, array in (("p", p), ("q", q)):
+        own = ax - (len(shape) - array.ndim)
+        if own >= 0 and array.shape[own] == shape[ax]:
+            validate_distribution(xp, array, name, own, axis_label=axis)
+        else:
+            validate_distribution(xp, xp.broadcast_to(array, shape), name, ax, axis_label=axis)
+    return xp, p, q, ax
+
+
+def _keep(result: Any, xp: Any, keepdims: bool, axis: int) -> Any:
+    return xp.expand_dims(result, axis=axis) if keepdims else result
+
+
+def information(p: Any, *, base: float = 2) -> Any:
+    """Information (surprisal) of events with probabilities ``p``: ``-log_base p``, elementwise.
+
+    The number of bits (for ``base=2``) that an ideal code spends on an event of
+    probability p: 1 bit for p = 1/2, 0 for a certain event, +inf for p = 0 (an impossible
+    event has no finite code).
+
+    Args:
+        p: probabilities in [0, 1], any shape; a NumPy array, a torch tensor, any array-API
+            array, or a Python number or sequence.
+        base: the logarithm's base: 2 for bits (default), ``math.e`` for nats.
+
+    Returns:
+        An array of ``p``'s shape, kind and device (a NumPy scalar for a 0-d NumPy result):
+        the information in bits (or units of ``base``). Integer and boolean input is
+        computed in the default float (float64 for NumPy).
+
+    Raises:
+        ValueError: an entry is NaN, infinite, negative or above 1; ``base`` is not a finite
+            number > 0 and != 1.
+        TypeError: ``p`` is not made of real numbers.
+
+    Examples:
+        The seed's information table (``SEED.md``): uniform words carry 2 bits, the
+        skewed distribution 1, 2.32, 2.32 and 3.32 bits.
+
+        >>> from crossentropy import info
+        >>> info.information([0.25, 0.5, 0.2, 0.1]).round(6).tolist()
+        [2.0, 1.0, 2.321928, 3.321928]
+        >>> print(info.information(0.5, base=4))
+        0.5
+
+    References:
+        C. E. Shannon, "A Mathematical Theory of Communication", Bell System Technical
+        Journal 27 (1948), section 6.
+    """
+    b = check_base(base)
+    xp, array = as_float_array(p, "p")
+    _check_entries(xp, array, "p", upper=1.0)
+    with np.errstate(divide="ignore"):
+        return _finish(0.0 - log_function(xp, b)(array))
+
+
+def entropy(p: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False) -> Any:
+    """Shannon entropy H(P) = -Σ p(x) log_base p(x) along ``axis``, with 0 · log 0 = 0.
+
+    The expected information of an outcome drawn from P, and the least average number of
+    bits per outcome any lossless code for P can reach (in the long run). It is 0 for a
+    certain outcome and log_base n for n equally likely outcomes, its maximum.
+
+    Args:
+        p: distributions along ``axis`` (entries >= 0 summing to 1), e.g. (N, V) for N
+            distributions over V outcomes; NumPy, torch, any array-API array, or a sequence.
+        axis: the axis of outcomes.
+        base: the logarithm's base: 2 for bits (default), ``math.e`` for nats.
+        keepdims: keep the reduced axis with length 1.
+
+    Returns:
+        The entropy in bits (or units of ``base``), of ``p``'s kind, device and floating
+        dtype, with ``axis`` removed (a NumPy scalar for one NumPy distribution).
+
+    Raises:
+        ValueError: ``p`` has a negative, NaN or infinite entry, a sum off 1 beyond the
+            dtype's tolerance (see ``info.normalize``), no outcomes along ``axis``; ``axis``
+            is out of range; ``base`` is not a finite number > 0 and != 1.
+        TypeError: ``p`` is not made of real numbers.
+
+    Examples:
+        The seed's word distribution and its two prize boxes (``SEED.md``):
+
+        >>> from crossentropy import info
+        >>> print(info.entropy([0.5, 0.2, 0.2, 0.1]))
+        1.7609640474436812
+        >>> info.entropy([[0.1, 0.2, 0.7], [0.3, 0.3, 0.4]]).round(3).tolist()
+        [1.157, 1.571]
+        >>> print(info.entropy([0.25, 0.25, 0.25, 0.25]))
+        2.0
+
+    References:
+        C. E. Shannon (1948), section 6; T. M. Cover and J. A. Thomas, "Elements of
+        Information Theory", 2nd ed., Wiley 2006, chapter 2.
+    """
+    b = check_base(base)
+    xp, array = as_float_array(p, "p")
+    ax = check_axis(axis, array.ndim, "p")
+    if _blocked.eligible(array, axis=ax):
+        result = _blocked.reduce_rows(array, None, base=b)
+        if result is not None:
+            return _finish(np.expand_dims(result, ax) if keepdims else result)
+    validate_distribution(xp, array, "p", ax, axis_label=axis)
+    log = log_function(xp, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = xp.where(array > 0, array * log(array), _zero(xp, array))
+        return _finish(0.0 - xp.sum(terms, axis=ax, keepdims=keepdims))
+
+
+def cross_entropy(
+    p: Any, q: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False
+) -> Any:
+    """Cross-entropy H(P, Q) = -Σ p(x) log_base q(x) along ``axis``; math order: P is the truth.
+
+    The average number of bits spent on data drawn from P by a code built for Q. Terms
+    with p(x) = 0 count 0 (whatever q(x) is); p(x) > 0 where q(x) = 0 gives +inf. It equals
+    H(P) + D(P‖Q), so it is at least H(P), with equality only when Q = P (Gibbs'
+    inequality). With a one-hot P it is the classification loss -log_base q(true class).
+
+    Args:
+        p: the true distributions along ``axis``, e.g. (N, V); NumPy, torch, any array-API
+            array, or a sequence.
+        q: the model's distributions, broadcastable with ``p``.
+        axis: the axis of outcomes in the broadcast shape.
+        base: the logarithm's base: 2 for bits (default), ``math.e`` for nats.
+        keepdims: keep the reduced axis with length 1.
+
+    Returns:
+        H(P, Q) in bits (or units of ``base``) with ``axis`` removed from the broadcast
+        shape; of the inputs' kind and device, in their common floating dtype.
+
+    Raises:
+        ValueError: ``p`` or ``q`` has a negative, NaN or infinite entry, a sum off 1, no
+            outcomes; the shapes don't broadcast; ``axis`` or ``base`` is invalid.
+        TypeError: an input is not made of real numbers, or the two are arrays of
+            different kinds (NumPy and torch).
+
+    Examples:
+        The seed's classification example: a cat (one-hot label) predicted as
+        [0.2, 0.7, 0.1] costs -log2 0.7 bits; the word distribution coded for uniform words
+        costs 2 bits per word (``SEED.md``).
+
+        >>> from crossentropy import info
+        >>> print(info.cross_entropy([0, 1, 0], [0.2, 0.7, 0.1]))
+        0.5145731728297583
+        >>> print(round(info.cross_entropy([0.5, 0.2, 0.2, 0.1], [0.25] * 4), 12))
+        2.0
+        >>> print(info.cross_entropy([0.5, 0.5], [1.0, 0.0]))
+        inf
+
+    References:
+        T. M. Cover and J. A. Thomas, "Elements of Information Theory", 2nd ed. (2006),
+        sections 2.3 and 5.4 (the cost of coding with the wrong distribution).
+    """
+    b = check_base(base)
+    xp, p_array, q_array = as_float_pair(p, q)
+    if p_array.shape == q_array.shape and p_array.ndim:
+        ax = check_axis(axis, p_array.ndim, subject="`p` and `q` broadcast together")
+        if _blocked.eligible(p_array, q_array, axis=ax):
+            result = _blocked.reduce_rows(p_array, q_array, base=b)
+            if result is not None:
+                return _finish(np.expand_dims(result, ax) if keepdims else result)
+    xp, p_array, q_array, ax = _prepare_pair(p_array, q_array, axis)
+    log = log_function(xp, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = xp.where(p_array > 0, p_array * log(q_array), _zero(xp, p_array))
+        return _finish(0.0 - xp.sum(terms, axis=ax, keepdims=keepdims))
+
+
+def _relative_terms(xp: Any, p: Any, q: Any, log: Any) -> Any:
+    """Elementwise p · log(p / q), 0 where p = 0, +inf where p > 0 = q (no overflow in p/q)."""
+    ratio = p / q
+    log_ratio = log(ratio)
+    overflow = xp.isinf(ratio) & (q > 0)
+    if bool(xp.any(overflow)):
+        log_ratio = xp.where(overflow, log(p) - log(q), log_ratio)
+    return xp.where(p > 0, p * log_ratio, _zero(xp, ratio))
+
+
+def kl_divergence(
+    p: Any, q: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False
+) -> Any:
+    """Kullback-Leibler divergence D(P‖Q) = Σ p(x) log_base(p(x) / q(x)) along ``axis``.
+
+    The extra bits per outcome paid for coding data from P with a code built for Q:
+    D(P‖Q) = H(P, Q) - H(P) >= 0, zero exactly when Q = P (computed as exactly 0.0). Terms
+    with p(x) = 0 count 0; p(x) > 0 where q(x) = 0 gives +inf. It is not symmetric. Each
+    term is p log(p/q), not a difference of two sums, so small divergences keep their
+    digits; rounding can still leave a value of order -1e-16 where the true value is 0.
+
+    Args:
+        p: the true distributions along ``axis``, e.g. (N, V).
+        q: the model's distributions, broadcastable with ``p``.
+        axis: the axis of outcomes in the broadcast shape.
+        base: the logarithm's base: 2 for bits (default), ``math.e`` for nats.
+        keepdims: keep the reduced axis with length 1.
+
+    Returns:
+        D(P‖Q) in bits (or units of ``base``), ``axis`` removed from the broadcast shape.
+
+    Raises:
+        ValueError: as :func:`cross_entropy`.
+        TypeError: as :func:`cross_entropy`.
+
+    Examples:
+        >>> from crossentropy import info
+        >>> p = [0.5, 0.2, 0.2, 0.1]
+        >>> print(info.kl_divergence(p, p))
+        0.0
+        >>> print(round(info.kl_divergence(p, [0.25] * 4), 12))  # 2 - H(P)
+        0.239035952556
+
+    References:
+        S. Kullback and R. A. Leibler, "On Information and Sufficiency", Annals of
+        Mathematical Statistics 22 (1951); Cover and Thomas (2006), section 2.3.
+    """
+    b = check_base(base)
+    xp, p_array, q_array, ax = _prepare_pair(p, q, axis)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        terms = _relative_terms(xp, p_array, q_array, log_function(xp, b))
+        return _finish(xp.sum(terms, axis=ax, keepdims=keepdims))
+
+
+def js_divergence(
+    p: Any, q: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False
+) -> Any:
+    """Jensen-Shannon divergence ½ D(P‖M) + ½ D(Q‖M) with M = (P + Q) / 2, along ``axis``.
+
+    Symmetric, always finite (M > 0 wherever P or Q is), between 0 and 1 bit (log_base 2
+    in general); 0 exactly when P = Q. This is the divergence itself, not its square root
+    (the Jensen-Shannon distance that ``scipy.spatial.distance.jensenshannon`` returns).
+
+    Args:
+        p: distributions along ``axis``, e.g. (N, V).
+        q: distributions broadcastable with ``p``.
+        axis: the axis of outcomes in the broadcast shape.
+        base: the logarithm's base: 2 for bits (default), ``math.e`` for nats.
+        keepdims: keep the reduced axis with length 1.
+
+    Returns:
+        JS(P, Q) in bits (or units of ``base``), ``axis`` removed from the broadcast shape.
+
+    Raises:
+        ValueError: as :func:`cross_entropy`.
+        TypeError: as :func:`cross_entropy`.
+
+    Examples:
+        >>> from crossentropy import info
+        >>> print(info.js_divergence([1, 0], [0, 1]))  # disjoint supports: the maximum
+        1.0
+        >>> print(info.js_divergence([0.5, 0.5], [0.5, 0.5]))
+        0.0
+
+    References:
+        J. Lin, "Divergence Measures Based on the Shannon Entropy", IEEE Transactions on
+        Information Theory 37 (1991).
+    """
+    b = check_base(base)
+    xp, p_array, q_array, ax = _prepare_pair(p, q, axis)
+    log = log_function(xp, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mixture = (p_array + q_array) * 0.5
+        terms = _relative_terms(xp, p_array, mixture, log) + _relative_terms(
+            xp, q_array, mixture, log
+        )
+        return _finish(xp.sum(terms, axis=ax, keepdims=keepdims) * 0.5)
+
+
+def binary_entropy(p: Any, *, base: float = 2) -> Any:
+    """Binary entropy h(p) = -p log_base p - (1 - p) log_base(1 - p), elementwise.
+
+    The entropy of a coin that shows heads with probability p: 0 at p = 0 and p = 1,
+    1 bit at p = 1/2, symmetric about 1/2. (This, not -p log p, is the "uncertainty of an
+    event" the seed describes; see ``SEED.md``, erratum 6.) ``log1p`` keeps the digits of
+    the second term for small p.
+
+    Args:
+        p: probabilities in [0, 1], any shape.
+        base: the logarithm's base: 2 for bits (default), ``math.e`` for nats.
+
+    Returns:
+        h(p) in bits (or units of ``base``), of ``p``'s shape, kind and device.
+
+    Raises:
+        ValueError: an entry is NaN, infinite, negative or above 1; ``base`` is invalid.
+        TypeError: ``p`` is not made of real numbers.
+
+    Examples:
+        >>> from crossentropy import info
+        >>> info.binary_entropy([0.0, 0.5, 1.0]).tolist()
+        [0.0, 1.0, 0.0]
+        >>> print(round(info.binary_entropy(0.1), 12))
+        0.468995593589
+
+    References:
+        Cover and Thomas (2006), section 2.1 (Example 2.1.1).
+    """
+    b = check_base(base)
+    xp, array = as_float_array(p, "p")
+    _check_entries(xp, array, "p", upper=1.0)
+    zero = _zero(xp, array)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        heads = xp.where(array > 0, array * xp.log(array), zero)
+        rest = 1.0 - array
+        tails = xp.where(rest > 0, rest * xp.log1p(-array), zero)
+        nats = 0.0 - (heads + tails)
+        result = nats if b == math.e else nats / math.log(b)
+    return _finish(result)
+
+
+def perplexity(p: Any, *, axis: int = -1) -> Any:
+    """Perplexity 2 ** H(P) (in bits; the same in every base): the effective number of outcomes.
+
+    A distribution with perplexity k is as hard to predict as k equally likely outcomes:
+    n for the uniform distribution over n, 1 for a certain outcome.
+
+    Args:
+        p: distributions along ``axis``, e.g. (N, V).
+        axis: the axis of outcomes.
+
+    Returns:
+        The perplexity (a count, no unit), ``axis`` removed, of ``p``'s kind and dtype.
+
+    Raises:
+        ValueError: as :func:`entropy`.
+        TypeError: as :func:`entropy`.
+
+    Examples:
+        >>> from crossentropy import info
+        >>> print(info.perplexity([0.25, 0.25, 0.25, 0.25]))
+        4.0
+        >>> print(round(info.perplexity([0.5, 0.2, 0.2, 0.1]), 6))
+        3.389245
+
+    References:
+        F. Jelinek, R. L. Mercer, L. R. Bahl and J. K. Baker, "Perplexity - a measure of the
+        difficulty of speech recognition tasks", JASA 62 (1977).
+    """
+    return _finish(2.0 ** entropy(p, axis=axis, base=2))
+
+
+def normalize(x: Any, *, axis: int = -1) -> Any:
+    """Scale non-negative weights ``x`` along ``axis`` so that they sum to 1: x / Σ x.
+
+    The explicit way to turn counts or weights into a distribution; the measures never do
+    it silently. Integer counts are converted to the default float.
+
+    Args:
+        x: finite, non-negative weights, with a positive sum along ``axis``.
+        axis: the axis of outcomes.
+
+    Returns:
+        Distributions of ``x``'s shape, kind and device (floating).
+
+    Raises:
+        ValueError: ``x`` has a negative, NaN or infinite entry, nothing along ``axis``, or a
+            slice along ``axis`` that is all zero; ``axis`` is out of range.
+        TypeError: ``x`` is not made of real numbers.
+
+    Examples:
+        The seed's message ``A B C A A D A B C A`` has counts 5, 2, 2, 1:
+
+        >>> from crossentropy import info
+        >>> info.normalize([5, 2, 2, 1]).tolist()
+        [0.5, 0.2, 0.2, 0.1]
+    """
+    xp, array = as_float_array(x, "x")
+    ax = check_axis(axis, array.ndim, "x")
+    if array.shape[ax] == 0:
+        raise ValueError(
+            f"`x` must have at least one entry along axis {axis}; got shape {tuple(array.shape)}"
+        )
+    _check_entries(xp, array, "x", upper=None)
+    totals = xp.sum(array, axis=ax, keepdims=True)
+    if math.prod(array.shape) and not bool(xp.all(totals > 0)):
+        zero_at = np.argwhere(~(_to_numpy(totals) > 0))[0]
+        index = tuple(int(i) for n, i in enumerate(zero_at) if n != ax)
+        where = f" at index {index}" if index else ""
+        raise ValueError(
+            f"`x` must have a positive sum along axis {axis} (a distribution needs some "
+            f"weight); got all zeros{where}"
+        )
+    if math.prod(array.shape) and bool(xp.any(xp.isinf(totals))):  # the sum overflowed
+        array = array / xp.max(array, axis=ax, keepdims=True)
+        totals = xp.sum(array, axis=ax, keepdims=True)
+    return array / totals
+
+

@@ -1,0 +1,353 @@
+"""Input checks for the information measures, reusable by the rest of the package.
+
+Every check raises ``ValueError`` (bad values or shapes) or ``TypeError`` (not real numbers)
+with the wording "`name` must <rule>; got <what was seen>", plus the fix where it helps.
+Nothing here changes a value: a distribution that does not sum to 1 is rejected, never
+normalised behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+__all__ = [
+    "as_float_array",
+    "as_float_pair",
+    "broadcast_shape",
+    "check_axis",
+    "check_base",
+    "check_distribution",
+    "check_probabilities",
+    "log_function",
+    "sum_tolerance",
+]
+
+
+def sum_tolerance(dtype: Any) -> float:
+    """How far from 1 a distribution's sum may be in ``dtype``: the square root of its epsilon.
+
+    That is 1.5e-8 for float64, 3.5e-4 for float32 and 0.031 for float16: far above the
+    rounding of a sum computed in the dtype, far below any real mistake (0.99 instead of 1).
+    """
+    return math.sqrt(float(np.finfo(_numpy_dtype(dtype)).eps))
+
+
+def _numpy_dtype(dtype: Any) -> np.dtype:
+    """The NumPy dtype matching a NumPy or torch floating dtype (by its name)."""
+    if isinstance(dtype, np.dtype):
+        return dtype
+    name = str(dtype).rsplit(".", 1)[-1]
+    try:
+        return np.dtype(name)
+    except TypeError:  # e.g. torch.bfloat16: no NumPy twin
+        return np.dtype(np.float32) if "bfloat16" in name else np.dtype(np.float64)
+
+
+def _describe(x: Any) -> str:
+    """A short description of a rejected input for an error message."""
+    if isinstance(x, np.ndarray):
+        return f"an array of dtype {x.dtype}"
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None:
+        return f"{type(x).__name__} of dtype {dtype}"
+    text = repr(x)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(x).__name__} {text}"
+
+
+def _default_float(xp: Any, x: Any) -> Any:
+    """The library's default floating dtype: float64 for NumPy, the default dtype for torch."""
+    if array_api_compat.is_torch_array(x):
+        import torch
+
+        return torch.get_default_dtype()
+    try:
+        return xp.__array_namespace_info__().default_dtypes()["real floating"]
+    except (AttributeError, KeyError, TypeError):
+        return xp.float64
+
+
+def as_float_array(x: Any, name: str, *, like: Any = None) -> tuple[Any, Any]:
+    """Convert ``x`` to a real floating array of its own kind; returns ``(namespace, array)``.
+
+    Arrays (NumPy, torch, any array-API library) keep their kind, device and floating
+    dtype. Python numbers and sequences become NumPy arrays, or arrays of the kind, device
+    and floating dtype of ``like`` when it is given (so that a list pairs with a float32
+    torch tensor as a float32 tensor). Integer and
+    boolean input is promoted to the library's default float (float64 for NumPy, torch's
+    default dtype for torch).
+
+    Raises:
+        TypeError: ``x`` is not made of real numbers (strings, objects, complex numbers).
+        ValueError: ``x`` is a ragged sequence.
+    """
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"`{name}` must be an array of real numbers; got {_describe(x)}")
+    if array_api_compat.is_array_api_obj(x):
+        xp = array_api_compat.array_namespace(x)
+        array = x
+    elif like is not None:
+        xp = array_api_compat.array_namespace(like)
+        array = _from_sequence(x, name)
+        if xp.isdtype(like.dtype, "real floating"):
+            array = xp.asarray(array, dtype=like.dtype, device=array_api_compat.device(like))
+        else:
+            array = xp.asarray(array, device=array_api_compat.device(like))
+    else:
+        xp = array_api_compat.array_namespace(np.empty(0))
+        array = _from_sequence(x, name)
+    dtype = array.dtype
+    if isinstance(dtype, np.dtype) and dtype.kind not in "biuf":
+        raise TypeError(f"`{name}` must be an array of real numbers; got {_describe(x)}")
+    if xp.isdtype(dtype, "real floating"):
+        return xp, array
+    if xp.isdtype(dtype, ("integral", "bool")):
+        return xp, xp.astype(array, _default_float(xp, array))
+    raise TypeError(f"`{name}` must be an array of real numbers; got {_describe(x)}")
+
+
+def _from_sequence(x: Any, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(x)
+    except ValueError:
+        raise ValueError(
+            f"`{name}` must be a rectangular array of numbers; got a ragged sequence "
+            "(rows of different lengths)"
+        ) from None
+    except TypeError as error:
+        raise TypeError(
+            f"`{name}` must be an array of real numbers; got {_describe(x)} ({error})"
+        ) from None
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"`{name}` must be an array of real numbers; got {_describe(x)}")
+    return array
+
+
+def as_float_pair(p: Any, q: Any, names: tuple[str, str] = ("p", "q")) -> tuple[Any, Any, Any]:
+    """Convert two inputs to floating arrays of one kind and one dtype: ``(xp, p, q)``.
+
+    Python sequences take the kind of the other argument when it is an array. Two arrays
+    of different kinds (a NumPy array and a torch tensor) are rejected rather than moved.
+    """
+    p_is_array = array_api_compat.is_array_api_obj(p)
+    q_is_array = array_api_compat.is_array_api_obj(q)
+    xp, p_array = as_float_array(p, names[0], like=q if q_is_array and not p_is_array else None)
+    _, q_array = as_float_array(q, names[1], like=p_array if not q_is_array else None)
+    try:
+        xq = array_api_compat.array_namespace(q_array)
+    except TypeError:  # pragma: no cover - array_namespace accepts any single array
+        xq = None
+    if xq is not xp:
+        raise TypeError(
+            f"`{names[0]}` and `{names[1]}` must be arrays of one kind; got "
+            f"{type(p_array).__module__}.{type(p_array).__name__} and "
+            f"{type(q_array).__module__}.{type(q_array).__name__}; convert one to the other's"
+            " kind first"
+        )
+    if p_array.dtype != q_array.dtype:
+        common = xp.result_type(p_array.dtype, q_array.dtype)
+        p_array = xp.astype(p_array, common)
+        q_array = xp.astype(q_array, common)
+    return xp, p_array, q_array
+
+
+def broadcast_shape(p: Any, q: Any, names: tuple[str, str] = ("p", "q")) -> tuple[int, ...]:
+    """The shape ``p`` and ``q`` broadcast to, or a ``ValueError`` naming both shapes."""
+    shape_p, shape_q = tuple(p.shape), tuple(q.shape)
+    try:
+        return tuple(np.broadcast_shapes(shape_p, shape_q))
+    except ValueError:
+        raise ValueError(
+            f"`{names[0]}` and `{names[1]}` must have shapes that broadcast together; got "
+            f"{shape_p} and {shape_q}; give them the same length along the axis of outcomes"
+        ) from None
+
+
+def check_axis(axis: Any, ndim: int, name: str = "p", *, subject: str | None = None) -> int:
+    """Return ``axis`` as a non-negative index into ``ndim`` dimensions, or raise.
+
+    Raises:
+        TypeError: ``axis`` is not an integer.
+        ValueError: ``axis`` is outside ``[-ndim, ndim - 1]`` (or ``name`` is a scalar).
+    """
+    subject = f"`{name}`" if subject is None else subject
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"`axis` must be an integer; got {_describe(axis)}")
+    axis = int(axis)
+    if ndim == 0:
+        raise ValueError(
+            f"`axis` must index an axis of outcomes, but {subject} is a scalar (0 dimensions); "
+            f"got axis={axis}; pass the distribution as a 1-D array"
+        )
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"`axis` must be in [{-ndim}, {ndim - 1}] for {subject} with {ndim} "
+            f"dimension{'s' if ndim != 1 else ''}; got {axis}"
+        )
+    return axis % ndim
+
+
+def check_base(base: Any) -> float:
+    """Return ``base`` as a float after checking it is finite, positive and not 1.
+
+    Raises:
+        TypeError: ``base`` is not a real number.
+        ValueError: ``base <= 0``, ``base == 1``, or ``base`` is not finite.
+    """
+    if isinstance(base, (str, bytes, bool)) or not isinstance(base, numbers.Real):
+        raise TypeError(
+            f"`base` must be a real number (2 for bits, math.e for nats); got {_describe(base)}"
+        )
+    value = float(base)
+    if not (math.isfinite(value) and value > 0 and value != 1):
+        raise ValueError(
+            f"`base` must be a finite number > 0 and != 1 (2 for bits, math.e for nats); "
+            f"got {base!r}"
+        )
+    return value
+
+
+def log_function(xp: Any, base: float) -> Callable[[Any], Any]:
+    """``log_base`` as an elementwise function of ``xp`` arrays (exact ``log2`` for base 2)."""
+    if base == 2:
+        return xp.log2
+    if base == math.e:
+        return xp.log
+    scale = 1.0 / math.log(base)
+    return lambda x: xp.log(x) * scale
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """A NumPy copy of a small array, for error messages only."""
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _where(flat_mask: np.ndarray, shape: tuple[int, ...]) -> str:
+    """The index of the first true entry of ``flat_mask`` in an array of ``shape``."""
+    index = np.unravel_index(int(np.argmax(flat_mask)), shape) if shape else ()
+    return str(tuple(int(i) for i in index))
+
+
+def _check_entries(xp: Any, array: Any, name: str, *, upper: float | None) -> None:
+    """Entries must be finite (no NaN, no inf) and at least 0 (and at most ``upper``)."""
+    if math.prod(array.shape) == 0:
+        return
+    lowest = xp.min(array)
+    highest = xp.max(array)
+    ok_low = bool(lowest >= 0)  # False for NaN too
+    ok_high = bool(highest <= upper) if upper is not None else bool(highest < math.inf)
+    if ok_low and ok_high:
+        return
+    values = _to_numpy(array)
+    shape = tuple(values.shape)
+    flat = values.reshape(-1)
+    nan = np.isnan(flat)
+    if nan.any():
+        raise ValueError(
+            f"`{name}` must contain no NaN; got {int(nan.sum())} NaN "
+            f"entr{'y' if nan.sum() == 1 else 'ies'}, the first at index {_where(nan, shape)}"
+        )
+    inf = np.isinf(flat)
+    if inf.any():
+        raise ValueError(
+            f"`{name}` must contain only finite numbers; got {flat[inf][0]} at index "
+            f"{_where(inf, shape)}"
+        )
+    negative = flat < 0
+    if negative.any():
+        raise ValueError(
+            f"`{name}` must be non-negative; got {flat[negative][0]:.10g} at index "
+            f"{_where(negative, shape)} ({int(negative.sum())} negative in all)"
+        )
+    above = flat > upper
+    raise ValueError(
+        f"`{name}` must contain probabilities in [0, 1]; got {flat[above][0]:.10g} at index "
+        f"{_where(above, shape)}"
+    )
+
+
+def check_probabilities(array: Any, name: str = "p") -> Any:
+    """Check that every entry is a probability in [0, 1] (no NaN, no inf); returns the array.
+
+    Accepts whatever :func:`as_float_array` accepts and returns the converted array.
+    """
+    xp, array = as_float_array(array, name)
+    _check_entries(xp, array, name, upper=1.0)
+    return array
+
+
+def check_distribution(p: Any, name: str = "p", *, axis: int = -1) -> Any:
+    """Check that ``p`` holds probability distributions along ``axis``; returns it as floats.
+
+    The rules: at least one outcome along ``axis``; every entry finite and non-negative;
+    every sum along ``axis`` within :func:`sum_tolerance` of 1. The input is converted
+    with :func:`as_float_array` (same kind and device; integers become floats) and is
+    otherwise returned unchanged.
+
+    Args:
+        p: the distributions, any shape; ``axis`` indexes the outcomes.
+        name: the argument's name, used in the error message.
+        axis: the axis of outcomes.
+
+    Returns:
+        ``p`` as a floating array of its own kind.
+
+    Raises:
+        TypeError: ``p`` is not made of real numbers, or ``axis`` is not an integer.
+        ValueError: ``p`` breaks one of the rules, or ``axis`` is out of range.
+
+    Examples:
+        >>> from crossentropy.info._validate import check_distribution
+        >>> check_distribution([0.5, 0.5]).tolist()
+        [0.5, 0.5]
+        >>> check_distribution([0.5, 0.6])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: `p` must sum to 1 along axis -1 (within 1.49e-08 for float64); got ... 1.1...
+    """
+    xp, array = as_float_array(p, name)
+    validate_distribution(xp, array, name, check_axis(axis, array.ndim, name), axis_label=axis)
+    return array
+
+
+def validate_distribution(
+    xp: Any, array: Any, name: str, axis: int, *, axis_label: int | None = None
+) -> None:
+    """:func:`check_distribution` on an already converted array and a non-negative ``axis``."""
+    label = axis - array.ndim if axis_label is None else axis_label
+    if array.shape[axis] == 0:
+        raise ValueError(
+            f"`{name}` must have at least one outcome along axis {label}; got shape "
+            f"{tuple(array.shape)}"
+        )
+    if math.prod(array.shape) == 0:
+        return
+    _check_entries(xp, array, name, upper=None)
+    sums = xp.sum(array, axis=axis)
+    tolerance = sum_tolerance(array.dtype)
+    deviation = xp.abs(sums - 1)
+    if bool(xp.max(deviation) <= tolerance):
+        return
+    deviation_np = _to_numpy(deviation)
+    sums_np = _to_numpy(sums)
+    worst = np.unravel_index(int(np.argmax(deviation_np)), deviation_np.shape)
+    where = ""
+    if deviation_np.ndim:
+        bad = int(np.sum(~(deviation_np <= tolerance)))
+        where = (
+            f" at index {tuple(int(i) for i in worst)} ({bad} of {deviation_np.size} sums are off)"
+        )
+    raise ValueError(
+        f"`{name}` must sum to 1 along axis {label} (within {tolerance:.3g} for "
+        f"{_numpy_dtype(array.dtype).name}); got a sum of {float(sums_np[worst]):.10g}{where}; "
+        f"normalise explicitly with `crossentropy.info.normalize({name})` if the values are weights"
+    )

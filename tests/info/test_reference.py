@@ -1,0 +1,162 @@
+"""Every measure against the float64 reference of tests/reference.py, on each backend and dtype."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from crossentropy import info
+from crossentropy.info import _blocked
+from tests import reference
+from tests.info._data import TOLERANCE, distributions
+
+DTYPES = [np.float64, np.float32]
+# Odd shapes: a single outcome, primes, a batch dimension of 1, three dimensions.
+SHAPES = [(1,), (2,), (7,), (5, 13), (1, 31), (3, 4, 11)]
+BASES = [2, math.e, 10, 0.5]
+
+
+def close(actual, expected, dtype) -> None:
+    tol = TOLERANCE[dtype]
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol)
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "blocked"])
+def path(request, monkeypatch):
+    """Run a test on the plain path and again with the blocked NumPy path forced on small
+    inputs (tiny blocks, so that many tasks run on the thread pool)."""
+    if request.param:
+        monkeypatch.setattr(_blocked, "MIN_ELEMENTS", 1)
+        monkeypatch.setattr(_blocked, "BLOCK_ELEMENTS", 32)
+        monkeypatch.setattr(_blocked, "BLOCKS_PER_TASK", 2)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_entropy(xp, rng, dtype, shape, path):
+    p = distributions(rng, shape, dtype=dtype)
+    result = info.entropy(xp.asarray(p, dtype))
+    close(xp.to_numpy(result), reference.along(reference.entropy, p), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(
+    ("name", "ref"),
+    [
+        ("cross_entropy", reference.cross_entropy),
+        ("kl_divergence", reference.kl_divergence),
+        ("js_divergence", reference.js_divergence),
+    ],
+)
+def test_pair_measures(xp, rng, dtype, shape, name, ref, path):
+    p = distributions(rng, shape, dtype=dtype)
+    q = distributions(rng, shape, dtype=dtype)
+    q = np.where(p > 0, q, 0).astype(dtype)  # zeros where P has zeros (and some more)
+    q = (q / q.sum(axis=-1, keepdims=True)).astype(dtype)
+    result = getattr(info, name)(xp.asarray(p, dtype), xp.asarray(q, dtype))
+    expected = reference.along(ref, p, q)
+    close(xp.to_numpy(result), expected, dtype)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "kl_divergence"])
+def test_infinite_where_q_misses_an_outcome(xp, name, path):
+    p = np.array([[0.5, 0.5, 0.0], [0.5, 0.0, 0.5]])
+    q = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]])
+    result = xp.to_numpy(getattr(info, name)(xp.asarray(p), xp.asarray(q)))
+    expected = reference.along(getattr(reference, name), p, q)
+    assert math.isfinite(result[0])
+    assert result[1] == math.inf == expected[1]
+    np.testing.assert_allclose(result[0], expected[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_bases(xp, rng, base):
+    p = distributions(rng, (4, 9))
+    q = distributions(rng, (4, 9), zero_fraction=0.0)
+    for name in ("entropy",):
+        got = xp.to_numpy(getattr(info, name)(xp.asarray(p), base=base))
+        close(got, reference.along(reference.entropy, p, base=base), np.float64)
+    for name in ("cross_entropy", "kl_divergence", "js_divergence"):
+        got = xp.to_numpy(getattr(info, name)(xp.asarray(p), xp.asarray(q), base=base))
+        close(got, reference.along(getattr(reference, name), p, q, base=base), np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("base", BASES)
+def test_information_and_binary_entropy(xp, rng, dtype, base):
+    x = rng.random(23).astype(dtype)
+    x[:3] = [0.0, 1.0, 0.5]
+    got_information = xp.to_numpy(info.information(xp.asarray(x, dtype), base=base))
+    expected_information = [reference.information(float(v), base) for v in x]
+    close(got_information, expected_information, dtype)
+    got_binary = xp.to_numpy(info.binary_entropy(xp.asarray(x, dtype), base=base))
+    close(got_binary, [reference.binary_entropy(float(v), base) for v in x], dtype)
+
+
+def test_binary_entropy_keeps_digits_for_tiny_p():
+    # h(p) = p log2(1/p) + p / ln 2 + O(p^2): the naive (1 - p) log(1 - p) loses the
+    # second term for p below the float64 epsilon; log1p keeps it.
+    p = 1e-20
+    expected = p * math.log2(1 / p) + p / math.log(2)
+    assert info.binary_entropy(p) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_perplexity_and_normalize(xp, rng, dtype, shape):
+    p = distributions(rng, shape, dtype=dtype)
+    close(xp.to_numpy(info.perplexity(xp.asarray(p, dtype))),
+          reference.along(reference.perplexity, p), dtype)
+    weights = (rng.random(shape) * 10).astype(dtype)
+    got = xp.to_numpy(info.normalize(xp.asarray(weights, dtype)))
+    expected = np.apply_along_axis(reference.normalize, -1, weights.astype(np.float64))
+    close(got, expected, dtype)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -2])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_axis_and_keepdims(xp, rng, axis, keepdims):
+    p = distributions(rng, (3, 5, 7), axis=axis)
+    q = distributions(rng, (3, 5, 7), axis=axis, zero_fraction=0.0)
+    for name in ("entropy", "cross_entropy", "kl_divergence", "js_divergence"):
+        args = (p,) if name == "entropy" else (p, q)
+        result = getattr(info, name)(*(xp.asarray(a) for a in args), axis=axis,
+                                     keepdims=keepdims)
+        expected = reference.along(getattr(reference, name), *args, axis=axis)
+        if keepdims:
+            expected = np.expand_dims(expected, axis)
+        assert tuple(result.shape) == expected.shape
+        close(xp.to_numpy(result), expected, np.float64)
+
+
+def test_broadcasting_one_truth_against_many_models(xp, rng):
+    p = distributions(rng, (6,))
+    q = distributions(rng, (4, 6), zero_fraction=0.0)
+    for name in ("cross_entropy", "kl_divergence", "js_divergence"):
+        result = getattr(info, name)(xp.asarray(p), xp.asarray(q))
+        expected = reference.along(getattr(reference, name), p[None, :], q)
+        assert tuple(result.shape) == (4,)
+        close(xp.to_numpy(result), expected, np.float64)
+    # Broadcasting along the batch axis with axis=0: (6, 1) against (6, 3).
+    p_col = distributions(rng, (6, 1), axis=0)
+    q_cols = distributions(rng, (6, 3), axis=0, zero_fraction=0.0)
+    result = info.cross_entropy(xp.asarray(p_col), xp.asarray(q_cols), axis=0)
+    close(xp.to_numpy(result), reference.along(reference.cross_entropy, p_col, q_cols, axis=0),
+          np.float64)
+
+
+def test_large_input_takes_the_blocked_path_and_agrees_with_scipy(rng):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    p = distributions(rng, (300, 1000))
+    q = distributions(rng, (300, 1000), zero_fraction=0.0)
+    assert _blocked.eligible(p, q, axis=1)
+    np.testing.assert_allclose(info.entropy(p), scipy_stats.entropy(p, base=2, axis=1),
+                               rtol=1e-12)
+    expected = scipy_stats.entropy(p, base=2, axis=1) + scipy_stats.entropy(p, q, base=2, axis=1)
+    np.testing.assert_allclose(info.cross_entropy(p, q), expected, rtol=1e-12)
+    np.testing.assert_allclose(info.cross_entropy(p.astype(np.float32), q.astype(np.float32)),
+                               expected, rtol=2e-5)
