@@ -109,8 +109,11 @@ def test_binary_entropy_keeps_digits_for_tiny_p():
 @pytest.mark.parametrize("shape", SHAPES)
 def test_perplexity_and_normalize(xp, rng, dtype, shape):
     p = distributions(rng, shape, dtype=dtype)
-    close(xp.to_numpy(info.perplexity(xp.asarray(p, dtype))),
-          reference.along(reference.perplexity, p), dtype)
+    close(
+        xp.to_numpy(info.perplexity(xp.asarray(p, dtype))),
+        reference.along(reference.perplexity, p),
+        dtype,
+    )
     weights = (rng.random(shape) * 10).astype(dtype)
     got = xp.to_numpy(info.normalize(xp.asarray(weights, dtype)))
     expected = np.apply_along_axis(reference.normalize, -1, weights.astype(np.float64))
@@ -124,8 +127,7 @@ def test_axis_and_keepdims(xp, rng, axis, keepdims):
     q = distributions(rng, (3, 5, 7), axis=axis, zero_fraction=0.0)
     for name in ("entropy", "cross_entropy", "kl_divergence", "js_divergence"):
         args = (p,) if name == "entropy" else (p, q)
-        result = getattr(info, name)(*(xp.asarray(a) for a in args), axis=axis,
-                                     keepdims=keepdims)
+        result = getattr(info, name)(*(xp.asarray(a) for a in args), axis=axis, keepdims=keepdims)
         expected = reference.along(getattr(reference, name), *args, axis=axis)
         if keepdims:
             expected = np.expand_dims(expected, axis)
@@ -145,8 +147,11 @@ def test_broadcasting_one_truth_against_many_models(xp, rng):
     p_col = distributions(rng, (6, 1), axis=0)
     q_cols = distributions(rng, (6, 3), axis=0, zero_fraction=0.0)
     result = info.cross_entropy(xp.asarray(p_col), xp.asarray(q_cols), axis=0)
-    close(xp.to_numpy(result), reference.along(reference.cross_entropy, p_col, q_cols, axis=0),
-          np.float64)
+    close(
+        xp.to_numpy(result),
+        reference.along(reference.cross_entropy, p_col, q_cols, axis=0),
+        np.float64,
+    )
 
 
 def test_large_input_takes_the_blocked_path_and_agrees_with_scipy(rng):
@@ -154,9 +159,9 @@ def test_large_input_takes_the_blocked_path_and_agrees_with_scipy(rng):
     p = distributions(rng, (300, 1000))
     q = distributions(rng, (300, 1000), zero_fraction=0.0)
     assert _blocked.eligible(p, q, axis=1)
-    np.testing.assert_allclose(info.entropy(p), scipy_stats.entropy(p, base=2, axis=1),
-                               rtol=1e-12)
+    np.testing.assert_allclose(info.entropy(p), scipy_stats.entropy(p, base=2, axis=1), rtol=1e-12)
     expected = scipy_stats.entropy(p, base=2, axis=1) + scipy_stats.entropy(p, q, base=2, axis=1)
     np.testing.assert_allclose(info.cross_entropy(p, q), expected, rtol=1e-12)
-    np.testing.assert_allclose(info.cross_entropy(p.astype(np.float32), q.astype(np.float32)),
-                               expected, rtol=2e-5)
+    np.testing.assert_allclose(
+        info.cross_entropy(p.astype(np.float32), q.astype(np.float32)), expected, rtol=2e-5
+    )

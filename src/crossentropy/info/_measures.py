@@ -440,5 +440,3 @@ def normalize(x: Any, *, axis: int = -1) -> Any:
         array = array / xp.max(array, axis=ax, keepdims=True)
         totals = xp.sum(array, axis=ax, keepdims=True)
     return array / totals
-
-
