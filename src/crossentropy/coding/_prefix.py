@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -116,7 +117,7 @@ def is_prefix_free(codewords: Mapping[Hashable, str] | Iterable[str]) -> bool:
     words = sorted(_words_of(codewords))
     # In sorted order a word that is a prefix of another sits directly before some word it
     # prefixes, so comparing neighbours suffices.
-    return all(not b.startswith(a) for a, b in zip(words, words[1:]))
+    return all(not b.startswith(a) for a, b in itertools.pairwise(words))
 
 
 def find_ambiguity(codewords: Mapping[Hashable, str] | Iterable[str]) -> Ambiguity | None:
@@ -176,18 +177,18 @@ def find_ambiguity(codewords: Mapping[Hashable, str] | Iterable[str]) -> Ambigui
         visited.add(dangling)
         for w, lw in items:
             if w == dangling:
-                first, second = behind + (lw,), ahead
+                first, second = (*behind, lw), ahead
                 lengths = (tuple(len(word_of[x]) for x in first),
                            tuple(len(word_of[x]) for x in second))
                 if lengths[1] < lengths[0]:
                     first, second = second, first
                 return Ambiguity("".join(word_of[x] for x in ahead), first, second)
             if dangling.startswith(w):
-                heapq.heappush(heap, (cost, tick, dangling[len(w):], behind + (lw,), ahead))
+                heapq.heappush(heap, (cost, tick, dangling[len(w):], (*behind, lw), ahead))
             elif w.startswith(dangling):
                 heapq.heappush(
                     heap, (cost + len(w) - len(dangling), tick, w[len(dangling):], ahead,
-                           behind + (lw,))
+                           (*behind, lw))
                 )
             tick += 1
     return None
