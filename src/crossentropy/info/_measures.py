@@ -427,7 +427,8 @@ def normalize(x: Any, *, axis: int = -1) -> Any:
             f"`x` must have at least one entry along axis {axis}; got shape {tuple(array.shape)}"
         )
     _check_entries(xp, array, "x", upper=None)
-    totals = xp.sum(array, axis=ax, keepdims=True)
+    with np.errstate(over="ignore"):
+        totals = xp.sum(array, axis=ax, keepdims=True)
     if math.prod(array.shape) and not bool(xp.all(totals > 0)):
         zero_at = np.argwhere(~(_to_numpy(totals) > 0))[0]
         index = tuple(int(i) for n, i in enumerate(zero_at) if n != ax)

@@ -1,0 +1,224 @@
+"""Every bad input: the right exception and a message naming the argument, rule and value."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from crossentropy import info
+from crossentropy.info import _blocked
+from crossentropy.info._validate import check_distribution
+
+GOOD = [0.5, 0.5]
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "blocked"])
+def path(request, monkeypatch):
+    """The plain path, and the blocked NumPy path forced on small inputs."""
+    if request.param:
+        monkeypatch.setattr(_blocked, "MIN_ELEMENTS", 1)
+        monkeypatch.setattr(_blocked, "BLOCK_ELEMENTS", 4)
+    return request.param
+
+
+BAD_DISTRIBUTIONS = [
+    ([[0.5, 0.5], [-0.1, 1.1]], r"`{name}` must be non-negative; got -0\.1 at index \(1, 0\)"),
+    ([[0.5, 0.5], [math.nan, 1.0]], r"`{name}` must contain no NaN; got 1 NaN entry"),
+    ([[0.5, 0.5], [math.inf, 0.0]], r"`{name}` must contain only finite numbers; got inf"),
+    (
+        [[0.5, 0.5], [0.6, 0.6]],
+        r"`{name}` must sum to 1 along axis -1 \(within 1\.49e-08 for float64\); got a sum of "
+        r"1\.2 at index \(1,\) \(1 of 2 sums are off\); normalise explicitly with "
+        r"`crossentropy\.info\.normalize\({name}\)`",
+    ),
+    ([0.3, 0.3, 0.3], r"`{name}` must sum to 1 .*got a sum of 0\.9; normalise explicitly"),
+]
+
+
+@pytest.mark.parametrize(("bad", "message"), BAD_DISTRIBUTIONS)
+def test_bad_distributions(xp, bad, message, path):
+    bad = np.asarray(bad)
+    with pytest.raises(ValueError, match=message.format(name="p")):
+        info.entropy(xp.asarray(bad))
+    with pytest.raises(ValueError, match=message.format(name="p")):
+        info.perplexity(xp.asarray(bad))
+    good = xp.asarray(np.full(bad.shape, 1 / bad.shape[-1]))
+    for name in ("cross_entropy", "kl_divergence", "js_divergence"):
+        with pytest.raises(ValueError, match=message.format(name="p")):
+            getattr(info, name)(xp.asarray(bad), good)
+        with pytest.raises(ValueError, match=message.format(name="q")):
+            getattr(info, name)(good, xp.asarray(bad))
+
+
+def test_float32_tolerance_is_looser_but_still_rejects_real_mistakes(xp):
+    nearly = np.array([0.5, 0.5 + 1e-4], dtype=np.float32)  # off by 1e-4 < 3.5e-4
+    assert float(info.entropy(xp.asarray(nearly, np.float32))) == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(ValueError, match=r"within 0\.000345 for float32\); got a sum of 0\.99"):
+        info.entropy(xp.asarray([0.5, 0.49], np.float32))
+    with pytest.raises(ValueError, match=r"within 1\.49e-08 for float64"):
+        info.entropy(xp.asarray([0.5, 0.5 + 1e-4]))
+
+
+def test_empty_distribution(xp):
+    with pytest.raises(
+        ValueError,
+        match=r"`p` must have at least one outcome along axis -1; got"
+        r" shape \(0,\)",
+    ):
+        info.entropy(xp.asarray(np.zeros(0)))
+    with pytest.raises(ValueError, match=r"`p` must have at least one outcome"):
+        info.cross_entropy(xp.asarray(np.zeros((2, 0))), xp.asarray(np.zeros((2, 0))))
+    with pytest.raises(ValueError, match=r"`x` must have at least one entry along axis -1"):
+        info.normalize(xp.asarray(np.zeros(0)))
+
+
+def test_an_empty_batch_is_fine(xp):
+    result = info.entropy(xp.asarray(np.zeros((0, 3))))
+    assert tuple(result.shape) == (0,)
+
+
+def test_shapes_that_do_not_broadcast(xp):
+    with pytest.raises(
+        ValueError,
+        match=r"`p` and `q` must have shapes that broadcast together;"
+        r" got \(2,\) and \(3,\)",
+    ):
+        info.cross_entropy(xp.asarray(GOOD), xp.asarray([1 / 3] * 3))
+    with pytest.raises(ValueError, match=r"got \(4, 2\) and \(3, 2\)"):
+        info.kl_divergence(xp.asarray(np.full((4, 2), 0.5)), xp.asarray(np.full((3, 2), 0.5)))
+
+
+@pytest.mark.parametrize("base", [0, -2, 1, 1.0, math.inf, math.nan])
+def test_bad_base(xp, base):
+    message = r"`base` must be a finite number > 0 and != 1 \(2 for bits, math\.e for nats\); got"
+    for call in (
+        lambda: info.information(xp.asarray(GOOD), base=base),
+        lambda: info.entropy(xp.asarray(GOOD), base=base),
+        lambda: info.cross_entropy(xp.asarray(GOOD), xp.asarray(GOOD), base=base),
+        lambda: info.kl_divergence(xp.asarray(GOOD), xp.asarray(GOOD), base=base),
+        lambda: info.js_divergence(xp.asarray(GOOD), xp.asarray(GOOD), base=base),
+        lambda: info.binary_entropy(xp.asarray(GOOD), base=base),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+@pytest.mark.parametrize("base", ["e", None, 2j, True])
+def test_base_of_the_wrong_type(base):
+    with pytest.raises(TypeError, match=r"`base` must be a real number"):
+        info.entropy(GOOD, base=base)
+
+
+def test_axis_out_of_range(xp):
+    with pytest.raises(
+        ValueError,
+        match=r"`axis` must be in \[-1, 0\] for `p` with 1 dimension;"
+        r" got 1",
+    ):
+        info.entropy(xp.asarray(GOOD), axis=1)
+    with pytest.raises(
+        ValueError,
+        match=r"`axis` must be in \[-2, 1\] for `p` and `q` broadcast"
+        r" together with 2 dimensions; got -3",
+    ):
+        info.cross_entropy(xp.asarray(GOOD), xp.asarray(np.full((3, 2), 0.5)), axis=-3)
+    with pytest.raises(ValueError, match=r"`axis` must be in \[-1, 0\] for `x`"):
+        info.normalize(xp.asarray(GOOD), axis=5)
+    with pytest.raises(
+        ValueError,
+        match=r"`axis` must index an axis of outcomes, but `p` is a"
+        r" scalar",
+    ):
+        info.entropy(xp.asarray(1.0))
+    with pytest.raises(TypeError, match=r"`axis` must be an integer; got float"):
+        info.entropy(xp.asarray(GOOD), axis=0.0)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("0.5,0.5", r"`p` must be an array of real numbers; got str"),
+        (["a", "b"], r"`p` must be an array of real numbers; got list"),
+        ([None, 1.0], r"`p` must be an array of real numbers; got list"),
+        ({"A": 0.5}, r"`p` must be an array of real numbers; got dict"),
+        (
+            np.array([0.5 + 0j, 0.5]),
+            r"`p` must be an array of real numbers; got an array of "
+            r"dtype complex128",
+        ),
+        (object(), r"`p` must be an array of real numbers; got object"),
+    ],
+)
+def test_non_numeric_input(bad, message):
+    with pytest.raises(TypeError, match=message):
+        info.entropy(bad)
+    with pytest.raises(TypeError, match=message):
+        info.cross_entropy(bad, GOOD)
+
+
+def test_ragged_sequence():
+    with pytest.raises(
+        ValueError,
+        match=r"`p` must be a rectangular array of numbers; got a"
+        r" ragged sequence",
+    ):
+        info.entropy([[1.0], [0.5, 0.5]])
+
+
+def test_arrays_of_two_kinds():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(
+        TypeError,
+        match=r"`p` and `q` must be arrays of one kind; got "
+        r"numpy\.ndarray and torch\.Tensor",
+    ):
+        info.cross_entropy(np.array(GOOD), torch.tensor(GOOD))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ([0.5, 1.5], r"`p` must contain probabilities in \[0, 1\]; got 1\.5 at index \(1,\)"),
+        ([-0.5], r"`p` must be non-negative; got -0\.5"),
+        ([math.nan], r"`p` must contain no NaN"),
+        ([math.inf], r"`p` must contain only finite numbers"),
+    ],
+)
+def test_bad_probabilities_for_elementwise_measures(xp, bad, message):
+    with pytest.raises(ValueError, match=message):
+        info.information(xp.asarray(bad))
+    with pytest.raises(ValueError, match=message):
+        info.binary_entropy(xp.asarray(bad))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ([1.0, -1.0, 2.0], r"`x` must be non-negative; got -1 at index \(1,\)"),
+        ([1.0, math.nan], r"`x` must contain no NaN"),
+        ([1.0, math.inf], r"`x` must contain only finite numbers"),
+        (
+            [0.0, 0.0],
+            r"`x` must have a positive sum along axis -1 \(a distribution needs some "
+            r"weight\); got all zeros$",
+        ),
+        ([[1.0, 2.0], [0.0, 0.0]], r"got all zeros at index \(1,\)"),
+    ],
+)
+def test_normalize_rejects(xp, bad, message):
+    with pytest.raises(ValueError, match=message):
+        info.normalize(xp.asarray(bad))
+
+
+def test_normalize_survives_an_overflowing_sum():
+    p = info.normalize([1e308, 1e308])
+    np.testing.assert_array_equal(p, [0.5, 0.5])
+
+
+def test_check_distribution_is_reusable():
+    assert check_distribution([[0.5, 0.5], [1.0, 0.0]], "targets").shape == (2, 2)
+    assert check_distribution([[0.5, 1.0], [0.5, 0.0]], axis=0).tolist() == [[0.5, 1.0], [0.5, 0.0]]
+    with pytest.raises(ValueError, match=r"`targets` must sum to 1 along axis 0"):
+        check_distribution([[0.5, 0.5], [1.0, 0.0]], "targets", axis=0)

@@ -1,0 +1,118 @@
+"""Results keep the input's kind, device and floating dtype; odd inputs are handled sensibly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from crossentropy import info
+
+torch = pytest.importorskip("torch")
+
+P = [0.5, 0.2, 0.2, 0.1]
+Q = [0.25, 0.25, 0.25, 0.25]
+REDUCTIONS = ["entropy", "perplexity"]
+PAIRS = ["cross_entropy", "kl_divergence", "js_divergence"]
+ELEMENTWISE = ["information", "binary_entropy"]
+
+
+def _call(name, *args):
+    return getattr(info, name)(*args)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_numpy_dtype_is_kept(dtype):
+    p = np.array([P, Q], dtype=dtype)
+    q = np.array([Q, P], dtype=dtype)
+    for name in REDUCTIONS + ELEMENTWISE:
+        assert _call(name, p).dtype == dtype, name
+    for name in PAIRS:
+        assert _call(name, p, q).dtype == dtype, name
+    assert info.normalize(p).dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_kind_and_dtype_are_kept(dtype):
+    p = torch.tensor([P, Q], dtype=dtype)
+    q = torch.tensor([Q, P], dtype=dtype)
+    for name in REDUCTIONS + ELEMENTWISE:
+        result = _call(name, p)
+        assert isinstance(result, torch.Tensor), name
+        assert result.dtype == dtype, name
+        assert result.device == p.device
+    for name in PAIRS:
+        result = _call(name, p, q)
+        assert isinstance(result, torch.Tensor), name
+        assert result.dtype == dtype, name
+    assert info.normalize(p).dtype == dtype
+
+
+def test_torch_autograd_flows_through_cross_entropy():
+    logits = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    q = torch.softmax(logits, dim=0)
+    p = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    info.cross_entropy(p, q, base=math.e).backward()
+    # d/dlogits of -log softmax(logits)[1] is softmax - onehot.
+    torch.testing.assert_close(logits.grad, q.detach() - p)
+
+
+def test_sequence_takes_the_kind_and_dtype_of_the_array_beside_it():
+    q = torch.tensor(Q, dtype=torch.float32)
+    result = info.cross_entropy(P, q)
+    assert isinstance(result, torch.Tensor)
+    assert result.dtype == torch.float32
+    assert float(result) == pytest.approx(2.0, abs=1e-6)
+    assert info.cross_entropy(q, P).dtype == torch.float32
+
+
+def test_mixed_float_dtypes_promote():
+    p = np.array(P, dtype=np.float32)
+    q = np.array(Q, dtype=np.float64)
+    assert np.asarray(info.cross_entropy(p, q)).dtype == np.float64
+
+
+def test_python_input_gives_numpy_scalars_and_arrays():
+    h = info.entropy(P)
+    assert isinstance(h, np.float64)  # also a Python float
+    assert isinstance(h, float)
+    assert isinstance(info.information(0.5), np.float64)
+    assert isinstance(info.information(P), np.ndarray)
+    assert info.entropy([P, Q]).shape == (2,)
+
+
+def test_integer_and_boolean_input_is_promoted_to_the_default_float():
+    assert info.entropy([0, 1, 0]) == 0.0
+    assert info.entropy(np.array([0, 1, 0])).dtype == np.float64
+    assert info.entropy(np.array([False, True])).dtype == np.float64
+    assert info.cross_entropy([0, 1], [1, 0]) == math.inf
+    assert info.entropy(torch.tensor([0, 1, 0])).dtype == torch.get_default_dtype()
+    assert info.normalize([5, 2, 2, 1]).dtype == np.float64
+    assert info.information(np.array([1])).dtype == np.float64
+
+
+def test_no_negative_zero_for_certain_outcomes(xp):
+    one_hot = xp.asarray([0.0, 1.0, 0.0])
+    for value in (
+        info.entropy(one_hot),
+        info.cross_entropy(one_hot, one_hot),
+        info.kl_divergence(one_hot, one_hot),
+        info.js_divergence(one_hot, one_hot),
+        info.information(xp.asarray(1.0)),
+        info.binary_entropy(xp.asarray(1.0)),
+    ):
+        assert math.copysign(1.0, float(value)) == 1.0
+
+
+def test_zero_times_log_zero_is_zero(xp):
+    p = xp.asarray([0.0, 0.0, 1.0])
+    assert float(info.entropy(p)) == 0.0
+    assert float(info.cross_entropy(p, xp.asarray([0.0, 0.5, 0.5]))) == 1.0
+    assert float(info.kl_divergence(p, xp.asarray([0.0, 0.5, 0.5]))) == 1.0
+    assert float(info.js_divergence(p, xp.asarray([1.0, 0.0, 0.0]))) == 1.0
+
+
+def test_information_of_impossible_event_is_infinite(xp):
+    assert float(info.information(xp.asarray(0.0))) == math.inf
+    assert float(info.information(xp.asarray(1.0))) == 0.0
