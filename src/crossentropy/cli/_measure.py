@@ -1,0 +1,191 @@
+"""``crossentropy measure P [Q]``: the information measures of distributions given inline.
+
+Every number comes from :mod:`crossentropy.info`; this module only parses and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from fractions import Fraction
+from typing import Any
+
+from crossentropy import info
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``measure`` subcommand."""
+    parser = subparsers.add_parser(
+        "measure",
+        help="information, entropy, cross-entropy and divergences of distributions given inline",
+        description=(
+            "Print the information of each outcome under P (and Q), H(P), and with Q also "
+            "H(Q), H(P,Q), H(Q,P), D(P||Q), D(Q||P) and the Jensen-Shannon divergence, in "
+            "bits unless --base says otherwise. P and Q are comma-separated probabilities "
+            "that sum to 1, e.g. 0.5,0.2,0.2,0.1 (fractions such as 1/3 are accepted); "
+            "--normalize accepts counts or weights instead."
+        ),
+        epilog="example: crossentropy measure 0.5,0.2,0.2,0.1 0.25,0.25,0.25,0.25",
+    )
+    parser.add_argument("p", metavar="P", help="the true distribution, e.g. 0.5,0.2,0.2,0.1")
+    parser.add_argument(
+        "q", metavar="Q", nargs="?", default=None, help="a model distribution of the same length"
+    )
+    parser.add_argument(
+        "--base",
+        type=_base,
+        default=2.0,
+        metavar="B",
+        help="logarithm base: 2 (bits, default), e (nats), 10 (hartleys) or any number",
+    )
+    parser.add_argument(
+        "--normalize",
+        action="store_true",
+        help="treat P and Q as weights or counts and normalise them first",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object (infinite values are written as the string "inf")',
+    )
+    parser.set_defaults(func=_run)
+
+
+def _base(text: str) -> float:
+    if text.strip().lower() == "e":
+        return math.e
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be 2, e, 10 or another number; got {text!r}"
+        ) from None
+
+
+def _parse(text: str, name: str) -> list[float]:
+    """``"0.5,0.2,1/3"`` -> floats; bad data raises ``ValueError`` (exit 1)."""
+    values = []
+    for token in text.split(","):
+        token = token.strip()
+        try:
+            values.append(float(Fraction(token)))
+        except (ValueError, ZeroDivisionError):
+            try:
+                values.append(float(token))  # nan, inf: refused by `info` with its own message
+            except ValueError:
+                raise ValueError(
+                    f"`{name}` must be comma-separated numbers such as 0.5,0.25,0.25; "
+                    f"got {token!r} in {text!r}"
+                ) from None
+    return values
+
+
+def _unit(base: float) -> tuple[str, str]:
+    """The unit's name and the log's symbol for column headers."""
+    if base == 2:
+        return "bits", "log2"
+    if base == math.e:
+        return "nats", "ln"
+    if base == 10:
+        return "hartleys", "log10"
+    return f"base-{base:g} units", f"log_{base:g}"
+
+
+def _number(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.6f}"
+
+
+def _json_number(value: float) -> float | str:
+    return "inf" if math.isinf(value) else value
+
+
+def _measures(p: list[float], q: list[float] | None, base: float) -> dict[str, Any]:
+    """Every measure the command prints, computed by :mod:`crossentropy.info`."""
+    result: dict[str, Any] = {
+        "information_p": [float(v) for v in info.information(p, base=base)],
+        "H(P)": float(info.entropy(p, base=base)),
+    }
+    if q is not None:
+        result["information_q"] = [float(v) for v in info.information(q, base=base)]
+        result["H(Q)"] = float(info.entropy(q, base=base))
+        result["H(P,Q)"] = float(info.cross_entropy(p, q, base=base))
+        result["H(Q,P)"] = float(info.cross_entropy(q, p, base=base))
+        result["D(P||Q)"] = float(info.kl_divergence(p, q, base=base))
+        result["D(Q||P)"] = float(info.kl_divergence(q, p, base=base))
+        result["JS(P,Q)"] = float(info.js_divergence(p, q, base=base))
+    return result
+
+
+def _run(args: argparse.Namespace) -> int:
+    p = _parse(args.p, "P")
+    q = None if args.q is None else _parse(args.q, "Q")
+    if args.normalize:
+        p = [float(v) for v in info.normalize(p)]
+        q = None if q is None else [float(v) for v in info.normalize(q)]
+    if q is not None and len(q) != len(p):
+        raise ValueError(f"`Q` must have as many outcomes as `P`; got {len(q)} and {len(p)}")
+    try:
+        measures = _measures(p, q, args.base)
+    except ValueError as error:
+        if "normalize" not in str(error):
+            raise
+        raise ValueError(f"{error}; on the command line, pass --normalize") from None
+    unit, log = _unit(args.base)
+    if args.json:
+        document = {
+            "unit": unit,
+            "base": args.base,
+            "p": p,
+            "q": q,
+            "information": {
+                "p": [_json_number(v) for v in measures["information_p"]],
+                "q": None if q is None else [_json_number(v) for v in measures["information_q"]],
+            },
+            "measures": {
+                key: _json_number(value)
+                for key, value in measures.items()
+                if not key.startswith("information")
+            },
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    headers = ["outcome", "p(x)", f"-{log} p(x)"]
+    columns = [
+        [str(i + 1) for i in range(len(p))],
+        [f"{v:g}" for v in p],
+        [_number(v) for v in measures["information_p"]],
+    ]
+    if q is not None:
+        headers[2:2] = ["q(x)"]
+        columns[2:2] = [[f"{v:g}" for v in q]]
+        headers.append(f"-{log} q(x)")
+        columns.append([_number(v) for v in measures["information_q"]])
+    print(f"information of each outcome ({unit})")
+    _table(headers, [list(row) for row in zip(*columns, strict=True)])
+    print()
+    rows = [
+        [key, _number(value)]
+        for key, value in measures.items()
+        if not key.startswith("information")
+    ]
+    _table(["measure", unit], rows)
+    return 0
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    print(
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w)
+            for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+        )
+    )
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )

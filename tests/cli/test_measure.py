@@ -1,0 +1,127 @@
+"""`crossentropy measure`: the table, --base, --json, --normalize and exit codes on bad data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+
+from crossentropy import info
+from crossentropy.cli import _measure
+
+P = "0.5,0.2,0.2,0.1"  # the seed's words (SEED.md)
+Q = "0.25,0.25,0.25,0.25"
+
+
+def run_alone(argv: list[str]) -> int:
+    """Run `measure` through a parser of its own (no other subcommand involved)."""
+    parser = argparse.ArgumentParser(prog="crossentropy")
+    _measure.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["measure", *argv])
+    return args.func(args)
+
+
+def test_table_in_bits(capsys):
+    assert run_alone([P, Q]) == 0
+    out = capsys.readouterr().out
+    assert "information of each outcome (bits)" in out
+    # Information of each word: -log2 of 0.5, 0.2, 0.1 (SEED.md: 1.0, 2.3, 3.3).
+    assert "1.000000" in out
+    assert "2.321928" in out
+    assert "3.321928" in out
+    rows = dict(line.split() for line in out.splitlines() if line.startswith(("H(", "D(", "JS")))
+    p, q = [0.5, 0.2, 0.2, 0.1], [0.25] * 4
+    expected = {
+        "H(P)": info.entropy(p),
+        "H(Q)": info.entropy(q),
+        "H(P,Q)": info.cross_entropy(p, q),
+        "H(Q,P)": info.cross_entropy(q, p),
+        "D(P||Q)": info.kl_divergence(p, q),
+        "D(Q||P)": info.kl_divergence(q, p),
+        "JS(P,Q)": info.js_divergence(p, q),
+    }
+    assert set(rows) == set(expected)
+    for key, value in expected.items():
+        assert rows[key] == f"{value:.6f}", key
+    assert rows["H(P)"] == "1.760964"  # SEED.md: H = 1.7609640474436812
+    assert rows["H(P,Q)"] == "2.000000"  # SEED.md: Q uniform gives 2.0
+
+
+def test_p_alone(capsys):
+    assert run_alone([P]) == 0
+    out = capsys.readouterr().out
+    assert "H(P)" in out
+    assert "1.760964" in out
+    assert "H(Q)" not in out
+    assert "q(x)" not in out
+
+
+def test_nats_and_infinity(capsys):
+    assert run_alone(["0.5,0.5", "1,0", "--base", "e"]) == 0
+    out = capsys.readouterr().out
+    assert "(nats)" in out
+    assert "-ln p(x)" in out
+    rows = dict(line.split() for line in out.splitlines() if line.startswith(("H(", "D(", "JS")))
+    assert rows["H(P)"] == f"{math.log(2):.6f}"
+    assert rows["H(P,Q)"] == "inf"
+    assert rows["D(P||Q)"] == "inf"
+    assert rows["JS(P,Q)"] == f"{info.js_divergence([0.5, 0.5], [1, 0], base=math.e):.6f}"
+
+
+def test_json(capsys):
+    assert run_alone([P, "0.5,0.5,0,0", "--json", "--base", "10"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["unit"] == "hartleys"
+    assert document["base"] == 10
+    assert document["p"] == [0.5, 0.2, 0.2, 0.1]
+    assert document["information"]["q"][2] == "inf"
+    measures = document["measures"]
+    assert measures["H(P)"] == pytest.approx(1.7609640474436812 * math.log10(2), abs=1e-12)
+    assert measures["H(P,Q)"] == "inf"
+    assert measures["H(Q,P)"] == info.cross_entropy([0.5, 0.5, 0, 0], [0.5, 0.2, 0.2, 0.1], base=10)
+    assert measures["JS(P,Q)"] == info.js_divergence(
+        [0.5, 0.2, 0.2, 0.1], [0.5, 0.5, 0, 0], base=10
+    )
+
+
+def test_normalize_and_fractions(capsys):
+    assert run_alone(["5,2,2,1", "1,1,1,1", "--normalize", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["p"] == [0.5, 0.2, 0.2, 0.1]
+    assert document["q"] == [0.25] * 4
+    assert document["measures"]["H(P,Q)"] == pytest.approx(2.0, abs=1e-12)  # SEED.md
+    assert run_alone(["1/3,1/3,1/3", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["measures"]["H(P)"] == pytest.approx(math.log2(3), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["0.5,0.6"], r"`p` must sum to 1 .* pass --normalize"),
+        (["a,b"], r"`P` must be comma-separated numbers .* got 'a'"),
+        ([P, "0.5,0.5"], r"`Q` must have as many outcomes as `P`; got 2 and 4"),
+        (["0.5,nan"], r"`p` must contain no NaN"),
+        ([P, "--base", "1"], r"`base` must be a finite number > 0 and != 1"),
+        (["1.5,-0.5"], r"`p` must be non-negative"),
+    ],
+)
+def test_bad_data_raises_for_main_to_report(argv, message):
+    with pytest.raises(ValueError, match=message):
+        run_alone(argv)
+
+
+def test_through_main_exit_codes(capsys):
+    from crossentropy.cli import main
+
+    assert main(["measure", P, Q]) == 0
+    assert "1.760964" in capsys.readouterr().out
+    assert main(["measure", "0.5,0.6"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("crossentropy measure: error: `p` must sum to 1")
+    assert len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as usage:
+        main(["measure", P, "--base", "x"])
+    assert usage.value.code == 2
