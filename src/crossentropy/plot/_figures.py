@@ -78,12 +78,12 @@ def plot_information_term(*, path: str | pathlib.Path) -> pathlib.Path:
     axes.vlines(peak_x, 0, peak_y, colors=_ACCENT, linestyles=":", linewidth=1)
     axes.annotate(
         f"peak at x = 1/e = {peak_x:.3f}\nheight 1/(e ln 2) = {peak_y:.3f} bits",
-        xy=(peak_x, peak_y), xytext=(0.52, 0.30), textcoords="data",
+        xy=(peak_x, peak_y), xytext=(0.40, 0.10), textcoords="data",
         arrowprops={"arrowstyle": "->", "color": _ACCENT}, color=_ACCENT,
     )
     axes.plot([0.0, 1.0], [0.0, 0.0], "s", color="black", markersize=5)
-    axes.annotate("0 at x = 1\n(not 1)", xy=(1.0, 0.0), xytext=(0.83, 0.12),
-                  arrowprops={"arrowstyle": "->"})
+    axes.annotate("0 at x = 1 (the seed\nsays 1): a certain\noutcome adds nothing", xy=(1.0, 0.0),
+                  xytext=(0.78, 0.33), arrowprops={"arrowstyle": "->"})
     axes.set(xlim=(-0.02, 1.02), ylim=(-0.02, 0.62), xlabel="probability x",
              ylabel="bits", title="The entropy term −x log₂ x")
     axes.grid(alpha=0.3)
@@ -112,8 +112,9 @@ def plot_binary_entropy(
         height = float(info.binary_entropy(float(probability)))
         axes.plot([probability], [height], "o", color=_ACCENT, zorder=3)
         axes.annotate(f"{label}\nH = {height:.3f}", xy=(probability, height),
-                      xytext=(6, -28 if height > 0.5 else 8), textcoords="offset points",
-                      color=_ACCENT, fontsize=9)
+                      xytext=(-8 if probability > 0.5 else 8, -28 if height > 0.5 else 8),
+                      textcoords="offset points", color=_ACCENT, fontsize=9,
+                      ha="right" if probability > 0.5 else "left")
     axes.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.1), xlabel="probability p of the event",
              ylabel="bits", title="Binary entropy: certain events are predictable")
     axes.grid(alpha=0.3)
@@ -234,8 +235,11 @@ def plot_loss_curve(
                      label=f"uniform guess: log₂ 10 = {floor:.3f} bits")
     axes.set(xlabel="epoch (0 = before training)", ylabel="mean cross-entropy (bits)",
              title="Training lowers the cross-entropy", ylim=(0, None))
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
-    axes.legend(loc="upper right")
+    axes.legend(loc="center right")
     return _save(figure, path)
 
 

@@ -16,6 +16,7 @@ import pathlib
 from typing import Literal, TextIO
 
 from crossentropy.tour._classifier import DigitsResult, classifier_section, train_digits_classifier
+from crossentropy.tour._coding import coding_section
 from crossentropy.tour._report import Erratum, Figure, Section, Table, Text, Tour
 from crossentropy.tour._seed import (
     boxes_section,
@@ -40,6 +41,7 @@ __all__ = [
     "Text",
     "Tour",
     "classifier_section",
+    "coding_section",
     "run_tour",
     "train_digits_classifier",
 ]
@@ -78,7 +80,7 @@ def run_tour(
     tour = Tour(out, stream=stream, style=style, quiet=quiet)
     why_section(tour)
     information_section(tour)
-    _coding(tour)
+    coding_section(tour)  # codes for the four words: the seed's coding, after Information
     entropy_section(tour)
     boxes_section(tour)
     term_section(tour)
@@ -92,14 +94,3 @@ def run_tour(
     summary_section(tour)
     tour.listing()
     return tour
-
-
-def _coding(tour: Tour) -> None:
-    """The coding section (codes for the four words), in its place after Information."""
-    try:
-        from crossentropy.tour._coding import coding_section
-    except ModuleNotFoundError as error:
-        if error.name != "crossentropy.tour._coding":
-            raise
-        return
-    coding_section(tour)

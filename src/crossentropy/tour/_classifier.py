@@ -44,6 +44,10 @@ class DigitsResult:
         example_labels: their true classes.
         example_before: predicted distributions before training, (3, 10).
         example_after: predicted distributions after training, (3, 10).
+        test_labels: the true classes of the test split, (n_test,).
+        test_before: predicted distributions on the test split before training,
+            (n_test, 10).
+        test_after: the same after training.
     """
 
     epochs: int
@@ -59,6 +63,9 @@ class DigitsResult:
     example_labels: tuple[int, ...]
     example_before: np.ndarray
     example_after: np.ndarray
+    test_labels: np.ndarray
+    test_before: np.ndarray
+    test_after: np.ndarray
 
 
 def train_digits_classifier(
@@ -133,7 +140,8 @@ def train_digits_classifier(
             return torch.softmax(model(x), dim=-1).numpy()
 
     def sklearn_bits(x: torch.Tensor, y: np.ndarray) -> float:
-        return float(log_loss(y, probabilities(x), labels=list(range(NUM_CLASSES))))/math.log(2)
+        nats = log_loss(y, probabilities(x), labels=list(range(NUM_CLASSES)))
+        return float(nats) / math.log(2)
 
     def accuracy() -> float:
         return float(np.mean(probabilities(x_test_t).argmax(axis=1) == y_test))
@@ -152,6 +160,7 @@ def train_digits_classifier(
     sklearn_before = (sklearn_bits(x_train_t, y_train), sklearn_bits(x_test_t, y_test))
     accuracy_before = accuracy()
     example_before = probabilities(example_x)
+    test_before = probabilities(x_test_t)
 
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(x_train_t), generator=shuffle)
@@ -181,6 +190,9 @@ def train_digits_classifier(
         example_labels=tuple(int(y_test[i]) for i in chosen),
         example_before=example_before,
         example_after=probabilities(example_x),
+        test_labels=np.asarray(y_test),
+        test_before=test_before,
+        test_after=probabilities(x_test_t),
     )
 
 

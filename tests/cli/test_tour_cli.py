@@ -1,0 +1,48 @@
+"""`crossentropy tour` on the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from crossentropy.cli import main
+
+
+def test_tour_returns_0_and_writes_figures(tmp_path, capsys):
+    out = tmp_path / "figures"
+    assert main(["tour", "--out", str(out), "--epochs", "1", "--plain"]) == 0
+    text = capsys.readouterr().out
+    for number in ("1.157", "1.571", "1.330", "0.142", "0.9215"):
+        assert number in text
+    assert "A real classifier" in text
+    pngs = sorted(path.name for path in out.glob("*.png"))
+    assert "classifier_loss_curve.png" in pngs
+    assert "entropy_term.png" in pngs
+    assert all((out / name).stat().st_size > 0 for name in pngs)
+
+
+def test_no_train_and_quiet(tmp_path, capsys):
+    assert main(["tour", "--out", str(tmp_path), "--no-train", "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    assert (tmp_path / "box_entropy_terms.png").is_file()
+    assert not (tmp_path / "classifier_loss_curve.png").exists()
+
+
+@pytest.mark.parametrize("epochs", ["-1", "many"])
+def test_bad_epochs_is_a_usage_error(tmp_path, capsys, epochs):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tour", "--out", str(tmp_path), "--epochs", epochs])
+    assert exit_info.value.code == 2
+    assert f"must be an integer >= 0; got '{epochs}'" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_tour(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "crossentropy", "tour", "--out", str(tmp_path), "--no-train"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Entropy of the two boxes" in done.stdout
+    assert "ERRATUM" in done.stdout  # plain text when stdout is not a terminal

@@ -1,0 +1,234 @@
+"""The whole tour, run end to end: its values against SEED.md, its output, its figures.
+
+Golden numbers come from SEED.md's "Verified values" table (float64, bits unless
+marked); the others from the float64 reference in ``tests/reference.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+
+from crossentropy.tour import run_tour
+from tests import reference
+
+EPOCHS = 3  # a short training keeps the test fast; the default tour trains longer
+
+# SEED.md, "Verified values (float64; bits unless marked)".
+SEED_VERIFIED = {
+    "information.uniform.A": 2.0,
+    "information.skewed.A": 1.0,
+    "information.skewed.B": 2.321928094887362,
+    "information.skewed.C": 2.321928094887362,
+    "information.skewed.D": 3.321928094887362,
+    "entropy.words": 1.7609640474436812,
+    "term.argmax": 0.36787944117144233,
+    "term.max": 0.530737845423043,
+    "boxA.term1": 0.33219280948873625,
+    "boxA.term2": 0.46438561897747244,
+    "boxA.term3": 0.3602012209808308,
+    "boxA.H": 1.1567796494470395,
+    "boxB.term1": 0.5210896782498619,
+    "boxB.term2": 0.5210896782498619,
+    "boxB.term3": 0.5287712379549449,
+    "boxB.H": 1.5709505944546684,
+    "classification.before.x1": 1.7369655941662063,
+    "classification.before.x2": 0.5145731728297583,
+    "classification.before.x3": 1.7369655941662063,
+    "classification.before.mean": 1.3295014537207237,
+    "classification.after.x1": 0.07400058144377693,
+    "classification.after.x2": 0.15200309344504995,
+    "classification.after.x3": 0.2009126939259964,
+    "classification.after.mean": 0.14230545627160776,
+    "ce.uniform": 2.0,
+}
+# SEED.md gives these to the digits shown (nats to 4, H(P, Q) to 6 places).
+SEED_ROUNDED = {
+    "classification.before.mean_nats": (0.9215, 4),
+    "classification.after.mean_nats": (0.0986, 4),
+    "ce.reversed": (2.689735, 6),
+    "ce.close": (1.804936, 6),
+    "ce.peaked": (1.918251, 6),
+    "soft.CE": (0.569, 3),
+}
+P_WORDS = [0.5, 0.2, 0.2, 0.1]
+MODELS = {
+    "self": P_WORDS,
+    "uniform": [0.25] * 4,
+    "reversed": [0.1, 0.2, 0.2, 0.5],
+    "close": [0.4, 0.3, 0.2, 0.1],
+    "peaked": [0.7, 0.1, 0.1, 0.1],
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tour")
+    buffer = io.StringIO()
+    tour = run_tour(out, epochs=EPOCHS, stream=buffer, style="plain")
+    return tour, buffer.getvalue(), out
+
+
+@pytest.mark.parametrize("key", sorted(SEED_VERIFIED))
+def test_values_equal_seed_verified(run, key):
+    tour, _, _ = run
+    assert tour.values[key] == pytest.approx(SEED_VERIFIED[key], abs=1e-12, rel=0)
+
+
+@pytest.mark.parametrize("key", sorted(SEED_ROUNDED))
+def test_values_round_to_seed(run, key):
+    tour, _, _ = run
+    expected, digits = SEED_ROUNDED[key]
+    assert round(tour.values[key], digits) == expected
+
+
+def test_cross_entropy_table_matches_reference(run):
+    tour, _, _ = run
+    h_p = reference.entropy(P_WORDS)
+    for key, q in MODELS.items():
+        assert tour.values[f"ce.{key}"] == pytest.approx(
+            reference.cross_entropy(P_WORDS, q), abs=1e-12, rel=0)
+        assert tour.values[f"kl.{key}"] == pytest.approx(
+            reference.kl_divergence(P_WORDS, q), abs=1e-12, rel=0)
+        # H(P, Q) = H(P) + D(P‖Q), shown numerically by the tour.
+        assert abs(tour.values[f"ce.{key}.identity_gap"]) < 1e-12
+        assert tour.values[f"ce.{key}"] >= h_p - 1e-12
+    assert tour.values["kl.self"] == 0.0
+    assert tour.values["ce.peaked.backward"] == pytest.approx(
+        reference.cross_entropy(MODELS["peaked"], P_WORDS), abs=1e-12, rel=0)
+
+
+def test_other_values_match_reference(run):
+    tour, _, _ = run
+    values = tour.values
+    assert values["term.at_one"] == 0.0
+    assert values["term.at_zero"] == 0.0
+    assert values["soft.H"] == pytest.approx(reference.entropy([0.9, 0.05, 0.05]),
+                                             abs=1e-12, rel=0)
+    assert values["soft.CE"] == pytest.approx(values["soft.H"], abs=1e-12, rel=0)
+    assert values["classification.perfect"] == 0.0
+    for key, p in (("eat", 0.99), ("lottery", 1e-7), ("coin", 0.5)):
+        assert values[f"binary.{key}"] == pytest.approx(reference.binary_entropy(p),
+                                                        abs=1e-12, rel=0)
+    # PyTorch's nats are the bits times ln 2 (SEED.md, erratum 7).
+    for stage in ("before", "after"):
+        assert values[f"classification.{stage}.mean_nats"] == pytest.approx(
+            values[f"classification.{stage}.mean"] * math.log(2), abs=1e-12, rel=0)
+    # A single draw from box A coded with Huffman (lengths 1, 2, 2 for .7, .2, .1): 1.3.
+    assert values["boxA.huffman_length"] == pytest.approx(0.7 * 1 + 0.2 * 2 + 0.1 * 2,
+                                                          abs=1e-12, rel=0)
+
+
+def test_sections_follow_the_seed(run):
+    tour, _, _ = run
+    titles = [section.title.lower() for section in tour.sections]
+    order = ["why", "information", "coding", "entropy", "two prize boxes", "−x log2 x",
+             "entropy of the two boxes", "cross-entropy", "as a loss", "in classification",
+             "soft targets", "real classifier", "summary"]
+    positions = []
+    for word in order:
+        matches = [i for i, title in enumerate(titles) if word in title and i not in positions]
+        assert matches, f"no section for {word!r} in {titles}"
+        positions.append(matches[0])
+    assert positions == sorted(positions)
+
+
+def test_tables_print_the_seed_rounding(run):
+    tour, _, _ = run
+    skewed = tour.find("Information").tables()[1]
+    assert [row[2] for row in skewed.rows] == ["1.0", "2.3", "2.3", "3.3"]
+    uniform = tour.find("Information").tables()[0]
+    assert [row[2] for row in uniform.rows] == ["2.0"] * 4
+    box_a, box_b = tour.find("Entropy of the two boxes").tables()
+    assert [row[2] for row in box_a.rows] == ["0.332", "0.464", "0.360", "1.157"]
+    assert [row[2] for row in box_b.rows] == ["0.521", "0.521", "0.529", "1.571"]
+    classification = tour.find("in classification").tables()[0]
+    assert [row[3] for row in classification.rows] == ["1.737", "0.515", "1.737", "1.330"]
+    assert [row[5] for row in classification.rows] == ["0.074", "0.152", "0.201", "0.142"]
+    assert classification.rows[1][1] == "[0, 1, 0]"  # x2 is a cat (erratum 3)
+    term = tour.find("−x log2 x").tables()[0]
+    assert term.rows[1][:2] == ("1/e = 0.368", "0.531")
+
+
+def test_errata_beside_the_corrected_values(run):
+    tour, _, _ = run
+    errata = {section.title: section.errata() for section in tour.sections}
+    flat = [(title, e.seed_says, e.correct) for title, items in errata.items() for e in items]
+
+    def find(seed_text: str, correct_text: str) -> str:
+        for title, seed_says, correct in flat:
+            if seed_text in seed_says and correct_text in correct:
+                return title
+        raise AssertionError(f"no erratum {seed_text!r} → {correct_text!r} in {flat}")
+
+    assert "boxes" in find("0.361", "0.360")
+    assert "x log2 x" in find("uncertainty is 1 at p = 1", "the term is 0 at p = 1")
+    assert "Cross-entropy" in find("H(P, Q) > H(P)", "H(P, Q) ≥ H(P)")
+    assert "classification" in find("x2 (cat) = [0, 0, 1]", "x2 (cat) = [0, 1, 0]")
+    assert "classification" in find("1.330", "0.9215 nats")
+    assert "Soft" in find("down to 0", "0.569 bits")
+
+
+def test_output_has_the_key_numbers(run):
+    _, text, _ = run
+    for number in ("1.157", "1.571", "1.330", "0.142", "0.9215", "0.0986", "0.360", "0.531",
+                   "0.368", "0.569", "1.761", "2.689735"):
+        assert number in text, number
+    assert "ERRATUM" in text
+
+
+def test_coding_section_is_in_place(run):
+    tour, text, _ = run
+    coding = tour.find("coding")
+    rows = {row[0]: row for table in coding.tables() for row in table.rows}
+    assert "message bits" in rows
+    assert "18" in rows["message bits"]  # SEED.md: Huffman, 18 bits for the message
+    assert "20" in rows["message bits"]
+    assert text.index("Coding") < text.index("== 4. Entropy")
+
+
+def test_classifier_section(run):
+    tour, _, _ = run
+    values = tour.values
+    for split in ("train", "test"):
+        for stage in ("before", "after"):
+            ours = values[f"digits.{split}.{stage}"]
+            assert ours == pytest.approx(values[f"digits.{split}.{stage}.sklearn"],
+                                         abs=1e-6, rel=0)
+        assert values[f"digits.{split}.after"] < values[f"digits.{split}.before"]
+    table = tour.find("real classifier").tables()[1]
+    assert len(table.rows) == 4
+    assert table.rows[-1][0] == "mean"
+
+
+def test_all_figures_written(run):
+    tour, text, out = run
+    names = {figure.path.name for figure in tour.figures()}
+    expected = {"entropy_term.png", "binary_entropy.png", "box_entropy_terms.png",
+                "cross_entropy_gap.png", "classifier_loss_curve.png",
+                "classifier_predictions.png"}
+    assert expected <= names
+    for figure in tour.figures():
+        assert figure.path.parent == out
+        data = figure.path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", figure.path
+        assert len(data) > 5000
+        assert figure.path.name in text  # the final list names every figure
+
+
+def test_deterministic_and_without_training(tmp_path):
+    outputs = []
+    for name in ("one", "two"):
+        buffer = io.StringIO()
+        run_tour(tmp_path / name, train=False, stream=buffer, style="plain")
+        outputs.append(buffer.getvalue().replace(str(tmp_path / name), "OUT"))
+    assert outputs[0] == outputs[1]
+    assert "real classifier" not in outputs[0]
+    assert not (tmp_path / "one" / "classifier_loss_curve.png").exists()
+
+
+def test_bad_epochs(tmp_path):
+    with pytest.raises(ValueError, match="`epochs` must be an integer >= 0; got -1"):
+        run_tour(tmp_path, epochs=-1, quiet=True)
