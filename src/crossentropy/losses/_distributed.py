@@ -1,5 +1,661 @@
-"""Placeholder until the vocabulary-parallel loss lands (issue 4)."""
+"""Cross-entropy over a vocabulary split across the ranks of a ``torch.distributed`` group.
+
+Each rank holds the logits (or the head's weight rows) of a contiguous block of the
+vocabulary, ``[vocab_start, vocab_start + V_r)``, the blocks tiling ``[0, V)`` in rank
+order. The softmax needs three numbers per token from the whole vocabulary: the row
+maximum, the sum of exponentials and the target logit (with label smoothing also the
+weighted sum of the logits). Each rank computes its share of them and the group
+all-reduces those per-token numbers, never the logits, so the traffic is O(N) per call
+whatever V is. With the log-sum-exp known everywhere, each rank forms the gradient of its
+own logits in the forward pass, so the backward pass is a local scale and needs no
+communication.
+
+Before any data moves the ranks exchange a small metadata vector (token count, shard size
+and offset, dtype, every option, and with ``validate=True`` checksums of the targets and
+class weights) and check it the same way on every rank, so that a mismatch raises the same
+``ValueError`` on every rank, naming what differs, instead of leaving the group waiting.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+
+from crossentropy.losses._kernel import accumulation_dtype
+from crossentropy.losses._options import REDUCTIONS, check_options
+
+Reduction = Literal["mean", "sum", "none"]
+
+_FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+_IMPLS = ("auto", "chunked", "reference")
+# Budget for one chunk of float32 logits in the sharded linear head (chunk_size=None).
+_CHUNK_BUDGET_BYTES = 1 << 26
+_CHUNK_MIN_ROWS = 8
+_HASH_MODULUS = 65521  # position weights of the checksums cycle through 1 .. 65521
 
 
-def vocab_parallel_cross_entropy(*args, **kwargs):
-    raise NotImplementedError("crossentropy.losses.vocab_parallel_cross_entropy is not built yet")
+# --------------------------------------------------------------------------------------
+# The metadata exchange: one small all_gather, checked identically on every rank.
+# --------------------------------------------------------------------------------------
+
+
+def _float_bits(value: float) -> int:
+    """The IEEE-754 bits of a float64, as a signed 64-bit integer (exact and comparable)."""
+    return struct.unpack("<q", struct.pack("<d", float(value)))[0]
+
+
+def _bits_float(bits: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", int(bits)))[0]
+
+
+def _dtype_code(dtype: torch.dtype) -> int:
+    return _FLOAT_DTYPES.index(dtype) if dtype in _FLOAT_DTYPES else -1
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One slot of the metadata vector: its name in messages and how to show its value."""
+
+    label: str
+    kind: str = "int"  # "int", "float", "dtype", "reduction", "softcap", "bool", "impl", "hash"
+
+
+def _show(field: _Field, value: int) -> str:
+    if field.kind == "float":
+        return repr(_bits_float(value))
+    if field.kind == "softcap":
+        return "None" if value == _float_bits(0.0) else repr(_bits_float(value))
+    if field.kind == "dtype":
+        return str(_FLOAT_DTYPES[value]) if 0 <= value < len(_FLOAT_DTYPES) else "?"
+    if field.kind == "reduction":
+        return repr(REDUCTIONS[value]) if 0 <= value < len(REDUCTIONS) else "?"
+    if field.kind == "impl":
+        return repr(_IMPLS[value]) if 0 <= value < len(_IMPLS) else "?"
+    if field.kind == "bool":
+        return str(bool(value))
+    if field.kind == "hash":
+        return f"{value & 0xFFFFFFFF:08x}"
+    return str(value)
+
+
+def _require_group(group: dist.ProcessGroup | None) -> tuple[int, int]:
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            "torch.distributed must be initialised before a vocabulary-parallel loss is "
+            "called; call torch.distributed.init_process_group(...) on every rank first, or "
+            "use crossentropy.losses.cross_entropy for logits held by one process"
+        )
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _checksums(values: torch.Tensor) -> torch.Tensor:
+    """Two int64 checksums of a tensor's values (sum and position-weighted sum), on device.
+
+    Integer tensors are summed exactly (wrapping on overflow, the same on every rank);
+    floating tensors are summed in float64 and their bits compared, which is exact for
+    identical inputs on identical devices.
+    """
+    flat = values.reshape(-1)
+    positions = torch.arange(flat.numel(), device=flat.device) % _HASH_MODULUS + 1
+    if flat.is_floating_point():
+        flat = flat.to(torch.float64)
+        sums = torch.stack([flat.sum(), (flat * positions.to(torch.float64)).sum()])
+        return sums.view(torch.int64)
+    flat = flat.to(torch.int64)
+    return torch.stack([flat.sum(), (flat * positions).sum()])
+
+
+def _exchange(
+    fields: dict[str, _Field],
+    values: dict[str, int],
+    device_values: torch.Tensor | None,
+    device_names: tuple[str, ...],
+    *,
+    device: torch.device,
+    group: dist.ProcessGroup | None,
+    world: int,
+) -> list[dict[str, int]]:
+    """All-gather one int64 metadata vector per rank; return each rank's values by name.
+
+    ``values`` are host integers; ``device_values`` (checksums computed on the device, named
+    by ``device_names``) are appended without a separate synchronisation.
+    """
+    host = torch.tensor([values[name] for name in fields if name not in device_names],
+                        dtype=torch.int64, device=device)
+    local = host if device_values is None else torch.cat([host, device_values.to(torch.int64)])
+    gathered = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(gathered, local, group=group)
+    rows = torch.stack(gathered).cpu().tolist()
+    names = [name for name in fields if name not in device_names] + list(device_names)
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def _raise_on_local_errors(rows: list[dict[str, int]], local_error: Exception | None) -> None:
+    """Raise the same error on every rank when any rank's own input checks failed."""
+    if local_error is not None:
+        raise local_error
+    failed = [rank for rank, row in enumerate(rows) if row["error"]]
+    if failed:
+        which = ", ".join(str(r) for r in failed)
+        raise ValueError(
+            f"every rank of the group must pass valid inputs; rank(s) {which} rejected "
+            "theirs (see the error raised there)"
+        )
+
+
+def _check_same(fields: dict[str, _Field], rows: list[dict[str, int]], names: tuple[str, ...]):
+    """Raise one ValueError listing every field in ``names`` that differs between ranks."""
+    problems = []
+    for name in names:
+        seen = [row[name] for row in rows]
+        if len(set(seen)) > 1:
+            field = fields[name]
+            per_rank = ", ".join(f"{_show(field, v)} on rank {r}" for r, v in enumerate(seen))
+            problems.append(f"{field.label} must be the same on every rank; got {per_rank}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _check_tiling(shard_rows: list[int], starts: list[int]) -> None:
+    """The shards must tile [0, V) in rank order: start_r = V_0 + ... + V_{r-1}."""
+    expected = 0
+    for rank, (start, rows) in enumerate(zip(starts, shard_rows, strict=True)):
+        if start != expected:
+            if rank == 0:
+                detail = f"rank 0 starts at {start}, not 0"
+            elif start < expected:
+                detail = (
+                    f"rank {rank} starts at {start} but rank {rank - 1} ends at {expected} "
+                    f"(an overlap of {expected - start} rows)"
+                )
+            else:
+                detail = (
+                    f"rank {rank} starts at {start} but rank {rank - 1} ends at {expected} "
+                    f"(a gap of {start - expected} rows)"
+                )
+            raise ValueError(
+                "`vocab_start` must equal the number of vocabulary rows held by the lower "
+                f"ranks, so that the shards tile [0, V) in rank order; got vocab_start={starts} "
+                f"with shard sizes {shard_rows}: {detail}"
+            )
+        expected += rows
+
+
+def _check_target_range(targets: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    flat = targets.reshape(-1)
+    bad = (flat != ignore_index) & ((flat < 0) | (flat >= num_classes))
+    if bool(bad.any()):
+        value = int(flat[bad][0])
+        raise ValueError(
+            f"`targets` must be class indices in [0, {num_classes}) or ignore_index="
+            f"{ignore_index}; got {value}"
+        )
+
+
+def _option_values(
+    reduction, ignore_index, label_smoothing, z_loss, softcap, base
+) -> dict[str, int]:
+    return {
+        "reduction": REDUCTIONS.index(reduction),
+        "ignore_index": int(ignore_index),
+        "label_smoothing": _float_bits(label_smoothing),
+        "z_loss": _float_bits(z_loss),
+        "softcap": _float_bits(0.0 if softcap is None else softcap),
+        "base": _float_bits(base),
+    }
+
+
+_OPTION_FIELDS = {
+    "reduction": _Field("`reduction`", "reduction"),
+    "ignore_index": _Field("`ignore_index`"),
+    "label_smoothing": _Field("`label_smoothing`", "float"),
+    "z_loss": _Field("`z_loss`", "float"),
+    "softcap": _Field("`softcap`", "softcap"),
+    "base": _Field("`base`", "float"),
+}
+
+
+def _check_targets_type(targets: object, lead_shape: torch.Size, what: str) -> None:
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"`targets` must be a torch.Tensor; got {type(targets).__name__}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(
+            "`targets` must be integer class indices (probability targets are not supported "
+            f"across ranks); got dtype {targets.dtype}"
+        )
+    if targets.shape != lead_shape:
+        raise ValueError(
+            f"`targets` must have the shape of {what} without its last dimension, "
+            f"{tuple(lead_shape)}; got {tuple(targets.shape)}"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Per-row math on one rank's block of the vocabulary.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Rows:
+    """Per-row results for a block of rows: loss terms in nats, unscaled gradient."""
+
+    loss: torch.Tensor  # (n,) per-row loss in nats (0 for ignored rows)
+    lse: torch.Tensor  # (n,) global log-sum-exp of the (soft-capped) logits
+    grad: torch.Tensor | None  # (n, V_r) d loss_i / d logits_i, in the accumulation dtype
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """The options and shard geometry, fixed for one call."""
+
+    vocab_start: int
+    num_classes: int
+    ignore_index: int
+    label_smoothing: float
+    z_loss: float
+    softcap: float | None
+
+
+def _target_weights(targets, counted, weight, acc):
+    """w_y for counted rows (1 without class weights), 0 for ignored rows."""
+    if weight is None:
+        return counted.to(acc)
+    picked = weight.to(acc)[targets.clamp(0, weight.shape[0] - 1)]
+    return torch.where(counted, picked, torch.zeros((), dtype=acc, device=picked.device))
+
+
+def _shard_rows(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    spec: _Spec,
+    *,
+    weight: torch.Tensor | None,
+    group: dist.ProcessGroup | None,
+    want_grad: bool,
+    lse: torch.Tensor | None = None,
+) -> _Rows:
+    """Loss and gradient rows for this rank's columns of a block of logits.
+
+    With ``z`` the (soft-capped) logits, ``w`` the class weights (ones when None), ``W``
+    their sum, ``eps`` the smoothing and ``lam`` the z-loss, a counted row's loss is
+    ``(1 - eps) w_y (lse - z_y) + (eps / V) (W lse - sum_c w_c z_c) + lam w_y lse**2`` (the
+    formula of :func:`crossentropy.losses._kernel.cross_entropy_rows`), and its gradient
+    ``[(1 - eps) w_y + eps W / V + 2 lam w_y lse] p - (1 - eps) w_y onehot(y) - (eps / V) w``,
+    times ``1 - tanh(logits / softcap)**2`` with soft-capping. The row maximum, the sum of
+    exponentials, the target logit and the weighted logit sum are all-reduced over the
+    group. When ``lse`` is given (a recomputation in backward), no collective is made and
+    only the gradient is formed.
+    """
+    acc = accumulation_dtype(logits.dtype)
+    n, shard = logits.shape
+    device = logits.device
+    eps, lam = spec.label_smoothing, spec.z_loss
+    counted = targets != spec.ignore_index
+    counted_f = counted.to(acc)
+    local_t = targets - spec.vocab_start
+    in_shard = counted & (local_t >= 0) & (local_t < shard)
+    w_loc = None
+    if weight is not None:
+        w_loc = weight[spec.vocab_start : spec.vocab_start + shard].to(device=device, dtype=acc)
+        total_w = weight.to(acc).sum()
+    else:
+        total_w = float(spec.num_classes)
+    w_y = _target_weights(targets, counted, weight, acc)
+
+    if spec.softcap is not None:
+        tanh = logits.to(acc) / spec.softcap
+        tanh.tanh_()
+        z = tanh * spec.softcap
+    else:
+        tanh = None
+        z = logits.to(acc)
+
+    if lse is None:
+        if shard > 0:
+            row_max = z.amax(dim=1)
+        else:
+            row_max = torch.full((n,), -math.inf, dtype=acc, device=device)
+        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
+        e = torch.exp(z - row_max.unsqueeze(1))
+        sums = torch.zeros(3, n, dtype=acc, device=device)
+        torch.sum(e, dim=1, out=sums[0])
+        if shard > 0:
+            picked = z.gather(1, local_t.clamp(0, shard - 1).unsqueeze(1)).squeeze(1)
+            sums[1] = torch.where(in_shard, picked, torch.zeros((), dtype=acc, device=device))
+            if eps > 0:
+                sums[2] = z.sum(dim=1) if w_loc is None else torch.mv(z, w_loc)
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+        sum_exp, z_target, w_dot_z = sums[0], sums[1], sums[2]
+        log_sum_exp = sum_exp.log()
+        lse = row_max + log_sum_exp
+        nll = (row_max - z_target) + log_sum_exp  # lse - z_y without cancellation
+        loss = (1.0 - eps) * w_y * nll
+        if eps > 0:
+            loss = loss + (eps / spec.num_classes) * counted_f * (total_w * lse - w_dot_z)
+        if lam > 0:
+            loss = loss + lam * w_y * lse.square()
+        loss = torch.where(counted, loss, torch.zeros((), dtype=acc, device=device))
+        p_over = sum_exp  # e / sum_exp is the softmax
+    else:
+        e = torch.exp(z - lse.unsqueeze(1))
+        loss = None
+        p_over = None
+
+    if not want_grad:
+        return _Rows(loss, lse, None)
+    del z
+    coef = (1.0 - eps) * w_y + counted_f * (eps * total_w / spec.num_classes)
+    if lam > 0:
+        coef = coef + (2.0 * lam) * w_y * lse
+    if p_over is not None:
+        coef = coef / p_over
+    grad = e
+    grad.mul_(coef.unsqueeze(1))
+    if shard > 0:
+        hit = in_shard.nonzero().squeeze(1)
+        grad.index_put_(
+            (hit, local_t[hit]), -(1.0 - eps) * w_y[hit], accumulate=True
+        )
+        if eps > 0:
+            col = w_loc if w_loc is not None else torch.ones(shard, dtype=acc, device=device)
+            grad.addr_(counted_f, col, alpha=-eps / spec.num_classes)
+    if tanh is not None:
+        tanh.square_()
+        grad.addcmul_(grad, tanh, value=-1.0)
+    return _Rows(loss, lse, grad)
+
+
+def _mean_factor(w_y_sum: torch.Tensor) -> torch.Tensor:
+    """1 / sum of counted weights, or 0 when nothing counts (an all-ignored batch)."""
+    positive = w_y_sum > 0
+    return torch.where(positive, 1.0 / torch.where(positive, w_y_sum, 1.0), 0.0)
+
+
+# --------------------------------------------------------------------------------------
+# vocab_parallel_cross_entropy
+# --------------------------------------------------------------------------------------
+
+
+class _VocabParallelCrossEntropy(torch.autograd.Function):
+    """Forward forms the loss and the local gradient; backward scales the gradient."""
+
+    @staticmethod
+    def forward(ctx, local_logits, targets, weight, spec, reduction, base, group, want_grad):
+        shard = local_logits.shape[-1]
+        lead = targets.shape
+        rows = _shard_rows(
+            local_logits.reshape(targets.numel(), shard),
+            targets.reshape(-1),
+            spec,
+            weight=weight,
+            group=group,
+            want_grad=want_grad,
+        )
+        acc = rows.loss.dtype
+        scale = torch.tensor(1.0 / math.log(base), dtype=acc, device=rows.loss.device)
+        if reduction == "mean":
+            flat = targets.reshape(-1)
+            w_y = _target_weights(flat, flat != spec.ignore_index, weight, acc)
+            scale = scale * _mean_factor(w_y.sum())
+        loss = (rows.loss * scale).reshape(lead) if reduction == "none" else rows.loss.sum() * scale
+        grad = rows.grad
+        if grad is not None:
+            grad.mul_(scale)
+        ctx.reduction = reduction
+        ctx.logits_shape = local_logits.shape
+        ctx.logits_dtype = local_logits.dtype
+        ctx.save_for_backward(grad)
+        return loss.to(local_logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        if grad is None:
+            return (None,) * 8
+        if ctx.reduction == "none":
+            scale = grad_output.reshape(-1, 1).to(grad.dtype)
+        else:
+            scale = grad_output.to(grad.dtype)
+        out = (grad * scale).to(ctx.logits_dtype).reshape(ctx.logits_shape)
+        return out, None, None, None, None, None, None, None
+
+
+_VP_FIELDS = {
+    "error": _Field("error", "bool"),
+    "tokens": _Field("the number of tokens (elements of `targets`)"),
+    "ndim": _Field("the number of dimensions of `targets`"),
+    "shape": _Field("the shape of `targets`", "hash"),
+    "dtype": _Field("the dtype of `local_logits`", "dtype"),
+    "shard": _Field("shard rows"),
+    "vocab_start": _Field("`vocab_start`"),
+    **_OPTION_FIELDS,
+    "weight_dim": _Field("whether `weight` is given (its number of dimensions)"),
+    "weight_numel": _Field("the number of entries of `weight`"),
+    "validate": _Field("`validate`", "bool"),
+    "targets_sum": _Field("`targets` (checksum)", "hash"),
+    "targets_mix": _Field("`targets` (position checksum)", "hash"),
+    "weight_sum": _Field("`weight` (checksum)", "hash"),
+    "weight_mix": _Field("`weight` (position checksum)", "hash"),
+}
+_VP_DEVICE = ("targets_sum", "targets_mix", "weight_sum", "weight_mix")
+
+
+def _shape_hash(shape: tuple[int, ...]) -> int:
+    value = 0
+    for size in shape:
+        value = (value * 1_000_003 + int(size) + 1) % (1 << 61)
+    return value
+
+
+def vocab_parallel_cross_entropy(
+    local_logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    vocab_start: int,
+    group: dist.ProcessGroup | None = None,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    base: float = math.e,
+    validate: bool = True,
+) -> torch.Tensor:
+    """Cross-entropy of logits split by vocabulary across the ranks of a process group.
+
+    Spec: equals ``cross_entropy(full_logits, targets, ...)`` computed on one process,
+    where ``full_logits`` is the concatenation of every rank's ``local_logits`` along the
+    last dimension in rank order; never gathers the logits.
+
+    Rank ``r`` holds the logits of vocabulary entries ``[vocab_start, vocab_start + V_r)``;
+    the shards must tile ``[0, V)`` in rank order (rank 0 starts at 0, each next rank where
+    the previous one ends) and may have different sizes (an empty shard is allowed). Every
+    rank passes the same ``targets`` (global class indices) and options. The loss is the one
+    of :func:`crossentropy.losses.cross_entropy` for class-index targets: with ``z`` the
+    logits (soft-capped to ``softcap * tanh(logits / softcap)`` when ``softcap`` is set),
+    ``lse = log sum_c exp(z_c)`` over the whole vocabulary, class weights ``w`` (ones when
+    None) summing to ``W``, smoothing ``eps`` and ``lam = z_loss``, a token's loss is
+    ``[(1 - eps) w_y (lse - z_y) + (eps / V) sum_c w_c (lse - z_c) + lam w_y lse**2] / ln(base)``.
+    ``"mean"`` divides the sum by the summed weights ``w_y`` of the counted tokens (torch's
+    weighted mean); a batch in which every token is ignored gives 0 with a zero gradient.
+
+    The group all-reduces, per token, the row maximum, then the sum of exponentials, the
+    target logit and (with smoothing) ``sum_c w_c z_c``: two collectives of O(N) numbers.
+    Each rank then forms the gradient of its own logits in the forward pass (``softmax -
+    onehot`` with the smoothing, z-loss, soft-cap and base factors), so backward makes no
+    collective. Every rank returns the same loss.
+
+    Before any of that the ranks all-gather a small metadata vector (token count and shape,
+    shard size and start, logits dtype, every option, and with ``validate=True`` checksums
+    of ``targets`` and ``weight``), and check it identically, so mismatched inputs raise
+    the same ``ValueError`` on every rank rather than a hang. Works with any backend
+    (``gloo`` on CPU, ``nccl`` on GPU); the metadata lives on the logits' device.
+
+    Args:
+        local_logits: (..., V_r) this rank's logits (float64, float32, bfloat16 or
+            float16); the leading dimensions index the N tokens.
+        targets: (...) integer class indices in [0, V) (global, the same on every rank) or
+            ``ignore_index``.
+        vocab_start: Global index of this rank's first vocabulary entry.
+        group: Process group the vocabulary is split across; None for the default group.
+        weight: (V,) class weights over the whole vocabulary, the same full vector on every
+            rank (not a shard), or None.
+        ignore_index: Target value whose tokens contribute neither loss nor gradient.
+        reduction: ``"mean"`` (weighted mean over counted tokens), ``"sum"`` or ``"none"``
+            (shape of ``targets``, 0 at ignored tokens).
+        label_smoothing: torch's label smoothing epsilon in [0, 1].
+        z_loss: Coefficient of ``logsumexp(logits)**2`` per counted token (PaLM), >= 0.
+        softcap: Soft-capping constant > 0 (Gemma 2), or None.
+        base: Logarithm base of the loss: ``math.e`` for nats, 2 for bits.
+        validate: Also check values (targets in range, weights finite and nonnegative, and
+            targets and weights identical on every rank); these read tensor values, a device
+            synchronisation. Shape, dtype and option checks always run.
+
+    Returns:
+        The loss in units of ``base`` (nats by default), in the logits' dtype: a scalar for
+        ``"mean"`` and ``"sum"``, shape of ``targets`` for ``"none"``. The same on every
+        rank. Gradients flow to ``local_logits`` only.
+
+    Raises:
+        RuntimeError: ``torch.distributed`` is not initialised.
+        TypeError: Logits not a floating-point tensor, targets not integer, an option of the
+            wrong type.
+        ValueError: Shapes or options that differ between ranks (the message lists each
+            rank's value), shards that overlap or leave gaps, targets out of range, and the
+            option errors of :func:`crossentropy.losses.cross_entropy`.
+
+    Examples:
+        One process is a group of one, which must equal the single-process loss:
+
+        >>> import torch, torch.distributed as dist
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+        >>> targets = torch.tensor([0, 2])
+        >>> loss = vocab_parallel_cross_entropy(logits, targets, vocab_start=0)
+        >>> expected = torch.nn.functional.cross_entropy(logits, targets)
+        >>> bool(torch.allclose(loss, expected))
+        True
+        >>> dist.destroy_process_group()
+
+        On two ranks each passes its half of the columns, ``logits[:, :2]`` with
+        ``vocab_start=0`` on rank 0 and ``logits[:, 2:]`` with ``vocab_start=2`` on rank 1,
+        and both get the same loss.
+
+    References:
+        Shoeybi et al., "Megatron-LM: Training Multi-Billion Parameter Language Models Using
+        Model Parallelism", 2019 (the vocabulary-parallel cross-entropy).
+    """
+    rank, world = _require_group(group)
+    if not isinstance(local_logits, torch.Tensor):
+        raise TypeError(
+            f"`local_logits` must be a torch.Tensor; got {type(local_logits).__name__}"
+        )
+    device = local_logits.device
+
+    # Local checks. A failure is held back until after the exchange, so that every rank
+    # raises instead of the others waiting for a rank that already left.
+    local_error: Exception | None = None
+    values: dict[str, int] = {name: 0 for name in _VP_FIELDS}
+    device_values = None
+    try:
+        if local_logits.dtype not in _FLOAT_DTYPES:
+            raise TypeError(
+                "`local_logits` must be float64, float32, bfloat16 or float16; "
+                f"got {local_logits.dtype}"
+            )
+        if local_logits.dim() < 1:
+            raise ValueError("`local_logits` must have at least 1 dimension (..., V_r); got 0")
+        _check_targets_type(targets, local_logits.shape[:-1], "`local_logits`")
+        if isinstance(vocab_start, bool) or not isinstance(vocab_start, int):
+            raise TypeError(f"`vocab_start` must be an int; got {type(vocab_start).__name__}")
+        if vocab_start < 0:
+            raise ValueError(f"`vocab_start` must be >= 0; got {vocab_start}")
+        if weight is not None and not isinstance(weight, torch.Tensor):
+            raise TypeError(f"`weight` must be None or a torch.Tensor; got {type(weight).__name__}")
+        check_options(
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            base=base,
+            weight=None,
+            num_classes=0,
+            ignore_index=ignore_index,
+            validate=False,
+        )
+        values.update(
+            tokens=targets.numel(),
+            ndim=targets.dim(),
+            shape=_shape_hash(tuple(targets.shape)),
+            dtype=_dtype_code(local_logits.dtype),
+            shard=local_logits.shape[-1],
+            vocab_start=vocab_start,
+            weight_dim=-1 if weight is None else weight.dim(),
+            weight_numel=-1 if weight is None else weight.numel(),
+            validate=bool(validate),
+            **_option_values(reduction, ignore_index, label_smoothing, z_loss, softcap, base),
+        )
+        if validate:
+            parts = [_checksums(targets.to(device))]
+            parts.append(
+                torch.zeros(2, dtype=torch.int64, device=device)
+                if weight is None
+                else _checksums(weight.to(device))
+            )
+            device_values = torch.cat(parts)
+    except (TypeError, ValueError) as exc:
+        local_error = exc
+        values["error"] = 1
+    if device_values is None:
+        device_values = torch.zeros(len(_VP_DEVICE), dtype=torch.int64, device=device)
+
+    rows = _exchange(
+        _VP_FIELDS, values, device_values, _VP_DEVICE, device=device, group=group, world=world
+    )
+    _raise_on_local_errors(rows, local_error)
+    same = tuple(n for n in _VP_FIELDS if n not in ("error", "shard", "vocab_start"))
+    _check_same(_VP_FIELDS, rows, same)
+    shard_rows = [row["shard"] for row in rows]
+    _check_tiling(shard_rows, [row["vocab_start"] for row in rows])
+    num_classes = sum(shard_rows)
+    if num_classes < 1:
+        raise ValueError("the shards must hold at least one vocabulary row in all; got 0")
+    # Identical on every rank from here on: the inputs checked below were compared above.
+    check_options(
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        base=base,
+        weight=weight,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        validate=validate,
+    )
+    if validate:
+        _check_target_range(targets, num_classes, ignore_index)
+    del rank
+
+    spec = _Spec(
+        vocab_start=vocab_start,
+        num_classes=num_classes,
+        ignore_index=int(ignore_index),
+        label_smoothing=float(label_smoothing),
+        z_loss=float(z_loss),
+        softcap=None if softcap is None else float(softcap),
+    )
+    want_grad = torch.is_grad_enabled() and local_logits.requires_grad
+    if weight is not None:
+        weight = weight.to(device)
+    return _VocabParallelCrossEntropy.apply(
+        local_logits, targets.to(device), weight, spec, reduction, float(base), group, want_grad
+    )
+
+
+__all__ = ["vocab_parallel_cross_entropy"]

@@ -1,0 +1,178 @@
+"""Run functions on a group of ``gloo`` processes spawned by a test, with a hard timeout.
+
+:func:`run_group` starts ``world_size`` processes, each of which joins a process group
+through a ``file://`` rendezvous in the test's own temporary directory (no ports, so tests
+running in parallel cannot collide), runs one task function from :data:`TASKS`, and saves
+what it returns. The parent collects each rank's result. A group that does not finish in
+time is killed and the test fails, so a hang never blocks the suite.
+
+Tasks run many cases in one group to pay the start-up cost (about two seconds) once. A
+case that raises records ``("error", type name, message)`` instead of stopping the task, so
+that tests can check that every rank raised the same error and that the group still works.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+COLLECTIVE_TIMEOUT_S = 30  # a collective that waits longer raises inside the worker
+GROUP_TIMEOUT_S = 90  # the whole group is killed after this
+
+
+def shard_bounds(sizes: list[int]) -> list[tuple[int, int]]:
+    """[start, stop) of each rank's vocabulary block for shard sizes in rank order."""
+    bounds, start = [], 0
+    for size in sizes:
+        bounds.append((start, start + size))
+        start += size
+    return bounds
+
+
+def _entry(rank: int, world: int, init_file: str, task: str, payload: object, out: str) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
+    )
+    try:
+        result = TASKS[task](rank, world, payload)
+    except BaseException:
+        result = {"__crash__": traceback.format_exc()}
+    torch.save(result, Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def run_group(world: int, task: str, payload: object, tmp_path: Path) -> list[object]:
+    """Run ``TASKS[task](rank, world, payload)`` on ``world`` spawned gloo processes.
+
+    Returns the list of per-rank results. Raises AssertionError when a rank crashed
+    outside a case or the group did not finish within :data:`GROUP_TIMEOUT_S` seconds.
+    """
+    out = tmp_path / f"group-{task}-{world}"
+    out.mkdir()
+    context = mp.start_processes(
+        _entry,
+        args=(world, str(out / "rendezvous"), task, payload, str(out)),
+        nprocs=world,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + GROUP_TIMEOUT_S
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            raise AssertionError(f"the {world}-process group did not finish in time (a hang)")
+    results = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    for rank, result in enumerate(results):
+        if isinstance(result, dict) and "__crash__" in result:
+            raise AssertionError(f"rank {rank} crashed:\n{result['__crash__']}")
+    return results
+
+
+def _capture(fn):
+    try:
+        return ("ok", fn())
+    except Exception as exc:  # recorded for the parent to check
+        return ("error", type(exc).__name__, str(exc))
+
+
+# --------------------------------------------------------------------------------------
+# Tasks. Each receives the full inputs and slices out its own shard.
+# --------------------------------------------------------------------------------------
+
+
+def _vocab_parallel_cases(rank: int, world: int, payload: dict) -> dict:
+    from crossentropy.losses import vocab_parallel_cross_entropy
+
+    results = {}
+    for case in payload["cases"]:
+        start, stop = shard_bounds(case.get("sizes", payload["sizes"]))[rank]
+
+        def one(case=case, start=start, stop=stop):
+            logits = case["logits"][..., start:stop].clone().requires_grad_(True)
+            options = dict(case["options"])
+            loss = vocab_parallel_cross_entropy(
+                logits, case["targets"], vocab_start=start, **options
+            )
+            upstream = case.get("upstream")
+            (loss * upstream if upstream is not None else loss).sum().backward()
+            return loss.detach(), logits.grad
+
+        results[case["name"]] = _capture(one)
+    return results
+
+
+def _sharded_linear_cases(rank: int, world: int, payload: dict) -> dict:
+    from crossentropy.losses._distributed import sharded_linear_cross_entropy
+
+    results = {}
+    for case in payload["cases"]:
+        start, stop = shard_bounds(case.get("sizes", payload["sizes"]))[rank]
+
+        def one(case=case, start=start, stop=stop):
+            hidden = case["hidden"].clone().requires_grad_(True)
+            weight = case["weight"][start:stop].clone().requires_grad_(True)
+            bias = case.get("bias")
+            if bias is not None:
+                bias = bias[start:stop].clone().requires_grad_(True)
+            loss = sharded_linear_cross_entropy(
+                hidden, weight, case["targets"], bias=bias, **case["options"]
+            )
+            upstream = case.get("upstream")
+            (loss * upstream if upstream is not None else loss).sum().backward()
+            return (
+                loss.detach(),
+                hidden.grad,
+                weight.grad,
+                None if bias is None else bias.grad,
+            )
+
+        results[case["name"]] = _capture(one)
+    return results
+
+
+def _mismatch_cases(rank: int, world: int, payload: dict) -> dict:
+    """Each case gives this rank its own arguments; a good call follows each bad one."""
+    from crossentropy.losses import vocab_parallel_cross_entropy
+    from crossentropy.losses._distributed import sharded_linear_cross_entropy
+
+    results = {}
+    for case in payload["cases"]:
+        mine = case["per_rank"][rank]
+        if case["kind"] == "vocab":
+            results[case["name"]] = _capture(
+                lambda mine=mine: vocab_parallel_cross_entropy(*mine["args"], **mine["kwargs"])
+            )
+        else:
+            results[case["name"]] = _capture(
+                lambda mine=mine: sharded_linear_cross_entropy(*mine["args"], **mine["kwargs"])
+            )
+        # The group must still be usable after the error: a collective that every rank
+        # joins, checked against the expected sum.
+        probe = torch.tensor([float(rank + 1)])
+        dist.all_reduce(probe)
+        results[case["name"] + "/after"] = float(probe) == world * (world + 1) / 2
+    return results
+
+
+TASKS = {
+    "vocab_parallel": _vocab_parallel_cases,
+    "sharded_linear": _sharded_linear_cases,
+    "mismatch": _mismatch_cases,
+}
+
+__all__ = ["TASKS", "run_group", "shard_bounds"]

@@ -1,0 +1,252 @@
+"""The vocabulary-parallel losses on real ``gloo`` process groups spawned by the tests.
+
+Each test spawns one group of 2 or 3 processes and runs many cases in it (see
+``tests/losses/_dist_worker.py``); the parent computes the single-process oracle and
+compares. Oracles: ``torch.nn.functional.cross_entropy`` on the full logits for the options
+torch has, the same composed with the soft-cap, z-loss and base written as the math reads
+for the others, and ``crossentropy.losses.cross_entropy`` where it is available.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.losses._dist_worker import run_group
+
+pytestmark = pytest.mark.distributed
+
+V = 11  # vocabulary of the vocab-parallel cases
+SHARDS = {2: [4, 7], 3: [2, 5, 4]}  # uneven on purpose
+EMPTY_SHARD = [3, 0, 8]  # a rank may hold no rows
+LEAD = (3, 5)  # 15 tokens in a (batch, sequence) layout
+TOL = {torch.float32: {"rtol": 1e-6, "atol": 1e-6}, torch.float64: {"rtol": 1e-12, "atol": 1e-12}}
+
+
+def reference_loss(
+    logits,
+    targets,
+    *,
+    weight=None,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+    base=math.e,
+    validate=True,
+):
+    """Single-process loss from torch ops: F.cross_entropy per token on the soft-capped
+    logits, plus ``z_loss * w_y * logsumexp**2``, over ``ln(base)``, then torch's weighted
+    mean (0 for an all-ignored batch)."""
+    del validate
+    z = logits if softcap is None else softcap * torch.tanh(logits / softcap)
+    num_classes = z.shape[-1]
+    z2 = z.reshape(-1, num_classes)
+    flat = targets.reshape(-1)
+    per = F.cross_entropy(
+        z2,
+        flat,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction="none",
+        label_smoothing=label_smoothing,
+    )
+    counted = flat != ignore_index
+    if weight is None:
+        w_y = counted.to(z.dtype)
+    else:
+        w_y = weight[flat.clamp(0, num_classes - 1)] * counted
+    if z_loss:
+        per = per + z_loss * w_y * torch.logsumexp(z2, dim=1).square()
+    per = per / math.log(base)
+    if reduction == "none":
+        return per.reshape(targets.shape)
+    if reduction == "sum":
+        return per.sum()
+    denominator = w_y.sum()
+    return per.sum() / denominator if denominator > 0 else per.sum() * 0.0
+
+
+TORCH_OPTIONS = {"weight", "ignore_index", "reduction", "label_smoothing", "validate"}
+
+
+def _library_loss():
+    """``crossentropy.losses.cross_entropy`` if it is built, else None."""
+    from crossentropy.losses import cross_entropy
+
+    try:
+        cross_entropy(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
+    except NotImplementedError:
+        return None
+    return cross_entropy
+
+
+def _grads(fn, tensors, upstream):
+    """Value of ``fn(*tensors)`` and the gradients of ``sum(upstream * value)``."""
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in tensors]
+    value = fn(*leaves)
+    (value * upstream if upstream is not None else value).sum().backward()
+    return value.detach(), [t.grad if t is not None else None for t in leaves]
+
+
+def _close(label, actual, expected, dtype, failures):
+    try:
+        torch.testing.assert_close(actual, expected, **TOL[dtype])
+    except AssertionError as exc:
+        failures.append(f"{label}: {str(exc).splitlines()[0:4]}")
+
+
+# --------------------------------------------------------------------------------------
+# vocab_parallel_cross_entropy
+# --------------------------------------------------------------------------------------
+
+
+def _vocab_cases(world: int) -> list[dict]:
+    gen = torch.Generator().manual_seed(1000 + world)
+    cases = []
+    for dtype in (torch.float32, torch.float64):
+        logits = (3.0 * torch.randn(*LEAD, V, generator=gen, dtype=torch.float64)).to(dtype)
+        targets = torch.randint(0, V, LEAD, generator=gen)
+        targets.view(-1)[:V] = torch.randperm(V, generator=gen)  # every shard has targets
+        weight = (0.1 + torch.rand(V, generator=gen, dtype=torch.float64)).to(dtype)
+        some_ignored = targets.clone()
+        some_ignored.view(-1)[::4] = -100
+        minus_one = targets.clone()
+        minus_one.view(-1)[1::3] = -1
+        all_ignored = torch.full(LEAD, -100)
+        option_sets = [
+            ("plain", targets, {}),
+            ("weight", targets, {"weight": weight}),
+            ("ignore_default", some_ignored, {"weight": weight}),
+            ("ignore_minus_one", minus_one, {"ignore_index": -1}),
+            ("smoothing", targets, {"label_smoothing": 0.1}),
+            ("smoothing_weight_ignore", some_ignored, {"label_smoothing": 0.3, "weight": weight}),
+            ("z_loss", targets, {"z_loss": 0.05}),
+            ("z_loss_weight", some_ignored, {"z_loss": 0.05, "weight": weight}),
+            ("softcap", targets, {"softcap": 2.0}),
+            ("base2", targets, {"base": 2}),
+            (
+                "everything",
+                minus_one,
+                {
+                    "ignore_index": -1,
+                    "weight": weight,
+                    "label_smoothing": 0.2,
+                    "z_loss": 0.03,
+                    "softcap": 4.0,
+                    "base": 2,
+                },
+            ),
+            ("all_ignored", all_ignored, {}),
+            ("all_ignored_options", all_ignored, {"weight": weight, "label_smoothing": 0.1}),
+            ("no_validate", some_ignored, {"validate": False, "label_smoothing": 0.1}),
+        ]
+        for reduction in ("mean", "sum", "none"):
+            upstream = None
+            if reduction == "none":
+                upstream = torch.rand(LEAD, generator=gen, dtype=torch.float64).to(dtype)
+            for name, tgt, options in option_sets:
+                cases.append(
+                    {
+                        "name": f"{name}/{reduction}/{dtype}",
+                        "logits": logits,
+                        "targets": tgt,
+                        "options": {**options, "reduction": reduction},
+                        "upstream": upstream,
+                        "dtype": dtype,
+                    }
+                )
+        # Other layouts: 2-D (N, V), 1-D (V,) with a scalar target, an empty shard.
+        flat = logits.reshape(-1, V)
+        cases.append(
+            {
+                "name": f"2d/{dtype}",
+                "logits": flat,
+                "targets": targets.reshape(-1),
+                "options": {"label_smoothing": 0.1},
+                "dtype": dtype,
+            }
+        )
+        cases.append(
+            {
+                "name": f"1d/{dtype}",
+                "logits": flat[0],
+                "targets": targets.reshape(-1)[0],
+                "options": {"z_loss": 0.1},
+                "dtype": dtype,
+            }
+        )
+        if world == 3:
+            cases.append(
+                {
+                    "name": f"empty_shard/{dtype}",
+                    "logits": logits,
+                    "targets": some_ignored,
+                    "options": {"weight": weight, "label_smoothing": 0.2, "softcap": 3.0},
+                    "sizes": EMPTY_SHARD,
+                    "dtype": dtype,
+                }
+            )
+    return cases
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_vocab_parallel_matches_single_process(world, tmp_path):
+    """Loss on every rank and the concatenated local gradients equal the single-process
+    loss and gradient, for every option and reduction, float32 (1e-6) and float64."""
+    cases = _vocab_cases(world)
+    results = run_group(world, "vocab_parallel", {"sizes": SHARDS[world], "cases": cases}, tmp_path)
+    library = _library_loss()
+    failures: list[str] = []
+    for case in cases:
+        name, dtype = case["name"], case["dtype"]
+        outcomes = [result[name] for result in results]
+        bad = [o for o in outcomes if o[0] != "ok"]
+        if bad:
+            failures.append(f"{name}: {bad[0]}")
+            continue
+        losses = [o[1][0] for o in outcomes]
+        if not all(torch.equal(losses[0], other) for other in losses[1:]):
+            failures.append(f"{name}: ranks returned different losses {losses}")
+        grad = torch.cat([o[1][1] for o in outcomes], dim=-1)
+        options = case["options"]
+        upstream = case.get("upstream")
+        weight = options.get("weight")
+
+        def composed(logits, _options=options, _targets=case["targets"]):
+            return reference_loss(logits, _targets, **_options)
+
+        ref_loss, (ref_grad,) = _grads(composed, [case["logits"]], upstream)
+        _close(f"{name} loss vs composed torch", losses[0], ref_loss, dtype, failures)
+        _close(f"{name} grad vs composed torch", grad, ref_grad, dtype, failures)
+        all_ignored = bool((case["targets"] == options.get("ignore_index", -100)).all())
+        if set(options) <= TORCH_OPTIONS and not (all_ignored and options["reduction"] == "mean"):
+            torch_options = {k: v for k, v in options.items() if k != "validate"}
+
+            def plain(logits, _options=torch_options, _targets=case["targets"]):
+                return F.cross_entropy(logits.reshape(-1, V), _targets.reshape(-1), **_options)
+
+            if case["logits"].dim() == 3 or options.get("reduction") != "none":
+                flat_up = None if upstream is None else upstream.reshape(-1)
+                torch_loss, (torch_grad,) = _grads(plain, [case["logits"]], flat_up)
+                if options.get("reduction") == "none":
+                    torch_loss = torch_loss.reshape(LEAD)
+                _close(f"{name} loss vs F.cross_entropy", losses[0], torch_loss, dtype, failures)
+                _close(f"{name} grad vs F.cross_entropy", grad, torch_grad, dtype, failures)
+        if library is not None and case["logits"].dim() >= 2:
+
+            def ours(logits, _options=options, _targets=case["targets"]):
+                return library(logits.reshape(-1, V), _targets.reshape(-1), **_options)
+
+            lib_upstream = None if upstream is None else upstream.reshape(-1)
+            lib_loss, (lib_grad,) = _grads(ours, [case["logits"]], lib_upstream)
+            if options.get("reduction") == "none":
+                lib_loss = lib_loss.reshape(case["targets"].shape)
+            _close(f"{name} loss vs losses.cross_entropy", losses[0], lib_loss, dtype, failures)
+            _close(f"{name} grad vs losses.cross_entropy", grad, lib_grad, dtype, failures)
+        del weight
+    assert not failures, "\n".join(failures)
