@@ -191,7 +191,7 @@ b'PK\\x03\\x04', expected b'\\x89CEZ'
         out = _DECODERS[name](params, payload, length)
     except DecodeError:
         raise
-    except (ValueError, IndexError, RuntimeError, struct.error) as error:
+    except (ValueError, IndexError, RuntimeError, AssertionError, struct.error) as error:
         raise DecodeError(f"corrupt container: the {name} payload does not decode ({error})") \
             from None
     result = np.asarray(out, dtype=np.uint8).tobytes()

@@ -1,0 +1,180 @@
+"""The compress, decompress and entropy commands: files, pipes, refusals and exit codes."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import importlib.util
+import json
+import lzma
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossentropy import cli, coding
+
+DATA = Path(coding.__file__).with_name("_prefix.py").read_bytes()[:5000]
+ALL_SUBCOMMANDS = all(
+    importlib.util.find_spec(f"crossentropy.cli.{name}") is not None
+    for name in cli._SUBCOMMAND_MODULES
+)
+needs_all_subcommands = pytest.mark.skipif(
+    not ALL_SUBCOMMANDS, reason="the other subcommand modules are not present yet"
+)
+
+
+@pytest.fixture
+def run(monkeypatch):
+    """Run the real `cli.main` with only the coding subcommands registered."""
+    monkeypatch.setattr(cli, "_SUBCOMMAND_MODULES", ("_coding",))
+    return cli.main
+
+
+def test_file_round_trip(run, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_bytes(DATA)
+    for model in coding.MODELS:
+        packed = tmp_path / f"packed.{model}"
+        restored = tmp_path / f"restored.{model}"
+        assert run(["compress", str(source), str(packed), "--model", model]) == 0
+        assert coding.decompress(packed.read_bytes()) == DATA
+        assert run(["decompress", str(packed), str(restored)]) == 0
+        assert restored.read_bytes() == DATA
+    assert source.read_bytes() == DATA
+
+
+def test_refuses_to_overwrite_without_force(run, tmp_path, capsys):
+    source = tmp_path / "in"
+    source.write_bytes(DATA)
+    target = tmp_path / "out"
+    target.write_bytes(b"keep me")
+    assert run(["compress", str(source), str(target)]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert target.read_bytes() == b"keep me"
+    assert run(["compress", str(source), str(target), "--force"]) == 0
+    assert coding.decompress(target.read_bytes()) == DATA
+
+
+def test_failing_run_leaves_no_output(run, tmp_path, capsys):
+    blob = bytearray(coding.compress(DATA))
+    blob[-1] ^= 0x10
+    source = tmp_path / "damaged.cez"
+    source.write_bytes(bytes(blob))
+    target = tmp_path / "restored"
+    assert run(["decompress", str(source), str(target)]) == 1
+    error = capsys.readouterr().err
+    assert "payload checksum" in error
+    assert len(error.strip().splitlines()) == 1  # one line, no traceback
+    assert not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.cez"]  # no temp file
+    assert source.read_bytes() == bytes(blob)
+
+
+def test_failing_forced_run_keeps_old_output(run, tmp_path):
+    source = tmp_path / "foreign"
+    source.write_bytes(b"not a container")
+    target = tmp_path / "out"
+    target.write_bytes(b"old")
+    assert run(["decompress", str(source), str(target), "--force"]) == 1
+    assert target.read_bytes() == b"old"
+
+
+def test_missing_input_is_exit_1(run, tmp_path, capsys):
+    assert run(["compress", str(tmp_path / "nope"), str(tmp_path / "out")]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors_are_exit_2(run, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["compress", "a", "b", "--model", "order9"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        run(["decompress", "a"])
+    assert exit_info.value.code == 2
+
+
+def test_entropy_json_matches_the_api(run, tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    files = {
+        "text": DATA,
+        "skewed": rng.choice(4, 4000, p=[0.5, 0.2, 0.2, 0.1]).astype(np.uint8).tobytes(),
+        "empty": b"",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    assert run(["entropy", "--json", *(str(tmp_path / name) for name in files)]) == 0
+    reports = json.loads(capsys.readouterr().out)
+    assert [Path(r["file"]).name for r in reports] == list(files)
+    for report, data in zip(reports, files.values(), strict=True):
+        size = len(data)
+        assert report["size"] == size
+        if not size:
+            assert report["entropy"] == report["gzip"] == 0.0
+            continue
+        counts = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)
+        entropy = -sum(c / size * math.log2(c / size) for c in counts if c)
+        assert report["entropy"] == pytest.approx(entropy, rel=1e-12)
+        assert entropy <= report["huffman"] < entropy + 1
+        for model in coding.MODELS:
+            assert report[model] == 8 * len(coding.compress(data, model=model)) / size
+        assert report["gzip"] == 8 * len(gzip.compress(data, 9, mtime=0)) / size
+        assert report["bz2"] == 8 * len(bz2.compress(data, 9)) / size
+        assert report["xz"] == 8 * len(lzma.compress(data, preset=9)) / size
+    skewed = reports[1]
+    # SEED.md: H([.5, .2, .2, .1]) = 1.761; a 4000-draw sample lands near it.
+    assert skewed["entropy"] == pytest.approx(1.7609640474436812, abs=0.05)
+    assert skewed["huffman"] == pytest.approx(1.8, abs=0.05)
+
+
+def test_entropy_table(run, tmp_path, capsys):
+    (tmp_path / "f").write_bytes(DATA)
+    assert run(["entropy", str(tmp_path / "f")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "gzip -9" in out[1]
+    assert "context" in out[1]
+    assert out[2].split()[1] == str(len(DATA))
+
+
+# -- the installed command, through a real process -------------------------------------
+
+
+def _command(*args: str, data: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "crossentropy", *args], input=data, capture_output=True,
+        check=False, timeout=120,
+    )
+
+
+@needs_all_subcommands
+def test_pipes_round_trip():
+    packed = _command("compress", "-", "-", "--model", "context", data=DATA)
+    assert packed.returncode == 0, packed.stderr
+    restored = _command("decompress", "-", "-", data=packed.stdout)
+    assert restored.returncode == 0, restored.stderr
+    assert restored.stdout == DATA
+
+
+@needs_all_subcommands
+def test_process_exit_codes(tmp_path):
+    (tmp_path / "in").write_bytes(DATA)
+    ok = _command("compress", str(tmp_path / "in"), str(tmp_path / "out"))
+    assert ok.returncode == 0
+    assert ok.stderr == b""
+    again = _command("compress", str(tmp_path / "in"), str(tmp_path / "out"))
+    assert again.returncode == 1
+    assert b"--force" in again.stderr
+    assert b"Traceback" not in again.stderr
+    bad = _command("decompress", "-", str(tmp_path / "x"), data=b"garbage")
+    assert bad.returncode == 1
+    assert not (tmp_path / "x").exists()
+    usage = _command("compress")
+    assert usage.returncode == 2
+    report = _command("entropy", "--json", str(tmp_path / "in"))
+    assert report.returncode == 0
+    assert report.stderr == b""
+    assert json.loads(report.stdout)[0]["size"] == len(DATA)

@@ -1,0 +1,300 @@
+"""Prefix codes: Huffman optimality against brute force, Kraft, canonical form, the seed."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crossentropy import coding
+from crossentropy.coding import DecodeError
+
+SEED_P = {"A": 0.5, "B": 0.2, "C": 0.2, "D": 0.1}  # SEED.md
+SEED_MESSAGE = "ABCAADABCA"
+SEED_CODE_2 = {"A": "0", "B": "10", "C": "11", "D": "111"}
+
+
+def entropy_reference(p) -> float:
+    """H(p) in bits, as the formula reads (0 log 0 = 0)."""
+    return -sum(x * math.log2(x) for x in p if x > 0)
+
+
+def brute_force_min_length(p) -> float:
+    """The least Σ p_i l_i over all length vectors with Kraft sum <= 1 (lengths 1..n-1)."""
+    n = len(p)
+    best = math.inf
+    for lengths in itertools.product(range(1, n), repeat=n):
+        if sum(2.0**-l for l in lengths) <= 1.0:
+            best = min(best, sum(pi * li for pi, li in zip(p, lengths, strict=True)))
+    return best
+
+
+def distributions(min_size=1, max_size=8):
+    return st.lists(
+        st.floats(min_value=0.0, max_value=1.0, allow_nan=False), min_size=min_size,
+        max_size=max_size,
+    ).filter(lambda w: sum(w) > 1e-3).map(lambda w: (np.asarray(w) / np.sum(w)).tolist())
+
+
+# -- the seed ---------------------------------------------------------------------------
+
+
+def test_seed_huffman_lengths_and_message_bits():
+    code = coding.huffman_code(SEED_P)
+    assert code.lengths == {"A": 1, "B": 2, "C": 3, "D": 3}  # SEED.md: 1, 2, 3, 3
+    assert code.codewords == {"A": "0", "B": "10", "C": "110", "D": "111"}
+    assert len(code.encode(SEED_MESSAGE)) == 18  # SEED.md: 18 bits
+    assert code.expected_length(SEED_P) == pytest.approx(1.8, abs=1e-12)
+    assert code.decode(code.encode(SEED_MESSAGE)) == list(SEED_MESSAGE)
+
+
+def test_seed_code_1_is_20_bits():
+    code = coding.fixed_length_code("ABCD")
+    assert code.codewords == {"A": "00", "B": "01", "C": "10", "D": "11"}
+    assert len(code.encode(SEED_MESSAGE)) == 20  # SEED.md
+
+
+def test_seed_code_2_is_invalid_with_kraft_and_witness():
+    assert coding.kraft_sum(len(w) for w in SEED_CODE_2.values()) == 1.125  # SEED.md
+    assert not coding.is_prefix_free(SEED_CODE_2)
+    witness = coding.find_ambiguity(SEED_CODE_2)
+    assert witness == ("1110", ("C", "B"), ("D", "A"))  # SEED.md erratum 1
+    with pytest.raises(ValueError, match=r"1110.*C B.*D A") as info:
+        coding.PrefixCode(SEED_CODE_2)
+    assert "1.125" in str(info.value)
+
+
+def test_array_input_gives_integer_symbols():
+    code = coding.huffman_code(np.array([0.5, 0.2, 0.2, 0.1]))
+    assert code.lengths == {0: 1, 1: 2, 2: 3, 3: 3}
+    assert code.decode(code.encode([0, 3, 2])) == [0, 3, 2]
+
+
+# -- Huffman optimality -------------------------------------------------------------------
+
+
+@given(distributions(min_size=2, max_size=6))
+def test_huffman_matches_brute_force_optimum(p):
+    code = coding.huffman_code(p)
+    assert code.expected_length(p) == pytest.approx(brute_force_min_length(p), abs=1e-9)
+
+
+def test_huffman_optimal_on_seeded_cases(rng):
+    for n in (2, 3, 4, 5, 6, 7):
+        for _ in range(5):
+            p = rng.dirichlet(np.full(n, 0.5)).tolist()
+            p[-1] = 1.0 - sum(p[:-1])
+            if p[-1] < 0:
+                continue
+            code = coding.huffman_code(p)
+            assert code.expected_length(p) == pytest.approx(brute_force_min_length(p), abs=1e-9)
+
+
+@given(distributions(min_size=1, max_size=40))
+def test_entropy_bound_and_kraft(p):
+    code = coding.huffman_code(p)
+    length = code.expected_length(p)
+    h = entropy_reference(p)
+    assert h - 1e-9 <= length < h + 1 + 1e-9
+    assert coding.is_prefix_free(code.codewords)
+    if len(p) >= 2:
+        assert coding.kraft_sum(code.lengths) == 1.0
+    else:
+        assert code.codewords == {0: "0"}
+
+
+@given(distributions(min_size=1, max_size=12), st.data())
+def test_round_trip(p, data):
+    code = coding.huffman_code(p)
+    message = data.draw(st.lists(st.integers(0, len(p) - 1), max_size=60))
+    bits = code.encode(message)
+    assert len(bits) == sum(code.lengths[s] for s in message)
+    assert code.decode(bits) == message
+
+
+def test_canonical_form(rng):
+    p = rng.dirichlet(np.ones(30))
+    p[-1] = 1.0 - p[:-1].sum()
+    code = coding.huffman_code(p)
+    ranked = sorted(code.symbols, key=lambda s: (code.lengths[s], s))
+    previous = None
+    for symbol in ranked:
+        word = code.codewords[symbol]
+        if previous is not None:
+            # Each codeword is the previous one plus 1, shifted to the new length.
+            expected = (int(previous, 2) + 1) << (len(word) - len(previous))
+            assert int(word, 2) == expected
+        previous = word
+    assert code.codewords[ranked[0]] == "0" * code.lengths[ranked[0]]
+
+
+def test_tie_break_prefers_earlier_symbols():
+    code = coding.huffman_code({"x": 0.25, "y": 0.25, "z": 0.25, "w": 0.125, "v": 0.125})
+    assert code.lengths == {"x": 2, "y": 2, "z": 2, "w": 3, "v": 3}
+    code = coding.huffman_code({"C": 0.2, "B": 0.2, "A": 0.5, "D": 0.1})
+    assert code.lengths == {"C": 2, "B": 3, "A": 1, "D": 3}
+
+
+_STABILITY_SCRIPT = """
+import json
+from crossentropy import coding
+p = {"alpha": .15, "beta": .15, "gamma": .15, "delta": .15, "eps": .1, "zeta": .1,
+     "eta": .1, "theta": .05, "iota": .05}
+print(json.dumps(coding.huffman_code(p).codewords))
+"""
+
+
+def test_canonical_codes_stable_across_runs():
+    outputs = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        result = subprocess.run(
+            [sys.executable, "-c", _STABILITY_SCRIPT], capture_output=True, text=True,
+            env=env, check=True,
+        )
+        outputs.append(json.loads(result.stdout))
+    assert outputs[0] == outputs[1]
+    assert outputs[0] == coding.huffman_code(
+        {"alpha": .15, "beta": .15, "gamma": .15, "delta": .15, "eps": .1, "zeta": .1,
+         "eta": .1, "theta": .05, "iota": .05}
+    ).codewords
+
+
+def test_zero_probability_symbols_still_get_codewords():
+    code = coding.huffman_code([0.5, 0.5, 0.0])
+    assert set(code.lengths) == {0, 1, 2}
+    assert code.decode(code.encode([2, 0, 1])) == [2, 0, 1]
+
+
+# -- fixed length, Kraft, prefix-freeness ---------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 9, 257])
+def test_fixed_length(n):
+    code = coding.fixed_length_code(range(n))
+    width = max(1, math.ceil(math.log2(n)))
+    assert set(code.lengths.values()) == {width}
+    assert coding.is_prefix_free(code.codewords)
+    assert code.decode(code.encode(list(range(n)))) == list(range(n))
+
+
+def test_kraft_sum_values():
+    assert coding.kraft_sum([1, 1]) == 1.0
+    assert coding.kraft_sum([]) == 0.0
+    assert coding.kraft_sum({"a": 3}) == 0.125
+    with pytest.raises(ValueError, match="non-negative integers"):
+        coding.kraft_sum([1, -1])
+    with pytest.raises(ValueError, match="non-negative integers"):
+        coding.kraft_sum([1.5])
+
+
+def _is_prefix_free_reference(words):
+    return not any(a != b and b.startswith(a) for a in words for b in words) and len(
+        set(words)) == len(words)
+
+
+@given(st.lists(st.text(alphabet="01", min_size=1, max_size=4), min_size=1, max_size=6))
+def test_is_prefix_free_matches_pairwise_reference(words):
+    assert coding.is_prefix_free(words) == _is_prefix_free_reference(words)
+
+
+def _shortest_ambiguous_length(words, limit):
+    """Brute force: the shortest bit string with two distinct parses, up to `limit` bits."""
+    for length in range(1, limit + 1):
+        for bits in itertools.product("01", repeat=length):
+            s = "".join(bits)
+            parses = [0] * (length + 1)
+            parses[0] = 1
+            for end in range(1, length + 1):
+                parses[end] = sum(parses[end - len(w)] for w in words
+                                  if len(w) <= end and s[end - len(w):end] == w)
+            if parses[length] >= 2:
+                return length
+    return None
+
+
+@given(st.lists(st.text(alphabet="01", min_size=1, max_size=3), min_size=2, max_size=4,
+                unique=True))
+def test_find_ambiguity_is_a_shortest_witness(words):
+    witness = coding.find_ambiguity(words)
+    brute = _shortest_ambiguous_length(words, 9)
+    if witness is None:
+        assert brute is None
+        return
+    assert "".join(witness.first) == witness.bits == "".join(witness.second)
+    assert witness.first != witness.second
+    assert all(w in words for w in witness.first + witness.second)
+    assert brute == len(witness.bits)
+
+
+def test_uniquely_decodable_but_not_prefix_free():
+    assert coding.find_ambiguity(["0", "01"]) is None
+    with pytest.raises(ValueError, match="uniquely decodable but needs lookahead"):
+        coding.PrefixCode({"a": "0", "b": "01"})
+
+
+def test_duplicate_codewords_are_ambiguous():
+    witness = coding.find_ambiguity({"a": "01", "b": "01"})
+    assert witness == ("01", ("a",), ("b",))
+
+
+# -- decoding errors and input validation ---------------------------------------------------
+
+
+def test_decode_rejects_partial_codeword():
+    code = coding.huffman_code(SEED_P)
+    with pytest.raises(DecodeError, match="ends inside a codeword"):
+        code.decode("01011")
+    with pytest.raises(ValueError, match=r"only .0. and .1."):  # DecodeError is a ValueError
+        code.decode("0102")
+
+
+def test_decode_rejects_pattern_of_incomplete_code():
+    code = coding.PrefixCode({"a": "0", "b": "10"})
+    with pytest.raises(DecodeError, match="starts no codeword"):
+        code.decode("011")
+
+
+def test_encode_rejects_unknown_symbol():
+    with pytest.raises(ValueError, match=r"symbols of this code; got 'E' at position 1"):
+        coding.huffman_code(SEED_P).encode("AE")
+
+
+@pytest.mark.parametrize(
+    ("probabilities", "message"),
+    [
+        ([0.5, 0.6], "sum to 1"),
+        ([], "at least one symbol"),
+        ([0.5, -0.5, 1.0], "non-negative"),
+        ([[0.5, 0.5]], "1-D"),
+        ([float("nan"), 1.0], "finite"),
+    ],
+)
+def test_huffman_rejects_bad_probabilities(probabilities, message):
+    with pytest.raises(ValueError, match=message):
+        coding.huffman_code(probabilities)
+
+
+def test_prefix_code_rejects_bad_codewords():
+    with pytest.raises(ValueError, match="strings of '0' and '1'"):
+        coding.PrefixCode({"a": "0", "b": "12"})
+    with pytest.raises(TypeError, match="mapping"):
+        coding.PrefixCode(["0", "1"])
+    with pytest.raises(ValueError, match="Kraft sum"):
+        coding.PrefixCode.canonical({"a": 1, "b": 1, "c": 1})
+
+
+def test_expected_length_checks_distribution():
+    code = coding.huffman_code(SEED_P)
+    with pytest.raises(ValueError, match="unknown"):
+        code.expected_length({"E": 1.0})
+    with pytest.raises(ValueError, match="one entry per symbol"):
+        code.expected_length([0.5, 0.5])
