@@ -41,7 +41,10 @@ def test_bad_epochs_is_a_usage_error(tmp_path, capsys, epochs):
 def test_python_dash_m_runs_the_tour(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "crossentropy", "tour", "--out", str(tmp_path), "--no-train"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "Entropy of the two boxes" in done.stdout

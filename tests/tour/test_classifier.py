@@ -22,8 +22,10 @@ def result():
 def _reference_mean_bits(labels: np.ndarray, probabilities: np.ndarray) -> float:
     """Mean over images of H(one-hot label, prediction) in bits, term by term."""
     one_hot = np.eye(probabilities.shape[1])
-    return math.fsum(reference.cross_entropy(one_hot[label].tolist(), row.tolist())
-                     for label, row in zip(labels, probabilities, strict=True)) / len(labels)
+    return math.fsum(
+        reference.cross_entropy(one_hot[label].tolist(), row.tolist())
+        for label, row in zip(labels, probabilities, strict=True)
+    ) / len(labels)
 
 
 def test_shapes_and_split(result):
@@ -41,10 +43,12 @@ def test_test_loss_agrees_with_sklearn_and_reference(result, stage, index):
     ours = result.test_curve[index]  # crossentropy.losses.CrossEntropyLoss(base=2)
     sklearn_bits = log_loss(result.test_labels, probabilities, labels=list(range(10)))
     assert ours == pytest.approx(sklearn_bits / math.log(2), abs=1e-6, rel=0)
-    assert ours == pytest.approx(_reference_mean_bits(result.test_labels, probabilities),
-                                 abs=1e-10, rel=0)
+    assert ours == pytest.approx(
+        _reference_mean_bits(result.test_labels, probabilities), abs=1e-10, rel=0
+    )
     assert result.sklearn_test[0 if stage == "before" else 1] == pytest.approx(
-        ours, abs=1e-6, rel=0)
+        ours, abs=1e-6, rel=0
+    )
 
 
 def test_train_loss_agrees_with_sklearn(result):

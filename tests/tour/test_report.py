@@ -18,8 +18,9 @@ def test_plain_output_is_aligned_and_recorded(tmp_path):
     tour, buffer = _plain(tmp_path)
     tour.section("Entropy")
     tour.text("Expected information.")
-    tour.table(["prize", "p", "bits"], [["1st", "0.1", "0.332"], ["3rd", "0.7", "0.360"]],
-               title="Box A")
+    tour.table(
+        ["prize", "p", "bits"], [["1st", "0.1", "0.332"], ["3rd", "0.7", "0.360"]], title="Box A"
+    )
     tour.erratum("0.361", "0.360")
     lines = buffer.getvalue().splitlines()
     assert lines[0] == "== 1. Entropy =="
@@ -32,9 +33,9 @@ def test_plain_output_is_aligned_and_recorded(tmp_path):
     section = tour.sections[0]
     assert section.title == "Entropy"
     assert [type(block) for block in section.blocks] == [Text, Table, Erratum]
-    assert section.tables()[0] == Table(("prize", "p", "bits"),
-                                        (("1st", "0.1", "0.332"), ("3rd", "0.7", "0.360")),
-                                        "Box A")
+    assert section.tables()[0] == Table(
+        ("prize", "p", "bits"), (("1st", "0.1", "0.332"), ("3rd", "0.7", "0.360")), "Box A"
+    )
     assert section.errata() == [Erratum("0.361", "0.360")]
 
 

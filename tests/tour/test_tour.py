@@ -89,15 +89,18 @@ def test_cross_entropy_table_matches_reference(run):
     h_p = reference.entropy(P_WORDS)
     for key, q in MODELS.items():
         assert tour.values[f"ce.{key}"] == pytest.approx(
-            reference.cross_entropy(P_WORDS, q), abs=1e-12, rel=0)
+            reference.cross_entropy(P_WORDS, q), abs=1e-12, rel=0
+        )
         assert tour.values[f"kl.{key}"] == pytest.approx(
-            reference.kl_divergence(P_WORDS, q), abs=1e-12, rel=0)
+            reference.kl_divergence(P_WORDS, q), abs=1e-12, rel=0
+        )
         # H(P, Q) = H(P) + D(P‖Q), shown numerically by the tour.
         assert abs(tour.values[f"ce.{key}.identity_gap"]) < 1e-12
         assert tour.values[f"ce.{key}"] >= h_p - 1e-12
     assert tour.values["kl.self"] == 0.0
     assert tour.values["ce.peaked.backward"] == pytest.approx(
-        reference.cross_entropy(MODELS["peaked"], P_WORDS), abs=1e-12, rel=0)
+        reference.cross_entropy(MODELS["peaked"], P_WORDS), abs=1e-12, rel=0
+    )
 
 
 def test_other_values_match_reference(run):
@@ -105,28 +108,42 @@ def test_other_values_match_reference(run):
     values = tour.values
     assert values["term.at_one"] == 0.0
     assert values["term.at_zero"] == 0.0
-    assert values["soft.H"] == pytest.approx(reference.entropy([0.9, 0.05, 0.05]),
-                                             abs=1e-12, rel=0)
+    assert values["soft.H"] == pytest.approx(reference.entropy([0.9, 0.05, 0.05]), abs=1e-12, rel=0)
     assert values["soft.CE"] == pytest.approx(values["soft.H"], abs=1e-12, rel=0)
     assert values["classification.perfect"] == 0.0
     for key, p in (("eat", 0.99), ("lottery", 1e-7), ("coin", 0.5)):
-        assert values[f"binary.{key}"] == pytest.approx(reference.binary_entropy(p),
-                                                        abs=1e-12, rel=0)
+        assert values[f"binary.{key}"] == pytest.approx(
+            reference.binary_entropy(p), abs=1e-12, rel=0
+        )
     # PyTorch's nats are the bits times ln 2 (SEED.md, erratum 7).
     for stage in ("before", "after"):
         assert values[f"classification.{stage}.mean_nats"] == pytest.approx(
-            values[f"classification.{stage}.mean"] * math.log(2), abs=1e-12, rel=0)
+            values[f"classification.{stage}.mean"] * math.log(2), abs=1e-12, rel=0
+        )
     # A single draw from box A coded with Huffman (lengths 1, 2, 2 for .7, .2, .1): 1.3.
-    assert values["boxA.huffman_length"] == pytest.approx(0.7 * 1 + 0.2 * 2 + 0.1 * 2,
-                                                          abs=1e-12, rel=0)
+    assert values["boxA.huffman_length"] == pytest.approx(
+        0.7 * 1 + 0.2 * 2 + 0.1 * 2, abs=1e-12, rel=0
+    )
 
 
 def test_sections_follow_the_seed(run):
     tour, _, _ = run
     titles = [section.title.lower() for section in tour.sections]
-    order = ["why", "information", "coding", "entropy", "two prize boxes", "−x log2 x",
-             "entropy of the two boxes", "cross-entropy", "as a loss", "in classification",
-             "soft targets", "real classifier", "summary"]
+    order = [
+        "why",
+        "information",
+        "coding",
+        "entropy",
+        "two prize boxes",
+        "−x log2 x",
+        "entropy of the two boxes",
+        "cross-entropy",
+        "as a loss",
+        "in classification",
+        "soft targets",
+        "real classifier",
+        "summary",
+    ]
     positions = []
     for word in order:
         matches = [i for i, title in enumerate(titles) if word in title and i not in positions]
@@ -173,8 +190,20 @@ def test_errata_beside_the_corrected_values(run):
 
 def test_output_has_the_key_numbers(run):
     _, text, _ = run
-    for number in ("1.157", "1.571", "1.330", "0.142", "0.9215", "0.0986", "0.360", "0.531",
-                   "0.368", "0.569", "1.761", "2.689735"):
+    for number in (
+        "1.157",
+        "1.571",
+        "1.330",
+        "0.142",
+        "0.9215",
+        "0.0986",
+        "0.360",
+        "0.531",
+        "0.368",
+        "0.569",
+        "1.761",
+        "2.689735",
+    ):
         assert number in text, number
     assert "ERRATUM" in text
 
@@ -195,8 +224,7 @@ def test_classifier_section(run):
     for split in ("train", "test"):
         for stage in ("before", "after"):
             ours = values[f"digits.{split}.{stage}"]
-            assert ours == pytest.approx(values[f"digits.{split}.{stage}.sklearn"],
-                                         abs=1e-6, rel=0)
+            assert ours == pytest.approx(values[f"digits.{split}.{stage}.sklearn"], abs=1e-6, rel=0)
         assert values[f"digits.{split}.after"] < values[f"digits.{split}.before"]
     table = tour.find("real classifier").tables()[1]
     assert len(table.rows) == 4
@@ -206,9 +234,14 @@ def test_classifier_section(run):
 def test_all_figures_written(run):
     tour, text, out = run
     names = {figure.path.name for figure in tour.figures()}
-    expected = {"entropy_term.png", "binary_entropy.png", "box_entropy_terms.png",
-                "cross_entropy_gap.png", "classifier_loss_curve.png",
-                "classifier_predictions.png"}
+    expected = {
+        "entropy_term.png",
+        "binary_entropy.png",
+        "box_entropy_terms.png",
+        "cross_entropy_gap.png",
+        "classifier_loss_curve.png",
+        "classifier_predictions.png",
+    }
     assert expected <= names
     for figure in tour.figures():
         assert figure.path.parent == out

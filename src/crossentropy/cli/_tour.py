@@ -28,22 +28,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "seed's errata are shown beside the corrected values; figures are saved as PNG."
         ),
     )
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("tour-output"),
-                        metavar="DIR", help="folder for the figures (default: tour-output/)")
-    parser.add_argument("--epochs", type=_epochs, default=20, metavar="N",
-                        help="training epochs for the digits classifier (default: 20)")
-    parser.add_argument("--no-train", action="store_true",
-                        help="skip the trained classifier section")
-    parser.add_argument("--quiet", action="store_true",
-                        help="print nothing; only write the figures")
-    parser.add_argument("--plain", action="store_true",
-                        help="plain aligned text even on a terminal")
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=pathlib.Path("tour-output"),
+        metavar="DIR",
+        help="folder for the figures (default: tour-output/)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=_epochs,
+        default=20,
+        metavar="N",
+        help="training epochs for the digits classifier (default: 20)",
+    )
+    parser.add_argument(
+        "--no-train", action="store_true", help="skip the trained classifier section"
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="print nothing; only write the figures"
+    )
+    parser.add_argument(
+        "--plain", action="store_true", help="plain aligned text even on a terminal"
+    )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from crossentropy.tour import run_tour
 
-    run_tour(args.out, train=not args.no_train, epochs=args.epochs,
-             style="plain" if args.plain else "auto", quiet=args.quiet)
+    run_tour(
+        args.out,
+        train=not args.no_train,
+        epochs=args.epochs,
+        style="plain" if args.plain else "auto",
+        quiet=args.quiet,
+    )
     return 0

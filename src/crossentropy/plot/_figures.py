@@ -78,14 +78,26 @@ def plot_information_term(*, path: str | pathlib.Path) -> pathlib.Path:
     axes.vlines(peak_x, 0, peak_y, colors=_ACCENT, linestyles=":", linewidth=1)
     axes.annotate(
         f"peak at x = 1/e = {peak_x:.3f}\nheight 1/(e ln 2) = {peak_y:.3f} bits",
-        xy=(peak_x, peak_y), xytext=(0.40, 0.10), textcoords="data",
-        arrowprops={"arrowstyle": "->", "color": _ACCENT}, color=_ACCENT,
+        xy=(peak_x, peak_y),
+        xytext=(0.40, 0.10),
+        textcoords="data",
+        arrowprops={"arrowstyle": "->", "color": _ACCENT},
+        color=_ACCENT,
     )
     axes.plot([0.0, 1.0], [0.0, 0.0], "s", color="black", markersize=5)
-    axes.annotate("0 at x = 1 (the seed\nsays 1): a certain\noutcome adds nothing", xy=(1.0, 0.0),
-                  xytext=(0.78, 0.33), arrowprops={"arrowstyle": "->"})
-    axes.set(xlim=(-0.02, 1.02), ylim=(-0.02, 0.62), xlabel="probability x",
-             ylabel="bits", title="The entropy term −x log₂ x")
+    axes.annotate(
+        "0 at x = 1 (the seed\nsays 1): a certain\noutcome adds nothing",
+        xy=(1.0, 0.0),
+        xytext=(0.78, 0.33),
+        arrowprops={"arrowstyle": "->"},
+    )
+    axes.set(
+        xlim=(-0.02, 1.02),
+        ylim=(-0.02, 0.62),
+        xlabel="probability x",
+        ylabel="bits",
+        title="The entropy term −x log₂ x",
+    )
     axes.grid(alpha=0.3)
     axes.legend(loc="upper right")
     return _save(figure, path)
@@ -111,12 +123,22 @@ def plot_binary_entropy(
     for label, probability in (marks or {}).items():
         height = float(info.binary_entropy(float(probability)))
         axes.plot([probability], [height], "o", color=_ACCENT, zorder=3)
-        axes.annotate(f"{label}\nH = {height:.3f}", xy=(probability, height),
-                      xytext=(-8 if probability > 0.5 else 8, -28 if height > 0.5 else 8),
-                      textcoords="offset points", color=_ACCENT, fontsize=9,
-                      ha="right" if probability > 0.5 else "left")
-    axes.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.1), xlabel="probability p of the event",
-             ylabel="bits", title="Binary entropy: certain events are predictable")
+        axes.annotate(
+            f"{label}\nH = {height:.3f}",
+            xy=(probability, height),
+            xytext=(-8 if probability > 0.5 else 8, -28 if height > 0.5 else 8),
+            textcoords="offset points",
+            color=_ACCENT,
+            fontsize=9,
+            ha="right" if probability > 0.5 else "left",
+        )
+    axes.set(
+        xlim=(-0.02, 1.02),
+        ylim=(-0.02, 1.1),
+        xlabel="probability p of the event",
+        ylabel="bits",
+        title="Binary entropy: certain events are predictable",
+    )
     axes.grid(alpha=0.3)
     axes.legend(loc="upper right")
     return _save(figure, path)
@@ -150,16 +172,24 @@ def plot_entropy_terms(
         terms = _term(probabilities)
         total = float(info.entropy(probabilities))
         positions = np.arange(k) + (index - (len(names) - 1) / 2) * width
-        bars = axes.bar(positions, terms, width=width * 0.95, color=colours[index % 4],
-                        label=f"{name}: H = {total:.3f} bits")
+        bars = axes.bar(
+            positions,
+            terms,
+            width=width * 0.95,
+            color=colours[index % 4],
+            label=f"{name}: H = {total:.3f} bits",
+        )
         for bar, probability, term in zip(bars, probabilities, terms, strict=True):
-            axes.annotate(f"p={probability:g}\n{term:.3f}",
-                          xy=(bar.get_x() + bar.get_width() / 2, term),
-                          xytext=(0, 2), textcoords="offset points", ha="center",
-                          fontsize=8)
+            axes.annotate(
+                f"p={probability:g}\n{term:.3f}",
+                xy=(bar.get_x() + bar.get_width() / 2, term),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                fontsize=8,
+            )
     axes.set_xticks(np.arange(k), labels)
-    axes.set(ylim=(0, 0.72), ylabel="−p log₂ p (bits)",
-             title="Each outcome's share of the entropy")
+    axes.set(ylim=(0, 0.72), ylabel="−p log₂ p (bits)", title="Each outcome's share of the entropy")
     axes.legend(loc="upper left")
     axes.grid(axis="y", alpha=0.3)
     return _save(figure, path)
@@ -195,13 +225,21 @@ def plot_cross_entropy_gap(
     figure = _new_figure(6.4, 4.0)
     axes = figure.subplots()
     axes.plot(t, cross, color=_BLUE, linewidth=2, label="H(P, Q)")
-    axes.axhline(floor, color="black", linestyle="--", linewidth=1,
-                 label=f"H(P) = {floor:.3f} bits (the floor)")
+    axes.axhline(
+        floor,
+        color="black",
+        linestyle="--",
+        linewidth=1,
+        label=f"H(P) = {floor:.3f} bits (the floor)",
+    )
     axes.fill_between(t, floor, cross, color=_ACCENT, alpha=0.2, label="D(P‖Q), the gap")
-    axes.set(xlim=(0, 1), ylim=(floor - 0.15, float(cross.max()) + 0.15),
-             xlabel="t, where Q = (1 − t)·P + t·R",
-             ylabel="bits per symbol",
-             title=f"Coding P-data with Q: P = {_short(p)}, R = {_short(far)}")
+    axes.set(
+        xlim=(0, 1),
+        ylim=(floor - 0.15, float(cross.max()) + 0.15),
+        xlabel="t, where Q = (1 − t)·P + t·R",
+        ylabel="bits per symbol",
+        title=f"Coding P-data with Q: P = {_short(p)}, R = {_short(far)}",
+    )
     axes.grid(alpha=0.3)
     axes.legend(loc="upper left")
     return _save(figure, path)
@@ -231,10 +269,19 @@ def plot_loss_curve(
     axes.plot(epochs, train_bits, color=_BLUE, linewidth=2, marker=".", label="train")
     axes.plot(epochs, test_bits, color=_ACCENT, linewidth=2, marker=".", label="test")
     if floor is not None:
-        axes.axhline(floor, color=_GREY, linestyle="--", linewidth=1,
-                     label=f"uniform guess: log₂ 10 = {floor:.3f} bits")
-    axes.set(xlabel="epoch (0 = before training)", ylabel="mean cross-entropy (bits)",
-             title="Training lowers the cross-entropy", ylim=(0, None))
+        axes.axhline(
+            floor,
+            color=_GREY,
+            linestyle="--",
+            linewidth=1,
+            label=f"uniform guess: log₂ 10 = {floor:.3f} bits",
+        )
+    axes.set(
+        xlabel="epoch (0 = before training)",
+        ylabel="mean cross-entropy (bits)",
+        title="Training lowers the cross-entropy",
+        ylim=(0, None),
+    )
     from matplotlib.ticker import MaxNLocator
 
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -275,8 +322,7 @@ def plot_predictions(
         q_before = np.asarray(before[column], dtype=np.float64)
         q_after = np.asarray(after[column], dtype=np.float64)
         bits_after = float(info.information(float(q_after[label])))
-        image_axes.set_title(f"true class {label}\nCE after = {bits_after:.3f} bits",
-                             fontsize=10)
+        image_axes.set_title(f"true class {label}\nCE after = {bits_after:.3f} bits", fontsize=10)
         classes = np.arange(len(q_after))
         bar_axes.bar(classes - 0.2, q_before, width=0.4, color=_GREY, label="before")
         colours = [_ACCENT if c == label else _BLUE for c in classes]
@@ -286,8 +332,10 @@ def plot_predictions(
         if column == 0:
             bar_axes.set_ylabel("predicted probability")
             bar_axes.legend(loc="upper left", fontsize=8)
-    figure.suptitle("Three test images: predictions before (grey) and after training "
-                    "(true class in red)", fontsize=11)
+    figure.suptitle(
+        "Three test images: predictions before (grey) and after training (true class in red)",
+        fontsize=11,
+    )
     return _save(figure, path)
 
 

@@ -116,8 +116,12 @@ def train_digits_classifier(
     digits = load_digits()
     features = digits.data.astype(np.float64) / 16.0
     x_train, x_test, y_train, y_test, _, test_positions = train_test_split(
-        features, digits.target, np.arange(len(features)),
-        test_size=test_size, random_state=seed, stratify=digits.target,
+        features,
+        digits.target,
+        np.arange(len(features)),
+        test_size=test_size,
+        random_state=seed,
+        stratify=digits.target,
     )
     images_test = digits.images[test_positions]
     x_train_t = torch.from_numpy(np.ascontiguousarray(x_train))
@@ -165,7 +169,7 @@ def train_digits_classifier(
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(x_train_t), generator=shuffle)
         for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
+            batch = order[start : start + batch_size]
             optimiser.zero_grad()
             loss = loss_bits(model(x_train_t[batch]), y_train_t[batch])
             loss.backward()
@@ -239,16 +243,22 @@ def classifier_section(tour, *, epochs: int = 20, seed: int = 0) -> DigitsResult
         record(f"digits.{key}.before.sklearn", reference[0])
         record(f"digits.{key}.after.sklearn", reference[1])
         size = result.n_train if key == "train" else result.n_test
-        rows.append([f"{key} ({size} images)", f"{before:.4f}", f"{reference[0]:.4f}",
-                     f"{after:.4f}", f"{reference[1]:.4f}"])
+        rows.append(
+            [
+                f"{key} ({size} images)",
+                f"{before:.4f}",
+                f"{reference[0]:.4f}",
+                f"{after:.4f}",
+                f"{reference[1]:.4f}",
+            ]
+        )
     record("digits.accuracy.before", result.accuracy[0])
     record("digits.accuracy.after", result.accuracy[1])
     tour.table(
-        ["split", "CE before (ours)", "log_loss before", "CE after (ours)",
-         "log_loss after"],
+        ["split", "CE before (ours)", "log_loss before", "CE after (ours)", "log_loss after"],
         rows,
         title=f"Mean cross-entropy in bits, before and after {result.epochs} epochs "
-              "(sklearn.metrics.log_loss ÷ ln 2 beside ours)",
+        "(sklearn.metrics.log_loss ÷ ln 2 beside ours)",
     )
     tour.text(
         f"Before training the weights are random and the predictions nearly uniform: "
@@ -265,17 +275,28 @@ def classifier_section(tour, *, epochs: int = 20, seed: int = 0) -> DigitsResult
         after = float(info.cross_entropy(one_hot, result.example_after[index]))
         before_bits.append(record(f"digits.image{index + 1}.before", before))
         after_bits.append(record(f"digits.image{index + 1}.after", after))
-        rows.append([
-            f"test image #{result.example_indices[index]}", str(label),
-            _top(result.example_before[index]), f"{before:.3f}",
-            _top(result.example_after[index]), f"{after:.3f}",
-        ])
+        rows.append(
+            [
+                f"test image #{result.example_indices[index]}",
+                str(label),
+                _top(result.example_before[index]),
+                f"{before:.3f}",
+                _top(result.example_after[index]),
+                f"{after:.3f}",
+            ]
+        )
     mean_before = record("digits.images.mean.before", float(np.mean(before_bits)))
     mean_after = record("digits.images.mean.after", float(np.mean(after_bits)))
     rows.append(["mean", "", "", f"{mean_before:.3f}", "", f"{mean_after:.3f}"])
     tour.table(
-        ["instance", "true class", "prediction before (top 3)", "CE before",
-         "prediction after (top 3)", "CE after"],
+        [
+            "instance",
+            "true class",
+            "prediction before (top 3)",
+            "CE before",
+            "prediction after (top 3)",
+            "CE after",
+        ],
         rows,
         title="The seed's three-instance table, on three real test images (CE in bits)",
     )
@@ -284,12 +305,19 @@ def classifier_section(tour, *, epochs: int = 20, seed: int = 0) -> DigitsResult
         "loss falls as that probability rises. It never reaches 0 on real data: that "
         "would need q(true class) = 1 exactly."
     )
-    plot.plot_loss_curve(result.train_curve, result.test_curve,
-                         path=tour.figure("classifier_loss_curve"),
-                         floor=float(info.entropy(np.full(NUM_CLASSES, 0.1))))
-    plot.plot_predictions(result.example_images, result.example_labels,
-                          result.example_before, result.example_after,
-                          path=tour.figure("classifier_predictions"))
+    plot.plot_loss_curve(
+        result.train_curve,
+        result.test_curve,
+        path=tour.figure("classifier_loss_curve"),
+        floor=float(info.entropy(np.full(NUM_CLASSES, 0.1))),
+    )
+    plot.plot_predictions(
+        result.example_images,
+        result.example_labels,
+        result.example_before,
+        result.example_after,
+        path=tour.figure("classifier_predictions"),
+    )
     return result
 
 
@@ -298,8 +326,12 @@ def _train_with_progress(tour, *, epochs: int, seed: int) -> DigitsResult:
         return train_digits_classifier(epochs=epochs, seed=seed)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("test CE {task.fields[test]} bits"))
+    columns = (
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("test CE {task.fields[test]} bits"),
+    )
     with Progress(*columns, console=tour.console, transient=True) as progress:
         task = progress.add_task("training", total=epochs, test="…")
 

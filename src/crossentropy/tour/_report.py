@@ -97,8 +97,8 @@ class Tour:
         <BLANKLINE>
           word  bits
           ----  ----
-          A     1.0
-          D     3.3
+          A      1.0
+          D      3.3
         >>> tour.sections[0].tables()[0].rows
         (('A', '1.0'), ('D', '3.3'))
     """
@@ -176,37 +176,32 @@ class Tour:
                     f"got {len(row)} in {row!r}"
                 )
         self._current().blocks.append(Table(headers, rows, title))
-        if self._console is not None:
-            from rich import box
-            from rich.table import Table as RichTable
-
-            rich_table = RichTable(
-                *(_escape(header) for header in headers),
-                title=_escape(title) if title else None,
-                box=box.SIMPLE_HEAD,
-                title_justify="left",
-            )
-            for row in rows:
-                rich_table.add_row(*(_escape(cell) for cell in row))
-            self._rich_print()
-            self._rich_print(rich_table)
-        else:
-            self._write("\n" + _plain_table(headers, rows, title))
+        self._print_table(headers, rows, title)
 
     def erratum(self, seed_says: str, correct: str) -> None:
         """Mark a correction: what the seed says, and the right statement beside it."""
         self._current().blocks.append(Erratum(str(seed_says), str(correct)))
         if self._console is not None:
-            self._rich_print(
-                f"[bold red]ERRATUM[/bold red] the seed says: [red]{_escape(str(seed_says))}"
-                f"[/red]\n        [bold green]correct:[/bold green] "
-                f"[green]{_escape(str(correct))}[/green]"
+            from rich.table import Table as RichTable
+
+            grid = RichTable.grid(padding=(0, 1))
+            grid.add_column(no_wrap=True)
+            grid.add_column()
+            grid.add_row(
+                "[bold red]ERRATUM[/bold red] the seed says:",
+                f"[red]{_escape(str(seed_says))}[/red]",
             )
+            grid.add_row(
+                "[bold green]        correct:[/bold green]",
+                f"[green]{_escape(str(correct))}[/green]",
+            )
+            self._rich_print(grid)
         else:
+            indent = " " * 24
             self._write(
-                _wrap(f"ERRATUM  the seed says: {seed_says}", subsequent="           ")
+                _wrap(f"ERRATUM  the seed says: {seed_says}", subsequent=indent)
                 + "\n"
-                + _wrap(f"         correct:       {correct}", subsequent="           ")
+                + _wrap(f"         correct:       {correct}", subsequent=indent)
                 + "\n"
             )
 
@@ -246,8 +241,12 @@ class Tour:
 
     def figures(self) -> list[Figure]:
         """Every figure recorded, in order."""
-        return [block for section in self.sections for block in section.blocks
-                if isinstance(block, Figure)]
+        return [
+            block
+            for section in self.sections
+            for block in section.blocks
+            if isinstance(block, Figure)
+        ]
 
     def find(self, title: str) -> Section:
         """The first section whose title contains ``title`` (case-insensitive).
@@ -274,27 +273,36 @@ class Tour:
         figures = self.figures()
         if not figures:
             return
-        rows = [[figure.path.name, section.title]
-                for section in self.sections for figure in section.blocks
-                if isinstance(figure, Figure)]
-        if self._console is not None:
-            self._rich_print()
-        self._record_free_table(["figure", "section"], rows, title=f"Figures in {self.out}/")
+        rows = [
+            [figure.path.name, section.title]
+            for section in self.sections
+            for figure in section.blocks
+            if isinstance(figure, Figure)
+        ]
+        rows = tuple(tuple(row) for row in rows)
+        self._print_table(("figure", "section"), rows, f"Figures in {self.out}/")
 
     # -- internals -----------------------------------------------------------------------
 
-    def _record_free_table(self, headers, rows, *, title):
-        if self._console is not None:
-            from rich import box
-            from rich.table import Table as RichTable
+    def _print_table(
+        self, headers: tuple[str, ...], rows: tuple[tuple[str, ...], ...], title: str | None
+    ) -> None:
+        if self._console is None:
+            self._write("\n" + _plain_table(headers, rows, title))
+            return
+        from rich import box
+        from rich.table import Table as RichTable
 
-            rich_table = RichTable(*headers, title=_escape(title), box=box.SIMPLE_HEAD,
-                                   title_justify="left")
-            for row in rows:
-                rich_table.add_row(*(_escape(cell) for cell in row))
-            self._rich_print(rich_table)
-        else:
-            self._write("\n" + _plain_table(tuple(headers), tuple(map(tuple, rows)), title))
+        rich_table = RichTable(box=box.SIMPLE_HEAD, pad_edge=False)
+        for index, header in enumerate(headers):
+            numeric = bool(rows) and all(_is_number(row[index]) for row in rows)
+            rich_table.add_column(_escape(header), justify="right" if numeric else "left")
+        for row in rows:
+            rich_table.add_row(*(_escape(cell) for cell in row))
+        self._rich_print()
+        if title:
+            self._rich_print(f"[bold]{_escape(title)}[/bold]")
+        self._rich_print(rich_table)
 
     def _current(self) -> Section:
         if not self.sections:
@@ -314,17 +322,19 @@ class Tour:
         return iter(self.sections)
 
 
-def _plain_table(headers: tuple[str, ...], rows: tuple[tuple[str, ...], ...],
-                 title: str | None) -> str:
+def _plain_table(
+    headers: tuple[str, ...], rows: tuple[tuple[str, ...], ...], title: str | None
+) -> str:
     widths = [len(header) for header in headers]
     for row in rows:
         widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
-    numeric = [bool(rows) and all(_is_number(row[i]) for row in rows)
-               for i in range(len(headers))]
+    numeric = [bool(rows) and all(_is_number(row[i]) for row in rows) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:
-        parts = [cell.rjust(width) if numeric[i] else cell.ljust(width)
-                 for i, (cell, width) in enumerate(zip(cells, widths, strict=True))]
+        parts = [
+            cell.rjust(width) if numeric[i] else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
         return ("  " + "  ".join(parts)).rstrip()
 
     out = io.StringIO()
@@ -348,8 +358,9 @@ def _is_number(cell: str) -> bool:
 def _wrap(text: str, *, subsequent: str = "") -> str:
     paragraphs = text.split("\n")
     return "\n".join(
-        textwrap.fill(paragraph, width=_WIDTH, subsequent_indent=subsequent,
-                      break_on_hyphens=False) if paragraph else ""
+        textwrap.fill(paragraph, width=_WIDTH, subsequent_indent=subsequent, break_on_hyphens=False)
+        if paragraph
+        else ""
         for paragraph in paragraphs
     )
 

@@ -90,8 +90,9 @@ def information_section(tour) -> None:
     for word, p, bits in zip(WORDS, uniform, np.asarray(info.information(uniform)), strict=True):
         tour.value(f"information.uniform.{word}", bits)
         rows.append([word, f"{p:g}", f"{bits:.1f}", f"{bits:.6f}"])
-    tour.table(["word", "p", "information (bits)", "exact"], rows,
-               title="Uniform words: I = −log2 0.25")
+    tour.table(
+        ["word", "p", "information (bits)", "exact"], rows, title="Uniform words: I = −log2 0.25"
+    )
     tour.text(
         "But people say A far more often than D. With the observed frequencies the "
         "frequent word carries little information and the rare one much:"
@@ -101,8 +102,11 @@ def information_section(tour) -> None:
     for word, p, bits in zip(WORDS, skewed, np.asarray(info.information(skewed)), strict=True):
         tour.value(f"information.skewed.{word}", bits)
         rows.append([word, f"{p:g}", f"{bits:.1f}", f"{bits:.6f}"])
-    tour.table(["word", "p", "information (bits)", "exact"], rows,
-               title="Observed frequencies: A 1 bit, D about 3.3 bits")
+    tour.table(
+        ["word", "p", "information (bits)", "exact"],
+        rows,
+        title="Observed frequencies: A 1 bit, D about 3.3 bits",
+    )
     tour.text(
         "Information is also surprise. High probability: obvious, little information "
         "(hearing A wakes nobody up). Low probability: surprising, much information "
@@ -121,12 +125,17 @@ def entropy_section(tour) -> None:
     )
     p = np.asarray(WORD_PROBABILITIES)
     bits = np.asarray(info.information(p))
-    rows = [[word, f"{pi:g}", f"{ii:.3f}", f"{pi * ii:.3f}"]
-            for word, pi, ii in zip(WORDS, p, bits, strict=True)]
+    rows = [
+        [word, f"{pi:g}", f"{ii:.3f}", f"{pi * ii:.3f}"]
+        for word, pi, ii in zip(WORDS, p, bits, strict=True)
+    ]
     total = tour.value("entropy.words", info.entropy(p))
     rows.append(["H(P)", "", "", f"{total:.3f}"])
-    tour.table(["word", "p", "I = −log2 p", "p · I"], rows,
-               title="Entropy of the words = expected information (bits)")
+    tour.table(
+        ["word", "p", "I = −log2 p", "p · I"],
+        rows,
+        title="Entropy of the words = expected information (bits)",
+    )
     tour.text(
         "Entropy also measures how hard an outcome is to predict. The seed's three "
         "examples are yes/no events, so their entropy is the binary entropy "
@@ -141,10 +150,12 @@ def entropy_section(tour) -> None:
     rows = []
     for label, key, probability in examples:
         value = tour.value(f"binary.{key}", info.binary_entropy(probability))
-        rows.append([label, f"{probability:g}", f"{value:.3f}",
-                     "high" if value > 0.5 else "low"])
-    tour.table(["event", "p", "H (bits)", "entropy"], rows,
-               title="Certain either way: low entropy; a toss-up: high")
+        rows.append([label, f"{probability:g}", f"{value:.3f}", "high" if value > 0.5 else "low"])
+    tour.table(
+        ["event", "p", "H (bits)", "entropy"],
+        rows,
+        title="Certain either way: low entropy; a toss-up: high",
+    )
     from crossentropy import plot
 
     plot.plot_binary_entropy(
@@ -189,15 +200,20 @@ def term_section(tour) -> None:
         [
             ["0", f"{at_zero:.3f}", "0 · log 0 = 0 (a convention)"],
             [f"1/e = {argmax:.3f}", f"{peak:.3f}", "the maximum, 1/(e ln 2)"],
-            [f"{grid_argmax:.3f}", f"{_term(grid_argmax):.3f}",
-             "largest on a grid of 100001 points"],
+            [
+                f"{grid_argmax:.3f}",
+                f"{_term(grid_argmax):.3f}",
+                "largest on a grid of 100001 points",
+            ],
             ["1", f"{at_one:.3f}", "a certain outcome needs no bits"],
         ],
         title="The term's peak: x = 0.368, height 0.531",
     )
-    tour.erratum("uncertainty is 1 at p = 1",
-                 f"the term is {at_one:.0f} at p = 1: 1 · log2 1 = 0; a certain event is "
-                 "not uncertain at all")
+    tour.erratum(
+        "uncertainty is 1 at p = 1",
+        f"the term is {at_one:.0f} at p = 1: 1 · log2 1 = 0; a certain event is "
+        "not uncertain at all",
+    )
     tour.erratum(
         "an event of probability near 0 or near 1 gives no information",
         "near 1 yes (−log2 p → 0), but near 0 it carries much information "
@@ -241,14 +257,17 @@ def entropy_tables_section(tour) -> None:
     )
     tour.erratum(
         f"a draw from box A takes {tour.values['boxA.H']:.3f} bits to represent",
-        f"{tour.values['boxA.H']:.3f} bits is the least *average* per draw, reached only "
+        f"{tour.values['boxA.H']:.3f} bits is the least average per draw, reached only "
         "in the long run by coding many draws together (arithmetic coding); one draw "
         f"at a time, the best symbol code (Huffman) spends {symbol_code:.1f} bits per draw",
     )
     from crossentropy import plot
 
-    plot.plot_entropy_terms({"box A": BOX_A, "box B": BOX_B},
-                            path=tour.figure("box_entropy_terms"), outcome_labels=PRIZES)
+    plot.plot_entropy_terms(
+        {"box A": BOX_A, "box B": BOX_B},
+        path=tour.figure("box_entropy_terms"),
+        outcome_labels=PRIZES,
+    )
 
 
 def cross_entropy_section(tour) -> None:
@@ -268,12 +287,21 @@ def cross_entropy_section(tour) -> None:
         cross = tour.value(f"ce.{key}", info.cross_entropy(p, q))
         kl = tour.value(f"kl.{key}", info.kl_divergence(p, q))
         tour.value(f"ce.{key}.identity_gap", cross - (h_p + kl))
-        rows.append([
-            "P itself" if key == "self" else key, _vector(q), f"{cross:.6f}",
-            f"{h_p:.6f}", f"{kl:.6f}", f"{h_p + kl:.6f}",
-        ])
-    tour.table(["Q", "q", "H(P, Q)", "H(P)", "D(P‖Q)", "H(P) + D(P‖Q)"], rows,
-               title="P-data coded with Q: H(P, Q) = H(P) + D(P‖Q) ≥ H(P) (bits)")
+        rows.append(
+            [
+                "P itself" if key == "self" else key,
+                _vector(q),
+                f"{cross:.6f}",
+                f"{h_p:.6f}",
+                f"{kl:.6f}",
+                f"{h_p + kl:.6f}",
+            ]
+        )
+    tour.table(
+        ["Q", "q", "H(P, Q)", "H(P)", "D(P‖Q)", "H(P) + D(P‖Q)"],
+        rows,
+        title="P-data coded with Q: H(P, Q) = H(P) + D(P‖Q) ≥ H(P) (bits)",
+    )
     tour.erratum(
         "cross-entropy is always greater than entropy: H(P, Q) > H(P)",
         "H(P, Q) ≥ H(P), with equality if and only if Q = P (Gibbs' inequality: "
@@ -293,8 +321,9 @@ def cross_entropy_section(tour) -> None:
     )
     from crossentropy import plot
 
-    plot.plot_cross_entropy_gap(p, dict(CODING_MODELS)["reversed"],
-                                path=tour.figure("cross_entropy_gap"))
+    plot.plot_cross_entropy_gap(
+        p, dict(CODING_MODELS)["reversed"], path=tour.figure("cross_entropy_gap")
+    )
 
 
 def loss_section(tour) -> None:
@@ -330,17 +359,22 @@ def classification_section(tour) -> None:
             tour.value(f"classification.{stage}.x{index}", value)
         means[stage] = tour.value(f"classification.{stage}.mean", np.mean(values))
     for index, name in enumerate(CLASSES, start=1):
-        rows.append([
-            f"x{index} ({name})", _vector(labels[index - 1].astype(int)),
-            _vector(PREDICTIONS_BEFORE[index - 1]),
-            f"{tour.values[f'classification.before.x{index}']:.3f}",
-            _vector(PREDICTIONS_AFTER[index - 1]),
-            f"{tour.values[f'classification.after.x{index}']:.3f}",
-        ])
+        rows.append(
+            [
+                f"x{index} ({name})",
+                _vector(labels[index - 1].astype(int)),
+                _vector(PREDICTIONS_BEFORE[index - 1]),
+                f"{tour.values[f'classification.before.x{index}']:.3f}",
+                _vector(PREDICTIONS_AFTER[index - 1]),
+                f"{tour.values[f'classification.after.x{index}']:.3f}",
+            ]
+        )
     rows.append(["mean", "", "", f"{means['before']:.3f}", "", f"{means['after']:.3f}"])
-    tour.table(["instance", "label P", "prediction before", "CE before",
-                "prediction after", "CE after"], rows,
-               title="Training raises q(true class) and lowers CE (bits)")
+    tour.table(
+        ["instance", "label P", "prediction before", "CE before", "prediction after", "CE after"],
+        rows,
+        title="Training raises q(true class) and lowers CE (bits)",
+    )
     nats = _mean_loss_in_nats()
     tour.value("classification.before.mean_nats", nats["before"])
     tour.value("classification.after.mean_nats", nats["after"])
@@ -389,10 +423,11 @@ def soft_targets_section(tour) -> None:
         "The least cross-entropy for a label P is CE(P, P) = H(P). One-hot labels have "
         "H = 0, which is why a classifier's loss can approach 0. A soft label cannot:"
     )
-    tour.table(["label P", "H(P)", "CE(P, P)", "least possible loss"],
-               [[_vector(SOFT_TARGET), f"{floor:.3f}", f"{self_ce:.3f}",
-                 f"{self_ce:.3f} bits"]],
-               title="Soft target (e.g. label smoothing)")
+    tour.table(
+        ["label P", "H(P)", "CE(P, P)", "least possible loss"],
+        [[_vector(SOFT_TARGET), f"{floor:.3f}", f"{self_ce:.3f}", f"{self_ce:.3f} bits"]],
+        title="Soft target (e.g. label smoothing)",
+    )
     tour.erratum(
         "the cross-entropy loss can go down to 0",
         f"CE(P, P) = H(P), which is 0 only for one-hot P; for {_vector(SOFT_TARGET)} the "
@@ -406,14 +441,26 @@ def summary_section(tour) -> None:
     tour.table(
         ["quantity", "counts", "example from this tour"],
         [
-            ["information −log2 p", "bits for one event",
-             f"word D: {tour.values['information.skewed.D']:.1f} bits"],
-            ["entropy H(P)", "least average bits per outcome of P",
-             f"box A {tour.values['boxA.H']:.3f}, box B {tour.values['boxB.H']:.3f}"],
-            ["cross-entropy H(P, Q)", "bits per outcome of P coded with Q",
-             f"words with Q uniform: {tour.values['ce.uniform']:.3f}"],
-            ["KL divergence D(P‖Q)", "bits wasted: H(P, Q) − H(P) ≥ 0",
-             f"Q uniform: {tour.values['kl.uniform']:.3f}"],
+            [
+                "information −log2 p",
+                "bits for one event",
+                f"word D: {tour.values['information.skewed.D']:.1f} bits",
+            ],
+            [
+                "entropy H(P)",
+                "least average bits per outcome of P",
+                f"box A {tour.values['boxA.H']:.3f}, box B {tour.values['boxB.H']:.3f}",
+            ],
+            [
+                "cross-entropy H(P, Q)",
+                "bits per outcome of P coded with Q",
+                f"words with Q uniform: {tour.values['ce.uniform']:.3f}",
+            ],
+            [
+                "KL divergence D(P‖Q)",
+                "bits wasted: H(P, Q) − H(P) ≥ 0",
+                f"Q uniform: {tour.values['kl.uniform']:.3f}",
+            ],
         ],
     )
     tour.text(
