@@ -142,9 +142,7 @@ def _check_inputs(
         raise ValueError(f"`impl` must be one of {allowed}; got {impl!r}")
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
-            raise TypeError(
-                f"`chunk_size` must be None or an int; got {type(chunk_size).__name__}"
-            )
+            raise TypeError(f"`chunk_size` must be None or an int; got {type(chunk_size).__name__}")
         if chunk_size <= 0:
             raise ValueError(
                 f"`chunk_size` must be > 0 (token rows per chunk); got {chunk_size}; "
@@ -619,6 +617,18 @@ def linear_cross_entropy(
     h2 = hidden.reshape(-1, hidden_dim)
     y = targets.reshape(-1).to(torch.long)
     rows = None if chunk_size is None else int(chunk_size)
+    tracked = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias)
+    )
+    if not tracked:
+        loss, _, _, _ = _fused_pass(
+            h2, weight, bias, y, opts, rows, grad_scale=None, want=(False,) * 3
+        )
+        if reduction == "none":
+            return loss.to(hidden.dtype).reshape(targets.shape)
+        count = int((y != opts["ignore_index"]).sum()) if reduction == "mean" else 1
+        total = loss.sum() / count if count > 0 else loss.sum()
+        return total.to(hidden.dtype)
     if reduction == "none":
         return _ChunkedPerToken.apply(h2, weight, bias, y, opts, rows).reshape(targets.shape)
     return _ChunkedReduced.apply(h2, weight, bias, y, opts, rows)
@@ -749,7 +759,9 @@ def linear_cross_entropy_stats(
     shape = targets.shape
     dtype = hidden.dtype
     return TokenStats(
-        loss.to(dtype).reshape(shape), lse.to(dtype).reshape(shape), entropy.to(dtype).reshape(shape)
+        loss.to(dtype).reshape(shape),
+        lse.to(dtype).reshape(shape),
+        entropy.to(dtype).reshape(shape),
     )
 
 

@@ -1,0 +1,441 @@
+"""The fused linear + cross-entropy head against unfused oracles.
+
+Oracles: (1) a float64 torch computation written as the math reads (logits, soft-cap,
+torch's F.cross_entropy with its label smoothing, the z-loss, the base, the mean over
+tokens that count), differentiated by autograd; (2) the float64 NumPy loops of
+``tests/losses/reference_losses.py`` pushed through the chain rule by hand
+(dh = G W, dW = G^T h, db = sum G); (3) ``impl="reference"``, the library's own unfused
+path over ``losses.cross_entropy``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crossentropy import losses
+from crossentropy.losses._linear import (
+    AUTO_REFERENCE_ELEMENTS,
+    CHUNK_BUDGET_BYTES,
+    MIN_CHUNK_ROWS,
+    plan_chunk_rows,
+)
+from tests.losses.reference_losses import reference_cross_entropy, reference_entropy
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def oracle(
+    hidden,
+    weight,
+    targets,
+    *,
+    bias=None,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+    base=math.e,
+):
+    """The loss as the math reads, with torch's own cross-entropy for the (smoothed) NLL."""
+    logits = hidden @ weight.T
+    if bias is not None:
+        logits = logits + bias
+    logits = logits.reshape(-1, weight.shape[0])
+    y = targets.reshape(-1)
+    keep = y != ignore_index
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    safe = torch.where(keep, y, torch.zeros_like(y))
+    per_token = F.cross_entropy(logits, safe, reduction="none", label_smoothing=label_smoothing)
+    per_token = per_token + z_loss * torch.logsumexp(logits, dim=1) ** 2
+    per_token = torch.where(keep, per_token, torch.zeros_like(per_token)) / math.log(base)
+    if reduction == "none":
+        return per_token.reshape(targets.shape)
+    if reduction == "sum":
+        return per_token.sum()
+    count = int(keep.sum())
+    return per_token.sum() / count if count else per_token.sum() * 0.0
+
+
+def make(n, d, v, *, dtype=torch.float64, bias=True, ignored=0.0, seed=0, lead=None):
+    g = torch.Generator().manual_seed(seed)
+    shape = lead if lead is not None else (n,)
+    hidden = torch.randn(*shape, d, generator=g, dtype=torch.float64)
+    weight = torch.randn(v, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    b = torch.randn(v, generator=g, dtype=torch.float64) if bias else None
+    targets = torch.randint(0, v, shape, generator=g)
+    if ignored:
+        mask = torch.rand(shape, generator=g) < ignored
+        targets = torch.where(mask, torch.full_like(targets, -100), targets)
+    cast = [t.to(dtype).requires_grad_() if t is not None else None for t in (hidden, weight, b)]
+    return cast[0], cast[1], cast[2], targets
+
+
+def value_and_grads(fn, hidden, weight, bias, targets, upstream_seed=1, **options):
+    out = fn(hidden, weight, targets, bias=bias, **options)
+    params = [t for t in (hidden, weight, bias) if t is not None]
+    if out.dim() == 0:
+        upstream = torch.ones_like(out)
+    else:
+        g = torch.Generator().manual_seed(upstream_seed)
+        upstream = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
+    grads = torch.autograd.grad(out, params, upstream)
+    return out.detach(), [x.detach() for x in grads]
+
+
+def fused(hidden, weight, targets, **options):
+    return losses.linear_cross_entropy(hidden, weight, targets, impl="chunked", **options)
+
+
+OPTION_SETS = [
+    {},
+    {"label_smoothing": 0.1},
+    {"z_loss": 1e-3},
+    {"softcap": 3.0},
+    {"base": 2.0},
+    {"label_smoothing": 0.2, "z_loss": 0.01, "softcap": 5.0, "base": 10.0},
+]
+# A covering subset of N in {1, 7, 509}, D in {3, 64, 130}, V in {2, 1000, 50257}: every
+# value of each appears, with chunk sizes that divide N and that do not.
+SHAPES = [
+    (1, 3, 2, None),
+    (7, 64, 1000, 3),
+    (7, 3, 50257, 2),
+    (509, 130, 1000, 64),
+    (509, 64, 2, 100),
+    (1, 130, 50257, 1),
+    (509, 3, 1000, None),
+    (7, 130, 2, 7),
+]
+CASES = [
+    (shape, OPTION_SETS[i % len(OPTION_SETS)], REDUCTIONS[i % 3], i % 2 == 0, (0.0, 0.3)[i % 2])
+    for i, shape in enumerate(SHAPES * 3)
+]
+
+
+@pytest.mark.parametrize(("shape", "options", "reduction", "with_bias", "ignored"), CASES)
+def test_float64_matches_oracle(shape, options, reduction, with_bias, ignored):
+    n, d, v, chunk = shape
+    hidden, weight, bias, targets = make(n, d, v, bias=with_bias, ignored=ignored, seed=n + d + v)
+    opts = {"reduction": reduction, **options}
+    got, got_grads = value_and_grads(fused, hidden, weight, bias, targets, chunk_size=chunk, **opts)
+    want, want_grads = value_and_grads(oracle, hidden, weight, bias, targets, **opts)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("reduction", "options"),
+    [("mean", {}), ("sum", {"label_smoothing": 0.3, "z_loss": 0.05}), ("none", {"softcap": 2.0})],
+)
+def test_float64_matches_numpy_loops(reduction, options):
+    hidden, weight, bias, targets = make(7, 5, 13, ignored=0.3, seed=3)
+    loss = fused(hidden, weight, targets, bias=bias, reduction=reduction, chunk_size=3, **options)
+    loss.sum().backward()
+    logits = (hidden @ weight.T + bias).detach().numpy()
+    want, g = reference_cross_entropy(logits, targets.numpy(), reduction=reduction, **options)
+    np.testing.assert_allclose(loss.detach().numpy(), want, rtol=1e-10, atol=1e-12)
+    h, w = hidden.detach().numpy(), weight.detach().numpy()
+    np.testing.assert_allclose(hidden.grad.numpy(), g @ w, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(weight.grad.numpy(), g.T @ h, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(bias.grad.numpy(), g.sum(0), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize(
+    "options", [{}, {"label_smoothing": 0.1, "z_loss": 1e-2, "softcap": 4.0, "base": 2.0}]
+)
+def test_matches_reference_impl(reduction, options):
+    hidden, weight, bias, targets = make(0, 24, 300, lead=(3, 17), ignored=0.2, seed=5)
+    opts = {"reduction": reduction, **options}
+    got, got_grads = value_and_grads(fused, hidden, weight, bias, targets, chunk_size=10, **opts)
+
+    def reference(*args, **kw):
+        return losses.linear_cross_entropy(*args, impl="reference", **kw)
+
+    want, want_grads = value_and_grads(reference, hidden, weight, bias, targets, **opts)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_all_ignored_batch(reduction):
+    hidden, weight, bias, targets = make(9, 8, 20, seed=7)
+    targets = torch.full_like(targets, -100)
+    loss = fused(hidden, weight, targets, bias=bias, reduction=reduction)
+    assert not torch.isnan(loss).any()
+    torch.testing.assert_close(loss, torch.zeros_like(loss), rtol=0, atol=0)
+    loss.sum().backward()
+    for t in (hidden, weight, bias):
+        assert t.grad is not None
+        assert torch.equal(t.grad, torch.zeros_like(t))
+
+
+def test_custom_ignore_index_and_uint8_targets():
+    hidden, weight, _, targets = make(40, 6, 9, bias=False, seed=8)
+    got = fused(hidden, weight, targets.to(torch.uint8), ignore_index=4)
+    want = F.cross_entropy(hidden @ weight.T, targets, ignore_index=4)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("frozen", ["hidden", "weight", "bias", "all"])
+def test_partial_requires_grad(frozen):
+    hidden, weight, bias, targets = make(33, 10, 50, ignored=0.2, seed=9)
+    want, want_grads = value_and_grads(oracle, hidden, weight, bias, targets)
+    names = ["hidden", "weight", "bias"]
+    tensors = [hidden, weight, bias]
+    for name, t in zip(names, tensors, strict=True):
+        if frozen in (name, "all"):
+            t.requires_grad_(False)
+    loss = fused(hidden, weight, targets, bias=bias, chunk_size=8)
+    torch.testing.assert_close(loss.detach(), want, rtol=1e-12, atol=0)
+    if frozen == "all":
+        assert not loss.requires_grad
+        return
+    loss.backward()
+    for name, t, g in zip(names, tensors, want_grads, strict=True):
+        if frozen == name:
+            assert t.grad is None
+        else:
+            torch.testing.assert_close(t.grad, g, rtol=1e-10, atol=1e-14)
+
+
+def test_no_grad_mode_and_scaled_upstream_and_retain_graph():
+    hidden, weight, bias, targets = make(50, 12, 70, ignored=0.1, seed=10)
+    with torch.no_grad():
+        plain = fused(hidden, weight, targets, bias=bias, chunk_size=16)
+    loss = fused(hidden, weight, targets, bias=bias, chunk_size=16)
+    torch.testing.assert_close(plain, loss.detach(), rtol=1e-14, atol=0)
+    (3.0 * loss).backward(retain_graph=True)
+    first = [t.grad.clone() for t in (hidden, weight, bias)]
+    loss.backward()  # a second pass through the stored gradients: the same again
+    _, want = value_and_grads(oracle, hidden, weight, bias, targets)
+    for g1, t, w in zip(first, (hidden, weight, bias), want, strict=True):
+        torch.testing.assert_close(g1, 3.0 * w, rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(t.grad, 4.0 * w, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("options", [{}, {"label_smoothing": 0.2, "z_loss": 0.1, "softcap": 1.5}])
+def test_gradcheck(reduction, options):
+    hidden, weight, bias, targets = make(5, 4, 6, seed=11)
+    targets[1] = -100
+
+    def fn(h, w, b):
+        return fused(h, w, targets, bias=b, reduction=reduction, chunk_size=2, **options)
+
+    assert torch.autograd.gradcheck(fn, (hidden, weight, bias), eps=1e-6, atol=1e-8)
+
+
+def _errors(got, want):
+    """Relative error of each tensor: the norm of the difference over the norm of `want`."""
+    return [float((a.double() - b).norm() / b.norm()) for a, b in zip(got, want, strict=True)]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "factor"), [(torch.float32, 2.0), (torch.bfloat16, 1.0), (torch.float16, 1.0)]
+)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_low_precision_no_worse_than_unfused(dtype, factor, reduction):
+    """Error vs a float64 reference: the fused path's is within `factor` of the unfused one.
+
+    Both see the same inputs (values representable in `dtype`); the reference is the
+    float64 computation on them. Half types must be no worse at all; float32 is allowed a
+    factor 2 for a different order of summation. A scalar loss is also allowed the error
+    of rounding the exact value once (half the dtype's epsilon), which no method returning
+    that dtype can beat; in float32, four epsilons, for a mean over 231 tokens whose
+    per-token losses are each checked exactly as above with ``reduction="none"``.
+    """
+    h64, w64, b64, targets = make(257, 96, 3000, ignored=0.1, seed=12)
+    opts = {"reduction": reduction, "label_smoothing": 0.1}
+    low = [t.detach().to(dtype).requires_grad_() for t in (h64, w64, b64)]
+    exact = [t.detach().double().requires_grad_() for t in low]
+    want_v, want_g = value_and_grads(oracle, exact[0], exact[1], exact[2], targets, **opts)
+    got_v, got_g = value_and_grads(fused, low[0], low[1], low[2], targets, chunk_size=64, **opts)
+
+    def unfused(h, w, y, bias=None, **kw):
+        return oracle(h, w, y, bias=bias, **kw)
+
+    base_v, base_g = value_and_grads(unfused, low[0], low[1], low[2], targets, **opts)
+    assert got_v.dtype == dtype
+    assert all(g.dtype == dtype for g in got_g)
+    mine = _errors([got_v, *got_g], [want_v, *want_g])
+    theirs = _errors([base_v, *base_g], [want_v, *want_g])
+    eps = torch.finfo(dtype).eps
+    roundoff = 0.0 if got_v.dim() else (4 * eps if dtype == torch.float32 else eps / 2)
+    assert mine[0] <= max(factor * theirs[0], roundoff), ("loss", mine[0], theirs[0])
+    for name, a, b in zip(("hidden", "weight", "bias"), mine[1:], theirs[1:], strict=True):
+        assert a <= factor * b, (name, a, b)
+
+
+def test_leading_dims_and_stats_match_cross_entropy_stats():
+    hidden, weight, bias, targets = make(0, 16, 40, lead=(2, 3, 5), ignored=0.3, seed=13)
+    opts = {"label_smoothing": 0.1, "z_loss": 1e-3, "softcap": 6.0, "base": 2.0}
+    stats = losses.linear_cross_entropy_stats(
+        hidden, weight, targets, bias=bias, chunk_size=4, **opts
+    )
+    logits = (hidden @ weight.T + bias).detach()
+    want = losses.cross_entropy_stats(logits.reshape(-1, 40), targets.reshape(-1), **opts)
+    for got, exp in zip(stats, want, strict=True):
+        assert got.shape == targets.shape
+        assert got.grad_fn is None
+        torch.testing.assert_close(got.reshape(-1), exp, rtol=1e-10, atol=1e-12)
+    capped = 6.0 * torch.tanh(logits / 6.0)
+    torch.testing.assert_close(stats.logsumexp, torch.logsumexp(capped, -1), rtol=1e-12, atol=0)
+    entropy = reference_entropy(logits.reshape(-1, 40).numpy(), softcap=6.0, base=2.0)
+    np.testing.assert_allclose(stats.entropy.reshape(-1).numpy(), entropy, rtol=1e-10)
+    per_token = fused(hidden, weight, targets, bias=bias, reduction="none", **opts)
+    torch.testing.assert_close(stats.loss, per_token.detach(), rtol=1e-12, atol=0)
+
+
+def test_module_matches_function():
+    head = torch.nn.Linear(12, 30, dtype=torch.float64)
+    hidden = torch.randn(4, 11, 12, dtype=torch.float64)
+    targets = torch.randint(0, 30, (4, 11))
+    module = losses.LinearCrossEntropyLoss(reduction="sum", z_loss=1e-2, impl="chunked")
+    got = module(hidden, head.weight, targets, head.bias)
+    want = losses.linear_cross_entropy(
+        hidden, head.weight, targets, bias=head.bias, reduction="sum", z_loss=1e-2
+    )
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    assert "reduction='sum'" in repr(module)
+    with pytest.raises(ValueError, match="`impl` must be one of"):
+        losses.LinearCrossEntropyLoss(impl="fast")
+    with pytest.raises(ValueError, match="`chunk_size` must be None or an int > 0"):
+        losses.LinearCrossEntropyLoss(chunk_size=0)
+    with pytest.raises(ValueError, match="`label_smoothing` must be in"):
+        losses.LinearCrossEntropyLoss(label_smoothing=2.0)
+
+
+def test_auto_picks_reference_when_tiny_and_chunked_otherwise():
+    hidden, weight, _, targets = make(4, 3, 5, bias=False, seed=14)
+    tiny = losses.linear_cross_entropy(hidden, weight, targets)
+    assert "Chunked" not in type(tiny.grad_fn).__name__
+    n = AUTO_REFERENCE_ELEMENTS // 50 + 1
+    hidden, weight, _, targets = make(n, 3, 50, bias=False, seed=15)
+    big = losses.linear_cross_entropy(hidden, weight, targets)
+    assert "Chunked" in type(big.grad_fn).__name__
+    torch.testing.assert_close(big, oracle(hidden, weight, targets), rtol=1e-12, atol=0)
+
+
+def test_group_is_handed_to_the_vocabulary_parallel_head(monkeypatch):
+    """With a group, every argument goes to ``_distributed.sharded_linear_cross_entropy``."""
+    from crossentropy.losses import _distributed
+
+    hidden, weight, bias, targets = make(4, 3, 5, seed=16)
+    seen = {}
+
+    def sharded(*args, **kwargs):
+        seen["args"], seen["kwargs"] = args, kwargs
+        return torch.tensor(1.5)
+
+    monkeypatch.setattr(_distributed, "sharded_linear_cross_entropy", sharded, raising=False)
+    group = object()
+    out = losses.linear_cross_entropy(
+        hidden, weight, targets, bias=bias, group=group, z_loss=0.1, chunk_size=2
+    )
+    assert float(out) == 1.5
+    assert seen["args"][0] is hidden
+    assert seen["args"][1] is weight
+    assert seen["args"][2] is targets
+    assert seen["kwargs"]["group"] is group
+    assert seen["kwargs"]["bias"] is bias
+    assert seen["kwargs"]["z_loss"] == 0.1
+    assert seen["kwargs"]["chunk_size"] == 2
+    monkeypatch.delattr(_distributed, "sharded_linear_cross_entropy")
+    with pytest.raises(NotImplementedError, match="`group` is not supported"):
+        losses.linear_cross_entropy(hidden, weight, targets, group=group)
+
+
+def _bad_inputs():
+    h = torch.randn(4, 3)
+    w = torch.randn(5, 3)
+    y = torch.tensor([0, 1, 2, 4])
+    return [
+        ((h, w[:, :2], y), {}, ValueError, r"`hidden` must have shape \(\.\.\., D\) with D = 2"),
+        ((h, w, y[:3]), {}, ValueError, r"`targets` must have shape \(4,\)"),
+        ((h, w.double(), y), {}, TypeError, "`weight` must have the dtype of `hidden`"),
+        ((h.long(), w.long(), y), {}, TypeError, "`hidden` must be float64, float32"),
+        ((h, w, y.float()), {}, TypeError, "`targets` must hold integer class indices"),
+        ((h, w.reshape(15), y), {}, ValueError, r"`weight` must be 2-D \(V, D\)"),
+        ((h, w, y), {"bias": torch.zeros(4)}, ValueError, r"`bias` must have shape \(5,\)"),
+        ((h, w, y), {"bias": torch.zeros(5).double()}, TypeError, "`bias` must have the dtype"),
+        ((h, w, torch.tensor([0, 1, 5, -100])), {}, ValueError, r"in \[0, 5\) or ignore_index"),
+        ((h, w, torch.tensor([0, 1, -3, 2])), {}, ValueError, "got -3"),
+        ((h, w, y), {"impl": "fast"}, ValueError, "`impl` must be one of 'auto'"),
+        ((h, w, y), {"chunk_size": 0}, ValueError, "`chunk_size` must be > 0"),
+        ((h, w, y), {"chunk_size": -3}, ValueError, "`chunk_size` must be > 0"),
+        ((h, w, y), {"chunk_size": 2.5}, TypeError, "`chunk_size` must be None or an int"),
+        ((h, w, y), {"reduction": "avg"}, ValueError, "`reduction` must be one of"),
+        ((h, w, y), {"base": 1.0}, ValueError, "`base` must be finite"),
+        ((h, w, y), {"softcap": 0.0}, ValueError, "`softcap` must be None or a finite"),
+        ((h.numpy(), w, y), {}, TypeError, "`hidden` must be a torch.Tensor"),
+        ((h, w, y), {"bias": [0.0] * 5}, TypeError, "`bias` must be None or a torch.Tensor"),
+    ]
+
+
+@pytest.mark.parametrize(("args", "kwargs", "error", "match"), _bad_inputs())
+def test_bad_input_is_rejected_with_a_message(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        losses.linear_cross_entropy(*args, **{"impl": "chunked", **kwargs})
+
+
+def test_validate_false_skips_the_target_range_check_only():
+    h, w = torch.randn(4, 3), torch.randn(5, 3)
+    y = torch.tensor([0, 1, 2, 3])
+    a = losses.linear_cross_entropy(h, w, y, validate=False, impl="chunked")
+    b = losses.linear_cross_entropy(h, w, y, validate=True, impl="chunked")
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="`chunk_size` must be > 0"):
+        losses.linear_cross_entropy(h, w, y, validate=False, chunk_size=0)
+
+
+# ---------------------------------------------------------------------------------------
+# The chunk planner.
+
+
+def test_plan_examples_for_the_benchmark_shapes():
+    assert plan_chunk_rows(4096, 1024, 128256) == 256
+    assert plan_chunk_rows(4096, 1024, 32000) == 256
+    assert plan_chunk_rows(2048, 512, 65536) == 128
+    assert plan_chunk_rows(0, 64, 10) == 1
+
+
+@given(
+    n=st.integers(1, 100_000),
+    d=st.integers(1, 16_384),
+    v=st.integers(1, 4_000_000),
+    itemsize=st.sampled_from([2, 4, 8]),
+)
+def test_plan_properties(n, d, v, itemsize):
+    rows = plan_chunk_rows(n, d, v, itemsize=itemsize)
+    assert 1 <= rows <= n
+    chunks = -(-n // rows)
+    # Evened out: no chunk is more than one row short of the others.
+    assert chunks * rows - n < chunks
+    # The budget holds, unless the 16-row floor is what is left; never more than D // 4
+    # rows (or the floor).
+    assert rows * v * itemsize <= CHUNK_BUDGET_BYTES or rows <= MIN_CHUNK_ROWS
+    assert rows <= max(d // 4, MIN_CHUNK_ROWS)
+
+
+def test_every_chunk_size_gives_the_same_answer():
+    hidden, weight, bias, targets = make(37, 9, 23, ignored=0.2, seed=17)
+    want, want_grads = value_and_grads(oracle, hidden, weight, bias, targets)
+    for chunk in itertools.chain(range(1, 8), (36, 37, 38, 1000)):
+        got, got_grads = value_and_grads(fused, hidden, weight, bias, targets, chunk_size=chunk)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+        for a, b in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
