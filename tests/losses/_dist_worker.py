@@ -117,6 +117,7 @@ def _vocab_parallel_cases(rank: int, world: int, payload: dict) -> dict:
 
 
 def _sharded_linear_cases(rank: int, world: int, payload: dict) -> dict:
+    from crossentropy.losses import linear_cross_entropy
     from crossentropy.losses._distributed import sharded_linear_cross_entropy
 
     results = {}
@@ -129,9 +130,19 @@ def _sharded_linear_cases(rank: int, world: int, payload: dict) -> dict:
             bias = case.get("bias")
             if bias is not None:
                 bias = bias[start:stop].clone().requires_grad_(True)
-            loss = sharded_linear_cross_entropy(
-                hidden, weight, case["targets"], bias=bias, **case["options"]
-            )
+            if case.get("public"):
+                loss = linear_cross_entropy(
+                    hidden,
+                    weight,
+                    case["targets"],
+                    bias=bias,
+                    group=dist.group.WORLD,
+                    **case["options"],
+                )
+            else:
+                loss = sharded_linear_cross_entropy(
+                    hidden, weight, case["targets"], bias=bias, **case["options"]
+                )
             upstream = case.get("upstream")
             (loss * upstream if upstream is not None else loss).sum().backward()
             return (

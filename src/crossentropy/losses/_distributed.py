@@ -27,12 +27,19 @@ import torch
 import torch.distributed as dist
 
 from crossentropy.losses._kernel import accumulation_dtype
+from crossentropy.losses._linear import (
+    AUTO_REFERENCE_ELEMENTS,
+    IMPLS,
+    _add_weight_grad,
+    _check_inputs,
+    _compute_dtype,
+    plan_chunk_rows,
+)
 from crossentropy.losses._options import REDUCTIONS, check_options
 
 Reduction = Literal["mean", "sum", "none"]
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
-_IMPLS = ("auto", "chunked", "reference")
 # Budget for one chunk of float32 logits in the sharded linear head (chunk_size=None).
 _CHUNK_BUDGET_BYTES = 1 << 26
 _CHUNK_MIN_ROWS = 8
@@ -75,7 +82,7 @@ def _show(field: _Field, value: int) -> str:
     if field.kind == "reduction":
         return repr(REDUCTIONS[value]) if 0 <= value < len(REDUCTIONS) else "?"
     if field.kind == "impl":
-        return repr(_IMPLS[value]) if 0 <= value < len(_IMPLS) else "?"
+        return repr(IMPLS[value]) if 0 <= value < len(IMPLS) else "?"
     if field.kind == "bool":
         return str(bool(value))
     if field.kind == "hash":
@@ -125,8 +132,11 @@ def _exchange(
     ``values`` are host integers; ``device_values`` (checksums computed on the device, named
     by ``device_names``) are appended without a separate synchronisation.
     """
-    host = torch.tensor([values[name] for name in fields if name not in device_names],
-                        dtype=torch.int64, device=device)
+    host = torch.tensor(
+        [values[name] for name in fields if name not in device_names],
+        dtype=torch.int64,
+        device=device,
+    )
     local = host if device_values is None else torch.cat([host, device_values.to(torch.int64)])
     gathered = [torch.empty_like(local) for _ in range(world)]
     dist.all_gather(gathered, local, group=group)
@@ -357,10 +367,10 @@ def _shard_rows(
     grad = e
     grad.mul_(coef.unsqueeze(1))
     if shard > 0:
-        hit = in_shard.nonzero().squeeze(1)
-        grad.index_put_(
-            (hit, local_t[hit]), -(1.0 - eps) * w_y[hit], accumulate=True
-        )
+        # -(1 - eps) w_y at the target column of rows whose target is in this shard.
+        hit = torch.where(in_shard, w_y, torch.zeros((), dtype=acc, device=device))
+        hit = hit.mul_(-(1.0 - eps)).unsqueeze(1)
+        grad.scatter_add_(1, local_t.clamp(0, shard - 1).unsqueeze(1), hit)
         if eps > 0:
             col = w_loc if w_loc is not None else torch.ones(shard, dtype=acc, device=device)
             grad.addr_(counted_f, col, alpha=-eps / spec.num_classes)
@@ -553,9 +563,7 @@ def vocab_parallel_cross_entropy(
     """
     rank, world = _require_group(group)
     if not isinstance(local_logits, torch.Tensor):
-        raise TypeError(
-            f"`local_logits` must be a torch.Tensor; got {type(local_logits).__name__}"
-        )
+        raise TypeError(f"`local_logits` must be a torch.Tensor; got {type(local_logits).__name__}")
     device = local_logits.device
 
     # Local checks. A failure is held back until after the exchange, so that every rank
@@ -658,4 +666,441 @@ def vocab_parallel_cross_entropy(
     )
 
 
-__all__ = ["vocab_parallel_cross_entropy"]
+# --------------------------------------------------------------------------------------
+# sharded_linear_cross_entropy
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _LinearPlan:
+    """What the chunked sharded head needs besides the tensors; identical on every rank."""
+
+    spec: _Spec
+    reduction: str
+    base: float
+    rows: int  # token rows per chunk
+    group: dist.ProcessGroup | None
+    want: tuple[bool, bool, bool]  # gradients wanted for hidden, weight, bias
+
+
+def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, grad_scale):
+    """One sweep over the chunks of kept tokens (``index``) of this rank's vocabulary rows.
+
+    ``grad_scale`` is None (losses only) or a float multiplying every row's gradient.
+    Returns ``(loss, lse, dh, dw, db)``: per-kept-token loss in nats and log-sum-exp, the
+    partial hidden gradient (n, D) of this rank's rows (not yet summed over ranks), and the
+    local weight and bias gradients in the accumulation dtype, or None where not formed.
+    """
+    device = hidden.device
+    acc = accumulation_dtype(hidden.dtype)
+    cdt = _compute_dtype(hidden.dtype, device)
+    n = index.numel()
+    shard, hidden_dim = weight.shape
+    want_h, want_w, want_b = plan.want if grad_scale is not None else (False, False, False)
+    h_kept = hidden.index_select(0, index)
+    y_kept = targets.index_select(0, index)
+    w_c = weight if weight.dtype == cdt else weight.to(cdt)
+    b_c = None if bias is None else bias.to(cdt)
+    loss = torch.empty(n, dtype=acc, device=device)
+    lse = torch.empty(n, dtype=acc, device=device)
+    dh = torch.empty(n, hidden_dim, dtype=acc, device=device) if want_h else None
+    dw = torch.zeros(shard, hidden_dim, dtype=acc, device=device) if want_w else None
+    db = torch.zeros(shard, dtype=acc, device=device) if want_b else None
+    grads = want_h or want_w or want_b
+    logits = torch.empty(min(plan.rows, n), shard, dtype=cdt, device=device)
+    for start in range(0, n, plan.rows):
+        stop = min(start + plan.rows, n)
+        h_c = h_kept[start:stop].to(cdt)
+        z = logits[: stop - start]
+        if b_c is None:
+            torch.matmul(h_c, w_c.T, out=z)
+        else:
+            torch.addmm(b_c, h_c, w_c.T, out=z)
+        rows = _shard_rows(
+            z, y_kept[start:stop], plan.spec, weight=None, group=plan.group, want_grad=grads
+        )
+        loss[start:stop] = rows.loss
+        lse[start:stop] = rows.lse
+        if not grads:
+            continue
+        g = rows.grad.mul_(grad_scale).to(cdt)
+        if want_h:
+            dh[start:stop] = torch.matmul(g, w_c)
+        if want_w:
+            _add_weight_grad(dw, g, h_c)
+        if want_b:
+            db.add_(g.sum(0, dtype=acc))
+    return loss, lse, dh, dw, db
+
+
+def _sharded_weight_grads(hidden, weight, bias, targets, plan, index, lse, scale):
+    """Backward of ``reduction="none"``: recompute each chunk's logits and form the local
+    weight and bias gradients of ``sum_i scale_i * loss_i``, with no collective (the
+    log-sum-exp of every kept token was stored by the forward pass)."""
+    device = hidden.device
+    acc = accumulation_dtype(hidden.dtype)
+    cdt = _compute_dtype(hidden.dtype, device)
+    _, want_w, want_b = plan.want
+    shard, hidden_dim = weight.shape
+    n = index.numel()
+    h_kept = hidden.index_select(0, index)
+    y_kept = targets.index_select(0, index)
+    w_c = weight if weight.dtype == cdt else weight.to(cdt)
+    b_c = None if bias is None else bias.to(cdt)
+    dw = torch.zeros(shard, hidden_dim, dtype=acc, device=device) if want_w else None
+    db = torch.zeros(shard, dtype=acc, device=device) if want_b else None
+    for start in range(0, n, plan.rows):
+        stop = min(start + plan.rows, n)
+        h_c = h_kept[start:stop].to(cdt)
+        z = torch.matmul(h_c, w_c.T) if b_c is None else torch.addmm(b_c, h_c, w_c.T)
+        rows = _shard_rows(
+            z,
+            y_kept[start:stop],
+            plan.spec,
+            weight=None,
+            group=plan.group,
+            want_grad=True,
+            lse=lse[start:stop],
+        )
+        g = rows.grad.mul_(scale[start:stop].unsqueeze(1)).to(cdt)
+        if want_w:
+            _add_weight_grad(dw, g, h_c)
+        if want_b:
+            db.add_(g.sum(0, dtype=acc))
+    return dw, db
+
+
+def _scatter_rows(values, index, num_tokens, dtype):
+    out = torch.zeros((num_tokens, *values.shape[1:]), dtype=dtype, device=values.device)
+    return out.index_copy_(0, index, values.to(dtype))
+
+
+class _ShardedLinearReduced(torch.autograd.Function):
+    """``reduction="mean"``/``"sum"``: every gradient formed in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, plan, index):
+        n = index.numel()
+        factor = 1.0 / math.log(plan.base)
+        if plan.reduction == "mean":
+            factor = factor / n if n > 0 else 0.0
+        loss, _, dh, dw, db = _sharded_pass(
+            hidden, weight, bias, targets, plan, index, grad_scale=factor
+        )
+        if dh is not None and n > 0:
+            dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=plan.group)
+        ctx.grads = (
+            None if dh is None else _scatter_rows(dh, index, hidden.shape[0], hidden.dtype),
+            None if dw is None else dw.to(weight.dtype),
+            None if db is None else db.to(bias.dtype),
+        )
+        return (loss.sum() * factor).to(hidden.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        grads = [None if g is None else g * grad_output.to(g.dtype) for g in ctx.grads]
+        ctx.grads = None
+        return grads[0], grads[1], grads[2], None, None, None
+
+
+class _ShardedLinearPerToken(torch.autograd.Function):
+    """``reduction="none"``: the per-token hidden gradient is formed (and summed over ranks)
+    in the forward pass; backward scales it and recomputes the local weight gradients."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, plan, index):
+        inv_ln_b = 1.0 / math.log(plan.base)
+        want_h = plan.want[0]
+        hidden_only = _LinearPlan(**{**plan.__dict__, "want": (want_h, False, False)})
+        loss, lse, dh, _, _ = _sharded_pass(
+            hidden, weight, bias, targets, hidden_only, index, grad_scale=inv_ln_b
+        )
+        if dh is not None and index.numel() > 0:
+            dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=plan.group)
+        ctx.save_for_backward(hidden, weight, bias, targets, index, lse, dh)
+        ctx.plan = plan
+        return _scatter_rows(loss * inv_ln_b, index, hidden.shape[0], hidden.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        hidden, weight, bias, targets, index, lse, dh = ctx.saved_tensors
+        plan = ctx.plan
+        acc = lse.dtype
+        scale = grad_output.index_select(0, index).to(acc)
+        grad_hidden = None
+        if dh is not None:
+            grad_hidden = _scatter_rows(
+                dh * scale.unsqueeze(1), index, hidden.shape[0], hidden.dtype
+            )
+        dw = db = None
+        if plan.want[1] or plan.want[2]:
+            dw, db = _sharded_weight_grads(
+                hidden, weight, bias, targets, plan, index, lse, scale / math.log(plan.base)
+            )
+        return (
+            grad_hidden,
+            None if dw is None else dw.to(weight.dtype),
+            None if db is None else db.to(bias.dtype),
+            None,
+            None,
+            None,
+        )
+
+
+class _SumGradOverRanks(torch.autograd.Function):
+    """Identity forward; backward all-reduces the gradient (the reference path's partial
+    hidden gradients, one per rank's rows, sum to the full one)."""
+
+    @staticmethod
+    def forward(ctx, tensor, group):
+        ctx.group = group
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+_LINEAR_FIELDS = {
+    "error": _Field("error", "bool"),
+    "tokens": _Field("the number of tokens (elements of `targets`)"),
+    "ndim": _Field("the number of dimensions of `targets`"),
+    "shape": _Field("the shape of `targets`", "hash"),
+    "dtype": _Field("the dtype of `hidden`", "dtype"),
+    "hidden_dim": _Field("the hidden size D (last dimension of `hidden` and `weight`)"),
+    "shard": _Field("shard rows"),
+    "bias": _Field("whether `bias` is given", "bool"),
+    **_OPTION_FIELDS,
+    "chunk_size": _Field("`chunk_size` (-1 for None)"),
+    "impl": _Field("`impl`", "impl"),
+    "hidden_grad": _Field("whether `hidden` requires grad", "bool"),
+    "validate": _Field("`validate`", "bool"),
+    "targets_sum": _Field("`targets` (checksum)", "hash"),
+    "targets_mix": _Field("`targets` (position checksum)", "hash"),
+}
+_LINEAR_DEVICE = ("targets_sum", "targets_mix")
+
+
+def sharded_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    base: float = math.e,
+    chunk_size: int | None = None,
+    impl: Literal["auto", "chunked", "reference"] = "auto",
+    group: dist.ProcessGroup | None = None,
+    validate: bool = True,
+) -> torch.Tensor:
+    """Fused linear + cross-entropy for a head whose weight is split by vocabulary rows.
+
+    Spec: equals ``linear_cross_entropy(hidden, full_weight, targets, bias=full_bias, ...)``
+    on one process, where ``full_weight`` stacks every rank's ``weight`` in rank order;
+    never holds the (N, V_r) logits of a rank whole, and never gathers logits.
+
+    Rank ``r`` holds rows ``[s_r, s_r + V_r)`` of the (V, D) head, ``s_r`` being the sum of
+    the lower ranks' V_r (found by all-gathering V_r; shards may differ in size). ``hidden``
+    and ``targets`` are the same on every rank. Tokens whose target is ``ignore_index`` are
+    dropped first; the rest are taken ``chunk`` rows at a time: each rank forms its
+    (chunk, V_r) block of logits, the group all-reduces the per-token row maximum and sums
+    as in :func:`vocab_parallel_cross_entropy`, and each rank forms its block's gradient
+    and from it its partial ``dhidden = g @ weight`` and its own ``dweight += g.T @ h`` and
+    ``dbias += g.sum(0)``. The partial hidden gradients are all-reduced once at the end.
+    Memory per rank: O(N·D + V_r·D + chunk·V_r).
+
+    For ``reduction="mean"``/``"sum"`` all gradients are formed in the forward pass (6·N·D·V_r
+    operations per rank) and backward scales them. For ``"none"`` the forward forms the
+    losses and the per-token hidden gradient, and backward recomputes each chunk's logits
+    for the weight gradient; in both cases backward makes no collective.
+
+    The chunk size with ``chunk_size=None`` is
+    :func:`crossentropy.losses._linear.plan_chunk_rows` of (tokens that count, D, the
+    largest V_r of the group), the same on every rank. ``impl="auto"`` takes the unfused
+    reference when (tokens) · V <= 65536, as :func:`linear_cross_entropy` does, and the
+    chunked path otherwise; ``"reference"`` forms the local logits with ``F.linear`` and
+    calls :func:`vocab_parallel_cross_entropy`. Mismatched shapes or options between ranks
+    raise the same ``ValueError`` on every rank (see :func:`vocab_parallel_cross_entropy`).
+
+    Args:
+        hidden: (..., D) hidden states, the same on every rank (float64, float32, bfloat16
+            or float16).
+        weight: (V_r, D) this rank's rows of the head in ``nn.Linear`` layout, hidden's
+            dtype.
+        targets: (...) global class indices in [0, V) or ``ignore_index``, the same on
+            every rank.
+        bias: (V_r,) this rank's entries of the head's bias, or None (on every rank).
+        ignore_index: Target value whose tokens count for nothing.
+        reduction: ``"mean"`` over tokens that count (0 when none does), ``"sum"``, or
+            ``"none"`` (per token, 0 at ignored tokens).
+        label_smoothing: Smoothing weight in [0, 1] (torch's definition).
+        z_loss: Coefficient of ``logsumexp(logits)**2`` per token, >= 0.
+        softcap: Soft-capping constant of ``c * tanh(logits / c)``, or None.
+        base: Logarithm base of the loss (``math.e``: nats; 2: bits).
+        chunk_size: Token rows per chunk (> 0, the same on every rank), or None.
+        impl: ``"auto"``, ``"chunked"`` or ``"reference"``.
+        group: Process group the vocabulary is split across; None for the default group.
+        validate: Check that targets are in range and identical on every rank (reads
+            tensor values). Shape, dtype and option checks always run.
+
+    Returns:
+        The loss in units of ``base``, in hidden's dtype, the same on every rank: a scalar
+        for ``"mean"``/``"sum"``, shaped like ``targets`` for ``"none"``. ``hidden``'s
+        gradient is the full one (summed over ranks); ``weight`` and ``bias`` get the
+        gradients of this rank's rows.
+
+    Raises:
+        RuntimeError: ``torch.distributed`` is not initialised.
+        TypeError: Inputs of the wrong type or dtype.
+        ValueError: Shapes or options that differ between ranks, shapes that do not fit,
+            targets out of range, bad option values.
+
+    Examples:
+        >>> import torch, torch.distributed as dist
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> hidden = torch.randn(6, 4, generator=g, dtype=torch.float64)
+        >>> weight = torch.randn(5, 4, generator=g, dtype=torch.float64)
+        >>> targets = torch.tensor([0, 4, 2, -100, 1, 3])
+        >>> loss = sharded_linear_cross_entropy(hidden, weight, targets, impl="chunked")
+        >>> expected = torch.nn.functional.cross_entropy(hidden @ weight.T, targets)
+        >>> bool(torch.allclose(loss, expected, rtol=1e-12))
+        True
+        >>> dist.destroy_process_group()
+
+    References:
+        Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models" (2024);
+        Shoeybi et al., "Megatron-LM" (2019), the vocabulary-parallel cross-entropy.
+    """
+    rank, world = _require_group(group)
+    if not isinstance(hidden, torch.Tensor):
+        raise TypeError(f"`hidden` must be a torch.Tensor; got {type(hidden).__name__}")
+    device = hidden.device
+
+    local_error: Exception | None = None
+    values: dict[str, int] = {name: 0 for name in _LINEAR_FIELDS}
+    device_values = None
+    try:
+        _check_inputs(
+            hidden,
+            weight,
+            targets,
+            bias,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            base=base,
+            chunk_size=chunk_size,
+            impl=impl,
+            validate=False,  # the targets are global indices: checked after the exchange
+        )
+        values.update(
+            tokens=targets.numel(),
+            ndim=targets.dim(),
+            shape=_shape_hash(tuple(targets.shape)),
+            dtype=_dtype_code(hidden.dtype),
+            hidden_dim=weight.shape[1],
+            shard=weight.shape[0],
+            bias=bias is not None,
+            chunk_size=-1 if chunk_size is None else int(chunk_size),
+            impl=IMPLS.index(impl),
+            hidden_grad=torch.is_grad_enabled() and hidden.requires_grad,
+            validate=bool(validate),
+            **_option_values(reduction, ignore_index, label_smoothing, z_loss, softcap, base),
+        )
+        if validate:
+            device_values = _checksums(targets.to(device))
+    except (TypeError, ValueError) as exc:
+        local_error = exc
+        values["error"] = 1
+    if device_values is None:
+        device_values = torch.zeros(len(_LINEAR_DEVICE), dtype=torch.int64, device=device)
+
+    rows = _exchange(
+        _LINEAR_FIELDS,
+        values,
+        device_values,
+        _LINEAR_DEVICE,
+        device=device,
+        group=group,
+        world=world,
+    )
+    _raise_on_local_errors(rows, local_error)
+    _check_same(
+        _LINEAR_FIELDS, rows, tuple(n for n in _LINEAR_FIELDS if n not in ("error", "shard"))
+    )
+    shard_rows = [row["shard"] for row in rows]
+    num_classes = sum(shard_rows)
+    vocab_start = sum(shard_rows[:rank])
+    if validate:
+        _check_target_range(targets, num_classes, ignore_index)
+
+    if impl == "auto":
+        impl = (
+            "reference" if targets.numel() * num_classes <= AUTO_REFERENCE_ELEMENTS else "chunked"
+        )
+    options = {
+        "ignore_index": ignore_index,
+        "reduction": reduction,
+        "label_smoothing": label_smoothing,
+        "z_loss": z_loss,
+        "softcap": softcap,
+        "base": base,
+    }
+    if impl == "reference":
+        if values["hidden_grad"]:
+            hidden = _SumGradOverRanks.apply(hidden, group)
+        logits = torch.nn.functional.linear(hidden, weight, bias)
+        return vocab_parallel_cross_entropy(
+            logits, targets, vocab_start=vocab_start, group=group, validate=False, **options
+        )
+
+    hidden_dim = weight.shape[1]
+    h2 = hidden.reshape(-1, hidden_dim)
+    y = targets.reshape(-1).to(device=device, dtype=torch.long)
+    index = (y != ignore_index).nonzero().squeeze(1)
+    n = index.numel()
+    if chunk_size is None:
+        itemsize = torch.empty((), dtype=_compute_dtype(hidden.dtype, device)).element_size()
+        chunk = plan_chunk_rows(n, hidden_dim, max(shard_rows), itemsize=itemsize)
+    else:
+        chunk = int(chunk_size)
+    grad_on = torch.is_grad_enabled()
+    want = (
+        grad_on and hidden.requires_grad,
+        grad_on and weight.requires_grad,
+        grad_on and bias is not None and bias.requires_grad,
+    )
+    plan = _LinearPlan(
+        spec=_Spec(
+            vocab_start=vocab_start,
+            num_classes=num_classes,
+            ignore_index=int(ignore_index),
+            label_smoothing=float(label_smoothing),
+            z_loss=float(z_loss),
+            softcap=None if softcap is None else float(softcap),
+        ),
+        reduction=reduction,
+        base=float(base),
+        rows=max(chunk, 1),
+        group=group,
+        want=want,
+    )
+    if reduction == "none":
+        loss = _ShardedLinearPerToken.apply(h2, weight, bias, y, plan, index)
+        return loss.reshape(targets.shape)
+    return _ShardedLinearReduced.apply(h2, weight, bias, y, plan, index)
+
+
+__all__ = ["sharded_linear_cross_entropy", "vocab_parallel_cross_entropy"]
