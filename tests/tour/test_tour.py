@@ -215,7 +215,9 @@ def test_coding_section_is_in_place(run):
     assert "message bits" in rows
     assert "18" in rows["message bits"]  # SEED.md: Huffman, 18 bits for the message
     assert "20" in rows["message bits"]
-    assert text.index("Coding") < text.index("== 4. Entropy")
+    # Its place is right after Information (SEED.md section 2 introduces the codes).
+    assert tour.sections.index(coding) == tour.sections.index(tour.find("Information")) + 1
+    assert "Coding" in text
 
 
 def test_classifier_section(run):
@@ -265,3 +267,20 @@ def test_deterministic_and_without_training(tmp_path):
 def test_bad_epochs(tmp_path):
     with pytest.raises(ValueError, match="`epochs` must be an integer >= 0; got -1"):
         run_tour(tmp_path, epochs=-1, quiet=True)
+
+
+def test_nats_agree_with_torch(run):
+    """The bits-vs-nats erratum: PyTorch's own loss on the seed's predictions."""
+    torch = pytest.importorskip("torch")
+    tour, _, _ = run
+    targets = torch.tensor([0, 1, 2])  # dog, cat, deer (x2 is a cat: erratum 3)
+    predictions = {
+        "before": [[0.3, 0.2, 0.5], [0.2, 0.7, 0.1], [0.3, 0.4, 0.3]],
+        "after": [[0.95, 0.02, 0.03], [0.05, 0.9, 0.05], [0.05, 0.08, 0.87]],
+    }
+    for stage, q in predictions.items():
+        logits = torch.log(torch.tensor(q, dtype=torch.float64))
+        expected = float(torch.nn.functional.cross_entropy(logits, targets))
+        assert tour.values[f"classification.{stage}.mean_nats"] == pytest.approx(
+            expected, abs=1e-12, rel=0
+        )

@@ -285,6 +285,7 @@ def plot_loss_curve(
     from matplotlib.ticker import MaxNLocator
 
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlim(-0.5, len(train_bits) - 0.5)
     axes.grid(alpha=0.3)
     axes.legend(loc="center right")
     return _save(figure, path)
