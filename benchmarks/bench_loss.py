@@ -1,0 +1,155 @@
+"""Benchmark: `crossentropy.losses.cross_entropy` vs `torch.nn.functional.cross_entropy`.
+
+Forward + backward of the mean loss on random logits [N, V] with random class targets, in
+float32 and bfloat16. Each (implementation, shape, dtype) case runs in a fresh process
+(`_harness.run_fresh`) so that its peak resident memory belongs to it alone; the time is the
+best of a few repeats after a warm-up. Ratios compare ours with torch measured in the same
+run. Results go to ``benchmarks/results/loss.json``.
+
+    python benchmarks/bench_loss.py            # [4096, 32000] and [4096, 128256]
+    python benchmarks/bench_loss.py --quick    # small sizes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import best_time, peak_rss_bytes, print_table, run_fresh, write_results
+
+FULL_SHAPES = [(4096, 32000), (4096, 128256)]
+QUICK_SHAPES = [(512, 8000), (256, 32000)]
+DTYPES = ["float32", "bfloat16"]
+IMPLS = ["torch", "ours"]
+
+
+def run_case(impl: str, n: int, v: int, dtype_name: str, repeat: int) -> dict:
+    """One case in this process: time of forward + backward and peak memory."""
+    import torch
+    import torch.nn.functional as F
+
+    from crossentropy.losses import cross_entropy
+
+    dtype = getattr(torch, dtype_name)
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(n, v, generator=gen, dtype=torch.float32).to(dtype)
+    logits.requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=gen)
+    inputs_rss = peak_rss_bytes()
+    loss_fn = F.cross_entropy if impl == "torch" else cross_entropy
+
+    def step() -> None:
+        logits.grad = None
+        loss = loss_fn(logits, targets)
+        loss.backward()
+
+    seconds = best_time(step, repeat=repeat, warmup=1)
+    return {
+        "impl": impl,
+        "n": n,
+        "v": v,
+        "dtype": dtype_name,
+        "seconds": seconds,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "inputs_rss_bytes": inputs_rss,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes only")
+    parser.add_argument("--repeat", type=int, default=3, help="timed repeats per case")
+    parser.add_argument("--case", nargs=4, metavar=("IMPL", "N", "V", "DTYPE"), help="internal")
+    args = parser.parse_args()
+
+    if args.case:
+        impl, n, v, dtype = args.case
+        print(json.dumps(run_case(impl, int(n), int(v), dtype, args.repeat)))
+        return
+
+    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    cases = []
+    for n, v in shapes:
+        for dtype in DTYPES:
+            for impl in IMPLS:
+                case = run_fresh(
+                    Path(__file__),
+                    ["--repeat", str(args.repeat), "--case", impl, str(n), str(v), dtype],
+                )
+                cases.append(case)
+                print(
+                    f"  {impl:5s} [{n}, {v}] {dtype:8s} {case['seconds']:.3f} s "
+                    f"peak {case['peak_rss_bytes'] / 1e9:.2f} GB",
+                    file=sys.stderr,
+                )
+
+    rows = []
+    comparisons = []
+    for n, v in shapes:
+        for dtype in DTYPES:
+            found = {c["impl"]: c for c in cases if (c["n"], c["v"], c["dtype"]) == (n, v, dtype)}
+            ours, torch_case = found["ours"], found["torch"]
+            time_ratio = ours["seconds"] / torch_case["seconds"]
+            memory_ratio = ours["peak_rss_bytes"] / torch_case["peak_rss_bytes"]
+            extra_ours = ours["peak_rss_bytes"] - ours["inputs_rss_bytes"]
+            extra_torch = torch_case["peak_rss_bytes"] - torch_case["inputs_rss_bytes"]
+            comparisons.append(
+                {
+                    "n": n,
+                    "v": v,
+                    "dtype": dtype,
+                    "time_ratio": time_ratio,
+                    "peak_memory_ratio": memory_ratio,
+                    "memory_above_inputs_ratio": extra_ours / extra_torch,
+                }
+            )
+            rows.append(
+                [
+                    f"[{n}, {v}]",
+                    dtype,
+                    torch_case["seconds"],
+                    ours["seconds"],
+                    round(time_ratio, 2),
+                    round(torch_case["peak_rss_bytes"] / 1e9, 2),
+                    round(ours["peak_rss_bytes"] / 1e9, 2),
+                    round(memory_ratio, 2),
+                    round(extra_ours / extra_torch, 2),
+                ]
+            )
+    print("cross_entropy forward + backward (mean), ours vs torch.nn.functional.cross_entropy")
+    print_table(
+        [
+            "logits",
+            "dtype",
+            "torch s",
+            "ours s",
+            "time ratio",
+            "torch peak GB",
+            "ours peak GB",
+            "peak ratio",
+            "above-inputs ratio",
+        ],
+        rows,
+    )
+    path = write_results(
+        "loss" if not args.quick else "loss_quick",
+        {
+            "description": "forward + backward of the mean cross-entropy on random logits "
+            "[N, V] (requires_grad) and random class targets; best of "
+            f"{args.repeat} after one warm-up; each case in a fresh process; peak = ru_maxrss "
+            "of that process (inputs included); above-inputs = peak minus the RSS after the "
+            "inputs were created",
+            "cases": cases,
+            "comparisons": comparisons,
+        },
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

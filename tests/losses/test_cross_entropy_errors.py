@@ -1,0 +1,187 @@
+"""Every bad input to `losses.cross_entropy` raises with the argument and what was seen."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from crossentropy.losses import CrossEntropyLoss, cross_entropy, cross_entropy_stats
+from crossentropy.losses._options import check_options
+
+LOGITS = torch.zeros(3, 4)
+TARGETS = torch.tensor([0, 1, 3])
+PROBS = torch.full((3, 4), 0.25)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        (
+            {"targets": torch.tensor([0, 4, 1])},
+            ValueError,
+            r"`targets` must be class indices in \[0, 4\) or ignore_index=-100; got 4",
+        ),
+        (
+            {"targets": torch.tensor([0, -1, 1])},
+            ValueError,
+            r"`targets` must be class indices .*; got -1",
+        ),
+        ({"targets": torch.tensor([0, 5, 1]), "ignore_index": 5}, None, None),
+        (
+            {"targets": PROBS * 2},
+            ValueError,
+            r"`targets` must be class probabilities that sum to 1 .*got a sum of 2",
+        ),
+        (
+            {"targets": PROBS - 0.5},
+            ValueError,
+            r"`targets` must be class probabilities, finite and >= 0; got -0.25",
+        ),
+        ({"targets": torch.full((3, 4), float("nan"))}, ValueError, r"finite and >= 0; got nan"),
+        (
+            {"targets": torch.tensor([0, 1])},
+            ValueError,
+            r"`targets` must have shape \(3,\) for class indices.*got shape \(2,\)",
+        ),
+        (
+            {"targets": torch.full((3, 5), 0.2)},
+            ValueError,
+            r"`targets` must have the logits' shape \(3, 4\).*got shape \(3, 5\)",
+        ),
+        (
+            {"targets": torch.tensor([True, False, True])},
+            TypeError,
+            r"`targets` must be integer class indices .*got dtype torch.bool",
+        ),
+        ({"targets": [0, 1, 2]}, TypeError, r"`targets` must be a torch.Tensor; got list"),
+        ({"logits": [[0.0, 1.0]]}, TypeError, r"`logits` must be a torch.Tensor; got list"),
+        (
+            {"logits": torch.zeros(3, 4, dtype=torch.long)},
+            TypeError,
+            r"`logits` must be float64, float32, bfloat16 or float16; got dtype torch.int64",
+        ),
+        ({"logits": torch.tensor(1.0)}, ValueError, r"`logits` must have a class dimension"),
+        (
+            {"weight": torch.ones(5)},
+            ValueError,
+            r"`weight` must have shape \(4,\), one entry per class; got shape \(5,\)",
+        ),
+        (
+            {"weight": torch.ones(2, 2)},
+            ValueError,
+            r"`weight` must have shape \(4,\).*got shape \(2, 2\)",
+        ),
+        (
+            {"weight": torch.tensor([1.0, -1.0, 1.0, 1.0])},
+            ValueError,
+            r"`weight` must be finite and >= 0; got -1.0",
+        ),
+        (
+            {"weight": torch.tensor([1, 1, 1, 1])},
+            TypeError,
+            r"`weight` must be a floating-point tensor; got dtype torch.int64",
+        ),
+        (
+            {"weight": [1.0, 1.0, 1.0, 1.0]},
+            TypeError,
+            r"`weight` must be None or a torch.Tensor; got list",
+        ),
+        ({"label_smoothing": -0.1}, ValueError, r"`label_smoothing` must be in \[0, 1\]; got -0.1"),
+        ({"label_smoothing": 1.5}, ValueError, r"`label_smoothing` must be in \[0, 1\]; got 1.5"),
+        (
+            {"label_smoothing": float("nan")},
+            ValueError,
+            r"`label_smoothing` must be in \[0, 1\]; got nan",
+        ),
+        (
+            {"label_smoothing": "0.1"},
+            TypeError,
+            r"`label_smoothing` must be a real number; got str",
+        ),
+        ({"softcap": 0.0}, ValueError, r"`softcap` must be None or a finite number > 0; got 0.0"),
+        ({"softcap": -3.0}, ValueError, r"`softcap` must be None or a finite number > 0; got -3.0"),
+        (
+            {"softcap": float("inf")},
+            ValueError,
+            r"`softcap` must be None or a finite number > 0; got inf",
+        ),
+        (
+            {"reduction": "avg"},
+            ValueError,
+            r"`reduction` must be one of 'mean', 'sum', 'none'; got 'avg'",
+        ),
+        ({"reduction": None}, ValueError, r"`reduction` must be one of .*; got None"),
+        ({"z_loss": -1e-4}, ValueError, r"`z_loss` must be finite and >= 0; got -0.0001"),
+        ({"z_loss": float("inf")}, ValueError, r"`z_loss` must be finite and >= 0; got inf"),
+        ({"base": 1}, ValueError, r"`base` must be finite, > 0 and != 1; got 1"),
+        ({"base": 0}, ValueError, r"`base` must be finite, > 0 and != 1; got 0"),
+        ({"base": -2.0}, ValueError, r"`base` must be finite, > 0 and != 1; got -2.0"),
+        ({"base": "2"}, TypeError, r"`base` must be a real number; got str"),
+        ({"ignore_index": 1.5}, TypeError, r"`ignore_index` must be an int; got float"),
+        ({"ignore_index": True}, TypeError, r"`ignore_index` must be an int; got bool"),
+        (
+            {"targets": PROBS, "ignore_index": 0},
+            ValueError,
+            r"`ignore_index` must be left at -100 with class-probability targets",
+        ),
+    ],
+)
+def test_bad_input_message(kwargs, error, pattern):
+    kwargs = dict(kwargs)
+    logits = kwargs.pop("logits", LOGITS)
+    targets = kwargs.pop("targets", TARGETS)
+    if error is None:
+        assert torch.isfinite(cross_entropy(logits, targets, **kwargs))
+        return
+    with pytest.raises(error, match=pattern):
+        cross_entropy(logits, targets, **kwargs)
+    if "reduction" in kwargs:  # the module checks its options when built
+        with pytest.raises(error, match=pattern):
+            CrossEntropyLoss(**kwargs)
+    else:  # the per-token statistics take the same options
+        with pytest.raises(error, match=pattern):
+            cross_entropy_stats(logits, targets, **kwargs)
+
+
+def test_value_checks_are_skipped_with_validate_false_but_shape_checks_are_not():
+    # Off-sum probabilities pass through (torch's formula applies to them as given).
+    loss = cross_entropy(LOGITS, PROBS * 2, validate=False)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(LOGITS, PROBS * 2))
+    with pytest.raises(ValueError, match=r"`targets` must have shape"):
+        cross_entropy(LOGITS, torch.tensor([0, 1]), validate=False)
+    with pytest.raises(ValueError, match=r"`label_smoothing` must be in"):
+        cross_entropy(LOGITS, TARGETS, label_smoothing=2.0, validate=False)
+
+
+def test_module_rejects_bad_options_at_construction():
+    with pytest.raises(ValueError, match=r"`softcap` must be None or a finite number > 0"):
+        CrossEntropyLoss(softcap=0)
+    with pytest.raises(ValueError, match=r"`weight` must be 1-D, one entry per class"):
+        CrossEntropyLoss(torch.ones(2, 2))
+    with pytest.raises(ValueError, match=re.escape("`weight` must have shape (4,)")):
+        CrossEntropyLoss(torch.ones(5))(LOGITS, TARGETS)
+
+
+def test_check_options_accepts_the_defaults():
+    check_options(
+        reduction="mean",
+        label_smoothing=0.0,
+        z_loss=0.0,
+        softcap=None,
+        base=2.718281828459045,
+        weight=None,
+        num_classes=4,
+        ignore_index=-100,
+    )
+    check_options(
+        reduction="none",
+        label_smoothing=1,
+        z_loss=1e-4,
+        softcap=30,
+        base=2,
+        weight=torch.zeros(4),
+        num_classes=4,
+        ignore_index=0,
+    )
