@@ -215,6 +215,11 @@ def test_coding_section_is_in_place(run):
     assert "message bits" in rows
     assert "18" in rows["message bits"]  # SEED.md: Huffman, 18 bits for the message
     assert "20" in rows["message bits"]
+    # SEED.md's verified table: code 1 / code 2 take 20 / 16 bits, Huffman 18 (1.8 bits/word).
+    assert tour.values["coding.code1_bits"] == 20
+    assert tour.values["coding.code2_bits"] == 16
+    assert tour.values["coding.huffman_bits"] == 18
+    assert tour.values["coding.huffman_bits_per_word"] == pytest.approx(1.8, abs=1e-12, rel=0)
     # Its place is right after Information (SEED.md section 2 introduces the codes).
     assert tour.sections.index(coding) == tour.sections.index(tour.find("Information")) + 1
     assert "Coding" in text

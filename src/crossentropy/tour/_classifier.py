@@ -85,7 +85,7 @@ def train_digits_classifier(
     Args:
         epochs: passes over the training split (0 measures the untrained model only).
         seed: seeds the split, the initial weights and the shuffling.
-        test_size: fraction of the 1797 images held out (stratified by class).
+        test_size: fraction of the images held out (stratified by class).
         batch_size: images per optimiser step.
         learning_rate: Adam's step size.
         on_epoch: called after each epoch with (epoch, train bits, test bits).
@@ -224,12 +224,13 @@ def classifier_section(tour, *, epochs: int = 20, seed: int = 0) -> DigitsResult
 
     tour.section("A real classifier: cross-entropy trains it")
     tour.text(
-        "The seed's classification example, on real data: 1797 handwritten digits "
+        "The seed's classification example, on real data: the handwritten digits "
         "(8×8 pixels, classes 0-9) bundled with scikit-learn. A softmax classifier "
         "(one linear layer, then softmax) predicts a distribution Q over the 10 classes; "
         "the label P is one-hot, so each image's cross-entropy is −log2 q(true class). "
         "It is trained with crossentropy.losses.CrossEntropyLoss(base=2): every loss "
-        "below is in bits (divide by log2 e = 1.4427 for the nats that PyTorch prints)."
+        f"below is in bits (multiply by ln 2 = {math.log(2):.4f} for the nats that "
+        "PyTorch prints)."
     )
     result = _train_with_progress(tour, epochs=epochs, seed=seed)
     record = tour.value
@@ -302,8 +303,9 @@ def classifier_section(tour, *, epochs: int = 20, seed: int = 0) -> DigitsResult
     )
     tour.text(
         "As in the seed, only the probability given to the true class counts, and the "
-        "loss falls as that probability rises. It never reaches 0 on real data: that "
-        "would need q(true class) = 1 exactly."
+        "loss falls as that probability rises. It would be 0 only at q(true class) = 1 "
+        "exactly; a confident correct prediction rounds to 0.000 bits, a confident "
+        "wrong one costs many bits."
     )
     plot.plot_loss_curve(
         result.train_curve,

@@ -383,7 +383,7 @@ def classification_section(tour) -> None:
         f"{means['before']:.3f} bits; frameworks use ln, so PyTorch (and "
         "crossentropy.losses.CrossEntropyLoss, nats by default) print "
         f"{nats['before']:.4f} nats before and {nats['after']:.4f} after; "
-        "1 bit = ln 2 = 0.6931 nats",
+        f"1 bit = ln 2 = {math.log(2):.4f} nats",
     )
     perfect = tour.value("classification.perfect", np.mean(info.cross_entropy(labels, labels)))
     tour.text(
