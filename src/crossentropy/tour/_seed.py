@@ -105,7 +105,10 @@ def information_section(tour) -> None:
     tour.table(
         ["word", "p", "information (bits)", "exact"],
         rows,
-        title="Observed frequencies: A 1 bit, D about 3.3 bits",
+        title=(
+            f"Observed frequencies: A {tour.values['information.skewed.A']:.0f} bit, "
+            f"D about {tour.values['information.skewed.D']:.1f} bits"
+        ),
     )
     tour.text(
         "Information is also surprise. High probability: obvious, little information "
@@ -160,7 +163,7 @@ def entropy_section(tour) -> None:
 
     plot.plot_binary_entropy(
         path=tour.figure("binary_entropy"),
-        marks={"eat today": 0.99, "coin": 0.5, "lottery": 1e-7},
+        marks={key: probability for _, key, probability in examples},
     )
 
 
@@ -175,7 +178,8 @@ def boxes_section(tour) -> None:
     rows = [[prize, f"{a:g}", f"{b:g}"] for prize, a, b in zip(PRIZES, BOX_A, BOX_B, strict=True)]
     tour.table(["prize", "box A", "box B"], rows, title="Probabilities of each prize")
     tour.text(
-        "Box B gives the better chance of a 1st prize (0.3 against 0.1), and it is also "
+        f"Box B gives the better chance of a 1st prize ({BOX_B[0]:g} against {BOX_A[0]:g}), "
+        "and it is also "
         "the harder box to predict: in box A the 3rd prize is the safe guess. The next "
         "two sections make 'harder to predict' a number."
     )
@@ -207,7 +211,7 @@ def term_section(tour) -> None:
             ],
             ["1", f"{at_one:.3f}", "a certain outcome needs no bits"],
         ],
-        title="The term's peak: x = 0.368, height 0.531",
+        title=f"The term's peak: x = {argmax:.3f}, height {peak:.3f}",
     )
     tour.erratum(
         "uncertainty is 1 at p = 1",
@@ -219,8 +223,8 @@ def term_section(tour) -> None:
         "near 1 yes (−log2 p → 0), but near 0 it carries much information "
         "(−log2 p → ∞); what goes to 0 at both ends is the weighted term −p log2 p, an "
         "outcome's contribution to H, not 'the uncertainty of the event'. The intuition "
-        "'certain either way means predictable' is the binary entropy (peak 1 bit at "
-        "p = 0.5), shown in the Entropy section",
+        "'certain either way means predictable' is the binary entropy (peak "
+        f"{float(info.binary_entropy(0.5)):.0f} bit at p = 0.5), shown in the Entropy section",
     )
     from crossentropy import plot
 
@@ -243,7 +247,7 @@ def entropy_tables_section(tour) -> None:
             tour.erratum(
                 "3rd prize (p = 0.7): 0.361",
                 f"{tour.values['boxA.term3']:.3f} "
-                f"(= {tour.values['boxA.term3']:.6f}; the sum 1.157 is right)",
+                f"(= {tour.values['boxA.term3']:.6f}; the sum {total:.3f} is right)",
             )
     tour.text(
         f"Box B ({tour.values['boxB.H']:.3f} bits) is more uncertain than box A "
