@@ -30,7 +30,6 @@ def path(request, monkeypatch):
     if request.param:
         monkeypatch.setattr(_blocked, "MIN_ELEMENTS", 1)
         monkeypatch.setattr(_blocked, "BLOCK_ELEMENTS", 32)
-        monkeypatch.setattr(_blocked, "BLOCKS_PER_TASK", 2)
     return request.param
 
 

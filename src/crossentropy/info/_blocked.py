@@ -7,11 +7,14 @@ rows (the check that they add to 1), one pass takes the logarithm into a reused 
 and one ``einsum`` forms the weighted sum of each row. Blocks run on a small thread pool
 (NumPy releases the GIL inside its loops), so the work uses every core.
 
-The convention 0 · log 0 = 0 costs nothing per element: ``log(0) = -inf`` makes the row's
-sum NaN, and only rows that come out NaN are recomputed with the explicit mask. Negative
-entries also end as NaN rows (the log of a negative number) or fail the per-block minimum
-(``p`` in the cross-entropy), NaN and inf fail the sum check; whenever anything is off the
-function returns ``None`` and the caller's full check raises the detailed error.
+The convention 0 · log 0 = 0 needs no mask pass. In the entropy, a block whose minimum is
+0 takes the log of p + tiny (the smallest normal number): unchanged for every normal
+p > 0, finite at 0, where the term p · log(tiny) is exactly 0. In the cross-entropy,
+``log(0) = -inf`` makes a row's sum NaN where p = 0 = q, and only blocks that come out
+NaN are mended (their logs zeroed where p = 0, while the block is still in cache).
+Negative entries fail the per-block minimum of p, or end as NaN (the log of a negative q);
+NaN and inf fail the sum check. Whenever anything is off the function returns ``None``
+and the caller's full check raises the detailed error.
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ from crossentropy.info._validate import sum_tolerance
 
 # Below this many elements the plain path is as fast and has no thread start-up.
 MIN_ELEMENTS = 1 << 18
-# Elements per block: two float64 blocks of this size (input and log buffer) fit in a 1 MiB L2.
-BLOCK_ELEMENTS = 1 << 14
-# Blocks handed to one task of the pool.
-BLOCKS_PER_TASK = 16
+# Elements per block: three float64 blocks of this size (p, q and the logs) fit in a 1 MiB L2.
+BLOCK_ELEMENTS = 1 << 15
+# Tasks per thread: a few, so that a thread slowed by other work does not hold up the rest.
+TASKS_PER_THREAD = 4
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -93,52 +96,79 @@ def _logarithm(base: float) -> tuple[Callable[..., np.ndarray], float]:
     return np.log, 1.0 / math.log(base)
 
 
+# The weighted sum of each row: NumPy 2's vecdot (SIMD dot per row), else einsum.
+if hasattr(np, "vecdot"):
+
+    def _row_dots(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        np.vecdot(a, b, out=out)
+
+else:  # pragma: no cover - NumPy < 2
+
+    def _row_dots(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        np.einsum("ij,ij->i", a, b, out=out)
+
+
 def _run(
     p: np.ndarray, q: np.ndarray | None, base: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[float]]:
-    """Sum over each row of ``p * log(q or p)``; also the row sums of ``p`` (and of ``q``)
-    and the minimum of ``p`` per task (only needed when ``q`` is given)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
+    """Sum over each row of ``p * log(q or p)`` with 0 · log 0 = 0; also the row sums of
+    ``p`` (and of ``q``), and whether a negative entry was seen."""
     rows, n = p.shape
     log, _ = _logarithm(base)
     acc = np.empty(rows, dtype=p.dtype)
     sums_p = np.empty(rows, dtype=p.dtype)
     sums_q = np.empty(rows, dtype=p.dtype) if q is not None else None
     block_rows = max(1, BLOCK_ELEMENTS // n)
-    task_rows = block_rows * BLOCKS_PER_TASK
     workers = _threads()
-    # Enough tasks to share the rows out evenly when the pool has several threads.
-    if workers > 1:
-        task_rows = max(block_rows, min(task_rows, -(-rows // (4 * workers))))
+    blocks = -(-rows // block_rows)
+    task_rows = block_rows * max(1, -(-blocks // (TASKS_PER_THREAD * workers)))
     starts = list(range(0, rows, task_rows))
-    minima = [math.inf] * len(starts)
+    negative = [False] * len(starts)
 
     def task(index: int) -> None:
         start = starts[index]
         stop = min(start + task_rows, rows)
         scratch = _buffer(block_rows * n, p.dtype)
-        lowest = math.inf
+        tiny = np.finfo(p.dtype).tiny
         with np.errstate(divide="ignore", invalid="ignore"):
             for r0 in range(start, stop, block_rows):
                 r1 = min(r0 + block_rows, stop)
                 block_p = p[r0:r1]
                 logs = scratch[: (r1 - r0) * n].reshape(r1 - r0, n)
-                np.sum(block_p, axis=1, out=sums_p[r0:r1])
+                np.add.reduce(block_p, axis=1, out=sums_p[r0:r1])
                 if q is None:
-                    log(block_p, out=logs)
+                    block_q = block_p
+                    lowest = block_p.min()
+                    if not lowest >= 0:  # a negative entry (or NaN, which the sums catch)
+                        negative[index] = True
+                        continue
+                    if lowest == 0:
+                        # log(p + tiny) is log p for every normal p > 0 and finite at 0,
+                        # where p * log(tiny) = 0: the convention without a mask.
+                        np.add(block_p, tiny, out=logs)
+                        block_q = logs
                 else:
                     block_q = q[r0:r1]
-                    lowest = min(lowest, float(block_p.min()))
-                    np.sum(block_q, axis=1, out=sums_q[r0:r1])
-                    log(block_q, out=logs)
-                np.einsum("ij,ij->i", block_p, logs, out=acc[r0:r1])
-        minima[index] = lowest
+                    if not block_p.min() >= 0:
+                        negative[index] = True
+                    np.add.reduce(block_q, axis=1, out=sums_q[r0:r1])
+                log(block_q, out=logs)
+                dots = acc[r0:r1]
+                _row_dots(block_p, logs, dots)
+                if q is not None and math.isnan(np.add.reduce(dots)):
+                    # 0 * log 0 (or the log of a negative q) made a NaN: mend it in cache.
+                    if not block_q.min() >= 0:
+                        negative[index] = True
+                        continue
+                    np.copyto(logs, 0.0, where=block_p == 0)
+                    _row_dots(block_p, logs, dots)
 
     if workers > 1 and len(starts) > 1:
         list(_executor().map(task, range(len(starts))))
     else:
         for index in range(len(starts)):
             task(index)
-    return acc, sums_p, sums_q, minima
+    return acc, sums_p, sums_q, any(negative)
 
 
 def reduce_rows(p: np.ndarray, q: np.ndarray | None, *, base: float) -> np.ndarray | None:
@@ -152,23 +182,15 @@ def reduce_rows(p: np.ndarray, q: np.ndarray | None, *, base: float) -> np.ndarr
     n = p.shape[-1]
     p2 = p.reshape(-1, n)
     q2 = None if q is None else q.reshape(-1, n)
-    acc, sums_p, sums_q, minima = _run(p2, q2, base)
+    acc, sums_p, sums_q, negative = _run(p2, q2, base)
+    if negative:
+        return None
     tolerance = sum_tolerance(p.dtype)
     with np.errstate(invalid="ignore"):
-        if not (min(minima) >= 0 and np.all(np.abs(sums_p - 1) <= tolerance)):
+        if not np.all(np.abs(sums_p - 1) <= tolerance):
             return None
         if sums_q is not None and not np.all(np.abs(sums_q - 1) <= tolerance):
             return None
-    redo = np.flatnonzero(np.isnan(acc))
-    if redo.size:
-        rows_p = p2[redo]
-        rows_q = rows_p if q2 is None else q2[redo]
-        if not (rows_q.min() >= 0 and rows_p.min() >= 0):  # negative entries made the NaN
-            return None
-        log, _ = _logarithm(base)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(rows_p > 0, rows_p * log(rows_q), 0.0)
-        acc[redo] = terms.sum(axis=1)
     _, scale = _logarithm(base)
     result = np.subtract(0.0, acc, out=acc)  # 0 - x, so that no -0.0 is returned
     if scale != 1.0:
