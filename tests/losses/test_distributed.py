@@ -384,3 +384,196 @@ def test_sharded_linear_matches_single_process(world, tmp_path):
             bias_grad = torch.cat([o[1][3] for o in outcomes])
             _close(f"{name} bias grad", bias_grad, ref_grads[2], dtype, failures)
     assert not failures, "\n".join(failures)
+
+
+# --------------------------------------------------------------------------------------
+# Mismatched inputs: the same clear error on every rank, never a hang
+# --------------------------------------------------------------------------------------
+
+
+def _mismatch_cases() -> list[dict]:
+    """Three ranks, shards [2, 5, 4] of V = 11; each case breaks one thing on some rank."""
+    gen = torch.Generator().manual_seed(3000)
+    sizes = SHARDS[3]
+    starts = [0, 2, 7]
+    logits = torch.randn(7, V, generator=gen)
+    targets = torch.randint(0, V, (7,), generator=gen)
+    hidden = torch.randn(7, D, generator=gen)
+    weight = torch.randn(V, D, generator=gen)
+
+    def vocab(rank, **changes):
+        start = changes.pop("vocab_start", starts[rank])
+        local = changes.pop("logits", logits)[:, starts[rank] : starts[rank] + sizes[rank]]
+        tgt = changes.pop("targets", targets)
+        return {"args": (local, tgt), "kwargs": {"vocab_start": start, **changes}}
+
+    def linear(rank, **changes):
+        w = changes.pop("weight", weight)[starts[rank] : starts[rank] + sizes[rank]]
+        h = changes.pop("hidden", hidden)
+        tgt = changes.pop("targets", targets)
+        return {"args": (h, w, tgt), "kwargs": {"impl": "chunked", **changes}}
+
+    def case(name, kind, make, broken, expect, same_message=True, broken_expect=None):
+        """``broken`` maps rank -> changes; ``expect``: substrings every rank's error has."""
+        per_rank = [make(r, **broken.get(r, {})) for r in range(3)]
+        return {
+            "name": name,
+            "kind": kind,
+            "per_rank": per_rank,
+            "expect": expect,
+            "same_message": same_message,
+            "broken_expect": broken_expect,
+            "broken_ranks": sorted(broken),
+        }
+
+    out_of_range = targets.clone()
+    out_of_range[3] = V
+    other_targets = targets.clone()
+    other_targets[0] = (targets[0] + 1) % V
+    return [
+        case(
+            "tokens",
+            "vocab",
+            vocab,
+            {2: {"logits": logits[:5], "targets": targets[:5]}},
+            ["number of tokens", "7 on rank 0", "5 on rank 2"],
+        ),
+        case("overlap", "vocab", vocab, {1: {"vocab_start": 1}}, ["overlap of 1 rows"]),
+        case("gap", "vocab", vocab, {2: {"vocab_start": 9}}, ["gap of 2 rows", "rank 2"]),
+        case("first_not_zero", "vocab", vocab, {0: {"vocab_start": 1}}, ["rank 0 starts at 1"]),
+        case(
+            "option",
+            "vocab",
+            vocab,
+            {1: {"label_smoothing": 0.1}},
+            ["`label_smoothing` must be the same on every rank", "0.1 on rank 1"],
+        ),
+        case(
+            "dtype",
+            "vocab",
+            vocab,
+            {0: {"logits": logits.double()}},
+            ["dtype of `local_logits`", "torch.float64 on rank 0"],
+        ),
+        case(
+            "targets_out_of_range",
+            "vocab",
+            vocab,
+            {r: {"targets": out_of_range} for r in range(3)},
+            ["`targets` must be class indices in [0, 11)", "got 11"],
+        ),
+        case(
+            "targets_differ",
+            "vocab",
+            vocab,
+            {1: {"targets": other_targets}},
+            ["the values of `targets` must be the same on every rank", "rank(s) 1 differ"],
+        ),
+        case(
+            "weight_length",
+            "vocab",
+            vocab,
+            {r: {"weight": torch.ones(V - 1)} for r in range(3)},
+            ["`weight` must have shape (11,)"],
+        ),
+        case(
+            "bad_reduction_on_one_rank",
+            "vocab",
+            vocab,
+            {2: {"reduction": "avg"}},
+            ["rank(s) 2 rejected"],
+            same_message=False,
+            broken_expect=("ValueError", "`reduction` must be one of"),
+        ),
+        case(
+            "float_targets_on_one_rank",
+            "vocab",
+            vocab,
+            {0: {"targets": targets.double()}},
+            ["rank(s) 0 rejected"],
+            same_message=False,
+            broken_expect=("TypeError", "`targets` must be integer class indices"),
+        ),
+        case(
+            "linear_hidden_size",
+            "linear",
+            linear,
+            {1: {"hidden": hidden[:, :5], "weight": weight[:, :5]}},
+            ["hidden size D", "5 on rank 1"],
+        ),
+        case(
+            "linear_tokens",
+            "linear",
+            linear,
+            {0: {"hidden": hidden[:6], "targets": targets[:6]}},
+            ["number of tokens", "6 on rank 0"],
+        ),
+        case(
+            "linear_chunk_size",
+            "linear",
+            linear,
+            {2: {"chunk_size": 3}},
+            ["`chunk_size`", "3 on rank 2"],
+        ),
+        case(
+            "linear_out_of_range",
+            "linear",
+            linear,
+            {r: {"targets": out_of_range} for r in range(3)},
+            ["`targets` must be class indices in [0, 11)"],
+        ),
+        case(
+            "linear_shape_on_one_rank",
+            "linear",
+            linear,
+            {1: {"weight": weight[:, :5]}},
+            ["rank(s) 1 rejected"],
+            same_message=False,
+            broken_expect=("ValueError", "`hidden` must have shape (..., D)"),
+        ),
+    ]
+
+
+def test_mismatched_inputs_raise_the_same_error_on_every_rank(tmp_path):
+    """Each broken case raises on every rank (the group finishes: no hang), with a message
+    naming what differs, and the group stays usable for the next collective."""
+    cases = _mismatch_cases()
+    results = run_group(3, "mismatch", {"cases": cases}, tmp_path)
+    failures = []
+    for case in cases:
+        name = case["name"]
+        outcomes = [result[name] for result in results]
+        for rank, outcome in enumerate(outcomes):
+            if not results[rank][name + "/after"]:
+                failures.append(f"{name}: rank {rank}: the group was not usable afterwards")
+            if outcome[0] != "error":
+                failures.append(f"{name}: rank {rank} did not raise")
+                continue
+            kind, message = outcome[1], outcome[2]
+            if case["broken_expect"] is not None and rank in case["broken_ranks"]:
+                want_kind, want_text = case["broken_expect"]
+                if kind != want_kind or want_text not in message:
+                    failures.append(f"{name}: rank {rank}: {kind}: {message}")
+                continue
+            if kind != "ValueError" or not all(text in message for text in case["expect"]):
+                failures.append(f"{name}: rank {rank}: {kind}: {message}")
+        if case["same_message"] and len({o[2] for o in outcomes if o[0] == "error"}) > 1:
+            failures.append(f"{name}: messages differ between ranks: {outcomes}")
+    assert not failures, "\n".join(failures)
+
+
+def test_uninitialised_group_is_a_clear_error():
+    """Without init_process_group the loss says what to do instead of failing deep inside."""
+    from crossentropy.losses import vocab_parallel_cross_entropy
+    from crossentropy.losses._distributed import sharded_linear_cross_entropy
+
+    if torch.distributed.is_initialized():  # pragma: no cover - another test left a group
+        pytest.skip("a default process group exists in this process")
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        vocab_parallel_cross_entropy(
+            torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), vocab_start=0
+        )
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        sharded_linear_cross_entropy(
+            torch.zeros(2, 4), torch.zeros(3, 4), torch.zeros(2, dtype=torch.long)
+        )

@@ -69,7 +69,9 @@ class _Field:
     """One slot of the metadata vector: its name in messages and how to show its value."""
 
     label: str
-    kind: str = "int"  # "int", "float", "dtype", "reduction", "softcap", "bool", "impl", "hash"
+    # "int", "optint" (-1 for None), "float", "dtype", "reduction", "softcap", "bool",
+    # "impl", or "hash" (a fingerprint: messages name the ranks that differ, not values)
+    kind: str = "int"
 
 
 def _show(field: _Field, value: int) -> str:
@@ -85,8 +87,8 @@ def _show(field: _Field, value: int) -> str:
         return repr(IMPLS[value]) if 0 <= value < len(IMPLS) else "?"
     if field.kind == "bool":
         return str(bool(value))
-    if field.kind == "hash":
-        return f"{value & 0xFFFFFFFF:08x}"
+    if field.kind == "optint":
+        return "None" if value == -1 else str(value)
     return str(value)
 
 
@@ -159,16 +161,32 @@ def _raise_on_local_errors(rows: list[dict[str, int]], local_error: Exception | 
 
 
 def _check_same(fields: dict[str, _Field], rows: list[dict[str, int]], names: tuple[str, ...]):
-    """Raise one ValueError listing every field in ``names`` that differs between ranks."""
-    problems = []
-    for name in names:
-        seen = [row[name] for row in rows]
-        if len(set(seen)) > 1:
+    """Raise one ValueError listing what differs between ranks among the fields ``names``.
+
+    Readable fields (sizes, dtypes, options) are compared first; fingerprints (the shape
+    hash and the checksums of values) only when those agree, since a different token count
+    makes every fingerprint differ too.
+    """
+    for stage in ("readable", "fingerprint"):
+        problems: dict[str, None] = {}
+        for name in names:
             field = fields[name]
-            per_rank = ", ".join(f"{_show(field, v)} on rank {r}" for r, v in enumerate(seen))
-            problems.append(f"{field.label} must be the same on every rank; got {per_rank}")
-    if problems:
-        raise ValueError("; ".join(problems))
+            if (field.kind == "hash") != (stage == "fingerprint"):
+                continue
+            seen = [row[name] for row in rows]
+            if len(set(seen)) == 1:
+                continue
+            if field.kind == "hash":
+                odd = [str(r) for r, v in enumerate(seen) if v != seen[0]]
+                problems[
+                    f"{field.label} must be the same on every rank; rank(s) {', '.join(odd)} "
+                    "differ from rank 0"
+                ] = None
+            else:
+                per_rank = ", ".join(f"{_show(field, v)} on rank {r}" for r, v in enumerate(seen))
+                problems[f"{field.label} must be the same on every rank; got {per_rank}"] = None
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 def _check_tiling(shard_rows: list[int], starts: list[int]) -> None:
@@ -444,13 +462,13 @@ _VP_FIELDS = {
     "shard": _Field("shard rows"),
     "vocab_start": _Field("`vocab_start`"),
     **_OPTION_FIELDS,
-    "weight_dim": _Field("whether `weight` is given (its number of dimensions)"),
-    "weight_numel": _Field("the number of entries of `weight`"),
+    "weight_dim": _Field("`weight` (its number of dimensions; None when not given)", "optint"),
+    "weight_numel": _Field("the number of entries of `weight`", "optint"),
     "validate": _Field("`validate`", "bool"),
-    "targets_sum": _Field("`targets` (checksum)", "hash"),
-    "targets_mix": _Field("`targets` (position checksum)", "hash"),
-    "weight_sum": _Field("`weight` (checksum)", "hash"),
-    "weight_mix": _Field("`weight` (position checksum)", "hash"),
+    "targets_sum": _Field("the values of `targets`", "hash"),
+    "targets_mix": _Field("the values of `targets`", "hash"),
+    "weight_sum": _Field("the values of `weight`", "hash"),
+    "weight_mix": _Field("the values of `weight`", "hash"),
 }
 _VP_DEVICE = ("targets_sum", "targets_mix", "weight_sum", "weight_mix")
 
@@ -875,12 +893,12 @@ _LINEAR_FIELDS = {
     "shard": _Field("shard rows"),
     "bias": _Field("whether `bias` is given", "bool"),
     **_OPTION_FIELDS,
-    "chunk_size": _Field("`chunk_size` (-1 for None)"),
+    "chunk_size": _Field("`chunk_size`", "optint"),
     "impl": _Field("`impl`", "impl"),
     "hidden_grad": _Field("whether `hidden` requires grad", "bool"),
     "validate": _Field("`validate`", "bool"),
-    "targets_sum": _Field("`targets` (checksum)", "hash"),
-    "targets_mix": _Field("`targets` (position checksum)", "hash"),
+    "targets_sum": _Field("the values of `targets`", "hash"),
+    "targets_mix": _Field("the values of `targets`", "hash"),
 }
 _LINEAR_DEVICE = ("targets_sum", "targets_mix")
 
