@@ -146,12 +146,12 @@ def entropy_section(tour) -> None:
         "(the seed gives none):"
     )
     examples = (
-        ("I eat today (near certain)", "eat", 0.99),
-        ("I win the lottery tomorrow (near certainly not)", "lottery", 1e-7),
-        ("a coin flip", "coin", 0.5),
+        ("I eat today (near certain)", "eat", "eating today", 0.99),
+        ("I win the lottery tomorrow (near certainly not)", "lottery", "lottery win", 1e-7),
+        ("a coin flip", "coin", "coin flip", 0.5),
     )
     rows = []
-    for label, key, probability in examples:
+    for label, key, _, probability in examples:
         value = tour.value(f"binary.{key}", info.binary_entropy(probability))
         rows.append([label, f"{probability:g}", f"{value:.3f}", "high" if value > 0.5 else "low"])
     tour.table(
@@ -163,7 +163,7 @@ def entropy_section(tour) -> None:
 
     plot.plot_binary_entropy(
         path=tour.figure("binary_entropy"),
-        marks={key: probability for _, key, probability in examples},
+        marks={mark: probability for _, _, mark, probability in examples},
     )
 
 
