@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from crossentropy import losses
 from crossentropy.losses._linear import (
     AUTO_REFERENCE_ELEMENTS,
+    _add_weight_grad,
     CHUNK_BUDGET_BYTES,
     MIN_CHUNK_ROWS,
     plan_chunk_rows,
@@ -439,3 +440,18 @@ def test_every_chunk_size_gives_the_same_answer():
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
         for a, b in zip(got_grads, want_grads, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_weight_grad_of_half_chunks_accumulates_in_float32():
+    """A half-precision chunk gradient (the GPU path) adds into a float32 buffer."""
+    g = torch.Generator().manual_seed(18)
+    acc = torch.zeros(6, 5)
+    want = torch.zeros(6, 5, dtype=torch.float64)
+    for _ in range(3):
+        grad = torch.randn(4, 6, generator=g).to(torch.bfloat16)
+        h = torch.randn(4, 5, generator=g).to(torch.bfloat16)
+        _add_weight_grad(acc, grad, h)
+        want += grad.double().T @ h.double()
+    assert acc.dtype == torch.float32
+    # Each chunk's product is rounded at most once to bfloat16, the sum over chunks is not.
+    torch.testing.assert_close(acc.double(), want, rtol=0, atol=3 * 2**-8 * want.abs().max())

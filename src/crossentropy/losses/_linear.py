@@ -328,6 +328,9 @@ def _fused_pass(
     logits = torch.empty(rows, num_classes, dtype=cdt, device=device)
     direct_dh = want_h and index is None and grad_hidden.dtype == cdt
     kernel_opts = _kernel_options(opts)
+    if device.type != "cpu":
+        # On a GPU one slice is the whole chunk: fewer, larger kernel launches.
+        kernel_opts["slice_rows"] = rows
     loss_kept = loss if index is None else torch.empty(n, dtype=acc, device=device)
 
     for start in range(0, n, rows):
