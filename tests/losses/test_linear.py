@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from crossentropy import losses
 from crossentropy.losses._linear import (
     AUTO_REFERENCE_ELEMENTS,
-    _add_weight_grad,
     CHUNK_BUDGET_BYTES,
     MIN_CHUNK_ROWS,
+    _add_weight_grad,
     plan_chunk_rows,
 )
 from tests.losses.reference_losses import reference_cross_entropy, reference_entropy
