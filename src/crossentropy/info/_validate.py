@@ -285,7 +285,7 @@ def check_probabilities(array: Any, name: str = "p") -> Any:
     return array
 
 
-def check_distribution(p: Any, name: str = "p", *, axis: int = -1) -> Any:
+def check_distribution(p: Any, name: str = "p", axis: int = -1) -> Any:
     """Check that ``p`` holds probability distributions along ``axis``; returns it as floats.
 
     The rules: at least one outcome along ``axis``; every entry finite and non-negative;
