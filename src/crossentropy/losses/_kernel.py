@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 
 _SLICE_ELEMENTS = 1 << 18  # about 1 MiB of float32 per row slice: fits in a core's L2 cache
+_DEVICE_SLICE_ELEMENTS = 1 << 26  # on accelerators: large launches, 256 MiB float32 workspace
 
 
 class RowTerms(NamedTuple):
@@ -51,10 +52,17 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def default_slice_rows(num_classes: int) -> int:
-    """Rows per slice for a vocabulary of ``num_classes``: about 1 MiB of float32, and at
-    least as many rows as torch has threads (the fused softmax parallelises over rows)."""
-    return max(torch.get_num_threads(), _SLICE_ELEMENTS // max(num_classes, 1))
+def default_slice_rows(num_classes: int, device: torch.device | str = "cpu") -> int:
+    """Rows processed together for a vocabulary of ``num_classes`` on ``device``.
+
+    On CPU about 1 MiB of float32, so that a slice stays in cache while it is visited, and
+    at least as many rows as torch has threads (the fused softmax parallelises over rows).
+    On accelerators 2**26 elements, so that each launch is large and the float32
+    workspace (for half-precision logits) stays at 256 MiB.
+    """
+    if torch.device(device).type == "cpu":
+        return max(torch.get_num_threads(), _SLICE_ELEMENTS // max(num_classes, 1))
+    return max(1, _DEVICE_SLICE_ELEMENTS // max(num_classes, 1))
 
 
 def cross_entropy_rows(
@@ -198,8 +206,10 @@ def cross_entropy_rows(
     else:
         grad = None
 
-    rows = slice_rows or default_slice_rows(num_classes)
-    need_z_buf = softcap is not None or logits.dtype != acc
+    rows = slice_rows or default_slice_rows(num_classes, device)
+    # Half-precision logits are read directly by the reductions and the softmax, which
+    # convert to float32 on the fly; only soft-capping needs a float32 copy of the slice.
+    need_z_buf = softcap is not None
     need_p_buf = not want_grad or grad.dtype != acc
     z_buf = torch.empty(min(rows, n), num_classes, dtype=acc, device=device) if need_z_buf else None
     t_buf = z_buf.new_empty(z_buf.shape) if softcap is not None else None
@@ -210,18 +220,19 @@ def cross_entropy_rows(
         r1 = min(r0 + rows, n)
         b = r1 - r0
         xb = logits[r0:r1]
-        # z: the logits after soft-capping, in the accumulation dtype.
+        # z: the logits after soft-capping (float32 then), else the logits as they are.
         if softcap is not None:
             tanh_b = t_buf[:b]
             tanh_b.copy_(xb)
             tanh_b.div_(softcap).tanh_()
             zb = torch.mul(tanh_b, softcap, out=z_buf[:b])
-        elif need_z_buf:
-            zb = z_buf[:b]
-            zb.copy_(xb)
         else:
             zb = xb
-        torch.amax(zb, 1, out=row_max[r0:r1])
+        exact = zb.dtype == acc
+        if exact:
+            torch.amax(zb, 1, out=row_max[r0:r1])
+        else:  # the maximum of half-precision values is exact in float32
+            row_max[r0:r1].copy_(torch.amax(zb, 1))
         if probs:
             qb = q_buf[:b]
             qb.copy_(targets[r0:r1])
@@ -230,17 +241,20 @@ def cross_entropy_rows(
             if weight is not None:
                 qb.mul_(weight)
             torch.sum(qb, 1, out=q_sum[r0:r1])
-            torch.linalg.vecdot(qb, zb, out=q_dot_z[r0:r1])
+            torch.linalg.vecdot(qb, zb if exact else zb.to(acc), out=q_dot_z[r0:r1])
         else:
             yb = y[r0:r1].reshape(b, 1)
-            torch.gather(zb, 1, yb, out=z_target[r0:r1].reshape(b, 1))
+            if exact:
+                torch.gather(zb, 1, yb, out=z_target[r0:r1].reshape(b, 1))
+            else:
+                z_target[r0:r1].copy_(torch.gather(zb, 1, yb).reshape(b))
             if w_dot_z is not None:
                 if weight is None:
-                    torch.sum(zb, 1, out=w_dot_z[r0:r1])
+                    torch.sum(zb, 1, dtype=acc, out=w_dot_z[r0:r1])
                 else:
-                    torch.mv(zb, weight, out=w_dot_z[r0:r1])
+                    torch.mv(zb if exact else zb.to(acc), weight, out=w_dot_z[r0:r1])
         pb = p_buf[:b] if need_p_buf else grad[r0:r1]
-        torch.softmax(zb, 1, out=pb)
+        torch.softmax(zb, 1, dtype=acc, out=pb)
         pmax = neg_log_pmax[r0:r1]
         torch.amax(pb, 1, out=pmax)
         pmax.log_().neg_()
