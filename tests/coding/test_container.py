@@ -104,14 +104,14 @@ def test_context_probabilities_match_a_plain_loop():
         for level in range(8):
             bit = (byte >> (7 - level)) & 1
             q = 0.5
-            for j in _context.ORDERS:
-                context = history[len(history) - j:] if j else b""
+            for j, alpha in zip(_context.ORDERS, _context.ALPHAS, strict=True):
+                context = history[len(history) - j:]
                 seen, ones = counts.get((j, context, node), [0, 0])
-                q = (ones + _context.ALPHA * q) / (seen + _context.ALPHA)
+                q = (ones + alpha * q) / (seen + alpha)
             assert bits[k] == bit
             assert p[k] == q
             for j in _context.ORDERS:
-                context = history[len(history) - j:] if j else b""
+                context = history[len(history) - j:]
                 entry = counts.setdefault((j, context, node), [0, 0])
                 entry[0] += 1
                 entry[1] += bit
@@ -214,3 +214,33 @@ def test_unknown_version_and_model():
     blob[header_size - 4:header_size] = struct.pack("<I", zlib.crc32(bytes(blob[:header_size - 4])))
     with pytest.raises(DecodeError, match="unsupported container version 9"):
         coding.decompress(bytes(blob))
+
+
+def test_context_model_across_blocks(monkeypatch):
+    from crossentropy.coding import _context
+
+    monkeypatch.setattr(_context, "BLOCK", 700)
+    data = TEXT[:2500]
+    blob = coding.compress(data, model="context")
+    assert coding.decompress(blob) == data
+    monkeypatch.undo()
+    assert len(blob) > len(coding.compress(data, model="context"))  # fresh model per block
+    assert coding.decompress(blob) == data  # the block size travels in the header
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        b"",
+        struct.pack("<IB", 1 << 20, 2) + bytes([1, 9]) + struct.pack("<2d", 1.0, 1.0),
+        struct.pack("<IB", 1 << 20, 2) + bytes([2, 1]) + struct.pack("<2d", 1.0, 1.0),
+        struct.pack("<IB", 1 << 20, 1) + bytes([1]) + struct.pack("<d", -1.0),
+        struct.pack("<IB", 0, 1) + bytes([1]) + struct.pack("<d", 1.0),
+        struct.pack("<IB", 1 << 20, 1) + bytes([1]),
+    ],
+)
+def test_context_parameters_are_checked(params):
+    from crossentropy.coding import _context
+
+    with pytest.raises(DecodeError, match="corrupt context parameters"):
+        _context.decode(params, b"", 1)

@@ -48,8 +48,8 @@ _DECODERS: dict[str, Callable[[bytes, bytes, int], np.ndarray]] = {
 }
 
 #: The model names :func:`compress` accepts: ``"order0"`` (static byte frequencies,
-#: stored in the header) and ``"context"`` (adaptive, blends byte contexts of orders 0
-#: to 4 bit by bit; nothing stored).
+#: stored in the header) and ``"context"`` (adaptive: each bit predicted from the previous
+#: 1, 2, 4 and 6 bytes, blended; only the orders and weights are stored).
 MODELS: tuple[str, ...] = tuple(_ENCODERS)
 
 
@@ -64,8 +64,9 @@ def compress(data: bytes, *, model: str = "order0") -> bytes:
         data: the bytes to compress (any length, the empty string included).
         model: one of :data:`MODELS`. ``"order0"`` codes each byte with the file's own
             byte frequencies (stored in the header), reaching the order-0 entropy;
-            ``"context"`` predicts each bit from the preceding bytes (orders 0 to 4,
-            counts blended), learning as it goes.
+            ``"context"`` predicts each bit from the preceding 1, 2, 4 and 6 bytes
+            (counts blended), learning as it goes: smaller, but it decodes slowly
+            (tens of kB/s, a Python loop per bit).
 
     Returns:
         The container bytes (see the module docstring for the layout).
