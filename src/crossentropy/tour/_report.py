@@ -72,8 +72,8 @@ class Section:
 class Tour:
     """Prints the tour and records what it printed.
 
-    Output is deterministic: the same calls give the same text, whatever the output
-    folder (figures are listed by file name, relative to it).
+    Output is deterministic: the same calls give the same text (no times, no absolute
+    paths but the output folder's name in the final list of figures).
 
     Args:
         out: the folder the figures are written to (created on the first figure).
