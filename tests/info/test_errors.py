@@ -222,3 +222,17 @@ def test_check_distribution_is_reusable():
     assert check_distribution([[0.5, 1.0], [0.5, 0.0]], axis=0).tolist() == [[0.5, 1.0], [0.5, 0.0]]
     with pytest.raises(ValueError, match=r"`targets` must sum to 1 along axis 0"):
         check_distribution([[0.5, 0.5], [1.0, 0.0]], "targets", axis=0)
+
+
+def test_negative_q_where_p_is_zero_is_still_caught(xp, path):
+    p = xp.asarray([[1.0, 0.0], [0.5, 0.5]])
+    q = xp.asarray([[1.1, -0.1], [0.5, 0.5]])
+    for name in ("cross_entropy", "kl_divergence", "js_divergence"):
+        with pytest.raises(ValueError, match=r"`q` must be non-negative; got -0\.1 at index"):
+            getattr(info, name)(p, q)
+
+
+def test_negative_zero_is_a_zero(xp, path):
+    p = xp.asarray([[-0.0, 1.0], [0.5, 0.5]])
+    np.testing.assert_array_equal(xp.to_numpy(info.entropy(p)), [0.0, 1.0])
+    np.testing.assert_array_equal(xp.to_numpy(info.cross_entropy(p, p)), [0.0, 1.0])

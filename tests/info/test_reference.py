@@ -121,7 +121,7 @@ def test_perplexity_and_normalize(xp, rng, dtype, shape):
 
 @pytest.mark.parametrize("axis", [0, 1, 2, -2])
 @pytest.mark.parametrize("keepdims", [False, True])
-def test_axis_and_keepdims(xp, rng, axis, keepdims):
+def test_axis_and_keepdims(xp, rng, axis, keepdims, path):
     p = distributions(rng, (3, 5, 7), axis=axis)
     q = distributions(rng, (3, 5, 7), axis=axis, zero_fraction=0.0)
     for name in ("entropy", "cross_entropy", "kl_divergence", "js_divergence"):
