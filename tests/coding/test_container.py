@@ -244,3 +244,16 @@ def test_context_parameters_are_checked(params):
 
     with pytest.raises(DecodeError, match="corrupt context parameters"):
         _context.decode(params, b"", 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["order0", "context"])
+def test_large_round_trip(model, rng):
+    text = b"".join(path.read_bytes() for path in sorted(
+        pathlib.Path(coding.__file__).parent.parent.rglob("*.py")))
+    data = (text * (1 + 300_000 // max(1, len(text))))[:300_000]
+    data += rng.integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    blob = coding.compress(data, model=model)
+    assert coding.decompress(blob) == data
+    if model == "order0":
+        assert len(blob) <= order0_entropy_bits(data) / 8 * 1.001 + 64 + 600

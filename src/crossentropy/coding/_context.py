@@ -56,29 +56,43 @@ def _nodes(block: np.ndarray) -> np.ndarray:
     return nodes.ravel()
 
 
-def _prior_counts(keys: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each position, how often its key occurred before, and with how many ones.
+def _blend_order(
+    keys: np.ndarray,
+    bits: np.ndarray,
+    p: np.ndarray,
+    alpha: float,
+    time: np.ndarray,
+    index: np.ndarray,
+) -> np.ndarray:
+    """Blend one order into ``p``: (ones before + alpha p) / (seen before + alpha).
 
-    ``keys`` must be below 2^(64 - 23); positions are their indices (fewer than 2^23).
+    ``keys`` (uint64, below 2^41) identify (context, node); a position's counts are over
+    the earlier positions with the same key. ``time`` is ``arange`` as uint64 and
+    ``index`` the same as int32 (fewer than 2^23 positions).
     """
-    size = keys.size
-    composite = (keys << np.uint64(_TIME_BITS)) | np.arange(size, dtype=np.uint64)
-    composite.sort()
+    composite = keys << np.uint64(_TIME_BITS)
+    composite |= time
+    composite.sort()  # by key, then by time
     order = (composite & np.uint64((1 << _TIME_BITS) - 1)).astype(np.intp)
     composite >>= np.uint64(_TIME_BITS)
-    starts = np.empty(size, dtype=bool)
+    starts = np.empty(keys.size, dtype=bool)
     starts[0] = True
     np.not_equal(composite[1:], composite[:-1], out=starts[1:])
     del composite
-    index = np.arange(size, dtype=np.int64)
     group_start = np.maximum.accumulate(np.where(starts, index, 0))
-    sorted_bits = bits[order].astype(np.int64)
-    ones_before = np.cumsum(sorted_bits) - sorted_bits
-    # Pack (seen, ones) into one int64 so that a single scatter restores time order.
-    packed = ((index - group_start) << 32) | (ones_before - ones_before[group_start])
-    restored = np.empty(size, dtype=np.int64)
-    restored[order] = packed
-    return restored >> 32, restored & 0xFFFFFFFF
+    sorted_bits = bits[order]
+    ones = np.cumsum(sorted_bits, dtype=np.int32)
+    ones -= sorted_bits  # ones strictly before, over the whole array ...
+    ones -= ones[group_start]  # ... and within the key's run
+    seen = index - group_start
+    # In sorted order: q = (alpha p + ones) / (seen + alpha); then back to time order.
+    q = p[order]
+    q *= alpha
+    q += ones
+    q /= seen + alpha
+    out = np.empty_like(p)
+    out[order] = q
+    return out
 
 
 def block_probabilities(
@@ -105,17 +119,19 @@ def block_probabilities(
     p = np.full(8 * n, 0.5)
     context = np.zeros(n, dtype=np.uint64)
     blend = dict(zip(orders, alphas, strict=True))
+    time = np.arange(8 * n, dtype=np.uint64)
+    index = np.arange(8 * n, dtype=np.int32)
     for j in range(1, top + 1):
         context |= padded[top - j: top - j + n].astype(np.uint64) << np.uint64(8 * (j - 1))
         if j not in blend:
             continue
-        if j <= 3:  # the context itself is a small enough key
+        if j <= 4:  # context and node fit 40 bits: the key itself
             ids = context
-        else:  # number the distinct contexts (exact, no hashing)
+        else:  # number the distinct contexts first (exact, no hashing)
             ids = np.unique(context, return_inverse=True)[1].astype(np.uint64).ravel()
-        keys = np.repeat(ids << np.uint64(8), 8) | nodes
-        seen, ones = _prior_counts(keys, bits)
-        p = (ones + blend[j] * p) / (seen + blend[j])
+        keys = np.repeat(ids << np.uint64(8), 8)
+        keys |= nodes
+        p = _blend_order(keys, bits, p, blend[j], time, index)
     return bits, p
 
 
