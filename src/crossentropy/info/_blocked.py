@@ -11,8 +11,8 @@ uses every core.
 The convention 0 · log 0 = 0 needs no mask pass. In the entropy, a block whose minimum is
 0 takes the log of p + tiny (tiny: the smallest normal number). At 0 the term becomes
 0 · log(tiny) = 0 exactly; p + tiny rounds to p for every p above 2**53 · tiny (about
-2e-292 in float64, 2e-31 in float32), and below that a term moves by less than 1e-289
-(1e-29 in float32), far under the rounding of the sum. In the cross-entropy,
+2e-292 in float64, 2e-31 in float32), and below that a term p · log p moves by at most
+p · log(1 + tiny / p) <= tiny, far under the rounding of the sum. In the cross-entropy,
 ``log(0) = -inf`` makes a row's sum NaN where p = 0 = q, and only blocks that come out
 NaN are mended (their logs zeroed where p = 0, while the block is still in cache).
 Negative entries fail the per-block minimum of p, or end as NaN (the log of a negative q);
