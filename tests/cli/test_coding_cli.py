@@ -8,6 +8,7 @@ import importlib.util
 import json
 import lzma
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,10 @@ def test_file_round_trip(run, tmp_path):
         assert coding.decompress(packed.read_bytes()) == DATA
         assert run(["decompress", str(packed), str(restored)]) == 0
         assert restored.read_bytes() == DATA
+        # A new file gets the usual permissions, not the temporary file's 0600.
+        umask = os.umask(0)
+        os.umask(umask)
+        assert restored.stat().st_mode & 0o777 == 0o666 & ~umask
     assert source.read_bytes() == DATA
 
 

@@ -86,11 +86,21 @@ def _write(name: str, data: bytes, *, force: bool, source: str) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(temporary, _new_file_mode(target))
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def _new_file_mode(target: Path) -> int:
+    """The mode a plain ``open(target, "wb")`` would give (kept when overwriting)."""
+    if target.exists():
+        return target.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _compress(args: argparse.Namespace) -> int:
