@@ -164,3 +164,19 @@ def test_large_input_takes_the_blocked_path_and_agrees_with_scipy(rng):
     np.testing.assert_allclose(
         info.cross_entropy(p.astype(np.float32), q.astype(np.float32)), expected, rtol=2e-5
     )
+
+
+def test_blocked_path_works_in_a_forked_child(rng):
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    p = distributions(rng, (600, 500))
+    expected = info.entropy(p)  # creates the pool in the parent first
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        result = pool.apply_async(_entropy_in_child, (p,)).get(timeout=60)
+    np.testing.assert_array_equal(result, expected)
+
+
+def _entropy_in_child(p):
+    return info.entropy(p)

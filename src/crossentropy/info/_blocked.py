@@ -40,6 +40,7 @@ BLOCK_ELEMENTS = 1 << 15
 TASKS_PER_THREAD = 4
 
 _pool: ThreadPoolExecutor | None = None
+_pool_pid: int | None = None
 _pool_lock = threading.Lock()
 _local = threading.local()
 
@@ -52,10 +53,13 @@ def _threads() -> int:
 
 
 def _executor() -> ThreadPoolExecutor:
-    global _pool
+    """The shared pool, made on first use, and made again in a forked child (whose copy of
+    the parent's pool has no threads behind it)."""
+    global _pool, _pool_pid
     with _pool_lock:
-        if _pool is None:
+        if _pool is None or _pool_pid != os.getpid():
             _pool = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="crossentropy")
+            _pool_pid = os.getpid()
         return _pool
 
 
