@@ -117,6 +117,10 @@ def entropy(p: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False) 
     bits per outcome any lossless code for P can reach (in the long run). It is 0 for a
     certain outcome and log_base n for n equally likely outcomes, its maximum.
 
+    Large NumPy inputs (float32/float64, C-contiguous, at least 2**18 entries, ``axis``
+    last) take a blocked path on a thread pool that equals
+    ``-sum(where(p > 0, p * log_base(p), 0), axis=-1)`` with the same checks.
+
     Args:
         p: distributions along ``axis`` (entries >= 0 summing to 1), e.g. (N, V) for N
             distributions over V outcomes; NumPy, torch, any array-API array, or a sequence.
@@ -172,6 +176,10 @@ def cross_entropy(
     with p(x) = 0 count 0 (whatever q(x) is); p(x) > 0 where q(x) = 0 gives +inf. It equals
     H(P) + D(P‖Q), so it is at least H(P), with equality only when Q = P (Gibbs'
     inequality). With a one-hot P it is the classification loss -log_base q(true class).
+
+    Large NumPy inputs of one shape (float32/float64, C-contiguous, at least 2**18
+    entries, ``axis`` last) take a blocked path on a thread pool that equals
+    ``-sum(where(p > 0, p * log_base(q), 0), axis=-1)`` with the same checks.
 
     Args:
         p: the true distributions along ``axis``, e.g. (N, V); NumPy, torch, any array-API
