@@ -23,7 +23,16 @@ V = 11  # vocabulary of the vocab-parallel cases
 SHARDS = {2: [4, 7], 3: [2, 5, 4]}  # uneven on purpose
 EMPTY_SHARD = [3, 0, 8]  # a rank may hold no rows
 LEAD = (3, 5)  # 15 tokens in a (batch, sequence) layout
-TOL = {torch.float32: {"rtol": 1e-6, "atol": 1e-6}, torch.float64: {"rtol": 1e-12, "atol": 1e-12}}
+TOL = {
+    torch.float32: {"rtol": 1e-6, "atol": 1e-6},
+    torch.float64: {"rtol": 1e-12, "atol": 1e-12},
+    # Half types are compared with the float64 result on the same (rounded) inputs: within
+    # one unit in the last place, i.e. only the final rounding to the half type.
+    torch.bfloat16: {"rtol": 2**-7, "atol": 1e-6},
+    torch.float16: {"rtol": 2**-10, "atol": 1e-6},
+}
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+LOW_PRECISION_CASES = {"plain", "everything"}
 
 
 def reference_loss(
@@ -86,14 +95,24 @@ def _library_loss():
 
 
 def _grads(fn, tensors, upstream):
-    """Value of ``fn(*tensors)`` and the gradients of ``sum(upstream * value)``."""
-    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in tensors]
+    """Value of ``fn(*tensors)`` and the gradients of ``sum(upstream * value)``; half-type
+    inputs are computed in float64 (the oracle for the half-type results)."""
+    leaves = [
+        None if t is None else _upcast(t).detach().clone().requires_grad_(True) for t in tensors
+    ]
+    upstream = None if upstream is None else _upcast(upstream)
     value = fn(*leaves)
     (value * upstream if upstream is not None else value).sum().backward()
     return value.detach(), [t.grad if t is not None else None for t in leaves]
 
 
+def _upcast(tensor):
+    return tensor.double() if tensor.dtype in LOW_PRECISION else tensor
+
+
 def _close(label, actual, expected, dtype, failures):
+    if dtype in LOW_PRECISION:
+        actual, expected = actual.double(), expected.double()
     try:
         torch.testing.assert_close(actual, expected, **TOL[dtype])
     except AssertionError as exc:
@@ -108,11 +127,12 @@ def _close(label, actual, expected, dtype, failures):
 def _vocab_cases(world: int) -> list[dict]:
     gen = torch.Generator().manual_seed(1000 + world)
     cases = []
-    for dtype in (torch.float32, torch.float64):
+    for dtype in (torch.float32, torch.float64, *LOW_PRECISION):
         logits = (3.0 * torch.randn(*LEAD, V, generator=gen, dtype=torch.float64)).to(dtype)
         targets = torch.randint(0, V, LEAD, generator=gen)
         targets.view(-1)[:V] = torch.randperm(V, generator=gen)  # every shard has targets
-        weight = (0.1 + torch.rand(V, generator=gen, dtype=torch.float64)).to(dtype)
+        weight = 0.1 + torch.rand(V, generator=gen, dtype=torch.float64)
+        weight = weight.to(torch.float64 if dtype in LOW_PRECISION else dtype)
         some_ignored = targets.clone()
         some_ignored.view(-1)[::4] = -100
         minus_one = targets.clone()
@@ -150,6 +170,8 @@ def _vocab_cases(world: int) -> list[dict]:
             if reduction == "none":
                 upstream = torch.rand(LEAD, generator=gen, dtype=torch.float64).to(dtype)
             for name, tgt, options in option_sets:
+                if dtype in LOW_PRECISION and name not in LOW_PRECISION_CASES:
+                    continue
                 cases.append(
                     {
                         "name": f"{name}/{reduction}/{dtype}",
@@ -160,6 +182,8 @@ def _vocab_cases(world: int) -> list[dict]:
                         "dtype": dtype,
                     }
                 )
+        if dtype in LOW_PRECISION:
+            continue
         # Other layouts: 2-D (N, V), 1-D (V,) with a scalar target, an empty shard.
         flat = logits.reshape(-1, V)
         cases.append(
@@ -223,6 +247,8 @@ def test_vocab_parallel_matches_single_process(world, tmp_path):
         ref_loss, (ref_grad,) = _grads(composed, [case["logits"]], upstream)
         _close(f"{name} loss vs composed torch", losses[0], ref_loss, dtype, failures)
         _close(f"{name} grad vs composed torch", grad, ref_grad, dtype, failures)
+        if dtype in LOW_PRECISION:
+            continue
         all_ignored = bool((case["targets"] == options.get("ignore_index", -100)).all())
         if set(options) <= TORCH_OPTIONS and not (all_ignored and options["reduction"] == "mean"):
             torch_options = {k: v for k, v in options.items() if k != "validate"}
@@ -262,7 +288,7 @@ D = 6  # hidden size of the sharded-linear cases
 def _linear_cases(world: int) -> list[dict]:
     gen = torch.Generator().manual_seed(2000 + world)
     cases = []
-    for dtype in (torch.float32, torch.float64):
+    for dtype in (torch.float32, torch.float64, *LOW_PRECISION):
 
         def draw(*shape, scale=1.0, dtype=dtype):
             return (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(dtype)
@@ -305,8 +331,12 @@ def _linear_cases(world: int) -> list[dict]:
             if reduction == "none":
                 upstream = torch.rand(LEAD, generator=gen, dtype=torch.float64).to(dtype)
             for name, tgt, with_bias, options in option_sets:
+                if dtype in LOW_PRECISION and name not in LOW_PRECISION_CASES:
+                    continue
                 runs = [("chunked", None), ("chunked", 4)]
-                if name in ("plain", "everything", "all_ignored"):
+                # The reference (unfused) path rounds the logits to a half type, so only
+                # the fused path is held to the one-rounding bound in half precision.
+                if name in ("plain", "everything", "all_ignored") and dtype not in LOW_PRECISION:
                     runs.append(("reference", None))
                 for impl, chunk in runs:
                     cases.append(
@@ -326,6 +356,8 @@ def _linear_cases(world: int) -> list[dict]:
                             "dtype": dtype,
                         }
                     )
+        if dtype in LOW_PRECISION:
+            continue
         # Through the public function's `group=` option, with impl="auto".
         for reduction, impl in (("mean", "auto"), ("none", "auto"), ("sum", "chunked")):
             cases.append(

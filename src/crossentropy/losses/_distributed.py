@@ -349,7 +349,7 @@ def _shard_rows(
         else:
             row_max = torch.full((n,), -math.inf, dtype=acc, device=device)
         dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
-        e = torch.exp(z - row_max.unsqueeze(1))
+        e = torch.sub(z, row_max.unsqueeze(1)).exp_()
         sums = torch.zeros(3, n, dtype=acc, device=device)
         torch.sum(e, dim=1, out=sums[0])
         if shard > 0:
@@ -370,7 +370,7 @@ def _shard_rows(
         loss = torch.where(counted, loss, torch.zeros((), dtype=acc, device=device))
         p_over = sum_exp  # e / sum_exp is the softmax
     else:
-        e = torch.exp(z - lse.unsqueeze(1))
+        e = torch.sub(z, lse.unsqueeze(1)).exp_()
         loss = None
         p_over = None
 
