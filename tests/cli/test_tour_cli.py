@@ -40,6 +40,16 @@ def test_bad_epochs_is_a_usage_error(tmp_path, capsys, epochs):
     assert f"must be an integer >= 0; got '{epochs}'" in capsys.readouterr().err
 
 
+def test_out_is_a_file_is_bad_data(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("not a folder")
+    assert main(["tour", "--out", str(target), "--no-train"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert "`out` must be a folder for the figures; got the file" in captured.err
+
+
 def test_python_dash_m_has_the_tour():
     done = subprocess.run(
         [sys.executable, "-m", "crossentropy", "tour", "--help"],

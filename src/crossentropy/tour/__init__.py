@@ -73,10 +73,12 @@ def run_tour(
         exact value (``tour.values``).
 
     Raises:
-        ValueError: ``epochs`` is negative or ``style`` unknown.
+        ValueError: ``epochs`` is negative, ``style`` unknown, or ``out`` is a file.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"`epochs` must be an integer >= 0; got {epochs!r}")
+    if pathlib.Path(out).exists() and not pathlib.Path(out).is_dir():
+        raise ValueError(f"`out` must be a folder for the figures; got the file {str(out)!r}")
     tour = Tour(out, stream=stream, style=style, quiet=quiet)
     why_section(tour)
     information_section(tour)
