@@ -180,3 +180,16 @@ def test_blocked_path_works_in_a_forked_child(rng):
 
 def _entropy_in_child(p):
     return info.entropy(p)
+
+
+@pytest.mark.parametrize("shape", [(3, 70_000), (300_000,)])
+def test_blocked_path_with_rows_longer_than_a_block(rng, shape):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    p = distributions(rng, shape)
+    q = distributions(rng, shape, zero_fraction=0.0)
+    assert _blocked.eligible(p, q, axis=p.ndim - 1)
+    assert shape[-1] > _blocked.BLOCK_ELEMENTS
+    expected = scipy_stats.entropy(p, base=2, axis=-1)
+    np.testing.assert_allclose(info.entropy(p), expected, rtol=1e-12)
+    expected = expected + scipy_stats.entropy(p, q, base=2, axis=-1)
+    np.testing.assert_allclose(info.cross_entropy(p, q), expected, rtol=1e-12)

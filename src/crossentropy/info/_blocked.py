@@ -36,6 +36,8 @@ from crossentropy.info._validate import sum_tolerance
 MIN_ELEMENTS = 1 << 18
 # Elements per block: three float64 blocks of this size (p, q and the logs) fit in a 1 MiB L2.
 BLOCK_ELEMENTS = 1 << 15
+# Scratch buffers up to this many elements stay allocated per thread between calls.
+KEEP_ELEMENTS = 1 << 20
 # Tasks per thread: a few, so that a thread slowed by other work does not hold up the rest.
 TASKS_PER_THREAD = 4
 
@@ -83,7 +85,10 @@ def eligible(*arrays: object, axis: int) -> bool:
 
 
 def _buffer(size: int, dtype: np.dtype) -> np.ndarray:
-    """A per-thread scratch buffer of at least ``size`` elements of ``dtype``."""
+    """A per-thread scratch buffer of at least ``size`` elements of ``dtype``; kept for the
+    next call up to ``KEEP_ELEMENTS``, made fresh above (very long rows are one block each)."""
+    if size > KEEP_ELEMENTS:
+        return np.empty(size, dtype=dtype)
     key = np.dtype(dtype).char
     buffers = getattr(_local, "buffers", None)
     if buffers is None:
