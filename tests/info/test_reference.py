@@ -182,7 +182,7 @@ def _entropy_in_child(p):
     return info.entropy(p)
 
 
-@pytest.mark.parametrize("shape", [(3, 70_000), (300_000,)])
+@pytest.mark.parametrize("shape", [(4, 70_000), (300_000,)])
 def test_blocked_path_with_rows_longer_than_a_block(rng, shape):
     scipy_stats = pytest.importorskip("scipy.stats")
     p = distributions(rng, shape)
