@@ -26,7 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "that sum to 1, e.g. 0.5,0.2,0.2,0.1 (fractions such as 1/3 are accepted); "
             "--normalize accepts counts or weights instead."
         ),
-        epilog="example: crossentropy measure 0.5,0.2,0.2,0.1 0.25,0.25,0.25,0.25",
+        epilog=(
+            "example: crossentropy measure 0.5,0.2,0.2,0.1 0.25,0.25,0.25,0.25 "
+            "(put a list that starts with '-' after '--')"
+        ),
     )
     parser.add_argument("p", metavar="P", help="the true distribution, e.g. 0.5,0.2,0.2,0.1")
     parser.add_argument(
