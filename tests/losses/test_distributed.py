@@ -113,8 +113,13 @@ def _upcast(tensor):
 def _close(label, actual, expected, dtype, failures):
     if dtype in LOW_PRECISION:
         actual, expected = actual.double(), expected.double()
+    tol = dict(TOL[dtype])
+    if dtype == torch.float32:
+        # 1e-6 of the tensor's scale: an entry formed by cancellation (a hidden gradient
+        # summed over the vocabulary) carries the rounding error of its largest terms.
+        tol["atol"] *= max(1.0, float(expected.abs().max()) if expected.numel() else 1.0)
     try:
-        torch.testing.assert_close(actual, expected, **TOL[dtype])
+        torch.testing.assert_close(actual, expected, **tol)
     except AssertionError as exc:
         failures.append(f"{label}: {str(exc).splitlines()[0:4]}")
 

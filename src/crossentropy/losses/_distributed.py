@@ -26,13 +26,14 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-from crossentropy.losses._kernel import accumulation_dtype
+from crossentropy.losses._kernel import accumulation_dtype, default_slice_rows
 from crossentropy.losses._linear import (
     AUTO_REFERENCE_ELEMENTS,
     IMPLS,
     _add_weight_grad,
     _check_inputs,
     _compute_dtype,
+    _is_one,
     plan_chunk_rows,
 )
 from crossentropy.losses._options import REDUCTIONS, check_options
@@ -304,8 +305,9 @@ def _shard_rows(
     *,
     weight: torch.Tensor | None,
     group: dist.ProcessGroup | None,
-    want_grad: bool,
+    grad_scale: torch.Tensor | float | None = None,
     lse: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> _Rows:
     """Loss and gradient rows for this rank's columns of a block of logits.
 
@@ -314,87 +316,121 @@ def _shard_rows(
     ``(1 - eps) w_y (lse - z_y) + (eps / V) (W lse - sum_c w_c z_c) + lam w_y lse**2`` (the
     formula of :func:`crossentropy.losses._kernel.cross_entropy_rows`), and its gradient
     ``[(1 - eps) w_y + eps W / V + 2 lam w_y lse] p - (1 - eps) w_y onehot(y) - (eps / V) w``,
-    times ``1 - tanh(logits / softcap)**2`` with soft-capping. The row maximum, the sum of
-    exponentials, the target logit and the weighted logit sum are all-reduced over the
-    group. When ``lse`` is given (a recomputation in backward), no collective is made and
-    only the gradient is formed.
+    times ``1 - tanh(logits / softcap)**2`` with soft-capping.
+
+    Pass 1 reads the block a slice of rows at a time (each slice stays in cache) for the
+    local row maximum ``m_r``, ``sum_c exp(z_c - m_r)``, the target logit and the weighted
+    logit sum. The group all-reduces the maxima, each rank rescales its sums to the global
+    maximum, and one all-reduce sums the three per-row numbers. Pass 2 writes the gradient
+    of ``sum_i grad_scale_i * loss_i`` slice by slice into ``out`` (which may be ``logits``
+    itself) or a new tensor of the logits' dtype. With ``lse`` given (a recomputation in
+    backward) pass 1 and the collectives are skipped.
     """
     acc = accumulation_dtype(logits.dtype)
     n, shard = logits.shape
     device = logits.device
-    eps, lam = spec.label_smoothing, spec.z_loss
+    eps, lam, num_classes = spec.label_smoothing, spec.z_loss, spec.num_classes
+    cap = spec.softcap
     counted = targets != spec.ignore_index
     counted_f = counted.to(acc)
     local_t = targets - spec.vocab_start
     in_shard = counted & (local_t >= 0) & (local_t < shard)
+    t_index = local_t.clamp(0, max(shard - 1, 0)).unsqueeze(1)
     w_loc = None
     if weight is not None:
         w_loc = weight[spec.vocab_start : spec.vocab_start + shard].to(device=device, dtype=acc)
         total_w = weight.to(acc).sum()
     else:
-        total_w = float(spec.num_classes)
+        total_w = float(num_classes)
     w_y = _target_weights(targets, counted, weight, acc)
 
-    if spec.softcap is not None:
-        tanh = logits.to(acc) / spec.softcap
-        tanh.tanh_()
-        z = tanh * spec.softcap
-    else:
-        tanh = None
-        z = logits.to(acc)
+    rows = min(default_slice_rows(max(shard, 1)), max(n, 1))
+    need_z_buf = cap is not None or logits.dtype != acc
+    z_buf = torch.empty(rows, shard, dtype=acc, device=device) if need_z_buf else None
+    t_buf = torch.empty(rows, shard, dtype=acc, device=device) if cap is not None else None
 
+    def z_slice(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The slice's (soft-capped) logits in the accumulation dtype, and its tanh."""
+        xb = logits[r0:r1]
+        if cap is not None:
+            tanh_b = t_buf[: r1 - r0]
+            tanh_b.copy_(xb)
+            tanh_b.div_(cap).tanh_()
+            return torch.mul(tanh_b, cap, out=z_buf[: r1 - r0]), tanh_b
+        if need_z_buf:
+            zb = z_buf[: r1 - r0]
+            zb.copy_(xb)
+            return zb, None
+        return xb, None
+
+    loss = None
     if lse is None:
-        if shard > 0:
-            row_max = z.amax(dim=1)
-        else:
-            row_max = torch.full((n,), -math.inf, dtype=acc, device=device)
-        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
-        e = torch.sub(z, row_max.unsqueeze(1)).exp_()
-        sums = torch.zeros(3, n, dtype=acc, device=device)
-        torch.sum(e, dim=1, out=sums[0])
-        if shard > 0:
-            picked = z.gather(1, local_t.clamp(0, shard - 1).unsqueeze(1)).squeeze(1)
-            sums[1] = torch.where(in_shard, picked, torch.zeros((), dtype=acc, device=device))
-            if eps > 0:
-                sums[2] = z.sum(dim=1) if w_loc is None else torch.mv(z, w_loc)
-        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+        local_max = torch.full((n,), -math.inf, dtype=acc, device=device)
+        sums = torch.zeros(3, n, dtype=acc, device=device)  # sum exp, z_y, sum_c w_c z_c
+        if shard > 0 and n > 0:
+            p_buf = torch.empty(rows, shard, dtype=acc, device=device)
+            for r0 in range(0, n, rows):
+                r1 = min(r0 + rows, n)
+                zb, _ = z_slice(r0, r1)
+                mb = torch.amax(zb, 1, out=local_max[r0:r1])
+                shift = torch.where(mb == -math.inf, 0.0, mb).unsqueeze(1)
+                pb = torch.sub(zb, shift, out=p_buf[: r1 - r0]).exp_()
+                torch.sum(pb, 1, out=sums[0, r0:r1])
+                sums[1, r0:r1] = torch.gather(zb, 1, t_index[r0:r1]).squeeze(1)
+                if eps > 0:
+                    if w_loc is None:
+                        torch.sum(zb, 1, out=sums[2, r0:r1])
+                    else:
+                        torch.mv(zb, w_loc, out=sums[2, r0:r1])
+            del p_buf
+        sums[1] = torch.where(in_shard, sums[1], 0.0)
+        row_max = local_max.clone()
+        if n > 0:
+            dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
+        # Rescale this rank's sum of exponentials from its own maximum to the global one.
+        rescale = torch.where(local_max == -math.inf, 0.0, torch.exp(local_max - row_max))
+        sums[0].mul_(rescale)
+        if n > 0:
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
         sum_exp, z_target, w_dot_z = sums[0], sums[1], sums[2]
         log_sum_exp = sum_exp.log()
         lse = row_max + log_sum_exp
         nll = (row_max - z_target) + log_sum_exp  # lse - z_y without cancellation
         loss = (1.0 - eps) * w_y * nll
         if eps > 0:
-            loss = loss + (eps / spec.num_classes) * counted_f * (total_w * lse - w_dot_z)
+            loss = loss + (eps / num_classes) * counted_f * (total_w * lse - w_dot_z)
         if lam > 0:
             loss = loss + lam * w_y * lse.square()
-        loss = torch.where(counted, loss, torch.zeros((), dtype=acc, device=device))
-        p_over = sum_exp  # e / sum_exp is the softmax
-    else:
-        e = torch.sub(z, lse.unsqueeze(1)).exp_()
-        loss = None
-        p_over = None
+        loss = torch.where(counted, loss, 0.0)
 
-    if not want_grad:
+    if grad_scale is None:
         return _Rows(loss, lse, None)
-    del z
-    coef = (1.0 - eps) * w_y + counted_f * (eps * total_w / spec.num_classes)
+    scale = torch.as_tensor(grad_scale, dtype=acc, device=device).expand(n)
+    p_coef = (1.0 - eps) * w_y + counted_f * (eps * total_w / num_classes)
     if lam > 0:
-        coef = coef + (2.0 * lam) * w_y * lse
-    if p_over is not None:
-        coef = coef / p_over
-    grad = e
-    grad.mul_(coef.unsqueeze(1))
+        p_coef = p_coef + (2.0 * lam) * w_y * lse
+    p_coef = (p_coef * scale).unsqueeze(1)
+    target_coef = (-(1.0 - eps) * w_y * in_shard * scale).unsqueeze(1)
+    smooth_coef = counted_f * scale * (eps / num_classes)
+    grad = out if out is not None else torch.empty_like(logits)
+    direct = grad.dtype == acc
+    p_buf = None if direct else torch.empty(rows, shard, dtype=acc, device=device)
     if shard > 0:
-        # -(1 - eps) w_y at the target column of rows whose target is in this shard.
-        hit = torch.where(in_shard, w_y, torch.zeros((), dtype=acc, device=device))
-        hit = hit.mul_(-(1.0 - eps)).unsqueeze(1)
-        grad.scatter_add_(1, local_t.clamp(0, shard - 1).unsqueeze(1), hit)
-        if eps > 0:
-            col = w_loc if w_loc is not None else torch.ones(shard, dtype=acc, device=device)
-            grad.addr_(counted_f, col, alpha=-eps / spec.num_classes)
-    if tanh is not None:
-        tanh.square_()
-        grad.addcmul_(grad, tanh, value=-1.0)
+        column = w_loc if w_loc is not None else torch.ones(shard, dtype=acc, device=device)
+        for r0 in range(0, n, rows):
+            r1 = min(r0 + rows, n)
+            zb, tanh_b = z_slice(r0, r1)
+            pb = grad[r0:r1] if direct else p_buf[: r1 - r0]
+            torch.sub(zb, lse[r0:r1].unsqueeze(1), out=pb).exp_()
+            pb.mul_(p_coef[r0:r1])
+            pb.scatter_add_(1, t_index[r0:r1], target_coef[r0:r1])
+            if eps > 0:
+                pb.addr_(smooth_coef[r0:r1], column, alpha=-1.0)
+            if tanh_b is not None:
+                tanh_b.square_()
+                pb.addcmul_(pb, tanh_b, value=-1.0)
+            if not direct:
+                grad[r0:r1].copy_(pb)
     return _Rows(loss, lse, grad)
 
 
@@ -415,42 +451,48 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, local_logits, targets, weight, spec, reduction, base, group, want_grad):
         shard = local_logits.shape[-1]
-        lead = targets.shape
+        flat = targets.reshape(-1)
+        acc = accumulation_dtype(local_logits.dtype)
+        scale = torch.tensor(1.0 / math.log(base), dtype=acc, device=local_logits.device)
+        if reduction == "mean":
+            w_y = _target_weights(flat, flat != spec.ignore_index, weight, acc)
+            scale = scale * _mean_factor(w_y.sum())
         rows = _shard_rows(
-            local_logits.reshape(targets.numel(), shard),
-            targets.reshape(-1),
+            local_logits.reshape(flat.numel(), shard),
+            flat,
             spec,
             weight=weight,
             group=group,
-            want_grad=want_grad,
+            grad_scale=scale if want_grad else None,
         )
-        acc = rows.loss.dtype
-        scale = torch.tensor(1.0 / math.log(base), dtype=acc, device=rows.loss.device)
-        if reduction == "mean":
-            flat = targets.reshape(-1)
-            w_y = _target_weights(flat, flat != spec.ignore_index, weight, acc)
-            scale = scale * _mean_factor(w_y.sum())
-        loss = (rows.loss * scale).reshape(lead) if reduction == "none" else rows.loss.sum() * scale
-        grad = rows.grad
-        if grad is not None:
-            grad.mul_(scale)
         ctx.reduction = reduction
         ctx.logits_shape = local_logits.shape
-        ctx.logits_dtype = local_logits.dtype
-        ctx.save_for_backward(grad)
+        ctx.grad = rows.grad
+        ctx.backward_done = False
+        if reduction == "none":
+            loss = (rows.loss * scale).reshape(targets.shape)
+        else:
+            loss = rows.loss.sum() * scale
         return loss.to(local_logits.dtype)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
+        grad = ctx.grad
         if grad is None:
+            if ctx.backward_done:
+                raise RuntimeError(
+                    "vocab_parallel_cross_entropy keeps its gradient for one backward pass; "
+                    "call the loss again to differentiate it again"
+                )
             return (None,) * 8
+        ctx.grad = None
+        ctx.backward_done = True
         if ctx.reduction == "none":
-            scale = grad_output.reshape(-1, 1).to(grad.dtype)
-        else:
-            scale = grad_output.to(grad.dtype)
-        out = (grad * scale).to(ctx.logits_dtype).reshape(ctx.logits_shape)
-        return out, None, None, None, None, None, None, None
+            grad.mul_(grad_output.reshape(-1, 1).to(grad.dtype))
+        elif not _is_one(grad_output):
+            grad.mul_(grad_output.to(grad.dtype))
+        return grad.reshape(ctx.logits_shape), None, None, None, None, None, None, None
 
 
 _VP_FIELDS = {
@@ -704,7 +746,8 @@ class _LinearPlan:
 def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, grad_scale):
     """One sweep over the chunks of kept tokens (``index``) of this rank's vocabulary rows.
 
-    ``grad_scale`` is None (losses only) or a float multiplying every row's gradient.
+    ``grad_scale`` is None (losses only) or a float multiplying every row's gradient (the
+    reduction's factor and ``1 / ln(base)``).
     Returns ``(loss, lse, dh, dw, db)``: per-kept-token loss in nats and log-sum-exp, the
     partial hidden gradient (n, D) of this rank's rows (not yet summed over ranks), and the
     local weight and bias gradients in the accumulation dtype, or None where not formed.
@@ -735,13 +778,19 @@ def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, gr
         else:
             torch.addmm(b_c, h_c, w_c.T, out=z)
         rows = _shard_rows(
-            z, y_kept[start:stop], plan.spec, weight=None, group=plan.group, want_grad=grads
+            z,
+            y_kept[start:stop],
+            plan.spec,
+            weight=None,
+            group=plan.group,
+            grad_scale=grad_scale if grads else None,
+            out=z,
         )
         loss[start:stop] = rows.loss
         lse[start:stop] = rows.lse
         if not grads:
             continue
-        g = rows.grad.mul_(grad_scale).to(cdt)
+        g = z  # the chunk's logits were overwritten by their gradient
         if want_h:
             dh[start:stop] = torch.matmul(g, w_c)
         if want_w:
@@ -767,20 +816,26 @@ def _sharded_weight_grads(hidden, weight, bias, targets, plan, index, lse, scale
     b_c = None if bias is None else bias.to(cdt)
     dw = torch.zeros(shard, hidden_dim, dtype=acc, device=device) if want_w else None
     db = torch.zeros(shard, dtype=acc, device=device) if want_b else None
+    logits = torch.empty(min(plan.rows, n), shard, dtype=cdt, device=device)
     for start in range(0, n, plan.rows):
         stop = min(start + plan.rows, n)
         h_c = h_kept[start:stop].to(cdt)
-        z = torch.matmul(h_c, w_c.T) if b_c is None else torch.addmm(b_c, h_c, w_c.T)
-        rows = _shard_rows(
+        z = logits[: stop - start]
+        if b_c is None:
+            torch.matmul(h_c, w_c.T, out=z)
+        else:
+            torch.addmm(b_c, h_c, w_c.T, out=z)
+        _shard_rows(
             z,
             y_kept[start:stop],
             plan.spec,
             weight=None,
             group=plan.group,
-            want_grad=True,
+            grad_scale=scale[start:stop],
             lse=lse[start:stop],
+            out=z,
         )
-        g = rows.grad.mul_(scale[start:stop].unsqueeze(1)).to(cdt)
+        g = z
         if want_w:
             _add_weight_grad(dw, g, h_c)
         if want_b:
