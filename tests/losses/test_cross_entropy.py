@@ -215,10 +215,23 @@ def test_retain_graph_second_backward_and_scaled_upstream():
     torch.testing.assert_close(logits.grad, 4 * first, rtol=0, atol=TOL)
 
 
-def test_no_grad_and_targets_without_grad():
-    logits = torch.randn(3, C, dtype=torch.float64)
+def test_no_grad_computes_no_gradient(monkeypatch):
+    import crossentropy.losses._cross_entropy as module
+
+    calls = []
+    kernel = module.cross_entropy_rows
+
+    def recording_kernel(*args, **kwargs):
+        calls.append(kwargs.get("grad_scale") is not None)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(module, "cross_entropy_rows", recording_kernel)
+    logits = torch.randn(3, C, dtype=torch.float64, requires_grad=True)
     targets = torch.tensor([0, 1, 2])
     with torch.no_grad():
-        value = cross_entropy(logits.requires_grad_(), targets)
+        value = cross_entropy(logits, targets)
     assert not value.requires_grad
     torch.testing.assert_close(value, F.cross_entropy(logits, targets), rtol=0, atol=TOL)
+    cross_entropy(logits, targets)  # with grad mode on, the gradient is computed in forward
+    cross_entropy(logits.detach(), targets)  # logits without grad: none
+    assert calls == [False, True, False]

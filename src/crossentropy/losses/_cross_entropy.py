@@ -195,10 +195,12 @@ class _CrossEntropyFunction(torch.autograd.Function):
         z_loss: float,
         softcap: float | None,
         base: float,
+        track_grad: bool,
     ) -> torch.Tensor:
         acc = accumulation_dtype(logits.dtype)
         safe, valid, factor = _row_scales(targets, probs, weight, ignore_index, reduction, acc)
-        want_grad = ctx.needs_input_grad[0]
+        # needs_input_grad is also True under torch.no_grad(): ask grad mode at call time.
+        want_grad = ctx.needs_input_grad[0] and track_grad
         terms = cross_entropy_rows(
             logits,
             safe,
@@ -217,7 +219,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
         else:
             loss = (rows * factor).sum()  # factor = mask / denominator
         ctx.reduction = reduction
-        ctx.probs_grad = probs and ctx.needs_input_grad[1]
+        ctx.probs_grad = probs and ctx.needs_input_grad[1] and track_grad
         saved = [terms.grad if want_grad else None]
         if ctx.probs_grad:
             ctx.options = (weight, label_smoothing, softcap, base)
@@ -251,7 +253,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
                 base,
                 ctx.reduction,
             )
-        return grad_logits, grad_targets, None, None, None, None, None, None, None, None
+        return grad_logits, grad_targets, None, None, None, None, None, None, None, None, None
 
 
 def _probability_target_grad(
@@ -319,11 +321,15 @@ def cross_entropy(
     - An empty or all-ignored batch (more generally a zero weighted denominator) under
       ``reduction="mean"`` gives 0 with a zero gradient, where torch gives NaN.
 
-    The gradient is computed in the forward pass when the logits require it (for
-    ``reduction="none"`` too: row ``i`` of it is ``d loss_i / d logits_i``, so the backward
-    pass only scales rows); what is kept for backward is that one block in the logits'
-    dtype, not the logits or the softmax. Consequently a second backward pass through the
-    same graph (``retain_graph=True``) works as in torch. Double backward is not supported.
+    The gradient is computed in the forward pass when the logits require it and grad mode
+    is on (never under ``torch.no_grad()``), and it is the one block kept for backward, in
+    the logits' dtype: neither the logits nor the softmax are saved. For ``"mean"`` and
+    ``"sum"`` the backward pass returns it as it is when the upstream gradient is 1 (as in
+    ``loss.backward()``) and a scaled copy otherwise; for ``"none"`` row ``i`` of the block
+    is ``d loss_i / d logits_i`` and backward scales the rows. Saving that block costs the
+    same memory as saving the logits would and turns the backward pass into one
+    multiplication instead of a second softmax. Backward may run more than once
+    (``retain_graph=True``), as with torch; double backward is not supported.
 
     Args:
         logits: Unnormalised scores, shape (C), (N, C) or (N, C, d1, ..., dk) with C = V
@@ -398,6 +404,7 @@ def cross_entropy(
         float(z_loss),
         None if softcap is None else float(softcap),
         float(base),
+        torch.is_grad_enabled(),
     )
     if reduction == "none":
         loss = loss.reshape(prepared.out_shape)
