@@ -386,9 +386,9 @@ Kraft sum 1.125 > 1; '1110' reads as C B and as D A
             raise ValueError(
                 f"`lengths` must have Kraft sum <= 1; got {kraft_sum(lengths)!r}"
             )
-        order = sorted(range(len(lengths)), key=lambda i: (list(lengths.values())[i], i))
         keys = list(lengths.keys())
         values = list(lengths.values())
+        order = sorted(range(len(values)), key=lambda i: (values[i], i))
         words: dict[Hashable, str] = {}
         code = 0
         previous = values[order[0]]
