@@ -14,6 +14,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.losses._dist_worker import run_group
 
@@ -614,3 +616,130 @@ def test_uninitialised_group_is_a_clear_error():
         sharded_linear_cross_entropy(
             torch.zeros(2, 4), torch.zeros(3, 4), torch.zeros(2, dtype=torch.long)
         )
+
+
+# --------------------------------------------------------------------------------------
+# A group of one in this process: properties and autograd behaviour, no spawning
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def group_of_one():
+    """A one-process gloo group on an in-memory store, destroyed after the test."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # pragma: no cover - another test left a group
+        pytest.skip("a default process group exists in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield dist.group.WORLD
+    finally:
+        dist.destroy_process_group()
+
+
+# The group is shared by every example on purpose: it holds no per-example state.
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(1, 9),
+    num_classes=st.integers(1, 13),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    smoothing=st.sampled_from([0.0, 0.25]),
+    z_loss=st.sampled_from([0.0, 0.1]),
+    softcap=st.sampled_from([None, 1.5]),
+    base=st.sampled_from([math.e, 2.0]),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_group_of_one_equals_the_single_process_loss(
+    group_of_one, n, num_classes, reduction, smoothing, z_loss, softcap, base, weighted, seed
+):
+    """On one rank the vocabulary-parallel loss is the composed single-process loss, values
+    and gradients, in float64 (property over shapes and options)."""
+    from crossentropy.losses import vocab_parallel_cross_entropy
+
+    gen = torch.Generator().manual_seed(seed)
+    logits = 4 * torch.randn(n, num_classes, generator=gen, dtype=torch.float64)
+    targets = torch.randint(0, num_classes, (n,), generator=gen)
+    targets[torch.rand(n, generator=gen) < 0.3] = -100
+    weight = torch.rand(num_classes, generator=gen, dtype=torch.float64) if weighted else None
+    upstream = torch.rand(n, generator=gen, dtype=torch.float64)
+    options = {
+        "weight": weight,
+        "reduction": reduction,
+        "label_smoothing": smoothing,
+        "z_loss": z_loss,
+        "softcap": softcap,
+        "base": base,
+    }
+    ours, (grad,) = _grads(
+        lambda x: vocab_parallel_cross_entropy(x, targets, vocab_start=0, **options),
+        [logits],
+        upstream if reduction == "none" else None,
+    )
+    ref, (ref_grad,) = _grads(
+        lambda x: reference_loss(x, targets, **options),
+        [logits],
+        upstream if reduction == "none" else None,
+    )
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_group_of_one_sharded_head_equals_the_fused_head(group_of_one):
+    """On one rank the sharded head is the whole head: it equals linear_cross_entropy."""
+    from crossentropy.losses import linear_cross_entropy
+    from crossentropy.losses._distributed import sharded_linear_cross_entropy
+
+    gen = torch.Generator().manual_seed(7)
+    hidden = torch.randn(2, 9, 5, generator=gen, dtype=torch.float64)
+    weight = torch.randn(13, 5, generator=gen, dtype=torch.float64)
+    bias = torch.randn(13, generator=gen, dtype=torch.float64)
+    targets = torch.randint(0, 13, (2, 9), generator=gen)
+    targets[0, ::3] = -100
+    upstream = torch.rand(2, 9, generator=gen, dtype=torch.float64)
+    for reduction in ("mean", "sum", "none"):
+        options = {"reduction": reduction, "label_smoothing": 0.1, "z_loss": 0.01, "softcap": 3.0}
+        up = upstream if reduction == "none" else None
+
+        def sharded(h, w, b, _options=options):
+            return sharded_linear_cross_entropy(
+                h, w, targets, bias=b, impl="chunked", chunk_size=4, **_options
+            )
+
+        def whole(h, w, b, _options=options):
+            return linear_cross_entropy(h, w, targets, bias=b, impl="reference", **_options)
+
+        ours, ours_grads = _grads(sharded, [hidden, weight, bias], up)
+        ref, ref_grads = _grads(whole, [hidden, weight, bias], up)
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+        for got, want in zip(ours_grads, ref_grads, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_gradient_is_kept_for_one_backward_pass(group_of_one):
+    """The gradient formed in forward is handed over once; a second backward through the
+    same loss says so instead of returning a wrong (already scaled) gradient."""
+    from crossentropy.losses import vocab_parallel_cross_entropy
+
+    logits = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 5, 2, 3])
+    loss = vocab_parallel_cross_entropy(logits, targets, vocab_start=0)
+    (2.0 * loss).backward(retain_graph=True)
+    expected = 2.0 * (torch.softmax(logits.detach(), 1) - F.one_hot(targets, 6)) / 4
+    torch.testing.assert_close(logits.grad, expected, rtol=1e-12, atol=1e-14)
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        loss.backward()
+
+
+def test_without_autograd_only_the_loss_is_formed(group_of_one):
+    """Under no_grad (or for logits that need no gradient) the loss is the same and no
+    gradient is attached."""
+    from crossentropy.losses import vocab_parallel_cross_entropy
+
+    logits = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([1, 6, 0, -100, 3])
+    with torch.no_grad():
+        loss = vocab_parallel_cross_entropy(logits, targets, vocab_start=0, label_smoothing=0.1)
+    expected = F.cross_entropy(logits.detach(), targets, label_smoothing=0.1)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-14)
+    assert not loss.requires_grad

@@ -41,9 +41,6 @@ from crossentropy.losses._options import REDUCTIONS, check_options
 Reduction = Literal["mean", "sum", "none"]
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
-# Budget for one chunk of float32 logits in the sharded linear head (chunk_size=None).
-_CHUNK_BUDGET_BYTES = 1 << 26
-_CHUNK_MIN_ROWS = 8
 _HASH_MODULUS = 65521  # position weights of the checksums cycle through 1 .. 65521
 
 
@@ -553,13 +550,17 @@ def vocab_parallel_cross_entropy(
     None) summing to ``W``, smoothing ``eps`` and ``lam = z_loss``, a token's loss is
     ``[(1 - eps) w_y (lse - z_y) + (eps / V) sum_c w_c (lse - z_c) + lam w_y lse**2] / ln(base)``.
     ``"mean"`` divides the sum by the summed weights ``w_y`` of the counted tokens (torch's
-    weighted mean); a batch in which every token is ignored gives 0 with a zero gradient.
+    weighted mean); a batch in which nothing counts (every token ignored, or a zero total
+    weight) gives 0 with a zero gradient, where torch gives NaN.
 
     The group all-reduces, per token, the row maximum, then the sum of exponentials, the
     target logit and (with smoothing) ``sum_c w_c z_c``: two collectives of O(N) numbers.
     Each rank then forms the gradient of its own logits in the forward pass (``softmax -
-    onehot`` with the smoothing, z-loss, soft-cap and base factors), so backward makes no
-    collective. Every rank returns the same loss.
+    onehot`` with the smoothing, z-loss, soft-cap and base factors) and keeps it, in the
+    logits' dtype, for backward, which scales it in place and makes no collective (so the
+    loss supports one backward pass). Every rank returns the same loss. Memory beyond the
+    logits: that one (N, V_r) gradient plus O(N) and a few cache-sized row slices; the
+    logits are read twice (statistics, then gradient), each a slice of rows at a time.
 
     Before any of that the ranks all-gather a small metadata vector (token count and shape,
     shard size and start, logits dtype, every option, and with ``validate=True`` checksums
@@ -621,7 +622,7 @@ def vocab_parallel_cross_entropy(
         Shoeybi et al., "Megatron-LM: Training Multi-Billion Parameter Language Models Using
         Model Parallelism", 2019 (the vocabulary-parallel cross-entropy).
     """
-    rank, world = _require_group(group)
+    _, world = _require_group(group)
     if not isinstance(local_logits, torch.Tensor):
         raise TypeError(f"`local_logits` must be a torch.Tensor; got {type(local_logits).__name__}")
     device = local_logits.device
@@ -708,7 +709,6 @@ def vocab_parallel_cross_entropy(
     )
     if validate:
         _check_target_range(targets, num_classes, ignore_index)
-    del rank
 
     spec = _Spec(
         vocab_start=vocab_start,
