@@ -46,6 +46,10 @@ _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 CHUNK_BUDGET_BYTES = 128 * 2**20
 """Most bytes one chunk's logits may take when ``chunk_size=None`` (128 MiB)."""
 
+GPU_CHUNK_BUDGET_BYTES = 512 * 2**20
+"""The same on a GPU (512 MiB): each chunk re-reads and re-writes the float32 weight
+gradient, which costs more there relative to the matrix products, so chunks are larger."""
+
 MIN_CHUNK_ROWS = 16
 """Fewest token rows per chunk the planner picks (fewer only when there are fewer tokens)."""
 
@@ -60,7 +64,12 @@ supports higher-order gradients."""
 
 
 def plan_chunk_rows(
-    num_tokens: int, hidden_dim: int, num_classes: int, *, itemsize: int = 4
+    num_tokens: int,
+    hidden_dim: int,
+    num_classes: int,
+    *,
+    itemsize: int = 4,
+    budget_bytes: int = CHUNK_BUDGET_BYTES,
 ) -> int:
     """Token rows per chunk for ``chunk_size=None``: big matrix products, small logits.
 
@@ -71,8 +80,9 @@ def plan_chunk_rows(
        relatives, which run at the full matrix-multiply rate once the small dimension is a
        sizeable fraction of D (measured on a 2-core AVX-512 machine: 256 rows at D = 1024
        run within 5 % of the large-square rate);
-    2. at most ``CHUNK_BUDGET_BYTES // (V * itemsize)`` rows, so one chunk's logits stay
-       within the budget (128 MiB: 261 rows of float32 at V = 128256);
+    2. at most ``budget_bytes // (V * itemsize)`` rows, so one chunk's logits stay
+       within the budget (by default ``CHUNK_BUDGET_BYTES``, 128 MiB: 261 rows of float32
+       at V = 128256; the fused path passes ``GPU_CHUNK_BUDGET_BYTES``, 512 MiB, on a GPU);
     3. at least ``MIN_CHUNK_ROWS`` (16) rows, rounded down to a multiple of 16;
     4. at most N, and then evened out: ``ceil(N / ceil(N / rows))`` rows, so the last chunk
        is not a sliver.
@@ -89,6 +99,7 @@ def plan_chunk_rows(
         num_classes: V, the vocabulary size.
         itemsize: Bytes per logit in the compute dtype (4 for float32 and, on CPU, for the
             half types that are computed in float32; 8 for float64; 2 for half types on GPU).
+        budget_bytes: Most bytes of one chunk's logits.
 
     Returns:
         Rows per chunk, >= 1.
@@ -104,7 +115,7 @@ def plan_chunk_rows(
         7
     """
     rows = max(hidden_dim // 4, MIN_CHUNK_ROWS)
-    rows = min(rows, max(CHUNK_BUDGET_BYTES // max(num_classes * itemsize, 1), MIN_CHUNK_ROWS))
+    rows = min(rows, max(budget_bytes // max(num_classes * itemsize, 1), MIN_CHUNK_ROWS))
     rows = max(rows // MIN_CHUNK_ROWS * MIN_CHUNK_ROWS, MIN_CHUNK_ROWS)
     if num_tokens <= rows:
         return max(num_tokens, 1)
@@ -227,28 +238,43 @@ def _compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     return dtype
 
 
-_MM_OUT_DTYPE_WORKS: dict[str, bool] = {}
+_WEIGHT_GRAD_METHOD: dict[str, int] = {}
 
 
 def _add_weight_grad(grad_weight: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:
-    """``grad_weight += g.T @ h`` with ``grad_weight`` in float32/float64 whatever ``g``'s dtype."""
+    """``grad_weight += g.T @ h`` with ``grad_weight`` in float32/float64 whatever ``g``'s dtype.
+
+    For half-precision ``g`` and ``h`` (the GPU path) the product is accumulated straight
+    into the float32 buffer by a mixed-precision ``addmm`` where torch has one; else the
+    chunk's product is formed in float32 and added; else (no mixed-precision product on
+    this device) formed in the half dtype, so rounded once per chunk, and added in float32.
+    """
     if g.dtype == grad_weight.dtype:
         grad_weight.addmm_(g.T, h)
         return
     key = g.device.type
-    if _MM_OUT_DTYPE_WORKS.get(key, True):
+    methods = (
+        lambda: torch.addmm(grad_weight, g.T, h, grad_weight.dtype, out=grad_weight),
+        lambda: grad_weight.add_(torch.mm(g.T, h, out_dtype=grad_weight.dtype)),
+        lambda: grad_weight.add_(torch.mm(g.T, h)),
+    )
+    first = _WEIGHT_GRAD_METHOD.get(key, 0)
+    for number in range(first, len(methods)):
         try:
-            grad_weight.add_(torch.mm(g.T, h, out_dtype=grad_weight.dtype))
-            _MM_OUT_DTYPE_WORKS[key] = True
-            return
+            methods[number]()
         except (RuntimeError, TypeError, NotImplementedError):
-            _MM_OUT_DTYPE_WORKS[key] = False
-    # The chunk's product is rounded once to the input dtype; the sum over chunks is not.
-    grad_weight.add_(torch.mm(g.T, h))
+            if number == len(methods) - 1:
+                raise
+            continue
+        _WEIGHT_GRAD_METHOD[key] = number
+        return
 
 
 SLICE_BYTES = 8 * 2**20
 """Bytes of float32 logits the row kernel visits together when it needs scratch buffers."""
+
+GPU_SLICE_BYTES = 128 * 2**20
+"""On a GPU, bytes of float32 logits per row-kernel step (its float32 scratch buffers)."""
 
 
 def _slice_rows(rows: int, num_classes: int, device: torch.device, *, in_place: bool) -> int:
@@ -258,10 +284,12 @@ def _slice_rows(rows: int, num_classes: int, device: torch.device, *, in_place: 
     it needs no scratch buffer, and one step per chunk is fastest: each of its passes is one
     large multithreaded operation (small steps cost a thread synchronisation each, which
     dominates on a busy CPU). Otherwise its scratch buffers are slice-sized, and a slice of
-    about 8 MiB (a quarter of a typical L3 cache) keeps them small. On a GPU the whole chunk
-    is one step.
+    about 8 MiB (a quarter of a typical L3 cache) keeps them small. On a GPU a step is
+    128 MiB of float32 logits, large enough to fill the device and to bound the scratch.
     """
-    if device.type != "cpu" or in_place:
+    if device.type != "cpu":
+        return max(GPU_SLICE_BYTES // (4 * num_classes), 1)
+    if in_place:
         return rows
     return max(torch.get_num_threads(), SLICE_BYTES // (4 * num_classes), 1)
 
@@ -342,7 +370,10 @@ def _fused_pass(
     w_c = weight if weight.dtype == cdt else weight.to(cdt)
     b_c = None if bias is None else (bias if bias.dtype == cdt else bias.to(cdt))
     if rows is None:
-        rows = plan_chunk_rows(n, hidden_dim, num_classes, itemsize=w_c.element_size())
+        budget = CHUNK_BUDGET_BYTES if device.type == "cpu" else GPU_CHUNK_BUDGET_BYTES
+        rows = plan_chunk_rows(
+            n, hidden_dim, num_classes, itemsize=w_c.element_size(), budget_bytes=budget
+        )
     rows = min(rows, n)
     logits = torch.empty(rows, num_classes, dtype=cdt, device=device)
     direct_dh = want_h and index is None and grad_hidden.dtype == cdt
@@ -516,9 +547,9 @@ def linear_cross_entropy(
     over chunks are always float32; the gradients are returned in the inputs' dtypes.
 
     Chunk size: ``chunk_size=None`` takes :func:`plan_chunk_rows` of (tokens that count,
-    D, V): D // 4 rows, capped so that a chunk's logits fit in 128 MiB, at least 16 rows,
-    evened out over the chunks. E.g. 256 rows (131 MB of float32 logits) for D = 1024,
-    V = 128256.
+    D, V): D // 4 rows, capped so that a chunk's logits fit in 128 MiB (512 MiB on a GPU),
+    at least 16 rows, evened out over the chunks. E.g. 256 rows (131 MB of float32 logits)
+    for D = 1024, V = 128256 on CPU.
 
     ``impl``: ``"chunked"`` is the fused path; ``"reference"`` the plain unfused
     ``cross_entropy(F.linear(hidden, weight, bias), targets)``, kept as the executable spec
