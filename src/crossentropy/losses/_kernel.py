@@ -215,6 +215,7 @@ def cross_entropy_rows(
     t_buf = z_buf.new_empty(z_buf.shape) if softcap is not None else None
     p_buf = torch.empty(min(rows, n), num_classes, dtype=acc, device=device) if need_p_buf else None
     q_buf = torch.empty(min(rows, n), num_classes, dtype=acc, device=device) if probs else None
+    arg_max = torch.empty(min(rows, n), dtype=torch.long, device=device)
 
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
@@ -229,10 +230,12 @@ def cross_entropy_rows(
         else:
             zb = xb
         exact = zb.dtype == acc
-        if exact:
+        pb = p_buf[:b] if need_p_buf else grad[r0:r1]
+        # The row maximum m is read after the softmax, at the arg-max of p, unless the softmax
+        # is about to overwrite z (gradient written over the logits themselves).
+        overwrites_z = pb.data_ptr() == zb.data_ptr()
+        if overwrites_z:
             torch.amax(zb, 1, out=row_max[r0:r1])
-        else:  # the maximum of half-precision values is exact in float32
-            row_max[r0:r1].copy_(torch.amax(zb, 1))
         if probs:
             qb = q_buf[:b]
             qb.copy_(targets[r0:r1])
@@ -253,10 +256,14 @@ def cross_entropy_rows(
                     torch.sum(zb, 1, dtype=acc, out=w_dot_z[r0:r1])
                 else:
                     torch.mv(zb if exact else zb.to(acc), weight, out=w_dot_z[r0:r1])
-        pb = p_buf[:b] if need_p_buf else grad[r0:r1]
         torch.softmax(zb, 1, dtype=acc, out=pb)
         pmax = neg_log_pmax[r0:r1]
-        torch.amax(pb, 1, out=pmax)
+        if overwrites_z:
+            torch.amax(pb, 1, out=pmax)
+        else:
+            torch.max(pb, 1, out=(pmax, arg_max[:b]))
+            # z at the arg-max of p is the row maximum (exact also from half precision).
+            row_max[r0:r1].copy_(torch.gather(zb, 1, arg_max[:b].reshape(b, 1)).reshape(b))
         pmax.log_().neg_()
         if entropy is not None:
             torch.sum(torch.special.entr(pb), 1, out=entropy[r0:r1])

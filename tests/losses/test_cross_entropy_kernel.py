@@ -1,0 +1,112 @@
+"""The per-row kernel `losses._kernel.cross_entropy_rows` that every loss builds on."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows, default_slice_rows
+from tests.losses.reference_losses import reference_cross_entropy, reference_entropy
+
+TOL = 1e-10
+OPTION_SETS = [
+    {},
+    {"label_smoothing": 0.25, "weight": "w"},
+    {"z_loss": 1e-2, "softcap": 3.0, "base": 2.0},
+    {"label_smoothing": 0.1, "z_loss": 1e-3, "softcap": 5.0, "weight": "w", "base": 10.0},
+]
+
+
+def _case(n, v, kind, seed):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, v, generator=gen, dtype=torch.float64) * 4
+    if kind == "index":
+        targets = torch.randint(0, v, (n,), generator=gen)
+    else:
+        targets = torch.softmax(torch.randn(n, v, generator=gen, dtype=torch.float64), 1)
+    weight = torch.rand(v, generator=gen, dtype=torch.float64) + 0.1
+    return logits, targets, weight
+
+
+@pytest.mark.parametrize("options", OPTION_SETS)
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("slice_rows", [1, 3, None])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_rows_match_reference(options, kind, slice_rows, in_place):
+    n, v = 7, 13
+    logits, targets, weight = _case(n, v, kind, 1)
+    options = dict(options)
+    if options.get("weight") == "w":
+        options["weight"] = weight
+    scale = torch.linspace(-1.0, 2.0, n, dtype=torch.float64)  # per-row factors
+    work = logits.clone()
+    terms = cross_entropy_rows(
+        work,
+        targets,
+        grad_scale=scale,
+        out=work if in_place else None,
+        with_entropy=True,
+        slice_rows=slice_rows,
+        **options,
+    )
+    ref_options = {k: (v.numpy() if torch.is_tensor(v) else v) for k, v in options.items()}
+    ref_loss, ref_grad_rows = reference_cross_entropy(
+        logits.numpy(), targets.numpy(), reduction="none", **ref_options
+    )
+    np.testing.assert_allclose(terms.loss.numpy(), ref_loss, rtol=0, atol=TOL)
+    np.testing.assert_allclose(
+        terms.grad.numpy(), ref_grad_rows * scale.numpy()[:, None], rtol=0, atol=TOL
+    )
+    if in_place:
+        assert terms.grad.data_ptr() == work.data_ptr()
+    softcap = options.get("softcap")
+    z = logits if softcap is None else softcap * torch.tanh(logits / softcap)
+    torch.testing.assert_close(terms.logsumexp, torch.logsumexp(z, 1), rtol=0, atol=TOL)
+    entropy = reference_entropy(logits.numpy(), softcap=softcap, base=options.get("base", math.e))
+    np.testing.assert_allclose(terms.entropy.numpy(), entropy, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_low_precision_rows_and_in_place_gradient(dtype, in_place):
+    logits, targets, _ = _case(9, 300, "index", 2)
+    low = logits.to(dtype)
+    work = low.clone()
+    terms = cross_entropy_rows(
+        work, targets, grad_scale=1.0, out=work if in_place else None, slice_rows=4
+    )
+    assert terms.loss.dtype == accumulation_dtype(dtype) == torch.float32
+    assert terms.grad.dtype == dtype
+    ref_loss, ref_grad = reference_cross_entropy(
+        low.double().numpy(), targets.numpy(), reduction="none"
+    )
+    np.testing.assert_allclose(terms.loss.numpy(), ref_loss, rtol=1e-6, atol=1e-6)
+    # float32 arithmetic (a few ulps), then one rounding to `dtype`
+    eps = torch.finfo(dtype).eps
+    np.testing.assert_allclose(
+        terms.grad.double().numpy(), ref_grad, rtol=4 * eps, atol=4 * eps / 64
+    )
+
+
+def test_no_gradient_unless_asked_and_shape_errors():
+    logits, targets, _ = _case(4, 5, "index", 3)
+    terms = cross_entropy_rows(logits, targets)
+    assert terms.grad is None
+    assert terms.entropy is None
+    with pytest.raises(ValueError, match=r"`logits` must be 2-D"):
+        cross_entropy_rows(logits[0], targets)
+    with pytest.raises(ValueError, match=r"`targets` must have shape \(4,\)"):
+        cross_entropy_rows(logits, targets[:3])
+    with pytest.raises(ValueError, match=r"`grad_scale` must be a scalar or have shape \(4,\)"):
+        cross_entropy_rows(logits, targets, grad_scale=torch.ones(3))
+    with pytest.raises(ValueError, match=r"`out` must have the logits' shape"):
+        cross_entropy_rows(logits, targets, grad_scale=1.0, out=torch.empty(4, 5))
+
+
+def test_default_slice_rows():
+    assert default_slice_rows(128256) >= torch.get_num_threads()
+    assert default_slice_rows(10) * 10 <= 1 << 18
+    assert default_slice_rows(1000, "meta") * 1000 <= 1 << 26
