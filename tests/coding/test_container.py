@@ -257,3 +257,15 @@ def test_large_round_trip(model, rng):
     assert coding.decompress(blob) == data
     if model == "order0":
         assert len(blob) <= order0_entropy_bits(data) / 8 * 1.001 + 64 + 600
+
+
+def test_context_parameters_travel_in_the_header(monkeypatch):
+    from crossentropy.coding import _context
+
+    monkeypatch.setattr(_context, "ORDERS", (1, 3))
+    monkeypatch.setattr(_context, "ALPHAS", (0.5, 4.0))
+    data = TEXT[:1500]
+    blob = coding.compress(data, model="context")
+    monkeypatch.undo()
+    assert blob != coding.compress(data, model="context")
+    assert coding.decompress(blob) == data

@@ -145,7 +145,7 @@ def encode(data: np.ndarray) -> tuple[bytes, bytes]:
     )
     chunks = []
     for start in range(0, data.size, BLOCK):
-        bits, p = block_probabilities(data[start:start + BLOCK])
+        bits, p = block_probabilities(data[start:start + BLOCK], ORDERS, ALPHAS)
         encoder = constriction.stream.queue.RangeEncoder()
         encoder.encode(
             bits.astype(np.int32), constriction.stream.model.Bernoulli(perfect=False), p
@@ -221,7 +221,7 @@ def _decode_block(
                     entry = table[key] = [0, 0]
                 p = (entry[1] + alpha * p) / (entry[0] + alpha)
                 entries.append(entry)
-            bit = 1 if decode_bit(bernoulli(p, perfect=False)) else 0
+            bit = 1 if decode_bit(bernoulli(p, False)) else 0  # (p, perfect=False)
             for entry in entries:
                 entry[0] += 1
                 entry[1] += bit
