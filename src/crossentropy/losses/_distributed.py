@@ -41,6 +41,7 @@ from crossentropy.losses._options import REDUCTIONS, check_options
 Reduction = Literal["mean", "sum", "none"]
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+_ACCELERATOR_SLICE_ELEMENTS = 1 << 26
 _HASH_MODULUS = 65521  # position weights of the checksums cycle through 1 .. 65521
 
 
@@ -315,7 +316,7 @@ def _shard_rows(
     ``[(1 - eps) w_y + eps W / V + 2 lam w_y lse] p - (1 - eps) w_y onehot(y) - (eps / V) w``,
     times ``1 - tanh(logits / softcap)**2`` with soft-capping.
 
-    Pass 1 reads the block a slice of rows at a time (each slice stays in cache) for the
+    Pass 1 reads the block a slice of rows at a time (see :func:`_slice_rows`) for the
     local row maximum ``m_r``, ``sum_c exp(z_c - m_r)``, the target logit and the weighted
     logit sum. The group all-reduces the maxima, each rank rescales its sums to the global
     maximum, and one all-reduce sums the three per-row numbers. Pass 2 writes the gradient
@@ -341,7 +342,7 @@ def _shard_rows(
         total_w = float(num_classes)
     w_y = _target_weights(targets, counted, weight, acc)
 
-    rows = min(default_slice_rows(max(shard, 1)), max(n, 1))
+    rows = min(_slice_rows(device, shard), max(n, 1))
     need_z_buf = cap is not None or logits.dtype != acc
     z_buf = torch.empty(rows, shard, dtype=acc, device=device) if need_z_buf else None
     t_buf = torch.empty(rows, shard, dtype=acc, device=device) if cap is not None else None
@@ -429,6 +430,15 @@ def _shard_rows(
             if not direct:
                 grad[r0:r1].copy_(pb)
     return _Rows(loss, lse, grad)
+
+
+def _slice_rows(device: torch.device, shard: int) -> int:
+    """Rows per slice of the shard kernel: cache-sized on CPU (the shared kernel's rule); on
+    accelerators, where each slice costs kernel launches rather than cache misses, slices
+    of up to 2**26 elements (256 MiB of float32 temporaries)."""
+    if device.type == "cpu":
+        return default_slice_rows(max(shard, 1))
+    return max(1, _ACCELERATOR_SLICE_ELEMENTS // max(shard, 1))
 
 
 def _mean_factor(w_y_sum: torch.Tensor) -> torch.Tensor:
@@ -559,8 +569,9 @@ def vocab_parallel_cross_entropy(
     onehot`` with the smoothing, z-loss, soft-cap and base factors) and keeps it, in the
     logits' dtype, for backward, which scales it in place and makes no collective (so the
     loss supports one backward pass). Every rank returns the same loss. Memory beyond the
-    logits: that one (N, V_r) gradient plus O(N) and a few cache-sized row slices; the
-    logits are read twice (statistics, then gradient), each a slice of rows at a time.
+    logits: that one (N, V_r) gradient plus O(N) and a few row slices (cache-sized on CPU,
+    at most 256 MiB on accelerators); the logits are read twice (statistics, then
+    gradient), a slice of rows at a time.
 
     Before any of that the ranks all-gather a small metadata vector (token count and shape,
     shard size and start, logits dtype, every option, and with ``validate=True`` checksums
