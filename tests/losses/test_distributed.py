@@ -743,3 +743,22 @@ def test_without_autograd_only_the_loss_is_formed(group_of_one):
     expected = F.cross_entropy(logits.detach(), targets, label_smoothing=0.1)
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-14)
     assert not loss.requires_grad
+
+
+def test_int32_targets_and_a_strided_view_of_the_logits(group_of_one):
+    """A rank's columns are often a strided view of a bigger tensor, and targets may be
+    int32: both give the same loss and gradient as contiguous logits and int64 targets."""
+    from crossentropy.losses import vocab_parallel_cross_entropy
+
+    gen = torch.Generator().manual_seed(11)
+    wide = torch.randn(6, 14, generator=gen, dtype=torch.float64)
+    targets = torch.tensor([0, 6, 3, -100, 2, 5])
+    view = wide[:, ::2].requires_grad_(True)
+    assert not view.is_contiguous()
+    loss = vocab_parallel_cross_entropy(view, targets.int(), vocab_start=0, z_loss=0.1)
+    loss.backward()
+    dense = wide[:, ::2].contiguous().requires_grad_(True)
+    expected = reference_loss(dense, targets, z_loss=0.1)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(view.grad, dense.grad, rtol=1e-12, atol=1e-14)

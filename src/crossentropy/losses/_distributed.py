@@ -733,7 +733,14 @@ def vocab_parallel_cross_entropy(
     if weight is not None:
         weight = weight.to(device)
     return _VocabParallelCrossEntropy.apply(
-        local_logits, targets.to(device), weight, spec, reduction, float(base), group, want_grad
+        local_logits,
+        targets.to(device=device, dtype=torch.long),
+        weight,
+        spec,
+        reduction,
+        float(base),
+        group,
+        want_grad,
     )
 
 
