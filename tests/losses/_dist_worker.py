@@ -1,12 +1,13 @@
-"""Run functions on a group of ``gloo`` processes spawned by a test, with a hard timeout.
+"""Run functions on a group of ``gloo`` processes started by a test, with a hard timeout.
 
-:func:`run_group` starts ``world_size`` processes, each of which joins a process group
+:func:`run_group` starts ``world_size`` processes (forked from a fork server that has
+imported torch once, or spawned where there is none), each of which joins a process group
 through a ``file://`` rendezvous in the test's own temporary directory (no ports, so tests
 running in parallel cannot collide), runs one task function from :data:`TASKS`, and saves
 what it returns. The parent collects each rank's result. A group that does not finish in
 time is killed and the test fails, so a hang never blocks the suite.
 
-Tasks run many cases in one group to pay the start-up cost (about two seconds) once. A
+Tasks run many cases in one group so that a test pays the start-up cost once. A
 case that raises records ``("error", type name, message)`` instead of stopping the task, so
 that tests can check that every rank raised the same error and that the group still works.
 """
@@ -55,27 +56,32 @@ def _entry(rank: int, world: int, init_file: str, task: str, payload: object, ou
     dist.destroy_process_group()
 
 
-def run_group(world: int, task: str, payload: object, tmp_path: Path) -> list[object]:
-    """Run ``TASKS[task](rank, world, payload)`` on ``world`` spawned gloo processes.
+def run_group(
+    world: int, task: str, payload: object, tmp_path: Path, *, timeout_s: float = GROUP_TIMEOUT_S
+) -> list[object]:
+    """Run ``TASKS[task](rank, world, payload)`` on ``world`` gloo processes.
 
     Returns the list of per-rank results. Raises AssertionError when a rank crashed
-    outside a case or the group did not finish within :data:`GROUP_TIMEOUT_S` seconds.
+    outside a case or the group did not finish within ``timeout_s`` seconds (its processes
+    are then killed).
     """
     out = tmp_path / f"group-{task}-{world}"
     out.mkdir()
     # A fork server that has imported torch and the library once forks every rank, so a
     # group starts in a fraction of a second instead of importing torch per process; the
     # server itself is single-threaded, which makes forking it safe.
-    mp.set_forkserver_preload(_PRELOAD)
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    if method == "forkserver":
+        mp.set_forkserver_preload(_PRELOAD)
     context = mp.start_processes(
         _entry,
         args=(world, str(out / "rendezvous"), task, payload, str(out)),
         nprocs=world,
         join=False,
-        start_method="forkserver",
+        start_method=method,
     )
-    deadline = time.monotonic() + GROUP_TIMEOUT_S
-    while not context.join(timeout=1.0):
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=0.2):
         if time.monotonic() > deadline:
             for process in context.processes:
                 if process.is_alive():
@@ -185,10 +191,20 @@ def _mismatch_cases(rank: int, world: int, payload: dict) -> dict:
     return results
 
 
+def _stall(rank: int, world: int, payload: dict) -> dict:
+    """Rank 0 never joins the collective the others wait in: a hang, for the guard test."""
+    if rank == 0:
+        time.sleep(payload["sleep_s"])
+    else:
+        dist.all_reduce(torch.ones(1))
+    return {}
+
+
 TASKS = {
     "vocab_parallel": _vocab_parallel_cases,
     "sharded_linear": _sharded_linear_cases,
     "mismatch": _mismatch_cases,
+    "stall": _stall,
 }
 
 __all__ = ["TASKS", "run_group", "shard_bounds"]

@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 
 from tests.losses._dist_worker import run_group
 
-pytestmark = pytest.mark.distributed
+pytestmark = [
+    pytest.mark.distributed,
+    pytest.mark.skipif(
+        not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+        reason="this torch build has no torch.distributed gloo backend",
+    ),
+]
 
 V = 11  # vocabulary of the vocab-parallel cases
 SHARDS = {2: [4, 7], 3: [2, 5, 4]}  # uneven on purpose
@@ -762,3 +768,10 @@ def test_int32_targets_and_a_strided_view_of_the_logits(group_of_one):
     expected.backward()
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(view.grad, dense.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_a_hung_group_fails_the_test_instead_of_blocking(tmp_path):
+    """The guard every test above relies on: a group stuck in a collective is killed at
+    its deadline and reported, so a hang can never block the suite."""
+    with pytest.raises(AssertionError, match="did not finish in time"):
+        run_group(2, "stall", {"sleep_s": 60}, tmp_path, timeout_s=2.0)
