@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -30,15 +29,14 @@ from crossentropy.losses._kernel import accumulation_dtype, default_slice_rows
 from crossentropy.losses._linear import (
     AUTO_REFERENCE_ELEMENTS,
     IMPLS,
+    Impl,
     _add_weight_grad,
     _check_inputs,
     _compute_dtype,
     _is_one,
     plan_chunk_rows,
 )
-from crossentropy.losses._options import REDUCTIONS, check_options
-
-Reduction = Literal["mean", "sum", "none"]
+from crossentropy.losses._options import REDUCTIONS, Reduction, check_options
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 _ACCELERATOR_SLICE_ELEMENTS = 1 << 26
@@ -269,11 +267,11 @@ def _check_targets_type(targets: object, lead_shape: torch.Size, what: str) -> N
 
 @dataclass
 class _Rows:
-    """Per-row results for a block of rows: loss terms in nats, unscaled gradient."""
+    """Per-row results for a block of rows."""
 
-    loss: torch.Tensor  # (n,) per-row loss in nats (0 for ignored rows)
+    loss: torch.Tensor | None  # (n,) per-row loss in nats, 0 for ignored rows (None: recompute)
     lse: torch.Tensor  # (n,) global log-sum-exp of the (soft-capped) logits
-    grad: torch.Tensor | None  # (n, V_r) d loss_i / d logits_i, in the accumulation dtype
+    grad: torch.Tensor | None  # (n, V_r) grad of sum_i scale_i loss_i, in the logits' dtype
 
 
 @dataclass(frozen=True)
@@ -890,7 +888,10 @@ class _ShardedLinearReduced(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        grads = [None if g is None else g * grad_output.to(g.dtype) for g in ctx.grads]
+        one = _is_one(grad_output)
+        grads = [
+            None if g is None else (g if one else g * grad_output.to(g.dtype)) for g in ctx.grads
+        ]
         ctx.grads = None
         return grads[0], grads[1], grads[2], None, None, None
 
@@ -989,7 +990,7 @@ def sharded_linear_cross_entropy(
     softcap: float | None = None,
     base: float = math.e,
     chunk_size: int | None = None,
-    impl: Literal["auto", "chunked", "reference"] = "auto",
+    impl: Impl = "auto",
     group: dist.ProcessGroup | None = None,
     validate: bool = True,
 ) -> torch.Tensor:
@@ -1019,7 +1020,8 @@ def sharded_linear_cross_entropy(
     largest V_r of the group), the same on every rank. ``impl="auto"`` takes the unfused
     reference when (tokens) · V <= 65536, as :func:`linear_cross_entropy` does, and the
     chunked path otherwise; ``"reference"`` forms the local logits with ``F.linear`` and
-    calls :func:`vocab_parallel_cross_entropy`. Mismatched shapes or options between ranks
+    calls :func:`vocab_parallel_cross_entropy` (its backward all-reduces the hidden
+    gradient, so every rank must run backward). Mismatched shapes or options between ranks
     raise the same ``ValueError`` on every rank (see :func:`vocab_parallel_cross_entropy`).
 
     Args:
