@@ -52,7 +52,7 @@ _HEAD = struct.Struct("<IB")
 def _blend_order(
     keys: np.ndarray,
     bits: np.ndarray,
-    p: np.ndarray,
+    p: np.ndarray | None,
     alpha: float,
     time: np.ndarray,
     index: np.ndarray,
@@ -60,13 +60,14 @@ def _blend_order(
     """Blend one order into ``p``: (alpha p + ones before) / (seen before + alpha).
 
     ``keys`` (uint64, below 2^44) identify (context, node); a position's counts are over
-    the earlier positions with the same key. ``time`` is ``arange`` as uint64 and
-    ``index`` the same as int32 (fewer than 2^20 positions).
+    the earlier positions with the same key; ``p`` is ``None`` for 1/2 everywhere.
+    ``time`` is ``arange`` as uint64 and ``index`` the same as int32 (fewer than 2^20
+    positions).
     """
     composite = keys << np.uint64(_TIME_BITS)
     composite |= time
     composite.sort()  # by key, then by time
-    order = (composite & np.uint64((1 << _TIME_BITS) - 1)).astype(np.intp)
+    order = (composite & np.uint64((1 << _TIME_BITS) - 1)).view(np.int64)
     composite >>= np.uint64(_TIME_BITS)
     starts = np.empty(keys.size, dtype=bool)
     starts[0] = True
@@ -80,11 +81,11 @@ def _blend_order(
     ones -= ones[group_start]  # ... and within the key's run
     seen = index - group_start
     # In sorted order: q = (alpha p + ones) / (seen + alpha); then back to time order.
-    q = p[order]
+    q = np.full(keys.size, 0.5) if p is None else p[order]
     q *= alpha
     q += ones
     q /= seen + alpha
-    out = np.empty_like(p)
+    out = np.empty_like(q)
     out[order] = q
     return out
 
@@ -114,7 +115,7 @@ def block_probabilities(
     padded = np.concatenate([np.zeros(top, dtype=np.uint8), block])
     bits = np.unpackbits(block).reshape(n, 8).T.copy()  # (8 levels, N)
     wide = block.astype(np.uint64)
-    p = np.full((8, n), 0.5)
+    p: list[np.ndarray | None] = [None] * 8  # None: 1/2 everywhere
     context = np.zeros(n, dtype=np.uint64)
     blend = dict(zip(orders, alphas, strict=True))
     time = np.arange(n, dtype=np.uint64)
@@ -132,7 +133,9 @@ def block_probabilities(
             node = (wide >> np.uint64(8 - level)) | np.uint64(1 << level)
             node |= base
             p[level] = _blend_order(node, bits[level], p[level], blend[j], time, index)
-    return bits.T.ravel(), p.T.ravel()
+    if any(level is None for level in p):  # pragma: no cover - orders is never empty
+        raise ValueError("`orders` must name at least one order")
+    return bits.T.ravel(), np.stack(p, axis=1).ravel()
 
 
 def encode(data: np.ndarray) -> tuple[bytes, bytes]:
