@@ -183,3 +183,19 @@ def test_process_exit_codes(tmp_path):
     assert report.returncode == 0
     assert report.stderr == b""
     assert json.loads(report.stdout)[0]["size"] == len(DATA)
+
+
+def test_entropy_progress_only_on_a_terminal(run, tmp_path, capsys, monkeypatch):
+    from crossentropy.cli import _coding
+
+    (tmp_path / "f").write_bytes(DATA)
+    monkeypatch.setattr(_coding, "_PROGRESS_BYTES", 1)
+    assert run(["entropy", str(tmp_path / "f")]) == 0
+    assert capsys.readouterr().err == ""  # captured stderr is not a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert run(["entropy", "--json", str(tmp_path / "f")]) == 0
+    captured = capsys.readouterr()
+    assert "[" in captured.err
+    assert "xz" in captured.err
+    assert captured.err.endswith("\r")  # the line is cleared at the end
+    assert json.loads(captured.out)[0]["size"] == len(DATA)
