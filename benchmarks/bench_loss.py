@@ -27,12 +27,15 @@ DTYPES = ["float32", "bfloat16"]
 IMPLS = ["torch", "ours"]
 
 
-def run_case(impl: str, n: int, v: int, dtype_name: str, repeat: int) -> dict:
+def run_case(impl: str, n: int, v: int, dtype_name: str, repeat: int, threads: int) -> dict:
     """One case in this process: time of forward + backward and peak memory."""
     import torch
     import torch.nn.functional as F
 
     from crossentropy.losses import cross_entropy
+
+    if threads:
+        torch.set_num_threads(threads)
 
     dtype = getattr(torch, dtype_name)
     gen = torch.Generator().manual_seed(0)
@@ -68,12 +71,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--repeat", type=int, default=5, help="timed repeats per case")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--case", nargs=4, metavar=("IMPL", "N", "V", "DTYPE"), help="internal")
     args = parser.parse_args()
 
     if args.case:
         impl, n, v, dtype = args.case
-        print(json.dumps(run_case(impl, int(n), int(v), dtype, args.repeat)))
+        print(json.dumps(run_case(impl, int(n), int(v), dtype, args.repeat, args.threads)))
         return
 
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
@@ -140,8 +144,10 @@ def main() -> None:
         ],
         rows,
     )
+    if args.quick:  # smoke run: print only, keep the full results file
+        return
     path = write_results(
-        "loss" if not args.quick else "loss_quick",
+        "loss",
         {
             "description": "forward + backward of the mean cross-entropy on random logits "
             "[N, V] (requires_grad) and random class targets; best of "

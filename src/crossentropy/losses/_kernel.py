@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-_SLICE_ELEMENTS = 1 << 18  # about 1 MiB of float32 per row slice: fits in a core's L2 cache
+_SLICE_ELEMENTS = 1 << 20  # 4 MiB of float32 per row slice: stays in the last-level cache
 _DEVICE_SLICE_ELEMENTS = 1 << 26  # on accelerators: large launches, 256 MiB float32 workspace
 
 
@@ -55,7 +55,7 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 def default_slice_rows(num_classes: int, device: torch.device | str = "cpu") -> int:
     """Rows processed together for a vocabulary of ``num_classes`` on ``device``.
 
-    On CPU about 1 MiB of float32, so that a slice stays in cache while it is visited, and
+    On CPU about 4 MiB of float32, so that a slice stays in cache while it is visited, and
     at least as many rows as torch has threads (the fused softmax parallelises over rows).
     On accelerators 2**26 elements, so that each launch is large and the float32
     workspace (for half-precision logits) stays at 256 MiB.
@@ -207,29 +207,34 @@ def cross_entropy_rows(
         grad = None
 
     rows = slice_rows or default_slice_rows(num_classes, device)
-    # Half-precision logits are read directly by the reductions and the softmax, which
-    # convert to float32 on the fly; only soft-capping needs a float32 copy of the slice.
-    need_z_buf = softcap is not None
+    # Every slice-sized buffer is allocated once: a fresh allocation per slice would be
+    # returned to the system and faulted in again each time. Half-precision logits are
+    # converted into a float32 slice buffer.
+    need_z_buf = softcap is not None or logits.dtype != acc
     need_p_buf = not want_grad or grad.dtype != acc
-    z_buf = torch.empty(min(rows, n), num_classes, dtype=acc, device=device) if need_z_buf else None
-    t_buf = z_buf.new_empty(z_buf.shape) if softcap is not None else None
-    p_buf = torch.empty(min(rows, n), num_classes, dtype=acc, device=device) if need_p_buf else None
-    q_buf = torch.empty(min(rows, n), num_classes, dtype=acc, device=device) if probs else None
+    width = (min(rows, n), num_classes)
+    z_buf = torch.empty(width, dtype=acc, device=device) if need_z_buf else None
+    t_buf = torch.empty(width, dtype=acc, device=device) if softcap is not None else None
+    p_buf = torch.empty(width, dtype=acc, device=device) if need_p_buf else None
+    q_buf = torch.empty(width, dtype=acc, device=device) if probs else None
+    e_buf = torch.empty(width, dtype=acc, device=device) if with_entropy else None
     arg_max = torch.empty(min(rows, n), dtype=torch.long, device=device)
 
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
         b = r1 - r0
         xb = logits[r0:r1]
-        # z: the logits after soft-capping (float32 then), else the logits as they are.
+        # z: the logits after soft-capping, in the accumulation dtype.
         if softcap is not None:
             tanh_b = t_buf[:b]
             tanh_b.copy_(xb)
             tanh_b.div_(softcap).tanh_()
             zb = torch.mul(tanh_b, softcap, out=z_buf[:b])
+        elif need_z_buf:
+            zb = z_buf[:b]
+            zb.copy_(xb)
         else:
             zb = xb
-        exact = zb.dtype == acc
         pb = p_buf[:b] if need_p_buf else grad[r0:r1]
         # The row maximum m is read after the softmax, at the arg-max of p, unless the softmax
         # is about to overwrite z (gradient written over the logits themselves).
@@ -244,29 +249,26 @@ def cross_entropy_rows(
             if weight is not None:
                 qb.mul_(weight)
             torch.sum(qb, 1, out=q_sum[r0:r1])
-            torch.linalg.vecdot(qb, zb if exact else zb.to(acc), out=q_dot_z[r0:r1])
+            torch.linalg.vecdot(qb, zb, out=q_dot_z[r0:r1])
         else:
             yb = y[r0:r1].reshape(b, 1)
-            if exact:
-                torch.gather(zb, 1, yb, out=z_target[r0:r1].reshape(b, 1))
-            else:
-                z_target[r0:r1].copy_(torch.gather(zb, 1, yb).reshape(b))
+            torch.gather(zb, 1, yb, out=z_target[r0:r1].reshape(b, 1))
             if w_dot_z is not None:
                 if weight is None:
-                    torch.sum(zb, 1, dtype=acc, out=w_dot_z[r0:r1])
+                    torch.sum(zb, 1, out=w_dot_z[r0:r1])
                 else:
-                    torch.mv(zb if exact else zb.to(acc), weight, out=w_dot_z[r0:r1])
-        torch.softmax(zb, 1, dtype=acc, out=pb)
+                    torch.mv(zb, weight, out=w_dot_z[r0:r1])
+        torch.softmax(zb, 1, out=pb)
         pmax = neg_log_pmax[r0:r1]
         if overwrites_z:
             torch.amax(pb, 1, out=pmax)
         else:
             torch.max(pb, 1, out=(pmax, arg_max[:b]))
-            # z at the arg-max of p is the row maximum (exact also from half precision).
-            row_max[r0:r1].copy_(torch.gather(zb, 1, arg_max[:b].reshape(b, 1)).reshape(b))
+            # z at the arg-max of p is the row maximum.
+            torch.gather(zb, 1, arg_max[:b].reshape(b, 1), out=row_max[r0:r1].reshape(b, 1))
         pmax.log_().neg_()
         if entropy is not None:
-            torch.sum(torch.special.entr(pb), 1, out=entropy[r0:r1])
+            torch.sum(torch.special.entr(pb, out=e_buf[:b]), 1, out=entropy[r0:r1])
         if not want_grad:
             continue
         # Gradient of the slice, in place over the softmax.
