@@ -171,7 +171,9 @@ def _row_scales(
     safe = torch.where(valid, targets, 0).long()
     factor = valid.to(acc)
     if reduction == "mean":
-        token_weight = weight.to(acc)[safe] * factor if weight is not None else factor
+        token_weight = (
+            weight.to(device=device, dtype=acc)[safe] * factor if weight is not None else factor
+        )
         denominator = token_weight.sum()
         # An empty or all-ignored batch (denominator 0) has mean 0 and gradient 0.
         inverse = torch.where(denominator > 0, 1.0 / denominator, torch.zeros_like(denominator))
@@ -273,7 +275,7 @@ def _probability_target_grad(
         z = softcap * torch.tanh(z / softcap)
     grad = torch.log_softmax(z, 1).mul_(-(1.0 - label_smoothing) / math.log(base))
     if weight is not None:
-        grad.mul_(weight.to(acc))
+        grad.mul_(weight.to(device=grad.device, dtype=acc))
     upstream = grad_output.to(acc)
     row = factor * (upstream if reduction != "none" else upstream.reshape(-1))
     return grad.mul_(row.reshape(-1, 1))
