@@ -455,3 +455,25 @@ def test_weight_grad_of_half_chunks_accumulates_in_float32():
     assert acc.dtype == torch.float32
     # Each chunk's product is rounded at most once to bfloat16, the sum over chunks is not.
     torch.testing.assert_close(acc.double(), want, rtol=0, atol=3 * 2**-8 * want.abs().max())
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_single_token_without_batch_dimension(reduction):
+    hidden, weight, bias, targets = make(1, 8, 5, seed=19)
+    h1, y0 = hidden[0].detach().requires_grad_(), targets[0]
+    got, got_grads = value_and_grads(fused, h1, weight, bias, y0, reduction=reduction)
+    want, want_grads = value_and_grads(oracle, h1, weight, bias, y0, reduction=reduction)
+    assert got.shape == want.shape == ()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-15)
+
+
+def test_empty_batch_gives_zero_like_an_all_ignored_one():
+    hidden = torch.zeros(0, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    loss = fused(hidden, weight, torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+    assert hidden.grad.shape == (0, 4)
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
