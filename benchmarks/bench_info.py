@@ -16,7 +16,6 @@ floor, with validation on. Run: ``.venv/bin/python benchmarks/bench_info.py``.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -140,7 +139,6 @@ def main() -> None:
             "seconds": t,
             "ratios": ratios,
             "targets_met": targets,
-            "log2_of_floor_ratio": math.log2(t["ours: info.entropy(p)"] / floor),
         },
     )
     print(f"\nwrote {path}")
