@@ -63,10 +63,6 @@ def _prepare_pair(p: Any, q: Any, axis: Any) -> tuple[Any, Any, Any, int]:
     return xp, p, q, ax
 
 
-def _keep(result: Any, xp: Any, keepdims: bool, axis: int) -> Any:
-    return xp.expand_dims(result, axis=axis) if keepdims else result
-
-
 def information(p: Any, *, base: float = 2) -> Any:
     """Information (surprisal) of events with probabilities ``p``: ``-log_base p``, elementwise.
 
