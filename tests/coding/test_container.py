@@ -91,33 +91,45 @@ def test_context_model_is_vectorised_against_sequential_decoder(rng):
     assert coding.decompress(coding.compress(data, model="context")) == data
 
 
-def test_context_probabilities_match_a_plain_loop():
+@pytest.mark.parametrize("table_bits", [16, 24])
+def test_context_probabilities_match_a_plain_loop(table_bits):
+    """The vectorised counts equal counting slot by slot in time order, collisions and all."""
     from crossentropy.coding import _context
 
-    block = np.frombuffer(b"abracadabra abracadabra", dtype=np.uint8)
-    bits, p = _context.block_probabilities(block)
-    counts: dict[tuple[int, bytes, int], list[int]] = {}
-    history = b"\0" * max(_context.ORDERS)
+    block = np.frombuffer(TEXT[:1500], dtype=np.uint8)
+    bits, p = _context.block_probabilities(block, _context.ORDERS, _context.ALPHAS, table_bits)
+    counts: dict[tuple[int, int], list[int]] = {}
+    history = [0] * max(_context.ORDERS)
+    triples = set()
     k = 0
     for byte in block.tolist():
+        bases = {}
+        contexts = {}
+        for j in _context.ORDERS:
+            contexts[j] = sum(b << (8 * i) for i, b in enumerate(reversed(history[-j:])))
+            bases[j] = _context._context_base(contexts[j], j, table_bits)
         node = 1
         for level in range(8):
             bit = (byte >> (7 - level)) & 1
             q = 0.5
+            slots = {}
             for j, alpha in zip(_context.ORDERS, _context.ALPHAS, strict=True):
-                context = history[len(history) - j:]
-                seen, ones = counts.get((j, context, node), [0, 0])
+                slots[j] = bases[j] ^ _context._node_spread(j, table_bits)[node]
+                seen, ones = counts.get((j, slots[j]), [0, 0])
                 q = (ones + alpha * q) / (seen + alpha)
             assert bits[k] == bit
             assert p[k] == q
             for j in _context.ORDERS:
-                context = history[len(history) - j:]
-                entry = counts.setdefault((j, context, node), [0, 0])
+                triples.add((j, contexts[j], node))
+                entry = counts.setdefault((j, slots[j]), [0, 0])
                 entry[0] += 1
                 entry[1] += bit
             node = 2 * node + bit
             k += 1
-        history = history[1:] + bytes([byte])
+        history = [*history[1:], byte]
+    # With 2^16 slots some (context, node) pairs share a slot: the test covers collisions.
+    if table_bits == 16:
+        assert len(counts) < len(triples)
 
 
 def test_rejects_bad_arguments():
@@ -268,4 +280,11 @@ def test_context_parameters_travel_in_the_header(monkeypatch):
     blob = coding.compress(data, model="context")
     monkeypatch.undo()
     assert blob != coding.compress(data, model="context")
+    assert coding.decompress(blob) == data
+
+
+def test_context_model_stores_incompressible_blocks(rng):
+    data = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    blob = coding.compress(data, model="context")
+    assert len(blob) <= len(data) + 100  # header and a 5-byte block header, no expansion
     assert coding.decompress(blob) == data

@@ -49,7 +49,7 @@ _DECODERS: dict[str, Callable[[bytes, bytes, int], np.ndarray]] = {
 
 #: The model names :func:`compress` accepts: ``"order0"`` (static byte frequencies,
 #: stored in the header) and ``"context"`` (adaptive: each bit predicted from the previous
-#: 1, 2, 4 and 6 bytes, blended; only the orders and weights are stored).
+#: 1, 2, 4 and 6 bytes, blended; only the model's parameters are stored).
 MODELS: tuple[str, ...] = tuple(_ENCODERS)
 
 

@@ -10,43 +10,87 @@ or 1 *before* this position. The estimates are blended from low to high order,
 
 a Dirichlet estimate whose prior is the lower orders' prediction (interpolated
 smoothing; a_j from :data:`ALPHAS`), and the final p is the probability of a 1 handed to
-the range coder. The model adapts as it goes, so only the orders and weights are stored.
-On 1 MiB of Python sources it spends about 1.52 bits/byte, against gzip -9's 1.78.
+the range coder. The model adapts as it goes, so only its parameters are stored.
 
-Encoding needs no loop per byte: for every order and bit level the (context, node)
-keys (exact: long contexts are first numbered with ``np.unique``) are combined with the
-position into one integer and sorted; within a run of equal keys, the rank is the count
-before and an exclusive cumulative sum of the bits is the count of ones before. Decoding
-must be sequential (each bit's context depends on the bits decoded before it) and runs
-bit by bit in Python with dictionaries of the same counts, so it is far slower than
+The counts live in one table per order: exact for contexts of up to 2 bytes, hashed
+(Fibonacci hashing, the node's bit level kept in the low bits of the slot) for longer
+ones, with at most 2^TABLE_BITS slots (:data:`TABLE_BITS`), so memory is bounded (0.3 GB to
+decode a full block) whatever the data. Colliding contexts share counts; on 1 MiB of
+Python sources the model spends about 1.58 bits/byte (1.52 with exact, unbounded
+tables), against gzip -9's 1.78. A block that coding would not shrink is stored as is.
+
+Encoding needs no loop per byte: for every order and bit level the slots are combined
+with the position into one integer and sorted; within a run of equal slots, the rank is
+the count before and an exclusive cumulative sum of the bits is the count of ones
+before. Decoding must be sequential (each bit's context depends on the bits decoded
+before it) and runs bit by bit in Python over the same tables, so it is far slower than
 encoding.
 
 All arithmetic on probabilities is +, * and / in float64, in the same order on both
 sides, so encoder and decoder compute bit-identical probabilities. Data are coded in
-blocks of :data:`BLOCK` bytes, each with a fresh model, which bounds the encoder's memory.
+blocks of :data:`BLOCK` bytes, each with a fresh model, which bounds memory.
 """
 
 from __future__ import annotations
 
 import struct
+from array import array
 
 import numpy as np
 
 from crossentropy._errors import DecodeError
 from crossentropy.coding._arithmetic import _bytes_to_words, _words_to_bytes
 
-__all__ = ["ALPHAS", "BLOCK", "ORDERS", "block_probabilities", "decode", "encode"]
+__all__ = ["ALPHAS", "BLOCK", "ORDERS", "TABLE_BITS", "block_probabilities", "decode", "encode"]
 
 #: The context orders blended, in bytes, lowest first.
 ORDERS: tuple[int, ...] = (1, 2, 4, 6)
 #: The weight of the lower order's prediction in each order's blend.
 ALPHAS: tuple[float, ...] = (1.0, 1.0, 1.5, 2.0)
+#: Each order's counts live in a table of at most 2^TABLE_BITS slots (fewer for short
+#: blocks): contexts of up to 2 bytes are exact, longer ones hashed.
+TABLE_BITS = 24
 #: Bytes per independently coded block.
 BLOCK = 1 << 20
 
 _TIME_BITS = 20  # BLOCK positions per bit level
-_MAX_ORDER = 7  # contexts of up to 7 bytes fit 56 bits; with the node, 64
-_HEAD = struct.Struct("<IB")
+_MAX_ORDER = 8
+_MULTIPLIER = 0x9E3779B97F4A7C15  # odd, about 2^64 / golden ratio: Fibonacci hashing
+_NODE_MULTIPLIER = 0x2545F491
+_MASK64 = (1 << 64) - 1
+_HEAD = struct.Struct("<IBB")
+_CODED, _STORED = 0, 1
+
+
+def _block_table_bits(n: int, table_bits: int) -> int:
+    """The table size (log2 slots) for a block of N bytes: about 16N slots, at most
+    2^table_bits, so small inputs get small tables."""
+    return min(table_bits, max(16, (8 * n).bit_length() + 1))
+
+
+def _exact(order: int, table_bits: int) -> bool:
+    """Whether (context, node) fits the table as it is (no hashing)."""
+    return 8 * order + 8 <= table_bits
+
+
+def _node_spread(order: int, table_bits: int) -> list[int]:
+    """What a node XORs into its context's slot base (the node itself when exact).
+
+    Hashed slots keep the node's bit level in their low 3 bits, so that the levels
+    never share a slot: the vectorised encoder counts each level on its own.
+    """
+    if _exact(order, table_bits):
+        return list(range(256))
+    mask = (1 << (table_bits - 3)) - 1
+    return [(((node * _NODE_MULTIPLIER) & mask) << 3) | max(node.bit_length() - 1, 0)
+            for node in range(256)]
+
+
+def _context_base(context: int, order: int, table_bits: int) -> int:
+    """The slot base of a context: exact (context << 8) or its Fibonacci hash."""
+    if _exact(order, table_bits):
+        return context << 8
+    return (((context * _MULTIPLIER) & _MASK64) >> (64 - (table_bits - 3))) << 3
 
 
 def _blend_order(
@@ -59,7 +103,7 @@ def _blend_order(
 ) -> np.ndarray:
     """Blend one order into ``p``: (alpha p + ones before) / (seen before + alpha).
 
-    ``keys`` (uint64, below 2^44) identify (context, node); a position's counts are over
+    ``keys`` (uint64, below 2^44) are the table slots; a position's counts are over
     the earlier positions with the same key; ``p`` is ``None`` for 1/2 everywhere.
     ``time`` is ``arange`` as uint64 and ``index`` the same as int32 (fewer than 2^20
     positions).
@@ -94,17 +138,21 @@ def block_probabilities(
     block: np.ndarray,
     orders: tuple[int, ...] = ORDERS,
     alphas: tuple[float, ...] = ALPHAS,
+    table_bits: int = TABLE_BITS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The bits of a block and the model's probability that each is 1 (vectorised).
 
-    The work runs per order and per bit level (keys of different levels never meet,
-    since the node says the level), on arrays of N, which keeps the random accesses of
-    sorting and scattering within the cache far more than one pass over 8N would.
+    The work runs per order and per bit level on arrays of N, which keeps the random
+    accesses of sorting and scattering far more within the cache than one pass over 8N
+    would. Levels can be treated apart because no slot serves two levels (an exact key
+    holds the node, a hashed one the level in its low bits); within a level the counts
+    are per slot, collisions included, exactly as the sequential decoder keeps them.
 
     Args:
         block: N bytes (uint8), N <= :data:`BLOCK`.
-        orders: context orders in bytes, increasing, each 1..7.
+        orders: context orders in bytes, increasing, each 1..8.
         alphas: the blend weight of each order.
+        table_bits: log2 of the slots per order.
 
     Returns:
         ``(bits, p)``: 8N bits (uint8, most significant first) and 8N probabilities
@@ -124,110 +172,139 @@ def block_probabilities(
         context |= padded[top - j: top - j + n].astype(np.uint64) << np.uint64(8 * (j - 1))
         if j not in blend:
             continue
-        if j <= 4:  # context and node fit 40 bits: the key itself
-            ids = context
-        else:  # number the distinct contexts first (exact, no hashing)
-            ids = np.unique(context, return_inverse=True)[1].astype(np.uint64).ravel()
-        base = ids << np.uint64(8)
+        if _exact(j, table_bits):
+            base = context << np.uint64(8)
+        else:
+            base = (context * np.uint64(_MULTIPLIER)) >> np.uint64(64 - (table_bits - 3))
+            base <<= np.uint64(3)
+        spread = np.array(_node_spread(j, table_bits), dtype=np.uint64)
         for level in range(8):
             node = (wide >> np.uint64(8 - level)) | np.uint64(1 << level)
-            node |= base
-            p[level] = _blend_order(node, bits[level], p[level], blend[j], time, index)
+            keys = spread[node]
+            keys ^= base
+            p[level] = _blend_order(keys, bits[level], p[level], blend[j], time, index)
     if any(level is None for level in p):  # pragma: no cover - orders is never empty
         raise ValueError("`orders` must name at least one order")
     return bits.T.ravel(), np.stack(p, axis=1).ravel()
 
 
 def encode(data: np.ndarray) -> tuple[bytes, bytes]:
-    """(parameters, payload) for the bytes ``data`` (uint8, shape (N,))."""
+    """(parameters, payload) for the bytes ``data`` (uint8, shape (N,)).
+
+    Each block is ``method (u8), length (u32), bytes``: the range coder's words, or the
+    block stored as it is when coding would not make it smaller (random data).
+    """
     import constriction
 
     params = (
-        _HEAD.pack(BLOCK, len(ORDERS)) + bytes(ORDERS)
+        _HEAD.pack(BLOCK, TABLE_BITS, len(ORDERS)) + bytes(ORDERS)
         + struct.pack(f"<{len(ALPHAS)}d", *ALPHAS)
     )
     chunks = []
     for start in range(0, data.size, BLOCK):
-        bits, p = block_probabilities(data[start:start + BLOCK], ORDERS, ALPHAS)
+        block = data[start:start + BLOCK]
+        bits, p = block_probabilities(
+            block, ORDERS, ALPHAS, _block_table_bits(block.size, TABLE_BITS)
+        )
         encoder = constriction.stream.queue.RangeEncoder()
         encoder.encode(
             bits.astype(np.int32), constriction.stream.model.Bernoulli(perfect=False), p
         )
         words = _words_to_bytes(encoder.get_compressed())
-        chunks.append(struct.pack("<I", len(words)) + words)
+        if len(words) < block.size:
+            chunks.append(struct.pack("<BI", _CODED, len(words)) + words)
+        else:
+            chunks.append(struct.pack("<BI", _STORED, block.size) + block.tobytes())
     return params, b"".join(chunks)
 
 
-def _read_params(params: bytes) -> tuple[int, tuple[int, ...], tuple[float, ...]]:
+def _read_params(params: bytes) -> tuple[int, int, tuple[int, ...], tuple[float, ...]]:
     if len(params) < _HEAD.size:
         raise DecodeError("corrupt context parameters: too short")
-    block, count = _HEAD.unpack(params[:_HEAD.size])
+    block, table_bits, count = _HEAD.unpack(params[:_HEAD.size])
     if len(params) != _HEAD.size + 9 * count or count == 0:
         raise DecodeError(f"corrupt context parameters: {len(params)} bytes for {count} orders")
     orders = tuple(params[_HEAD.size:_HEAD.size + count])
     alphas = struct.unpack(f"<{count}d", params[_HEAD.size + count:])
     if (
         not 0 < block <= 1 << _TIME_BITS
+        or not 16 <= table_bits <= 24
         or any(not 1 <= j <= _MAX_ORDER for j in orders)
         or list(orders) != sorted(set(orders))
         or not all(0 < a < float("inf") for a in alphas)
     ):
         raise DecodeError(
-            f"corrupt context parameters: block {block}, orders {orders}, alphas {alphas}"
+            f"corrupt context parameters: block {block}, table bits {table_bits}, "
+            f"orders {orders}, alphas {alphas}"
         )
-    return block, orders, alphas
+    return block, table_bits, orders, alphas
 
 
 def decode(params: bytes, payload: bytes, n: int) -> np.ndarray:
     """The N bytes coded by :func:`encode` (uint8 array); sequential, bit by bit."""
-    block, orders, alphas = _read_params(params)
+    block, table_bits, orders, alphas = _read_params(params)
     out = np.empty(n, dtype=np.uint8)
     at = 0
     for start in range(0, n, block):
-        if at + 4 > len(payload):
-            raise DecodeError("truncated context payload: a block length is missing")
-        (length,) = struct.unpack("<I", payload[at:at + 4])
-        at += 4
+        stop = min(n, start + block)
+        if at + 5 > len(payload):
+            raise DecodeError("truncated context payload: a block header is missing")
+        method, length = struct.unpack("<BI", payload[at:at + 5])
+        at += 5
         if at + length > len(payload):
             raise DecodeError("truncated context payload: a block is cut short")
-        words = _bytes_to_words(payload[at:at + length])
+        chunk = payload[at:at + length]
         at += length
-        stop = min(n, start + block)
-        out[start:stop] = _decode_block(words, stop - start, orders, alphas)
+        if method == _STORED and length == stop - start:
+            out[start:stop] = np.frombuffer(chunk, dtype=np.uint8)
+        elif method == _CODED:
+            out[start:stop] = _decode_block(
+                _bytes_to_words(chunk), stop - start, orders, alphas,
+                _block_table_bits(stop - start, table_bits),
+            )
+        else:
+            raise DecodeError(f"corrupt context payload: block method {method}, {length} bytes")
     if at != len(payload):
         raise DecodeError(f"corrupt context payload: {len(payload) - at} bytes left over")
     return out
 
 
 def _decode_block(
-    words: np.ndarray, n: int, orders: tuple[int, ...], alphas: tuple[float, ...]
+    words: np.ndarray,
+    n: int,
+    orders: tuple[int, ...],
+    alphas: tuple[float, ...],
+    table_bits: int,
 ) -> list[int]:
     import constriction
 
     bernoulli = constriction.stream.model.Bernoulli
     decode_bit = constriction.stream.queue.RangeDecoder(words).decode
-    # Counts per order, keyed exactly by (context << 8) | node: [seen, ones].
-    models = [(((1 << (8 * j)) - 1), alpha, {}) for j, alpha in zip(orders, alphas, strict=True)]
+    # Per order: context mask, weight, node spread, and the seen / ones counts per slot.
+    models = []
+    for j, alpha in zip(orders, alphas, strict=True):
+        zeros = bytes(4 << (8 * j + 8 if _exact(j, table_bits) else table_bits))
+        models.append((j, (1 << (8 * j)) - 1, alpha, _node_spread(j, table_bits),
+                       array("I", zeros), array("I", zeros)))
     history_mask = (1 << (8 * max(orders))) - 1
     history = 0
     out = []
     for _ in range(n):
-        bases = [((history & mask) << 8, alpha, table) for mask, alpha, table in models]
+        bases = [
+            (_context_base(history & mask, j, table_bits), alpha, spread, seen, ones)
+            for j, mask, alpha, spread, seen, ones in models
+        ]
         node = 1
         while node < 256:
             p = 0.5
-            entries = []
-            for base, alpha, table in bases:
-                key = base | node
-                entry = table.get(key)
-                if entry is None:
-                    entry = table[key] = [0, 0]
-                p = (entry[1] + alpha * p) / (entry[0] + alpha)
-                entries.append(entry)
+            for base, alpha, spread, seen, ones in bases:
+                slot = base ^ spread[node]
+                p = (ones[slot] + alpha * p) / (seen[slot] + alpha)
             bit = 1 if decode_bit(bernoulli(p, False)) else 0  # (p, perfect=False)
-            for entry in entries:
-                entry[0] += 1
-                entry[1] += bit
+            for base, _, spread, seen, ones in bases:
+                slot = base ^ spread[node]
+                seen[slot] += 1
+                ones[slot] += bit
             node = 2 * node + bit
         byte = node - 256
         out.append(byte)
