@@ -14,7 +14,7 @@ the range coder. The model adapts as it goes, so only its parameters are stored.
 
 The counts live in one table per order: exact for contexts of up to 2 bytes, hashed
 (Fibonacci hashing, the node's bit level kept in the low bits of the slot) for longer
-ones, with at most 2^TABLE_BITS slots (:data:`TABLE_BITS`), so memory is bounded (0.3 GB to
+ones, with at most 2^TABLE_BITS slots (:data:`TABLE_BITS`), so memory is bounded (0.4 GB to
 decode a full block) whatever the data. Colliding contexts share counts; on 1 MiB of
 Python sources the model spends about 1.58 bits/byte (1.52 with exact, unbounded
 tables), against gzip -9's 1.78. A block that coding would not shrink is stored as is.
