@@ -116,3 +116,24 @@ def test_zero_times_log_zero_is_zero(xp):
 def test_information_of_impossible_event_is_infinite(xp):
     assert float(info.information(xp.asarray(0.0))) == math.inf
     assert float(info.information(xp.asarray(1.0))) == 0.0
+
+
+def test_gradients_stay_finite_where_outcomes_never_happen():
+    # The masked branch of `where` is differentiated too; it must hold no log 0.
+    p = torch.tensor([[0.0, 1.0, 0.0], [0.25, 0.75, 0.0]], dtype=torch.float64)
+    q = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0]], dtype=torch.float64, requires_grad=True)
+    for name in ("cross_entropy", "kl_divergence", "js_divergence"):
+        q.grad = None
+        getattr(info, name)(p, q).sum().backward()
+        assert torch.isfinite(q.grad).all(), name
+    # d/dq of -Σ p log q is -p / q where p > 0, and nothing flows where p = 0.
+    q.grad = None
+    info.cross_entropy(p, q, base=math.e).sum().backward()
+    expected = torch.tensor([[0.0, -1.0, 0.0], [-0.5, -1.5, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(q.grad, expected)
+    x = p.clone().requires_grad_(True)
+    info.entropy(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    b = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64, requires_grad=True)
+    info.binary_entropy(b).sum().backward()
+    assert torch.isfinite(b.grad).all()

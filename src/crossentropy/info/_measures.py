@@ -159,7 +159,9 @@ def entropy(p: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False) 
     validate_distribution(xp, array, "p", ax, axis_label=axis)
     log = log_function(xp, b)
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = xp.where(array > 0, array * log(array), _zero(xp, array))
+        present = array > 0
+        logs = log(_where_else_one(xp, present, array))
+        terms = xp.where(present, array * logs, _zero(xp, logs))
         return _finish(0.0 - xp.sum(terms, axis=ax, keepdims=keepdims))
 
 
@@ -223,18 +225,30 @@ def cross_entropy(
     xp, p_array, q_array, ax = _prepare_pair(p_array, q_array, axis)
     log = log_function(xp, b)
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = xp.where(p_array > 0, p_array * log(q_array), _zero(xp, p_array))
+        present = p_array > 0
+        logs = log(_where_else_one(xp, present, q_array))
+        terms = xp.where(present, p_array * logs, _zero(xp, logs))
         return _finish(0.0 - xp.sum(terms, axis=ax, keepdims=keepdims))
+
+
+def _where_else_one(xp: Any, present: Any, x: Any) -> Any:
+    """``x`` where ``present``, else 1: the log of an outcome that never happens is then 0,
+    so that the masked branch of ``where`` holds no -inf or NaN, nor passes one to a
+    gradient (torch autograd differentiates both branches)."""
+    return xp.where(present, x, xp.ones((), dtype=x.dtype, device=_device(x)))
 
 
 def _relative_terms(xp: Any, p: Any, q: Any, log: Any) -> Any:
     """Elementwise p · log(p / q), 0 where p = 0, +inf where p > 0 = q (no overflow in p/q)."""
-    ratio = p / q
+    present = p > 0
+    p_safe = _where_else_one(xp, present, p)
+    q_safe = _where_else_one(xp, present, q)
+    ratio = p_safe / q_safe
     log_ratio = log(ratio)
-    overflow = xp.isinf(ratio) & (q > 0)
+    overflow = xp.isinf(ratio) & (q_safe > 0)
     if bool(xp.any(overflow)):
-        log_ratio = xp.where(overflow, log(p) - log(q), log_ratio)
-    return xp.where(p > 0, p * log_ratio, _zero(xp, ratio))
+        log_ratio = xp.where(overflow, log(p_safe) - log(q_safe), log_ratio)
+    return xp.where(present, p * log_ratio, _zero(xp, ratio))
 
 
 def kl_divergence(
@@ -360,9 +374,9 @@ def binary_entropy(p: Any, *, base: float = 2) -> Any:
     _check_entries(xp, array, "p", upper=1.0)
     zero = _zero(xp, array)
     with np.errstate(divide="ignore", invalid="ignore"):
-        heads = xp.where(array > 0, array * xp.log(array), zero)
+        heads = xp.where(array > 0, array * xp.log(_where_else_one(xp, array > 0, array)), zero)
         rest = 1.0 - array
-        tails = xp.where(rest > 0, rest * xp.log1p(-array), zero)
+        tails = xp.where(rest > 0, rest * xp.log1p(-xp.where(rest > 0, array, zero)), zero)
         nats = 0.0 - (heads + tails)
         result = nats if b == math.e else nats / math.log(b)
     return _finish(result)
