@@ -14,7 +14,7 @@ Kullback–Leibler divergence is the price of the wrong model, in bits.
 - :func:`arithmetic_encode`, :func:`arithmetic_decode`, :func:`information_content`:
   range coding through constriction with a fixed or a per-position model.
 - :func:`compress`, :func:`decompress`, :data:`MODELS`: a self-describing container for
-  bytes, with an order-0 model and an adaptive context-mixing model.
+  bytes, with an order-0 model and an adaptive context model (orders 1-6 blended).
 
 Corrupt, truncated or foreign coded data raises :class:`DecodeError` (a ``ValueError``).
 
