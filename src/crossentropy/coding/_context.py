@@ -63,9 +63,9 @@ _CODED, _STORED = 0, 1
 
 
 def _block_table_bits(n: int, table_bits: int) -> int:
-    """The table size (log2 slots) for a block of N bytes: about 16N slots, at most
+    """The table size (log2 slots) for a block of N bytes: 64N to 128N slots, at most
     2^table_bits, so small inputs get small tables."""
-    return min(table_bits, max(16, (8 * n).bit_length() + 1))
+    return min(table_bits, max(16, (8 * n).bit_length() + 3))
 
 
 def _exact(order: int, table_bits: int) -> bool:
