@@ -240,15 +240,26 @@ def test_context_model_across_blocks(monkeypatch):
     assert coding.decompress(blob) == data  # the block size travels in the header
 
 
+def _context_params(block=1 << 20, table_bits=24, slack_bits=3, orders=(1, 2), alphas=None,
+                    count=None):
+    alphas = (1.0,) * len(orders) if alphas is None else alphas
+    count = len(orders) if count is None else count
+    return (struct.pack("<IBBB", block, table_bits, slack_bits, count) + bytes(orders)
+            + struct.pack(f"<{len(alphas)}d", *alphas))
+
+
 @pytest.mark.parametrize(
     "params",
     [
         b"",
-        struct.pack("<IB", 1 << 20, 2) + bytes([1, 9]) + struct.pack("<2d", 1.0, 1.0),
-        struct.pack("<IB", 1 << 20, 2) + bytes([2, 1]) + struct.pack("<2d", 1.0, 1.0),
-        struct.pack("<IB", 1 << 20, 1) + bytes([1]) + struct.pack("<d", -1.0),
-        struct.pack("<IB", 0, 1) + bytes([1]) + struct.pack("<d", 1.0),
-        struct.pack("<IB", 1 << 20, 1) + bytes([1]),
+        _context_params(orders=(1, 9)),
+        _context_params(orders=(2, 1)),
+        _context_params(orders=(1,), alphas=(-1.0,)),
+        _context_params(block=0),
+        _context_params(table_bits=30),
+        _context_params(slack_bits=9),
+        _context_params(count=3),
+        _context_params(orders=()),
     ],
 )
 def test_context_parameters_are_checked(params):

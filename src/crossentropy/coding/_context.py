@@ -41,7 +41,16 @@ import numpy as np
 from crossentropy._errors import DecodeError
 from crossentropy.coding._arithmetic import _bytes_to_words, _words_to_bytes
 
-__all__ = ["ALPHAS", "BLOCK", "ORDERS", "TABLE_BITS", "block_probabilities", "decode", "encode"]
+__all__ = [
+    "ALPHAS",
+    "BLOCK",
+    "ORDERS",
+    "SLACK_BITS",
+    "TABLE_BITS",
+    "block_probabilities",
+    "decode",
+    "encode",
+]
 
 #: The context orders blended, in bytes, lowest first.
 ORDERS: tuple[int, ...] = (1, 2, 4, 6)
@@ -58,14 +67,18 @@ _MAX_ORDER = 8
 _MULTIPLIER = 0x9E3779B97F4A7C15  # odd, about 2^64 / golden ratio: Fibonacci hashing
 _NODE_MULTIPLIER = 0x2545F491
 _MASK64 = (1 << 64) - 1
-_HEAD = struct.Struct("<IBB")
+_HEAD = struct.Struct("<IBBB")  # block, table bits, extra slot bits, orders
 _CODED, _STORED = 0, 1
 
 
-def _block_table_bits(n: int, table_bits: int) -> int:
-    """The table size (log2 slots) for a block of N bytes: 64N to 128N slots, at most
-    2^table_bits, so small inputs get small tables."""
-    return min(table_bits, max(16, (8 * n).bit_length() + 3))
+#: Short blocks get tables of about 8N * 2^SLACK_BITS slots (N bytes), fewer than 2^TABLE_BITS.
+SLACK_BITS = 3
+
+
+def _block_table_bits(n: int, table_bits: int, slack_bits: int) -> int:
+    """The table size (log2 slots) for a block of N bytes: 8N * 2^slack_bits slots
+    rounded up to a power of two, at least 2^16 and at most 2^table_bits."""
+    return min(table_bits, max(16, (8 * n).bit_length() + slack_bits))
 
 
 def _exact(order: int, table_bits: int) -> bool:
@@ -197,14 +210,14 @@ def encode(data: np.ndarray) -> tuple[bytes, bytes]:
     import constriction
 
     params = (
-        _HEAD.pack(BLOCK, TABLE_BITS, len(ORDERS)) + bytes(ORDERS)
+        _HEAD.pack(BLOCK, TABLE_BITS, SLACK_BITS, len(ORDERS)) + bytes(ORDERS)
         + struct.pack(f"<{len(ALPHAS)}d", *ALPHAS)
     )
     chunks = []
     for start in range(0, data.size, BLOCK):
         block = data[start:start + BLOCK]
         bits, p = block_probabilities(
-            block, ORDERS, ALPHAS, _block_table_bits(block.size, TABLE_BITS)
+            block, ORDERS, ALPHAS, _block_table_bits(block.size, TABLE_BITS, SLACK_BITS)
         )
         encoder = constriction.stream.queue.RangeEncoder()
         encoder.encode(
@@ -218,10 +231,10 @@ def encode(data: np.ndarray) -> tuple[bytes, bytes]:
     return params, b"".join(chunks)
 
 
-def _read_params(params: bytes) -> tuple[int, int, tuple[int, ...], tuple[float, ...]]:
+def _read_params(params: bytes) -> tuple[int, int, int, tuple[int, ...], tuple[float, ...]]:
     if len(params) < _HEAD.size:
         raise DecodeError("corrupt context parameters: too short")
-    block, table_bits, count = _HEAD.unpack(params[:_HEAD.size])
+    block, table_bits, slack_bits, count = _HEAD.unpack(params[:_HEAD.size])
     if len(params) != _HEAD.size + 9 * count or count == 0:
         raise DecodeError(f"corrupt context parameters: {len(params)} bytes for {count} orders")
     orders = tuple(params[_HEAD.size:_HEAD.size + count])
@@ -229,20 +242,21 @@ def _read_params(params: bytes) -> tuple[int, int, tuple[int, ...], tuple[float,
     if (
         not 0 < block <= 1 << _TIME_BITS
         or not 16 <= table_bits <= 24
+        or not 0 <= slack_bits <= 8
         or any(not 1 <= j <= _MAX_ORDER for j in orders)
         or list(orders) != sorted(set(orders))
         or not all(0 < a < float("inf") for a in alphas)
     ):
         raise DecodeError(
-            f"corrupt context parameters: block {block}, table bits {table_bits}, "
-            f"orders {orders}, alphas {alphas}"
+            f"corrupt context parameters: block {block}, table bits {table_bits} "
+            f"(+{slack_bits}), orders {orders}, alphas {alphas}"
         )
-    return block, table_bits, orders, alphas
+    return block, table_bits, slack_bits, orders, alphas
 
 
 def decode(params: bytes, payload: bytes, n: int) -> np.ndarray:
     """The N bytes coded by :func:`encode` (uint8 array); sequential, bit by bit."""
-    block, table_bits, orders, alphas = _read_params(params)
+    block, table_bits, slack_bits, orders, alphas = _read_params(params)
     out = np.empty(n, dtype=np.uint8)
     at = 0
     for start in range(0, n, block):
@@ -260,7 +274,7 @@ def decode(params: bytes, payload: bytes, n: int) -> np.ndarray:
         elif method == _CODED:
             out[start:stop] = _decode_block(
                 _bytes_to_words(chunk), stop - start, orders, alphas,
-                _block_table_bits(stop - start, table_bits),
+                _block_table_bits(stop - start, table_bits, slack_bits),
             )
         else:
             raise DecodeError(f"corrupt context payload: block method {method}, {length} bytes")
