@@ -8,6 +8,7 @@ ratios, so that the numbers survive a change of machine. Results go to
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -38,9 +39,9 @@ def machine() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    for module in ("numpy", "scipy", "torch", "constriction"):
-        with contextlib.suppress(ImportError, AttributeError):
-            facts[module] = __import__(module).__version__
+    for package in ("numpy", "scipy", "torch", "constriction"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            facts[package] = importlib.metadata.version(package)
     return facts
 
 
