@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -25,6 +26,16 @@ FULL_SHAPES = [(4096, 32000), (4096, 128256)]
 QUICK_SHAPES = [(512, 8000), (256, 32000)]
 DTYPES = ["float32", "bfloat16"]
 IMPLS = ["torch", "ours"]
+
+
+def best_cpu_time(step, *, repeat: int) -> float:
+    """The smallest process CPU time (user + system, all threads) of ``repeat`` calls (s)."""
+    times = []
+    for _ in range(repeat):
+        start = time.process_time()
+        step()
+        times.append(time.process_time() - start)
+    return min(times)
 
 
 def run_case(impl: str, n: int, v: int, dtype_name: str, repeat: int, threads: int) -> dict:
@@ -55,12 +66,15 @@ def run_case(impl: str, n: int, v: int, dtype_name: str, repeat: int, threads: i
         loss.backward()
 
     seconds = best_time(step, repeat=repeat, warmup=1)
+    # CPU time of all threads, less sensitive than wall time to other work on the machine.
+    cpu_seconds = best_cpu_time(step, repeat=repeat)
     return {
         "impl": impl,
         "n": n,
         "v": v,
         "dtype": dtype_name,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "peak_rss_bytes": peak_rss_bytes(),
         "inputs_rss_bytes": inputs_rss,
         "threads": torch.get_num_threads(),
@@ -103,6 +117,7 @@ def main() -> None:
             found = {c["impl"]: c for c in cases if (c["n"], c["v"], c["dtype"]) == (n, v, dtype)}
             ours, torch_case = found["ours"], found["torch"]
             time_ratio = ours["seconds"] / torch_case["seconds"]
+            cpu_ratio = ours["cpu_seconds"] / torch_case["cpu_seconds"]
             memory_ratio = ours["peak_rss_bytes"] / torch_case["peak_rss_bytes"]
             extra_ours = ours["peak_rss_bytes"] - ours["inputs_rss_bytes"]
             extra_torch = torch_case["peak_rss_bytes"] - torch_case["inputs_rss_bytes"]
@@ -112,6 +127,7 @@ def main() -> None:
                     "v": v,
                     "dtype": dtype,
                     "time_ratio": time_ratio,
+                    "cpu_time_ratio": cpu_ratio,
                     "peak_memory_ratio": memory_ratio,
                     "memory_above_inputs_ratio": extra_ours / extra_torch,
                 }
@@ -123,6 +139,7 @@ def main() -> None:
                     torch_case["seconds"],
                     ours["seconds"],
                     round(time_ratio, 2),
+                    round(cpu_ratio, 2),
                     round(torch_case["peak_rss_bytes"] / 1e9, 2),
                     round(ours["peak_rss_bytes"] / 1e9, 2),
                     round(memory_ratio, 2),
@@ -137,6 +154,7 @@ def main() -> None:
             "torch s",
             "ours s",
             "time ratio",
+            "cpu-time ratio",
             "torch peak GB",
             "ours peak GB",
             "peak ratio",

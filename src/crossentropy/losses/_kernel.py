@@ -218,7 +218,6 @@ def cross_entropy_rows(
     p_buf = torch.empty(width, dtype=acc, device=device) if need_p_buf else None
     q_buf = torch.empty(width, dtype=acc, device=device) if probs else None
     e_buf = torch.empty(width, dtype=acc, device=device) if with_entropy else None
-    arg_max = torch.empty(min(rows, n), dtype=torch.long, device=device)
 
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
@@ -236,11 +235,8 @@ def cross_entropy_rows(
         else:
             zb = xb
         pb = p_buf[:b] if need_p_buf else grad[r0:r1]
-        # The row maximum m is read after the softmax, at the arg-max of p, unless the softmax
-        # is about to overwrite z (gradient written over the logits themselves).
-        overwrites_z = pb.data_ptr() == zb.data_ptr()
-        if overwrites_z:
-            torch.amax(zb, 1, out=row_max[r0:r1])
+        # Vectorised max-reductions (torch.max with indices is not vectorised on CPU).
+        torch.amax(zb, 1, out=row_max[r0:r1])
         if probs:
             qb = q_buf[:b]
             qb.copy_(targets[r0:r1])
@@ -260,12 +256,7 @@ def cross_entropy_rows(
                     torch.mv(zb, weight, out=w_dot_z[r0:r1])
         torch.softmax(zb, 1, out=pb)
         pmax = neg_log_pmax[r0:r1]
-        if overwrites_z:
-            torch.amax(pb, 1, out=pmax)
-        else:
-            torch.max(pb, 1, out=(pmax, arg_max[:b]))
-            # z at the arg-max of p is the row maximum.
-            torch.gather(zb, 1, arg_max[:b].reshape(b, 1), out=row_max[r0:r1].reshape(b, 1))
+        torch.amax(pb, 1, out=pmax)  # max_c p_c = exp(m - lse) = 1 / sum_c exp(z_c - m)
         pmax.log_().neg_()
         if entropy is not None:
             torch.sum(torch.special.entr(pb, out=e_buf[:b]), 1, out=entropy[r0:r1])
