@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import bz2
 import contextlib
-import gzip
 import json
-import lzma
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from crossentropy import coding
 
-__all__ = ["entropy_report", "register"]
+__all__ = ["register"]
 
 _PROGRESS_BYTES = 1 << 20
 
@@ -124,55 +118,6 @@ def _check_output(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.output} exists; pass --force to overwrite it")
 
 
-def entropy_report(data: bytes, *, progress: Any = None) -> dict[str, Any]:
-    """Bits per byte of ``data`` under each measure and coder.
-
-    Args:
-        data: the bytes to measure.
-        progress: an optional callable ``progress(step_name)`` called before each step.
-
-    Returns:
-        A dict: ``size`` (bytes), ``entropy`` (order-0 entropy, bits/byte), ``huffman``
-        (a Huffman code of the byte frequencies, bits/byte, code table not counted), one
-        key per model of :data:`coding.MODELS` (the container's real size, header
-        included, in bits/byte), and ``gzip``, ``bz2``, ``xz`` (level 9, bits/byte). An
-        empty input gives 0 for every per-byte figure.
-    """
-    from crossentropy import info
-
-    size = len(data)
-    report: dict[str, Any] = {"size": size}
-    counts = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)
-
-    def step(name: str) -> None:
-        if progress is not None:
-            progress(name)
-
-    def per_byte(n_bytes: int) -> float:
-        return 8 * n_bytes / size if size else 0.0
-
-    step("entropy")
-    if size:
-        p = counts / size
-        report["entropy"] = float(info.entropy(p))
-        present = {int(b): float(p[b]) for b in np.flatnonzero(counts)}
-        code = coding.huffman_code(present)
-        report["huffman"] = code.expected_length(present)
-    else:
-        report["entropy"] = 0.0
-        report["huffman"] = 0.0
-    for model in coding.MODELS:
-        step(model)
-        report[model] = per_byte(len(coding.compress(data, model=model)))
-    step("gzip")
-    report["gzip"] = per_byte(len(gzip.compress(data, compresslevel=9, mtime=0)))
-    step("bz2")
-    report["bz2"] = per_byte(len(bz2.compress(data, compresslevel=9)))
-    step("xz")
-    report["xz"] = per_byte(len(lzma.compress(data, preset=9)))
-    return report
-
-
 class _Progress:
     """A one-line progress indication on stderr (only on a terminal, for large files)."""
 
@@ -204,7 +149,7 @@ def _entropy(args: argparse.Namespace) -> int:
         data = Path(name).read_bytes()
         progress = _Progress(name, len(data))
         try:
-            report = entropy_report(data, progress=progress)
+            report = coding.entropy_report(data, progress=progress)
         finally:
             progress.close()
         reports.append({"file": name, **report})

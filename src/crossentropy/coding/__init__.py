@@ -15,6 +15,8 @@ Kullback–Leibler divergence is the price of the wrong model, in bits.
   range coding through constriction with a fixed or a per-position model.
 - :func:`compress`, :func:`decompress`, :data:`MODELS`: a self-describing container for
   bytes, with an order-0 model and an adaptive context model (orders 1-6 blended).
+- :func:`entropy_report`: a byte string's bits per byte under every measure and coder,
+  beside gzip, bz2 and xz.
 
 Corrupt, truncated or foreign coded data raises :class:`DecodeError` (a ``ValueError``).
 
@@ -48,6 +50,7 @@ from crossentropy.coding._prefix import (
     is_prefix_free,
     kraft_sum,
 )
+from crossentropy.coding._report import entropy_report
 
 __all__ = [
     "MODELS",
@@ -58,6 +61,7 @@ __all__ = [
     "arithmetic_encode",
     "compress",
     "decompress",
+    "entropy_report",
     "find_ambiguity",
     "fixed_length_code",
     "huffman_code",

@@ -1,0 +1,42 @@
+"""`coding.entropy_report`, checked against the measures and coders it summarises."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import math
+from collections import Counter
+
+import pytest
+
+from crossentropy import coding
+
+
+def _order0_entropy(data: bytes) -> float:
+    counts = Counter(data)
+    return -sum(c / len(data) * math.log2(c / len(data)) for c in counts.values())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"A", b"ABCAADABCA", bytes(range(256)) * 3, b"the seed's toy language " * 40],
+)
+def test_report_matches_its_sources(data: bytes) -> None:
+    steps: list[str] = []
+    report = coding.entropy_report(data, progress=steps.append)
+    assert report["size"] == len(data)
+    assert report["entropy"] == pytest.approx(_order0_entropy(data), abs=1e-12)
+    assert report["entropy"] <= report["huffman"] < report["entropy"] + 1
+    for model in coding.MODELS:
+        assert report[model] == len(coding.compress(data, model=model)) * 8 / len(data)
+    assert report["gzip"] == len(gzip.compress(data, compresslevel=9, mtime=0)) * 8 / len(data)
+    assert report["bz2"] == len(bz2.compress(data, compresslevel=9)) * 8 / len(data)
+    assert report["xz"] == len(lzma.compress(data, preset=9)) * 8 / len(data)
+    assert steps == ["entropy", *coding.MODELS, "gzip", "bz2", "xz"]
+
+
+def test_report_of_empty_input_is_all_zero_per_byte() -> None:
+    report = coding.entropy_report(b"")
+    assert report["size"] == 0
+    assert all(report[key] == 0.0 for key in report if key != "size")
