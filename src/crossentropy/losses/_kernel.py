@@ -102,7 +102,9 @@ def cross_entropy_rows(
     ``a = (1 - eps) w_y + (eps / V) W`` (index targets) or ``[(sum_c q_c + 2 z_loss lse) p
     - q] / ln_b`` (probability targets); with soft-capping it is multiplied by
     ``1 - tanh(logits / softcap)**2``. Every row of ``targets`` must be a valid class: the
-    kernel does not know ``ignore_index``.
+    kernel does not know ``ignore_index``. To skip ignored rows without copying the block,
+    give them any valid class and a ``grad_scale`` of 0 (their gradient rows are then 0)
+    and discard their loss, as :func:`crossentropy.losses.cross_entropy` does.
 
     Args:
         logits: (n, V) floating-point logits (float64, float32, bfloat16 or float16).
