@@ -235,3 +235,24 @@ def test_no_grad_computes_no_gradient(monkeypatch):
     cross_entropy(logits, targets)  # with grad mode on, the gradient is computed in forward
     cross_entropy(logits.detach(), targets)  # logits without grad: none
     assert calls == [False, True, False]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_hands_over_the_forward_gradient_without_copy(monkeypatch, dtype):
+    # The gradient block computed in forward becomes logits.grad as it is: no second block.
+    import crossentropy.losses._cross_entropy as module
+
+    pointers = []
+    kernel = module.cross_entropy_rows
+
+    def recording_kernel(*args, **kwargs):
+        terms = kernel(*args, **kwargs)
+        pointers.append(terms.grad.data_ptr())
+        return terms
+
+    monkeypatch.setattr(module, "cross_entropy_rows", recording_kernel)
+    logits = torch.randn(16, 33, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, 33, (16,))
+    cross_entropy(logits, targets).backward()
+    assert logits.grad.data_ptr() == pointers[0]
+    assert logits.grad.dtype == dtype
