@@ -256,3 +256,12 @@ def test_backward_hands_over_the_forward_gradient_without_copy(monkeypatch, dtyp
     cross_entropy(logits, targets).backward()
     assert logits.grad.data_ptr() == pointers[0]
     assert logits.grad.dtype == dtype
+
+
+def test_small_integer_targets_do_not_wrap_ignore_index():
+    # -100 does not fit uint8: a target of 156 must count, not be taken for ignore_index.
+    logits = torch.randn(3, 200, dtype=torch.float64)
+    targets = torch.tensor([156, 3, 199], dtype=torch.uint8)
+    expected = F.cross_entropy(logits, targets.long())
+    torch.testing.assert_close(cross_entropy(logits, targets), expected, rtol=0, atol=TOL)
+    torch.testing.assert_close(cross_entropy(logits, targets.int()), expected, rtol=0, atol=TOL)

@@ -97,6 +97,9 @@ def _prepare(logits: object, targets: object, ignore_index: int, validate: bool)
     if num_classes == 0:
         raise ValueError("`logits` must have at least one class; got a class dimension of 0")
 
+    if not probs and targets.dtype != torch.long:
+        # Compare with ignore_index in int64: uint8 targets would wrap -100 to 156.
+        targets = targets.long()
     if validate:
         _check_target_values(targets, probs, num_classes, ignore_index)
 
