@@ -214,7 +214,11 @@ def cross_entropy_rows(
     # converted into a float32 slice buffer.
     need_z_buf = softcap is not None or logits.dtype != acc
     need_p_buf = not want_grad or grad.dtype != acc
-    if slice_rows is None and device.type != "cpu" and not (need_z_buf or need_p_buf or probs):
+    if (
+        slice_rows is None
+        and device.type != "cpu"
+        and not (need_z_buf or need_p_buf or probs or with_entropy)
+    ):
         rows = max(n, 1)  # no workspace to bound: one launch per operation over the block
     width = (min(rows, n), num_classes)
     z_buf = torch.empty(width, dtype=acc, device=device) if need_z_buf else None
