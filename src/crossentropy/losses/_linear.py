@@ -358,7 +358,11 @@ def _fused_pass(
             if all_kept
             else torch.zeros(n_all, hidden_dim, dtype=hidden.dtype, device=device)
         )
-    grad_weight = torch.zeros(num_classes, hidden_dim, dtype=acc, device=device) if want_w else None
+    grad_weight = None
+    if want_w:
+        # The first chunk writes it when the product is in the accumulation dtype.
+        fill = torch.empty if n > 0 and cdt == acc else torch.zeros
+        grad_weight = fill(num_classes, hidden_dim, dtype=acc, device=device)
     grad_bias = torch.zeros(num_classes, dtype=acc, device=device) if want_b else None
     if n == 0:
         return loss, grad_hidden, grad_weight, grad_bias
@@ -410,7 +414,10 @@ def _fused_pass(
                 else:
                     grad_hidden.index_copy_(0, index[start:stop], dh.to(grad_hidden.dtype))
         if want_w:
-            _add_weight_grad(grad_weight, g, h_c)
+            if start == 0 and g.dtype == grad_weight.dtype:
+                torch.mm(g.T, h_c, out=grad_weight)
+            else:
+                _add_weight_grad(grad_weight, g, h_c)
         if want_b:
             grad_bias.add_(g.sum(0, dtype=acc))
 
@@ -445,18 +452,33 @@ class _ChunkedReduced(torch.autograd.Function):
             None if dw is None else dw.to(weight.dtype),
             None if db is None else db.to(bias.dtype),
         )
+        # The inputs (not copies), for a second backward pass, which recomputes.
+        ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.opts, ctx.rows, ctx.scale = opts, rows, scale
         return total.to(hidden.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        one = _is_one(grad_output)
-        out = []
-        for grad in ctx.grads:
-            if grad is None:
-                out.append(None)
-            else:
-                out.append(grad if one else grad * grad_output.to(grad.dtype))
+        grads = ctx.grads
+        if grads is None:
+            # A second pass through the graph (retain_graph=True): the stored gradients were
+            # handed over, so form them again, chunk by chunk.
+            hidden, weight, bias, targets = ctx.saved_tensors
+            want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
+            scale = ctx.scale * float(grad_output)
+            _, dh, dw, db = _fused_pass(
+                hidden, weight, bias, targets, ctx.opts, ctx.rows, grad_scale=scale, want=want
+            )
+            dw = None if dw is None else dw.to(weight.dtype)
+            db = None if db is None else db.to(bias.dtype)
+            return dh, dw, db, None, None, None
+        # Hand the buffers over: holding no reference lets autograd adopt them as .grad
+        # instead of copying them (a copy of the weight gradient is V·D more memory).
+        ctx.grads = None
+        if _is_one(grad_output):
+            return grads[0], grads[1], grads[2], None, None, None
+        out = [None if g is None else g.mul_(grad_output.to(g.dtype)) for g in grads]
         return out[0], out[1], out[2], None, None, None
 
 
@@ -535,7 +557,9 @@ def linear_cross_entropy(
     ``dweight += g.T @ h`` into a single float32 buffer (float64 for float64). For
     ``reduction="mean"``/``"sum"`` this happens in the forward pass (6·N·D·V operations in
     all) and backward only scales the stored gradients; for ``reduction="none"`` the
-    forward computes the losses and backward recomputes the logits chunk by chunk.
+    forward computes the losses and backward recomputes the logits chunk by chunk. The
+    first backward pass hands the stored gradients to autograd without a copy; a further
+    pass through the same graph (``retain_graph=True``) recomputes them.
 
     Semantics are those of :func:`crossentropy.losses.cross_entropy` with class-index
     targets: ``"mean"`` divides by the number of tokens that count, and an all-ignored
@@ -553,7 +577,7 @@ def linear_cross_entropy(
 
     ``impl``: ``"chunked"`` is the fused path; ``"reference"`` the plain unfused
     ``cross_entropy(F.linear(hidden, weight, bias), targets)``, kept as the executable spec
-    (it supports higher-order gradients; the fused path supports one backward pass);
+    (it supports higher-order gradients; the fused path first-order ones only);
     ``"auto"`` takes the reference when N·V <= 65536 (256 KiB of float32 logits, nothing
     worth saving) and the fused path otherwise.
 
