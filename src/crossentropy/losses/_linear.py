@@ -294,6 +294,44 @@ def _slice_rows(rows: int, num_classes: int, device: torch.device, *, in_place: 
     return max(torch.get_num_threads(), SLICE_BYTES // (4 * num_classes), 1)
 
 
+FORWARD_BLOCK_ROWS = 1024
+"""On CPU, rows of the weight per product when a chunk's logits are formed (see below)."""
+
+
+def _chunk_logits(
+    z: torch.Tensor,
+    h_c: torch.Tensor,
+    w_c: torch.Tensor,
+    b_c: torch.Tensor | None,
+    scratch: torch.Tensor | None,
+) -> None:
+    """``z = h_c @ w_c.T + b_c`` for one chunk, written into ``z`` (c, V).
+
+    Without ``scratch``, one matrix product. With it (CPU), the product is formed in blocks
+    of ``FORWARD_BLOCK_ROWS`` weight rows as ``w_block @ h_c.T`` into the small scratch and
+    copied transposed into ``z``: on CPU that (V_block, D) x (D, c) layout runs markedly
+    faster than (c, D) x (D, V) (about 196 vs 163 GFLOP/s measured at D = 1024, c = 256,
+    V = 128256 on a 2-core AVX-512 machine), and the copy of a cache-sized block is cheap.
+    """
+    if scratch is None:
+        if b_c is None:
+            torch.matmul(h_c, w_c.T, out=z)
+        else:
+            torch.addmm(b_c, h_c, w_c.T, out=z)
+        return
+    rows = h_c.shape[0]
+    num_classes = w_c.shape[0]
+    h_t = h_c.T.contiguous()
+    for v0 in range(0, num_classes, FORWARD_BLOCK_ROWS):
+        v1 = min(v0 + FORWARD_BLOCK_ROWS, num_classes)
+        block = scratch[: (v1 - v0) * rows].view(v1 - v0, rows)
+        if b_c is None:
+            torch.mm(w_c[v0:v1], h_t, out=block)
+        else:
+            torch.addmm(b_c[v0:v1].unsqueeze(1), w_c[v0:v1], h_t, out=block)
+        z[:, v0:v1].copy_(block.T)
+
+
 def _kernel_options(opts: dict) -> dict:
     return {
         "label_smoothing": opts["label_smoothing"],
@@ -380,6 +418,9 @@ def _fused_pass(
         )
     rows = min(rows, n)
     logits = torch.empty(rows, num_classes, dtype=cdt, device=device)
+    scratch = None
+    if device.type == "cpu" and num_classes > FORWARD_BLOCK_ROWS:
+        scratch = torch.empty(FORWARD_BLOCK_ROWS * rows, dtype=cdt, device=device)
     direct_dh = want_h and index is None and grad_hidden.dtype == cdt
     kernel_opts = _kernel_options(opts)
     in_place = grads and opts["softcap"] is None and cdt == acc
@@ -392,10 +433,7 @@ def _fused_pass(
         if h_c.dtype != cdt:
             h_c = h_c.to(cdt)
         z = logits[: stop - start]
-        if b_c is None:
-            torch.matmul(h_c, w_c.T, out=z)
-        else:
-            torch.addmm(b_c, h_c, w_c.T, out=z)
+        _chunk_logits(z, h_c, w_c, b_c, scratch)
         scale = grad_scale[start:stop] if per_token_scale else grad_scale
         terms = cross_entropy_rows(
             z, y_kept[start:stop], grad_scale=scale, out=z if grads else None, **kernel_opts
