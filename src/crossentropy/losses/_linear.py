@@ -8,7 +8,8 @@ only one (chunk, V) block of logits exists at a time.
 
 Per chunk of ``c`` token rows ``h_c`` (ignored tokens are dropped first):
 
-1. ``z = h_c @ weight.T + bias``, one matrix product into a reused (c, V) buffer;
+1. ``z = h_c @ weight.T + bias`` into a reused (c, V) buffer (on CPU as products of
+   1024-row blocks of the weight with ``h_c.T``, a faster layout there);
 2. the per-row loss and, over ``z`` in place, the gradient ``g = dloss/dz``, by the shared
    kernel :func:`crossentropy.losses._kernel.cross_entropy_rows`;
 3. ``dh_c = g @ weight`` written straight into the rows of the hidden gradient, and
