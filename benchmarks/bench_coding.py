@@ -41,7 +41,8 @@ def stdlib_text(size: int = SIZE) -> tuple[bytes, list[str]]:
     """The first ``size`` bytes of the sorted standard-library sources, and the files used."""
     root = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(
-        path for path in root.rglob("*.py")
+        path
+        for path in root.rglob("*.py")
         if "site-packages" not in path.relative_to(root).parts and path.is_file()
     )
     buffer = bytearray()
@@ -118,41 +119,64 @@ def main() -> None:
     gzip_bytes = results["gzip -9"]["bytes"]
     targets = {
         "order0_encode_at_least_20_MB_per_s": order0["encode_MB_per_s"] >= 20,
-        "order0_within_0.1pct_plus_64_bytes_of_entropy":
-            order0["bytes"] <= entropy_bytes * 1.001 + 64,
+        "order0_within_0.1pct_plus_64_bytes_of_entropy": order0["bytes"]
+        <= entropy_bytes * 1.001 + 64,
         "context_smaller_than_gzip_9": results["context"]["bytes"] < gzip_bytes,
         "context_encode_at_least_1_MB_per_s": results["context"]["encode_MB_per_s"] >= 1,
-        "context_encode_at_least_1_MB_per_s_cpu_time":
-            results["context"]["encode_cpu_MB_per_s"] >= 1,
+        "context_encode_at_least_1_MB_per_s_cpu_time": results["context"]["encode_cpu_MB_per_s"]
+        >= 1,
     }
     for name, result in results.items():
-        rows.append([
-            name, result["bytes"], f"{result['bits_per_byte']:.4f}",
-            f"{result['bytes'] / gzip_bytes:.3f}",
-            f"{result['encode_MB_per_s']:.2f}", f"{result['encode_cpu_MB_per_s']:.2f}",
-            f"{result['decode_MB_per_s']:.3f}",
-        ])
+        rows.append(
+            [
+                name,
+                result["bytes"],
+                f"{result['bits_per_byte']:.4f}",
+                f"{result['bytes'] / gzip_bytes:.3f}",
+                f"{result['encode_MB_per_s']:.2f}",
+                f"{result['encode_cpu_MB_per_s']:.2f}",
+                f"{result['decode_MB_per_s']:.3f}",
+            ]
+        )
     print(f"{n} bytes of stdlib sources ({len(used)} files, {used[0]} .. {used[-1]})")
-    print(f"order-0 entropy: {8 * entropy_bytes / n:.4f} bits/byte = {entropy_bytes:.1f} bytes; "
-          f"order0 container is {order0['bytes'] - entropy_bytes:+.1f} bytes from it "
-          f"({100 * (order0['bytes'] / entropy_bytes - 1):+.3f} %)")
-    print_table(["coder", "bytes", "bits/byte", "size / gzip", "encode MB/s",
-                 "encode MB/s (CPU time)", "decode MB/s"], rows)
+    print(
+        f"order-0 entropy: {8 * entropy_bytes / n:.4f} bits/byte = {entropy_bytes:.1f} bytes; "
+        f"order0 container is {order0['bytes'] - entropy_bytes:+.1f} bytes from it "
+        f"({100 * (order0['bytes'] / entropy_bytes - 1):+.3f} %)"
+    )
+    print_table(
+        [
+            "coder",
+            "bytes",
+            "bits/byte",
+            "size / gzip",
+            "encode MB/s",
+            "encode MB/s (CPU time)",
+            "decode MB/s",
+        ],
+        rows,
+    )
     for name, met in targets.items():
         print(f"target {name}: {'met' if met else 'MISSED'}")
-    path = write_results("coding", {
-        "input": {
-            "description": "stdlib *.py sources, sorted paths, concatenated, first 2^20 bytes",
-            "bytes": n, "files": len(used), "first": used[0], "last": used[-1],
+    path = write_results(
+        "coding",
+        {
+            "input": {
+                "description": "stdlib *.py sources, sorted paths, concatenated, first 2^20 bytes",
+                "bytes": n,
+                "files": len(used),
+                "first": used[0],
+                "last": used[-1],
+            },
+            "order0_entropy_bits_per_byte": 8 * entropy_bytes / n,
+            "order0_excess_bytes_over_entropy": order0["bytes"] - entropy_bytes,
+            "results": results,
+            "targets": targets,
+            "note": "throughput in 10^6 bytes per second (wall: best of 5; CPU: least process "
+            "time of 3); sizes include container headers; measured on a shared 2-core "
+            "machine with other work running",
         },
-        "order0_entropy_bits_per_byte": 8 * entropy_bytes / n,
-        "order0_excess_bytes_over_entropy": order0["bytes"] - entropy_bytes,
-        "results": results,
-        "targets": targets,
-        "note": "throughput in 10^6 bytes per second (wall: best of 5; CPU: least process "
-                "time of 3); sizes include container headers; measured on a shared 2-core "
-                "machine with other work running",
-    })
+    )
     print(f"wrote {path}")
 
 

@@ -150,8 +150,11 @@ def test_entropy_table(run, tmp_path, capsys):
 
 def _command(*args: str, data: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "crossentropy", *args], input=data, capture_output=True,
-        check=False, timeout=120,
+        [sys.executable, "-m", "crossentropy", *args],
+        input=data,
+        capture_output=True,
+        check=False,
+        timeout=120,
     )
 
 

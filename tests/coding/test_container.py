@@ -146,7 +146,7 @@ def test_rejects_bad_arguments():
 
 def _header_size(blob: bytes) -> int:
     name_length = blob[5]
-    (params_length,) = struct.unpack("<I", blob[6 + name_length:10 + name_length])
+    (params_length,) = struct.unpack("<I", blob[6 + name_length : 10 + name_length])
     return 10 + name_length + params_length + 32
 
 
@@ -202,8 +202,8 @@ def test_messages_say_what_is_wrong():
 def _reseal(blob: bytes, payload: bytes) -> bytes:
     """Replace the payload and recompute both CRCs, as a forger would."""
     size = _header_size(blob)
-    header = bytearray(blob[:size - 4])
-    header[size - 16:size - 4] = struct.pack("<QI", len(payload), zlib.crc32(payload))
+    header = bytearray(blob[: size - 4])
+    header[size - 16 : size - 4] = struct.pack("<QI", len(payload), zlib.crc32(payload))
     return bytes(header) + struct.pack("<I", zlib.crc32(bytes(header))) + payload
 
 
@@ -211,7 +211,7 @@ def _reseal(blob: bytes, payload: bytes) -> bytes:
 def test_resealed_damage_is_caught_by_the_digest(model, rng):
     data = TEXT[:800]
     blob = coding.compress(data, model=model)
-    payload = blob[_header_size(blob):]
+    payload = blob[_header_size(blob) :]
     assert coding.decompress(_reseal(blob, payload)) == data  # the helper itself is right
     for bit in rng.integers(0, 8 * len(payload), 40).tolist():
         damaged = _reseal(blob, _flip(payload, bit))
@@ -223,7 +223,9 @@ def test_unknown_version_and_model():
     blob = bytearray(coding.compress(b"abc"))
     blob[4] = 9
     header_size = _header_size(bytes(blob))
-    blob[header_size - 4:header_size] = struct.pack("<I", zlib.crc32(bytes(blob[:header_size - 4])))
+    blob[header_size - 4 : header_size] = struct.pack(
+        "<I", zlib.crc32(bytes(blob[: header_size - 4]))
+    )
     with pytest.raises(DecodeError, match="unsupported container version 9"):
         coding.decompress(bytes(blob))
 
@@ -240,12 +242,16 @@ def test_context_model_across_blocks(monkeypatch):
     assert coding.decompress(blob) == data  # the block size travels in the header
 
 
-def _context_params(block=1 << 20, table_bits=24, slack_bits=3, orders=(1, 2), alphas=None,
-                    count=None):
+def _context_params(
+    block=1 << 20, table_bits=24, slack_bits=3, orders=(1, 2), alphas=None, count=None
+):
     alphas = (1.0,) * len(orders) if alphas is None else alphas
     count = len(orders) if count is None else count
-    return (struct.pack("<IBBB", block, table_bits, slack_bits, count) + bytes(orders)
-            + struct.pack(f"<{len(alphas)}d", *alphas))
+    return (
+        struct.pack("<IBBB", block, table_bits, slack_bits, count)
+        + bytes(orders)
+        + struct.pack(f"<{len(alphas)}d", *alphas)
+    )
 
 
 @pytest.mark.parametrize(
@@ -272,8 +278,10 @@ def test_context_parameters_are_checked(params):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["order0", "context"])
 def test_large_round_trip(model, rng):
-    text = b"".join(path.read_bytes() for path in sorted(
-        pathlib.Path(coding.__file__).parent.parent.rglob("*.py")))
+    text = b"".join(
+        path.read_bytes()
+        for path in sorted(pathlib.Path(coding.__file__).parent.parent.rglob("*.py"))
+    )
     data = (text * (1 + 300_000 // max(1, len(text))))[:300_000]
     data += rng.integers(0, 256, 50_000, dtype=np.uint8).tobytes()
     blob = coding.compress(data, model=model)

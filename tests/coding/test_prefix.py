@@ -38,10 +38,15 @@ def brute_force_min_length(p) -> float:
 
 
 def distributions(min_size=1, max_size=8):
-    return st.lists(
-        st.floats(min_value=0.0, max_value=1.0, allow_nan=False), min_size=min_size,
-        max_size=max_size,
-    ).filter(lambda w: sum(w) > 1e-3).map(lambda w: (np.asarray(w) / np.sum(w)).tolist())
+    return (
+        st.lists(
+            st.floats(min_value=0.0, max_value=1.0, allow_nan=False),
+            min_size=min_size,
+            max_size=max_size,
+        )
+        .filter(lambda w: sum(w) > 1e-3)
+        .map(lambda w: (np.asarray(w) / np.sum(w)).tolist())
+    )
 
 
 # -- the seed ---------------------------------------------------------------------------
@@ -157,15 +162,30 @@ def test_canonical_codes_stable_across_runs():
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         result = subprocess.run(
-            [sys.executable, "-c", _STABILITY_SCRIPT], capture_output=True, text=True,
-            env=env, check=True,
+            [sys.executable, "-c", _STABILITY_SCRIPT],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
         )
         outputs.append(json.loads(result.stdout))
     assert outputs[0] == outputs[1]
-    assert outputs[0] == coding.huffman_code(
-        {"alpha": .15, "beta": .15, "gamma": .15, "delta": .15, "eps": .1, "zeta": .1,
-         "eta": .1, "theta": .05, "iota": .05}
-    ).codewords
+    assert (
+        outputs[0]
+        == coding.huffman_code(
+            {
+                "alpha": 0.15,
+                "beta": 0.15,
+                "gamma": 0.15,
+                "delta": 0.15,
+                "eps": 0.1,
+                "zeta": 0.1,
+                "eta": 0.1,
+                "theta": 0.05,
+                "iota": 0.05,
+            }
+        ).codewords
+    )
 
 
 def test_zero_probability_symbols_still_get_codewords():
@@ -198,7 +218,8 @@ def test_kraft_sum_values():
 
 def _is_prefix_free_reference(words):
     return not any(a != b and b.startswith(a) for a in words for b in words) and len(
-        set(words)) == len(words)
+        set(words)
+    ) == len(words)
 
 
 @given(st.lists(st.text(alphabet="01", min_size=1, max_size=4), min_size=1, max_size=6))
@@ -214,15 +235,19 @@ def _shortest_ambiguous_length(words, limit):
             parses = [0] * (length + 1)
             parses[0] = 1
             for end in range(1, length + 1):
-                parses[end] = sum(parses[end - len(w)] for w in words
-                                  if len(w) <= end and s[end - len(w):end] == w)
+                parses[end] = sum(
+                    parses[end - len(w)]
+                    for w in words
+                    if len(w) <= end and s[end - len(w) : end] == w
+                )
             if parses[length] >= 2:
                 return length
     return None
 
 
-@given(st.lists(st.text(alphabet="01", min_size=1, max_size=3), min_size=2, max_size=4,
-                unique=True))
+@given(
+    st.lists(st.text(alphabet="01", min_size=1, max_size=3), min_size=2, max_size=4, unique=True)
+)
 def test_find_ambiguity_is_a_shortest_witness(words):
     witness = coding.find_ambiguity(words)
     brute = _shortest_ambiguous_length(words, 9)

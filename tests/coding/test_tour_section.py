@@ -50,8 +50,7 @@ def test_errata_and_figure(tour):
     section = tour.find("Coding")
     errata = section.errata()
     assert any("1110 = C B = D A" in e.correct and "18 bits" in e.correct for e in errata)
-    assert any("words 8 and 9" in e.correct and e.correct.endswith("0 10 11 0")
-               for e in errata)
+    assert any("words 8 and 9" in e.correct and e.correct.endswith("0 10 11 0") for e in errata)
     figures = tour.figures()
     assert len(figures) == 1
     assert figures[0].path.stat().st_size > 0

@@ -26,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", metavar="IN", help="file to compress, or '-' for stdin")
     parser.add_argument("output", metavar="OUT", help="file to write, or '-' for stdout")
-    parser.add_argument("--model", choices=coding.MODELS, default="order0",
-                        help="entropy model (default: order0)")
+    parser.add_argument(
+        "--model", choices=coding.MODELS, default="order0", help="entropy model (default: order0)"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     parser.set_defaults(func=_compress)
 
@@ -72,9 +73,7 @@ def _write(name: str, data: bytes, *, force: bool, source: str) -> None:
     if target.exists() and not force:
         raise ValueError(f"{name} exists; pass --force to overwrite it")
     folder = target.parent if str(target.parent) else Path(".")
-    descriptor, temporary = tempfile.mkstemp(
-        dir=folder, prefix=f".{target.name}.", suffix=".part"
-    )
+    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".part")
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
@@ -100,8 +99,9 @@ def _new_file_mode(target: Path) -> int:
 def _compress(args: argparse.Namespace) -> int:
     data = _read(args.input)
     _check_output(args)
-    _write(args.output, coding.compress(data, model=args.model), force=args.force,
-           source=args.input)
+    _write(
+        args.output, coding.compress(data, model=args.model), force=args.force, source=args.input
+    )
     return 0
 
 
@@ -131,9 +131,7 @@ class _Progress:
         if not self.enabled:
             return
         filled = int(20 * self.done / self.steps)
-        sys.stderr.write(
-            f"\r{self.name}: [{'#' * filled}{'.' * (20 - filled)}] {step:<8}"
-        )
+        sys.stderr.write(f"\r{self.name}: [{'#' * filled}{'.' * (20 - filled)}] {step:<8}")
         sys.stderr.flush()
         self.done += 1
 
@@ -157,15 +155,30 @@ def _entropy(args: argparse.Namespace) -> int:
         print(json.dumps(reports, indent=2))
         return 0
     columns = ["size", "entropy", "huffman", *coding.MODELS, "gzip", "bz2", "xz"]
-    headers = ["file", "size (B)", "entropy", "Huffman", *coding.MODELS,
-               "gzip -9", "bz2 -9", "xz -9"]
-    rows = [[r["file"]] + [str(r["size"])] + [f"{r[c]:.3f}" for c in columns[1:]]
-            for r in reports]
+    headers = [
+        "file",
+        "size (B)",
+        "entropy",
+        "Huffman",
+        *coding.MODELS,
+        "gzip -9",
+        "bz2 -9",
+        "xz -9",
+    ]
+    rows = [[r["file"]] + [str(r["size"])] + [f"{r[c]:.3f}" for c in columns[1:]] for r in reports]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
     print("bits per byte (sizes of our coders and gzip/bz2/xz include their headers)")
-    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w)
-                    for i, (h, w) in enumerate(zip(headers, widths, strict=True))))
+    print(
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w)
+            for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+        )
+    )
     for row in rows:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
     return 0

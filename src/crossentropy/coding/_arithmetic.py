@@ -38,9 +38,7 @@ def _check_model(model: Any, n: int | None) -> np.ndarray:
     if table.shape[-1] < 1:
         raise ValueError(f"`model` must have at least one symbol; got shape {table.shape}")
     if table.ndim == 2 and n is not None and table.shape[0] != n:
-        raise ValueError(
-            f"`model` must have one row per symbol ({n}); got shape {table.shape}"
-        )
+        raise ValueError(f"`model` must have one row per symbol ({n}); got shape {table.shape}")
     if not np.all(np.isfinite(table)) or np.any(table < 0):
         raise ValueError("`model` must hold finite, non-negative probabilities")
     sums = table.sum(axis=-1)
@@ -222,7 +220,5 @@ def _bytes_to_words(data: bytes) -> np.ndarray:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"`data` must be bytes; got {type(data).__name__}")
     if len(data) % 4:
-        raise DecodeError(
-            f"`data` must be whole 32-bit words; got {len(data)} bytes (truncated?)"
-        )
+        raise DecodeError(f"`data` must be whole 32-bit words; got {len(data)} bytes (truncated?)")
     return np.frombuffer(bytes(data), dtype="<u4").astype(np.uint32)

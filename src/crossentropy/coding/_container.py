@@ -117,7 +117,7 @@ class _Reader:
                 f"truncated container: {what} needs bytes {self.at}..{self.at + size} but "
                 f"the blob has {len(self.blob)}"
             )
-        chunk = self.blob[self.at:self.at + size]
+        chunk = self.blob[self.at : self.at + size]
         self.at += size
         return chunk
 
@@ -177,15 +177,13 @@ b'PK\\x03\\x04', expected b'\\x89CEZ'
     name = name_raw.decode("ascii", errors="replace")
     if name not in _DECODERS:
         raise DecodeError(f"unknown model {name!r} in the container; known: {list(MODELS)}")
-    payload = blob[reader.at:]
+    payload = blob[reader.at :]
     if len(payload) < payload_length:
         raise DecodeError(
             f"truncated container: the payload has {len(payload)} of {payload_length} bytes"
         )
     if len(payload) > payload_length:
-        raise DecodeError(
-            f"trailing data: {len(payload) - payload_length} bytes after the payload"
-        )
+        raise DecodeError(f"trailing data: {len(payload) - payload_length} bytes after the payload")
     if zlib.crc32(payload) != payload_crc:
         raise DecodeError("corrupt container: the payload checksum does not match")
     try:
@@ -193,8 +191,9 @@ b'PK\\x03\\x04', expected b'\\x89CEZ'
     except DecodeError:
         raise
     except (ValueError, IndexError, RuntimeError, AssertionError, struct.error) as error:
-        raise DecodeError(f"corrupt container: the {name} payload does not decode ({error})") \
-            from None
+        raise DecodeError(
+            f"corrupt container: the {name} payload does not decode ({error})"
+        ) from None
     result = np.asarray(out, dtype=np.uint8).tobytes()
     if len(result) != length or _digest(result) != digest:
         raise DecodeError("corrupt container: the decoded bytes fail the checksum")

@@ -95,8 +95,10 @@ def _node_spread(order: int, table_bits: int) -> list[int]:
     if _exact(order, table_bits):
         return list(range(256))
     mask = (1 << (table_bits - 3)) - 1
-    return [(((node * _NODE_MULTIPLIER) & mask) << 3) | max(node.bit_length() - 1, 0)
-            for node in range(256)]
+    return [
+        (((node * _NODE_MULTIPLIER) & mask) << 3) | max(node.bit_length() - 1, 0)
+        for node in range(256)
+    ]
 
 
 def _context_base(context: int, order: int, table_bits: int) -> int:
@@ -182,7 +184,7 @@ def block_probabilities(
     time = np.arange(n, dtype=np.uint64)
     index = np.arange(n, dtype=np.int32)
     for j in range(1, top + 1):
-        context |= padded[top - j: top - j + n].astype(np.uint64) << np.uint64(8 * (j - 1))
+        context |= padded[top - j : top - j + n].astype(np.uint64) << np.uint64(8 * (j - 1))
         if j not in blend:
             continue
         if _exact(j, table_bits):
@@ -210,19 +212,18 @@ def encode(data: np.ndarray) -> tuple[bytes, bytes]:
     import constriction
 
     params = (
-        _HEAD.pack(BLOCK, TABLE_BITS, SLACK_BITS, len(ORDERS)) + bytes(ORDERS)
+        _HEAD.pack(BLOCK, TABLE_BITS, SLACK_BITS, len(ORDERS))
+        + bytes(ORDERS)
         + struct.pack(f"<{len(ALPHAS)}d", *ALPHAS)
     )
     chunks = []
     for start in range(0, data.size, BLOCK):
-        block = data[start:start + BLOCK]
+        block = data[start : start + BLOCK]
         bits, p = block_probabilities(
             block, ORDERS, ALPHAS, _block_table_bits(block.size, TABLE_BITS, SLACK_BITS)
         )
         encoder = constriction.stream.queue.RangeEncoder()
-        encoder.encode(
-            bits.astype(np.int32), constriction.stream.model.Bernoulli(perfect=False), p
-        )
+        encoder.encode(bits.astype(np.int32), constriction.stream.model.Bernoulli(perfect=False), p)
         words = _words_to_bytes(encoder.get_compressed())
         if len(words) < block.size:
             chunks.append(struct.pack("<BI", _CODED, len(words)) + words)
@@ -234,11 +235,11 @@ def encode(data: np.ndarray) -> tuple[bytes, bytes]:
 def _read_params(params: bytes) -> tuple[int, int, int, tuple[int, ...], tuple[float, ...]]:
     if len(params) < _HEAD.size:
         raise DecodeError("corrupt context parameters: too short")
-    block, table_bits, slack_bits, count = _HEAD.unpack(params[:_HEAD.size])
+    block, table_bits, slack_bits, count = _HEAD.unpack(params[: _HEAD.size])
     if len(params) != _HEAD.size + 9 * count or count == 0:
         raise DecodeError(f"corrupt context parameters: {len(params)} bytes for {count} orders")
-    orders = tuple(params[_HEAD.size:_HEAD.size + count])
-    alphas = struct.unpack(f"<{count}d", params[_HEAD.size + count:])
+    orders = tuple(params[_HEAD.size : _HEAD.size + count])
+    alphas = struct.unpack(f"<{count}d", params[_HEAD.size + count :])
     if (
         not 0 < block <= 1 << _TIME_BITS
         or not 16 <= table_bits <= 24
@@ -263,17 +264,20 @@ def decode(params: bytes, payload: bytes, n: int) -> np.ndarray:
         stop = min(n, start + block)
         if at + 5 > len(payload):
             raise DecodeError("truncated context payload: a block header is missing")
-        method, length = struct.unpack("<BI", payload[at:at + 5])
+        method, length = struct.unpack("<BI", payload[at : at + 5])
         at += 5
         if at + length > len(payload):
             raise DecodeError("truncated context payload: a block is cut short")
-        chunk = payload[at:at + length]
+        chunk = payload[at : at + length]
         at += length
         if method == _STORED and length == stop - start:
             out[start:stop] = np.frombuffer(chunk, dtype=np.uint8)
         elif method == _CODED:
             out[start:stop] = _decode_block(
-                _bytes_to_words(chunk), stop - start, orders, alphas,
+                _bytes_to_words(chunk),
+                stop - start,
+                orders,
+                alphas,
                 _block_table_bits(stop - start, table_bits, slack_bits),
             )
         else:
@@ -298,8 +302,16 @@ def _decode_block(
     models = []
     for j, alpha in zip(orders, alphas, strict=True):
         zeros = bytes(4 << (8 * j + 8 if _exact(j, table_bits) else table_bits))
-        models.append((j, (1 << (8 * j)) - 1, alpha, _node_spread(j, table_bits),
-                       array("I", zeros), array("I", zeros)))
+        models.append(
+            (
+                j,
+                (1 << (8 * j)) - 1,
+                alpha,
+                _node_spread(j, table_bits),
+                array("I", zeros),
+                array("I", zeros),
+            )
+        )
     history_mask = (1 << (8 * max(orders))) - 1
     history = 0
     out = []

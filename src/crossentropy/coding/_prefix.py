@@ -43,9 +43,7 @@ def _check_codewords(codewords: Iterable[str], name: str = "codewords") -> list[
         if not isinstance(word, str):
             raise TypeError(f"`{name}` must be strings of '0' and '1'; got {word!r}")
         if not word or set(word) - {"0", "1"}:
-            raise ValueError(
-                f"`{name}` must be non-empty strings of '0' and '1'; got {word!r}"
-            )
+            raise ValueError(f"`{name}` must be non-empty strings of '0' and '1'; got {word!r}")
     return words
 
 
@@ -167,7 +165,7 @@ def find_ambiguity(codewords: Mapping[Hashable, str] | Iterable[str]) -> Ambigui
     for u, lu in items:
         for v, lv in items:
             if u != v and v.startswith(u):
-                heapq.heappush(heap, (len(v), tick, v[len(u):], (lu,), (lv,)))
+                heapq.heappush(heap, (len(v), tick, v[len(u) :], (lu,), (lv,)))
                 tick += 1
     visited: set[str] = set()
     while heap:
@@ -178,17 +176,19 @@ def find_ambiguity(codewords: Mapping[Hashable, str] | Iterable[str]) -> Ambigui
         for w, lw in items:
             if w == dangling:
                 first, second = (*behind, lw), ahead
-                lengths = (tuple(len(word_of[x]) for x in first),
-                           tuple(len(word_of[x]) for x in second))
+                lengths = (
+                    tuple(len(word_of[x]) for x in first),
+                    tuple(len(word_of[x]) for x in second),
+                )
                 if lengths[1] < lengths[0]:
                     first, second = second, first
                 return Ambiguity("".join(word_of[x] for x in ahead), first, second)
             if dangling.startswith(w):
-                heapq.heappush(heap, (cost, tick, dangling[len(w):], (*behind, lw), ahead))
+                heapq.heappush(heap, (cost, tick, dangling[len(w) :], (*behind, lw), ahead))
             elif w.startswith(dangling):
                 heapq.heappush(
-                    heap, (cost + len(w) - len(dangling), tick, w[len(dangling):], ahead,
-                           (*behind, lw))
+                    heap,
+                    (cost + len(w) - len(dangling), tick, w[len(dangling) :], ahead, (*behind, lw)),
                 )
             tick += 1
     return None
@@ -213,14 +213,11 @@ def _check_probabilities(probabilities: Any) -> tuple[list[Hashable], np.ndarray
     if p.size == 0:
         raise ValueError("`probabilities` must have at least one symbol; got none")
     if not np.all(np.isfinite(p)) or np.any(p < 0):
-        raise ValueError(
-            f"`probabilities` must be finite and non-negative; got {p.tolist()}"
-        )
+        raise ValueError(f"`probabilities` must be finite and non-negative; got {p.tolist()}")
     total = float(p.sum())
     if abs(total - 1.0) > 1e-9 * max(1, p.size):
         raise ValueError(
-            f"`probabilities` must sum to 1; got sum {total!r}; "
-            "normalise with `info.normalize(p)`"
+            f"`probabilities` must sum to 1; got sum {total!r}; normalise with `info.normalize(p)`"
         )
     return symbols, p
 
@@ -383,9 +380,7 @@ Kraft sum 1.125 > 1; '1110' reads as C B and as D A
                     f"`lengths` must be positive integers; got {length!r} for {symbol!r}"
                 )
         if kraft_sum(lengths) > 1.0:
-            raise ValueError(
-                f"`lengths` must have Kraft sum <= 1; got {kraft_sum(lengths)!r}"
-            )
+            raise ValueError(f"`lengths` must have Kraft sum <= 1; got {kraft_sum(lengths)!r}")
         keys = list(lengths.keys())
         values = list(lengths.values())
         order = sorted(range(len(values)), key=lambda i: (values[i], i))
@@ -458,8 +453,7 @@ Kraft sum 1.125 > 1; '1110' reads as C B and as D A
                 out.append(self._codewords[symbol])
             except (KeyError, TypeError):
                 raise ValueError(
-                    f"`symbols` must be symbols of this code; got {symbol!r} at position "
-                    f"{position}"
+                    f"`symbols` must be symbols of this code; got {symbol!r} at position {position}"
                 ) from None
         return "".join(out)
 
@@ -530,9 +524,7 @@ def _prefix_violation(codewords: Mapping[Hashable, str]) -> str:
     assert pair is not None  # only called when the code is not prefix-free
     sa, a, sb, b = pair
     relation = "equal to" if a == b else "a prefix of"
-    message = (
-        f"`codewords` must be prefix-free; got {a!r} ({sa}) {relation} {b!r} ({sb})"
-    )
+    message = f"`codewords` must be prefix-free; got {a!r} ({sa}) {relation} {b!r} ({sb})"
     total = kraft_sum(len(w) for w in codewords.values())
     if total > 1:
         message += f", Kraft sum {total!r} > 1"

@@ -69,19 +69,29 @@ def coding_section(tour: Any) -> None:
     code2_note = "invalid" if kraft2 > 1 else "ok"
     rows = []
     for word in WORDS:
-        rows.append([
-            word,
-            f"{p_map[word]:.1f}",
-            f"{float(info.information(p_map[word])):.1f}",
-            code1.codewords[word],
-            SEED_CODE_2[word],
-            huffman.codewords[word],
-        ])
-    rows.append(["message bits", "", "", f"{code1_bits:.0f}", f"{code2_bits:.0f}",
-                 f"{huffman_bits:.0f}"])
-    rows.append(["Kraft sum", "", "",
-                 f"{coding.kraft_sum(code1.lengths):.3f}", f"{kraft2:.3f} ({code2_note})",
-                 f"{coding.kraft_sum(huffman.lengths):.3f}"])
+        rows.append(
+            [
+                word,
+                f"{p_map[word]:.1f}",
+                f"{float(info.information(p_map[word])):.1f}",
+                code1.codewords[word],
+                SEED_CODE_2[word],
+                huffman.codewords[word],
+            ]
+        )
+    rows.append(
+        ["message bits", "", "", f"{code1_bits:.0f}", f"{code2_bits:.0f}", f"{huffman_bits:.0f}"]
+    )
+    rows.append(
+        [
+            "Kraft sum",
+            "",
+            "",
+            f"{coding.kraft_sum(code1.lengths):.3f}",
+            f"{kraft2:.3f} ({code2_note})",
+            f"{coding.kraft_sum(huffman.lengths):.3f}",
+        ]
+    )
     tour.table(
         ["word", "p", "bits -log2 p", "code 1", "seed's code 2", "Huffman"],
         rows,
@@ -104,12 +114,14 @@ def coding_section(tour: Any) -> None:
         f"{100 * (1 - huffman_bits / code1_bits):.0f} % fewer than code 1",
     )
     correct_bits = " ".join(SEED_CODE_2[w] for w in MESSAGE)
-    wrong = [i + 1 for i, (a, b) in enumerate(
-        zip(SEED_CODE_2_BITS.split(), correct_bits.split(), strict=True)) if a != b]
+    wrong = [
+        i + 1
+        for i, (a, b) in enumerate(zip(SEED_CODE_2_BITS.split(), correct_bits.split(), strict=True))
+        if a != b
+    ]
     tour.erratum(
         f"the message under code 2 is {SEED_CODE_2_BITS}",
-        f"words {' and '.join(map(str, wrong))} are mis-encoded; code 2 gives "
-        f"{correct_bits}",
+        f"words {' and '.join(map(str, wrong))} are mis-encoded; code 2 gives {correct_bits}",
     )
     tour.text(
         f"Huffman's lengths {list(huffman.lengths.values())} spend {huffman_mean:.1f} "
@@ -142,14 +154,26 @@ def coding_section(tour: Any) -> None:
         huffman_q = coding.huffman_code(q_array).expected_length(p)
         _record(tour, f"measured_bits_Q_{name}", bits)
         _record(tour, f"cross_entropy_Q_{name}", cross)
-        rows.append([
-            name, f"{bits:.4f}", f"{cross:.6f}", f"{kl:.6f}",
-            f"{bits - entropy:+.4f}", f"{huffman_q:.2f}",
-        ])
+        rows.append(
+            [
+                name,
+                f"{bits:.4f}",
+                f"{cross:.6f}",
+                f"{kl:.6f}",
+                f"{bits - entropy:+.4f}",
+                f"{huffman_q:.2f}",
+            ]
+        )
         plotted.append((name, cross, bits))
     tour.table(
-        ["model Q", "measured bits/word", "H(P, Q)", "D(P||Q)", "measured - H(P)",
-         "Huffman(Q) on P"],
+        [
+            "model Q",
+            "measured bits/word",
+            "H(P, Q)",
+            "D(P||Q)",
+            "measured - H(P)",
+            "Huffman(Q) on P",
+        ],
         rows,
         title=f"{SAMPLE_SIZE:,} words from P coded with a model Q (H(P) = {entropy:.6f})",
     )
