@@ -12,7 +12,8 @@ Per chunk of ``c`` token rows ``h_c`` (ignored tokens are dropped first):
    1024-row blocks of the weight with ``h_c.T``, a faster layout there);
 2. the per-row loss and, over ``z`` in place, the gradient ``g = dloss/dz``, by the shared
    kernel :func:`crossentropy.losses._kernel.cross_entropy_rows`;
-3. ``dh_c = g @ weight`` written straight into the rows of the hidden gradient, and
+3. ``dh_c = g @ weight`` into the rows of the hidden gradient (on CPU formed transposed,
+   as ``weight.T @ g.T`` into a small (D, c) buffer, and copied in: a faster layout), and
    ``dW += g.T @ h_c`` accumulated into one float32 (float64 for float64) buffer, and
    ``db += g.sum(0)``.
 
@@ -295,6 +296,28 @@ def _slice_rows(rows: int, num_classes: int, device: torch.device, *, in_place: 
     return max(torch.get_num_threads(), SLICE_BYTES // (4 * num_classes), 1)
 
 
+TRANSPOSED_HIDDEN_GRAD = True
+"""On CPU, form each chunk's hidden gradient transposed (see _hidden_grad_transposed)."""
+
+
+def _hidden_grad_transposed(
+    g: torch.Tensor, w_c: torch.Tensor, scratch: torch.Tensor
+) -> torch.Tensor:
+    """``g @ w_c`` (c, D) for one chunk, returned as the transpose of a (D, c) product.
+
+    The product is formed as ``w_c.T @ g.T`` into the flat ``scratch`` (at least D·c
+    elements) and handed back as a transposed view, for the caller to copy into the rows
+    of the hidden gradient. On CPU this layout runs faster than ``g @ w_c`` written straight
+    into (c, D) rows (about 188 vs 179 GFLOP/s at c = 128, D = 512, V = 65536, and up to
+    204 vs 176 at c = 256, D = 1024, V = 32000, on a 2-core AVX-512 machine, where the
+    large-square rate is about 215), and copying the (c, D) result costs little.
+    """
+    rows = g.shape[0]
+    hidden_dim = w_c.shape[1]
+    out = scratch[: hidden_dim * rows].view(hidden_dim, rows)
+    return torch.mm(w_c.T, g.T, out=out).T
+
+
 FORWARD_BLOCK_ROWS = 1024
 """On CPU, rows of the weight per product when a chunk's logits are formed (see below)."""
 
@@ -423,6 +446,9 @@ def _fused_pass(
     if device.type == "cpu" and num_classes > FORWARD_BLOCK_ROWS:
         scratch = torch.empty(FORWARD_BLOCK_ROWS * rows, dtype=cdt, device=device)
     direct_dh = want_h and index is None and grad_hidden.dtype == cdt
+    dh_t = None
+    if want_h and device.type == "cpu" and TRANSPOSED_HIDDEN_GRAD:
+        dh_t = torch.empty(hidden_dim * rows, dtype=cdt, device=device)
     kernel_opts = _kernel_options(opts)
     in_place = grads and opts["softcap"] is None and cdt == acc
     kernel_opts["slice_rows"] = _slice_rows(rows, num_classes, device, in_place=in_place)
@@ -444,7 +470,13 @@ def _fused_pass(
             continue
         g = z  # the kernel wrote the gradient over the logits
         if want_h:
-            if direct_dh:
+            if dh_t is not None:
+                dh = _hidden_grad_transposed(g, w_c, dh_t)
+                if index is None:
+                    grad_hidden[start:stop].copy_(dh)
+                else:
+                    grad_hidden.index_copy_(0, index[start:stop], dh.to(grad_hidden.dtype))
+            elif direct_dh:
                 torch.matmul(g, w_c, out=grad_hidden[start:stop])
             else:
                 dh = torch.matmul(g, w_c)
