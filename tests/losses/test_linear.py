@@ -374,9 +374,6 @@ def test_group_is_handed_to_the_vocabulary_parallel_head(monkeypatch):
     assert seen["kwargs"]["bias"] is bias
     assert seen["kwargs"]["z_loss"] == 0.1
     assert seen["kwargs"]["chunk_size"] == 2
-    monkeypatch.delattr(_distributed, "sharded_linear_cross_entropy")
-    with pytest.raises(NotImplementedError, match="`group` is not supported"):
-        losses.linear_cross_entropy(hidden, weight, targets, group=group)
 
 
 def _bad_inputs():

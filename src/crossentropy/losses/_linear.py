@@ -584,19 +584,6 @@ class _ChunkedPerToken(torch.autograd.Function):
 # Public API.
 
 
-def _sharded(*args, **kwargs):
-    """The vocabulary-parallel head, when it is available."""
-    from crossentropy.losses import _distributed
-
-    sharded = getattr(_distributed, "sharded_linear_cross_entropy", None)
-    if sharded is None:
-        raise NotImplementedError(
-            "`group` is not supported yet: the vocabulary-parallel head "
-            "(crossentropy.losses._distributed.sharded_linear_cross_entropy) is not available"
-        )
-    return sharded(*args, **kwargs)
-
-
 def linear_cross_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -680,8 +667,6 @@ def linear_cross_entropy(
         ValueError: Shapes that do not fit together, a target outside [0, V) that is not
             ``ignore_index``, an unknown ``impl`` or ``reduction``, ``chunk_size <= 0``, or
             a bad option value.
-        NotImplementedError: ``group`` given while the vocabulary-parallel head is
-            unavailable.
 
     Examples:
         >>> import torch
@@ -705,7 +690,10 @@ def linear_cross_entropy(
         fused head that never materialises the logits.
     """
     if group is not None:
-        return _sharded(
+        # Imported here: the vocabulary-parallel module builds on this one.
+        from crossentropy.losses._distributed import sharded_linear_cross_entropy
+
+        return sharded_linear_cross_entropy(
             hidden,
             weight,
             targets,
