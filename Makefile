@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -p no:cacheprovider -n 2 --hypothesis-profile=ci --doctest-modules src/crossentropy tests
 
 test-all: $(STAMP)
