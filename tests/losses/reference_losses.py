@@ -4,6 +4,10 @@ Plain NumPy loops over tokens and classes, no tricks beyond subtracting the row 
 inside log-sum-exp. The gradient is the closed form d(-log p_c)/dz = p - e_c, summed with
 the weights of the formula, times the soft-capping chain rule 1 - tanh(x / c)**2.
 Slow by design: use it on small inputs only.
+
+:func:`composed_torch_loss` is a second, independent form for torch tensors: the loss put
+together from torch's own ``F.cross_entropy`` and ``logsumexp``, differentiable by
+autograd, for the options torch lacks as well (z-loss, soft-capping, base).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 def _tokens_last(logits: np.ndarray, targets: np.ndarray, probs: bool):
@@ -143,3 +149,48 @@ def reference_entropy(logits, *, softcap=None, base=math.e):
         out.append(-sum(pk * math.log(pk) for pk in p if pk > 0) / math.log(base))
     shape = () if logits.ndim == 1 else (logits.shape[0], *logits.shape[2:])
     return np.array(out).reshape(shape)
+
+
+def composed_torch_loss(
+    logits,
+    targets,
+    *,
+    weight=None,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+    base=math.e,
+    validate=True,
+):
+    """Single-process loss from torch ops: F.cross_entropy per token on the soft-capped
+    logits, plus ``z_loss * w_y * logsumexp**2``, over ``ln(base)``, then torch's weighted
+    mean (0 for an all-ignored batch)."""
+    del validate
+    z = logits if softcap is None else softcap * torch.tanh(logits / softcap)
+    num_classes = z.shape[-1]
+    z2 = z.reshape(-1, num_classes)
+    flat = targets.reshape(-1)
+    per = F.cross_entropy(
+        z2,
+        flat,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction="none",
+        label_smoothing=label_smoothing,
+    )
+    counted = flat != ignore_index
+    if weight is None:
+        w_y = counted.to(z.dtype)
+    else:
+        w_y = weight[flat.clamp(0, num_classes - 1)] * counted
+    if z_loss:
+        per = per + z_loss * w_y * torch.logsumexp(z2, dim=1).square()
+    per = per / math.log(base)
+    if reduction == "none":
+        return per.reshape(targets.shape)
+    if reduction == "sum":
+        return per.sum()
+    denominator = w_y.sum()
+    return per.sum() / denominator if denominator > 0 else per.sum() * 0.0

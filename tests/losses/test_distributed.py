@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from crossentropy.losses import cross_entropy
 from tests.losses._dist_worker import run_group
+from tests.losses.reference_losses import composed_torch_loss
 
 pytestmark = [
     pytest.mark.distributed,
@@ -43,63 +45,7 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 LOW_PRECISION_CASES = {"plain", "everything"}
 
 
-def reference_loss(
-    logits,
-    targets,
-    *,
-    weight=None,
-    ignore_index=-100,
-    reduction="mean",
-    label_smoothing=0.0,
-    z_loss=0.0,
-    softcap=None,
-    base=math.e,
-    validate=True,
-):
-    """Single-process loss from torch ops: F.cross_entropy per token on the soft-capped
-    logits, plus ``z_loss * w_y * logsumexp**2``, over ``ln(base)``, then torch's weighted
-    mean (0 for an all-ignored batch)."""
-    del validate
-    z = logits if softcap is None else softcap * torch.tanh(logits / softcap)
-    num_classes = z.shape[-1]
-    z2 = z.reshape(-1, num_classes)
-    flat = targets.reshape(-1)
-    per = F.cross_entropy(
-        z2,
-        flat,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction="none",
-        label_smoothing=label_smoothing,
-    )
-    counted = flat != ignore_index
-    if weight is None:
-        w_y = counted.to(z.dtype)
-    else:
-        w_y = weight[flat.clamp(0, num_classes - 1)] * counted
-    if z_loss:
-        per = per + z_loss * w_y * torch.logsumexp(z2, dim=1).square()
-    per = per / math.log(base)
-    if reduction == "none":
-        return per.reshape(targets.shape)
-    if reduction == "sum":
-        return per.sum()
-    denominator = w_y.sum()
-    return per.sum() / denominator if denominator > 0 else per.sum() * 0.0
-
-
 TORCH_OPTIONS = {"weight", "ignore_index", "reduction", "label_smoothing", "validate"}
-
-
-def _library_loss():
-    """``crossentropy.losses.cross_entropy`` if it is built, else None."""
-    from crossentropy.losses import cross_entropy
-
-    try:
-        cross_entropy(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
-    except NotImplementedError:
-        return None
-    return cross_entropy
 
 
 def _grads(fn, tensors, upstream):
@@ -237,7 +183,6 @@ def test_vocab_parallel_matches_single_process(world, tmp_path):
     loss and gradient, for every option and reduction, float32 (1e-6) and float64."""
     cases = _vocab_cases(world)
     results = run_group(world, "vocab_parallel", {"sizes": SHARDS[world], "cases": cases}, tmp_path)
-    library = _library_loss()
     failures: list[str] = []
     for case in cases:
         name, dtype = case["name"], case["dtype"]
@@ -255,7 +200,7 @@ def test_vocab_parallel_matches_single_process(world, tmp_path):
         weight = options.get("weight")
 
         def composed(logits, _options=options, _targets=case["targets"]):
-            return reference_loss(logits, _targets, **_options)
+            return composed_torch_loss(logits, _targets, **_options)
 
         ref_loss, (ref_grad,) = _grads(composed, [case["logits"]], upstream)
         _close(f"{name} loss vs composed torch", losses[0], ref_loss, dtype, failures)
@@ -276,10 +221,10 @@ def test_vocab_parallel_matches_single_process(world, tmp_path):
                     torch_loss = torch_loss.reshape(LEAD)
                 _close(f"{name} loss vs F.cross_entropy", losses[0], torch_loss, dtype, failures)
                 _close(f"{name} grad vs F.cross_entropy", grad, torch_grad, dtype, failures)
-        if library is not None and case["logits"].dim() >= 2:
+        if case["logits"].dim() >= 2:
 
             def ours(logits, _options=options, _targets=case["targets"]):
-                return library(logits.reshape(-1, V), _targets.reshape(-1), **_options)
+                return cross_entropy(logits.reshape(-1, V), _targets.reshape(-1), **_options)
 
             lib_upstream = None if upstream is None else upstream.reshape(-1)
             lib_loss, (lib_grad,) = _grads(ours, [case["logits"]], lib_upstream)
@@ -390,7 +335,7 @@ def _linear_cases(world: int) -> list[dict]:
 
 def _linear_reference(hidden, weight, bias, targets, options):
     options = {k: v for k, v in options.items() if k not in ("impl", "chunk_size")}
-    return reference_loss(F.linear(hidden, weight, bias), targets, **options)
+    return composed_torch_loss(F.linear(hidden, weight, bias), targets, **options)
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -683,7 +628,7 @@ def test_group_of_one_equals_the_single_process_loss(
         upstream if reduction == "none" else None,
     )
     ref, (ref_grad,) = _grads(
-        lambda x: reference_loss(x, targets, **options),
+        lambda x: composed_torch_loss(x, targets, **options),
         [logits],
         upstream if reduction == "none" else None,
     )
@@ -764,7 +709,7 @@ def test_int32_targets_and_a_strided_view_of_the_logits(group_of_one):
     loss = vocab_parallel_cross_entropy(view, targets.int(), vocab_start=0, z_loss=0.1)
     loss.backward()
     dense = wide[:, ::2].contiguous().requires_grad_(True)
-    expected = reference_loss(dense, targets, z_loss=0.1)
+    expected = composed_torch_loss(dense, targets, z_loss=0.1)
     expected.backward()
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(view.grad, dense.grad, rtol=1e-12, atol=1e-14)
