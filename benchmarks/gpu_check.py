@@ -242,11 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.empty_cache()
     report["benchmark"] = bench(device, *bench_shape, repeat=args.repeat)
     report["seconds"] = time.perf_counter() - started
-    from crossentropy.losses import _linear
+    from crossentropy.losses import _products
 
     # Which mixed-precision weight-gradient accumulation this torch offered (0: addmm into
     # the float32 buffer, 1: a float32 product then add, 2: a half product then add).
-    report["weight_grad_method"] = dict(_linear._WEIGHT_GRAD_METHOD)
+    report["weight_grad_method"] = dict(_products._WEIGHT_GRAD_METHOD)
     print(f"weight-gradient accumulation method: {report['weight_grad_method']}")
 
     results = report["benchmark"]["results"]

@@ -25,9 +25,10 @@ from crossentropy.losses._linear import (
     AUTO_REFERENCE_ELEMENTS,
     CHUNK_BUDGET_BYTES,
     MIN_CHUNK_ROWS,
-    _add_weight_grad,
+    PRODUCT_ROWS,
     plan_chunk_rows,
 )
+from crossentropy.losses._products import add_weight_grad
 from tests.losses.reference_losses import (
     composed_torch_loss,
     reference_cross_entropy,
@@ -422,7 +423,7 @@ def test_validate_false_skips_the_target_range_check_only():
 def test_plan_examples_for_the_benchmark_shapes():
     assert plan_chunk_rows(4096, 1024, 128256) == 256
     assert plan_chunk_rows(4096, 1024, 32000) == 256
-    assert plan_chunk_rows(2048, 512, 65536) == 128
+    assert plan_chunk_rows(2048, 512, 65536) == 158
     assert plan_chunk_rows(0, 64, 10) == 1
 
 
@@ -438,10 +439,14 @@ def test_plan_properties(n, d, v, itemsize):
     chunks = -(-n // rows)
     # Evened out: no chunk is more than one row short of the others.
     assert chunks * rows - n < chunks
-    # The budget holds, unless the 16-row floor is what is left; never more than D // 4
-    # rows (or the floor).
+    # The budget holds, unless the 16-row floor is what is left; never more than
+    # max(D // 4, PRODUCT_ROWS) rows.
     assert rows * v * itemsize <= CHUNK_BUDGET_BYTES or rows <= MIN_CHUNK_ROWS
-    assert rows <= max(d // 4, MIN_CHUNK_ROWS)
+    assert rows <= max(d // 4, PRODUCT_ROWS)
+    # As many rows as that allows, evened out over the chunks: at most one fewer chunk fits.
+    target = min(max(d // 4, PRODUCT_ROWS), max(CHUNK_BUDGET_BYTES // (v * itemsize), 16))
+    target = max(target // 16 * 16, 16)
+    assert chunks == -(-n // target)
 
 
 def test_every_chunk_size_gives_the_same_answer():
@@ -462,7 +467,7 @@ def test_weight_grad_of_half_chunks_accumulates_in_float32():
     for _ in range(3):
         grad = torch.randn(4, 6, generator=g).to(torch.bfloat16)
         h = torch.randn(4, 5, generator=g).to(torch.bfloat16)
-        _add_weight_grad(acc, grad, h)
+        add_weight_grad(acc, grad, h)
         want += grad.double().T @ h.double()
     assert acc.dtype == torch.float32
     # Each chunk's product is rounded at most once to bfloat16, the sum over chunks is not.

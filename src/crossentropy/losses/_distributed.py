@@ -30,13 +30,13 @@ from crossentropy.losses._linear import (
     AUTO_REFERENCE_ELEMENTS,
     IMPLS,
     Impl,
-    _add_weight_grad,
     _check_inputs,
     _compute_dtype,
     _is_one,
     plan_chunk_rows,
 )
 from crossentropy.losses._options import REDUCTIONS, Reduction, check_options
+from crossentropy.losses._products import ChunkProducts, choose_engine
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 _ACCELERATOR_SLICE_ELEMENTS = 1 << 26
@@ -785,14 +785,12 @@ def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, gr
     db = torch.zeros(shard, dtype=acc, device=device) if want_b else None
     grads = want_h or want_w or want_b
     logits = torch.empty(min(plan.rows, n), shard, dtype=cdt, device=device)
+    products = ChunkProducts(w_c, b_c, min(plan.rows, n), choose_engine(cdt, device))
     for start in range(0, n, plan.rows):
         stop = min(start + plan.rows, n)
         h_c = h_kept[start:stop].to(cdt)
         z = logits[: stop - start]
-        if b_c is None:
-            torch.matmul(h_c, w_c.T, out=z)
-        else:
-            torch.addmm(b_c, h_c, w_c.T, out=z)
+        products.logits(h_c, z)
         rows = _shard_rows(
             z,
             y_kept[start:stop],
@@ -808,9 +806,9 @@ def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, gr
             continue
         g = z  # the chunk's logits were overwritten by their gradient
         if want_h:
-            dh[start:stop] = torch.matmul(g, w_c)
+            dh[start:stop] = products.hidden_grad(g)
         if want_w:
-            _add_weight_grad(dw, g, h_c)
+            products.add_weight_grad(dw, g, h_c, first=False)
         if want_b:
             db.add_(g.sum(0, dtype=acc))
     return loss, lse, dh, dw, db
@@ -833,14 +831,12 @@ def _sharded_weight_grads(hidden, weight, bias, targets, plan, index, lse, scale
     dw = torch.zeros(shard, hidden_dim, dtype=acc, device=device) if want_w else None
     db = torch.zeros(shard, dtype=acc, device=device) if want_b else None
     logits = torch.empty(min(plan.rows, n), shard, dtype=cdt, device=device)
+    products = ChunkProducts(w_c, b_c, min(plan.rows, n), choose_engine(cdt, device))
     for start in range(0, n, plan.rows):
         stop = min(start + plan.rows, n)
         h_c = h_kept[start:stop].to(cdt)
         z = logits[: stop - start]
-        if b_c is None:
-            torch.matmul(h_c, w_c.T, out=z)
-        else:
-            torch.addmm(b_c, h_c, w_c.T, out=z)
+        products.logits(h_c, z)
         _shard_rows(
             z,
             y_kept[start:stop],
@@ -853,7 +849,7 @@ def _sharded_weight_grads(hidden, weight, bias, targets, plan, index, lse, scale
         )
         g = z
         if want_w:
-            _add_weight_grad(dw, g, h_c)
+            products.add_weight_grad(dw, g, h_c, first=False)
         if want_b:
             db.add_(g.sum(0, dtype=acc))
     return dw, db

@@ -8,14 +8,11 @@ only one (chunk, V) block of logits exists at a time.
 
 Per chunk of ``c`` token rows ``h_c`` (ignored tokens are dropped first):
 
-1. ``z = h_c @ weight.T + bias`` into a reused (c, V) buffer (on CPU as products of
-   1024-row blocks of the weight with ``h_c.T``, a faster layout there);
+1. ``z = h_c @ weight.T + bias`` into a reused (c, V) buffer;
 2. the per-row loss and, over ``z`` in place, the gradient ``g = dloss/dz``, by the shared
    kernel :func:`crossentropy.losses._kernel.cross_entropy_rows`;
-3. ``dh_c = g @ weight`` into the rows of the hidden gradient (on CPU formed transposed,
-   as ``weight.T @ g.T`` into a small (D, c) buffer, and copied in: a faster layout), and
-   ``dW += g.T @ h_c`` accumulated into one float32 (float64 for float64) buffer, and
-   ``db += g.sum(0)``.
+3. ``dh_c = g @ weight`` into the rows of the hidden gradient, ``dW += g.T @ h_c``
+   accumulated into one float32 (float64 for float64) buffer, and ``db += g.sum(0)``.
 
 That is 6·N·D·V floating-point operations in all, the same as the unfused forward and
 backward, done during the forward pass for ``reduction="mean"`` and ``"sum"``; the backward
@@ -23,6 +20,9 @@ pass only scales the stored gradients by the incoming gradient. With ``reduction
 the incoming gradient is per token and unknown during the forward pass, so the forward
 computes the losses only (2·N·D·V) and the backward recomputes the logits chunk by chunk
 (6·N·D·V more).
+
+The three products run on the engine :mod:`crossentropy.losses._products` picks: oneDNN
+for float32 on CPU where torch has it, ``torch.mm`` otherwise.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from torch import nn
 
 from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
 from crossentropy.losses._options import Reduction, check_options
+from crossentropy.losses._products import ChunkProducts, choose_engine
 
 Impl = Literal["auto", "chunked", "reference"]
 """How :func:`linear_cross_entropy` computes: ``"chunked"`` (fused), ``"reference"``
@@ -54,6 +55,10 @@ gradient, which costs more there relative to the matrix products, so chunks are 
 
 MIN_CHUNK_ROWS = 16
 """Fewest token rows per chunk the planner picks (fewer only when there are fewer tokens)."""
+
+PRODUCT_ROWS = 160
+"""Token rows per chunk from which the chunk's products run near their best rate, unless
+the budget says fewer (see :func:`plan_chunk_rows`)."""
 
 AUTO_REFERENCE_ELEMENTS = 1 << 16
 """``impl="auto"`` uses the unfused reference when N·V is at most this (256 KiB of float32
@@ -78,10 +83,13 @@ def plan_chunk_rows(
     The rule, with N tokens (after ignored ones are dropped), D hidden units, V classes and
     ``itemsize`` bytes per logit of the compute dtype:
 
-    1. ``rows = D // 4``: each chunk's three products are (rows × D) by (D × V) and its
-       relatives, which run at the full matrix-multiply rate once the small dimension is a
-       sizeable fraction of D (measured on a 2-core AVX-512 machine: 256 rows at D = 1024
-       run within 5 % of the large-square rate);
+    1. ``rows = max(D // 4, PRODUCT_ROWS)`` with ``PRODUCT_ROWS = 160``: each chunk's three
+       products are (rows × D) by (D × V) and its relatives, whose small dimension is the
+       chunk; they run near their best rate once it has a couple of hundred rows and a
+       sizeable fraction of D (measured on a 2-core AVX-512 machine with the oneDNN engine:
+       at D = 1024, V = 32000 a whole step takes 2.47 s with 128-row chunks and 2.13 s with
+       256 or 384; at D = 512, V = 65536, 1.48 s with 128 rows and 1.3 to 1.45 s with 160
+       to 256), and no more rows than that, since a chunk's logits are most of the memory;
     2. at most ``budget_bytes // (V * itemsize)`` rows, so one chunk's logits stay
        within the budget (by default ``CHUNK_BUDGET_BYTES``, 128 MiB: 261 rows of float32
        at V = 128256; the fused path passes ``GPU_CHUNK_BUDGET_BYTES``, 512 MiB, on a GPU);
@@ -109,14 +117,14 @@ def plan_chunk_rows(
     Examples:
         >>> plan_chunk_rows(4096, 1024, 128256)
         256
-        >>> plan_chunk_rows(2048, 512, 65536)
-        128
+        >>> plan_chunk_rows(2048, 512, 65536)  # 13 chunks of 158 rows, not 12 of 160 + 128
+        158
         >>> plan_chunk_rows(300, 1024, 32000)  # two chunks of 150, not 256 + 44
         150
         >>> plan_chunk_rows(7, 64, 1000)
         7
     """
-    rows = max(hidden_dim // 4, MIN_CHUNK_ROWS)
+    rows = max(hidden_dim // 4, PRODUCT_ROWS)
     rows = min(rows, max(budget_bytes // max(num_classes * itemsize, 1), MIN_CHUNK_ROWS))
     rows = max(rows // MIN_CHUNK_ROWS * MIN_CHUNK_ROWS, MIN_CHUNK_ROWS)
     if num_tokens <= rows:
@@ -240,38 +248,6 @@ def _compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     return dtype
 
 
-_WEIGHT_GRAD_METHOD: dict[str, int] = {}
-
-
-def _add_weight_grad(grad_weight: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:
-    """``grad_weight += g.T @ h`` with ``grad_weight`` in float32/float64 whatever ``g``'s dtype.
-
-    For half-precision ``g`` and ``h`` (the GPU path) the product is accumulated straight
-    into the float32 buffer by a mixed-precision ``addmm`` where torch has one; else the
-    chunk's product is formed in float32 and added; else (no mixed-precision product on
-    this device) formed in the half dtype, so rounded once per chunk, and added in float32.
-    """
-    if g.dtype == grad_weight.dtype:
-        grad_weight.addmm_(g.T, h)
-        return
-    key = g.device.type
-    methods = (
-        lambda: torch.addmm(grad_weight, g.T, h, grad_weight.dtype, out=grad_weight),
-        lambda: grad_weight.add_(torch.mm(g.T, h, out_dtype=grad_weight.dtype)),
-        lambda: grad_weight.add_(torch.mm(g.T, h)),
-    )
-    first = _WEIGHT_GRAD_METHOD.get(key, 0)
-    for number in range(first, len(methods)):
-        try:
-            methods[number]()
-        except (RuntimeError, TypeError, NotImplementedError):
-            if number == len(methods) - 1:
-                raise
-            continue
-        _WEIGHT_GRAD_METHOD[key] = number
-        return
-
-
 SLICE_BYTES = 8 * 2**20
 """Bytes of float32 logits the row kernel visits together when it needs scratch buffers."""
 
@@ -294,66 +270,6 @@ def _slice_rows(rows: int, num_classes: int, device: torch.device, *, in_place: 
     if in_place:
         return rows
     return max(torch.get_num_threads(), SLICE_BYTES // (4 * num_classes), 1)
-
-
-TRANSPOSED_HIDDEN_GRAD = True
-"""On CPU, form each chunk's hidden gradient transposed (see _hidden_grad_transposed)."""
-
-
-def _hidden_grad_transposed(
-    g: torch.Tensor, w_c: torch.Tensor, scratch: torch.Tensor
-) -> torch.Tensor:
-    """``g @ w_c`` (c, D) for one chunk, returned as the transpose of a (D, c) product.
-
-    The product is formed as ``w_c.T @ g.T`` into the flat ``scratch`` (at least D·c
-    elements) and handed back as a transposed view, for the caller to copy into the rows
-    of the hidden gradient. On CPU this layout runs faster than ``g @ w_c`` written straight
-    into (c, D) rows (about 188 vs 179 GFLOP/s at c = 128, D = 512, V = 65536, and up to
-    204 vs 176 at c = 256, D = 1024, V = 32000, on a 2-core AVX-512 machine, where the
-    large-square rate is about 215), and copying the (c, D) result costs little.
-    """
-    rows = g.shape[0]
-    hidden_dim = w_c.shape[1]
-    out = scratch[: hidden_dim * rows].view(hidden_dim, rows)
-    return torch.mm(w_c.T, g.T, out=out).T
-
-
-FORWARD_BLOCK_ROWS = 1024
-"""On CPU, rows of the weight per product when a chunk's logits are formed (see below)."""
-
-
-def _chunk_logits(
-    z: torch.Tensor,
-    h_c: torch.Tensor,
-    w_c: torch.Tensor,
-    b_c: torch.Tensor | None,
-    scratch: torch.Tensor | None,
-) -> None:
-    """``z = h_c @ w_c.T + b_c`` for one chunk, written into ``z`` (c, V).
-
-    Without ``scratch``, one matrix product. With it (CPU), the product is formed in blocks
-    of ``FORWARD_BLOCK_ROWS`` weight rows as ``w_block @ h_c.T`` into the small scratch and
-    copied transposed into ``z``: on CPU that (V_block, D) x (D, c) layout runs markedly
-    faster than (c, D) x (D, V) (about 196 vs 163 GFLOP/s measured at D = 1024, c = 256,
-    V = 128256 on a 2-core AVX-512 machine), and the copy of a cache-sized block is cheap.
-    """
-    if scratch is None:
-        if b_c is None:
-            torch.matmul(h_c, w_c.T, out=z)
-        else:
-            torch.addmm(b_c, h_c, w_c.T, out=z)
-        return
-    rows = h_c.shape[0]
-    num_classes = w_c.shape[0]
-    h_t = h_c.T.contiguous()
-    for v0 in range(0, num_classes, FORWARD_BLOCK_ROWS):
-        v1 = min(v0 + FORWARD_BLOCK_ROWS, num_classes)
-        block = scratch[: (v1 - v0) * rows].view(v1 - v0, rows)
-        if b_c is None:
-            torch.mm(w_c[v0:v1], h_t, out=block)
-        else:
-            torch.addmm(b_c[v0:v1].unsqueeze(1), w_c[v0:v1], h_t, out=block)
-        z[:, v0:v1].copy_(block.T)
 
 
 def _kernel_options(opts: dict) -> dict:
@@ -422,8 +338,8 @@ def _fused_pass(
         )
     grad_weight = None
     if want_w:
-        # The first chunk writes it when the product is in the accumulation dtype.
-        fill = torch.empty if n > 0 and cdt == acc else torch.zeros
+        # The first chunk writes it (ChunkProducts.add_weight_grad with first=True).
+        fill = torch.empty if n > 0 else torch.zeros
         grad_weight = fill(num_classes, hidden_dim, dtype=acc, device=device)
     grad_bias = torch.zeros(num_classes, dtype=acc, device=device) if want_b else None
     if n == 0:
@@ -442,13 +358,7 @@ def _fused_pass(
         )
     rows = min(rows, n)
     logits = torch.empty(rows, num_classes, dtype=cdt, device=device)
-    scratch = None
-    if device.type == "cpu" and num_classes > FORWARD_BLOCK_ROWS:
-        scratch = torch.empty(FORWARD_BLOCK_ROWS * rows, dtype=cdt, device=device)
-    direct_dh = want_h and index is None and grad_hidden.dtype == cdt
-    dh_t = None
-    if want_h and device.type == "cpu" and TRANSPOSED_HIDDEN_GRAD:
-        dh_t = torch.empty(hidden_dim * rows, dtype=cdt, device=device)
+    products = ChunkProducts(w_c, b_c, rows, choose_engine(cdt, device))
     kernel_opts = _kernel_options(opts)
     in_place = grads and opts["softcap"] is None and cdt == acc
     kernel_opts["slice_rows"] = _slice_rows(rows, num_classes, device, in_place=in_place)
@@ -460,7 +370,7 @@ def _fused_pass(
         if h_c.dtype != cdt:
             h_c = h_c.to(cdt)
         z = logits[: stop - start]
-        _chunk_logits(z, h_c, w_c, b_c, scratch)
+        products.logits(h_c, z)
         scale = grad_scale[start:stop] if per_token_scale else grad_scale
         terms = cross_entropy_rows(
             z, y_kept[start:stop], grad_scale=scale, out=z if grads else None, **kernel_opts
@@ -470,25 +380,13 @@ def _fused_pass(
             continue
         g = z  # the kernel wrote the gradient over the logits
         if want_h:
-            if dh_t is not None:
-                dh = _hidden_grad_transposed(g, w_c, dh_t)
-                if index is None:
-                    grad_hidden[start:stop].copy_(dh)
-                else:
-                    grad_hidden.index_copy_(0, index[start:stop], dh.to(grad_hidden.dtype))
-            elif direct_dh:
-                torch.matmul(g, w_c, out=grad_hidden[start:stop])
+            dh = products.hidden_grad(g)
+            if index is None:
+                grad_hidden[start:stop].copy_(dh)
             else:
-                dh = torch.matmul(g, w_c)
-                if index is None:
-                    grad_hidden[start:stop] = dh
-                else:
-                    grad_hidden.index_copy_(0, index[start:stop], dh.to(grad_hidden.dtype))
+                grad_hidden.index_copy_(0, index[start:stop], dh.to(grad_hidden.dtype))
         if want_w:
-            if start == 0 and g.dtype == grad_weight.dtype:
-                torch.mm(g.T, h_c, out=grad_weight)
-            else:
-                _add_weight_grad(grad_weight, g, h_c)
+            products.add_weight_grad(grad_weight, g, h_c, first=start == 0)
         if want_b:
             grad_bias.add_(g.sum(0, dtype=acc))
 
@@ -629,9 +527,13 @@ def linear_cross_entropy(
     over chunks are always float32; the gradients are returned in the inputs' dtypes.
 
     Chunk size: ``chunk_size=None`` takes :func:`plan_chunk_rows` of (tokens that count,
-    D, V): D // 4 rows, capped so that a chunk's logits fit in 128 MiB (512 MiB on a GPU),
-    at least 16 rows, evened out over the chunks. E.g. 256 rows (131 MB of float32 logits)
-    for D = 1024, V = 128256 on CPU.
+    D, V): max(D // 4, 160) rows, capped so that a chunk's logits fit in 128 MiB (512 MiB
+    on a GPU), at least 16 rows, evened out over the chunks. E.g. 256 rows (131 MB of
+    float32 logits) for D = 1024, V = 128256 on CPU.
+
+    Matrix products: float32 products on CPU run on torch's bundled oneDNN where it works
+    (AVX-512 wherever the CPU has it, about twice MKL's AVX2 rate on AMD CPUs), everything
+    else on ``torch.mm``; see :mod:`crossentropy.losses._products`.
 
     ``impl``: ``"chunked"`` is the fused path; ``"reference"`` the plain unfused
     ``cross_entropy(F.linear(hidden, weight, bias), targets)``, kept as the executable spec
@@ -872,6 +774,7 @@ def linear_cross_entropy_stats(
             )
             rows = min(rows, n)
             logits = torch.empty(rows, num_classes, dtype=cdt, device=device)
+            products = ChunkProducts(w_c, b_c, rows, choose_engine(cdt, device))
             kernel_opts = {
                 "label_smoothing": float(label_smoothing),
                 "z_loss": float(z_loss),
@@ -881,11 +784,7 @@ def linear_cross_entropy_stats(
             for start in range(0, n, rows):
                 stop = min(start + rows, n)
                 z = logits[: stop - start]
-                h_c = h2[start:stop].to(cdt)
-                if b_c is None:
-                    torch.matmul(h_c, w_c.T, out=z)
-                else:
-                    torch.addmm(b_c, h_c, w_c.T, out=z)
+                products.logits(h2[start:stop].to(cdt), z)
                 terms = cross_entropy_rows(z, y_safe[start:stop], with_entropy=True, **kernel_opts)
                 loss[start:stop] = terms.loss
                 lse[start:stop] = terms.logsumexp

@@ -1,0 +1,157 @@
+"""The chunk products of the fused head: each engine against float64 matrix products."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from crossentropy import losses
+from crossentropy.losses import _products
+from crossentropy.losses._products import (
+    BLOCK_ROWS,
+    ENGINES,
+    ChunkProducts,
+    choose_engine,
+    onednn_available,
+)
+from tests.losses.reference_losses import composed_torch_loss
+
+AVAILABLE = [e for e in ENGINES if e != "onednn" or onednn_available()]
+
+
+def _tensors(rows, d, v, seed):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(rows, d, generator=g, dtype=torch.float64)
+    w = torch.randn(v, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    b = torch.randn(v, generator=g, dtype=torch.float64)
+    grad = torch.randn(rows, v, generator=g, dtype=torch.float64) / v
+    return h, w, b, grad
+
+
+def _close(got, want, terms):
+    """float32 products of `terms` summands: error at most a few float32 epsilons times the
+    size of the summands (sqrt(terms) growth for random signs is well inside this)."""
+    bound = 8 * terms * torch.finfo(torch.float32).eps * float(want.abs().max())
+    err = float((got.double() - want).abs().max())
+    assert err <= bound, (err, bound)
+
+
+@pytest.mark.parametrize("engine", AVAILABLE)
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize(("rows", "d", "v"), [(5, 70, 2 * BLOCK_ROWS + 37), (17, 3, 11)])
+def test_each_product_matches_float64(engine, with_bias, rows, d, v, monkeypatch):
+    # Small weight-gradient blocks, so that several blocks and a ragged last one are used.
+    monkeypatch.setattr(_products, "WEIGHT_GRAD_BLOCK_BYTES", 4 * d * 300)
+    h64, w64, b64, g64 = _tensors(rows, d, v, seed=rows + d + v)
+    h, w, b, g = (t.float() for t in (h64, w64, b64, g64))
+    products = ChunkProducts(w, b if with_bias else None, rows, engine)
+    assert products.engine == engine
+
+    z = torch.full((rows, v), float("nan"))
+    products.logits(h, z)
+    want_z = h.double() @ w.double().T + (b.double() if with_bias else 0.0)
+    _close(z, want_z, d)
+
+    _close(products.hidden_grad(g), g.double() @ w.double(), v)
+
+    dw = torch.full((v, d), float("nan"))
+    products.add_weight_grad(dw, g, h, first=True)
+    _close(dw, g.double().T @ h.double(), rows)
+    h2 = torch.flip(h, (0,))
+    products.add_weight_grad(dw, g, h2, first=False)
+    _close(dw, g.double().T @ (h.double() + h2.double()), 2 * rows)
+
+
+@pytest.mark.parametrize("engine", AVAILABLE)
+def test_products_of_a_chunk_slice_of_a_larger_buffer(engine):
+    """The fused loop hands over row slices of its buffers; the last chunk is shorter."""
+    h64, w64, _, g64 = _tensors(12, 40, BLOCK_ROWS + 5, seed=3)
+    h, w, g = h64.float(), w64.float(), g64.float()
+    products = ChunkProducts(w, None, 12, engine)
+    buffer = torch.zeros(12, w.shape[0])
+    products.logits(h[:7], buffer[:7])
+    _close(buffer[:7], h64[:7].float().double() @ w.double().T, 40)
+    assert bool((buffer[7:] == 0).all())
+    _close(products.hidden_grad(g[:7]), g[:7].double() @ w.double(), w.shape[0])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"reduction": "mean"},
+        {"reduction": "sum", "label_smoothing": 0.1, "z_loss": 1e-3},
+        {"reduction": "none", "softcap": 4.0},
+    ],
+)
+def test_both_engines_give_the_float64_answer_end_to_end(options, monkeypatch):
+    g = torch.Generator().manual_seed(7)
+    n, d, v = 203, 48, 2 * BLOCK_ROWS + 301
+    h64 = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w64 = torch.randn(v, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    b64 = torch.randn(v, generator=g, dtype=torch.float64)
+    y = torch.randint(0, v, (n,), generator=g)
+    y[::9] = -100
+    exact = [t.float().double().requires_grad_() for t in (h64, w64, b64)]
+    want = composed_torch_loss(torch.nn.functional.linear(*exact), y, **options)
+    upstream = torch.ones_like(want) if want.dim() == 0 else torch.rand(want.shape, generator=g)
+    want_grads = torch.autograd.grad(want, exact, upstream)
+
+    results = {}
+    for engine in AVAILABLE:
+        monkeypatch.setattr(_products, "CPU_ENGINE", engine)
+        params = [t.float().requires_grad_() for t in (h64, w64, b64)]
+        got = losses.linear_cross_entropy(
+            params[0], params[1], y, bias=params[2], chunk_size=64, impl="chunked", **options
+        )
+        grads = torch.autograd.grad(got, params, upstream.float())
+        results[engine] = (got, grads)
+        torch.testing.assert_close(got.double(), want.detach(), rtol=2e-5, atol=2e-6)
+        for a, b in zip(grads, want_grads, strict=True):
+            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
+    if len(results) == 2:
+        (v1, g1), (v2, g2) = results.values()
+        torch.testing.assert_close(v1, v2, rtol=2e-5, atol=2e-6)
+        for a, b in zip(g1, g2, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+def test_engine_choice(monkeypatch):
+    cpu = torch.device("cpu")
+    assert choose_engine(torch.float64, cpu) == "torch"  # oneDNN has no float64 products
+    expected = "onednn" if onednn_available() else "torch"
+    assert choose_engine(torch.float32, cpu) == expected
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert choose_engine(torch.float32, cpu) == "torch"
+    monkeypatch.setattr(_products, "CPU_ENGINE", "torch")
+    assert choose_engine(torch.float32, cpu) == "torch"
+    monkeypatch.setattr(_products, "CPU_ENGINE", "onednn")
+    with pytest.raises(RuntimeError, match="oneDNN float32 products are not usable"):
+        choose_engine(torch.float64, cpu)
+    monkeypatch.setattr(_products, "CPU_ENGINE", "fastest")
+    with pytest.raises(ValueError, match="CPU_ENGINE must be 'auto', 'onednn' or 'torch'"):
+        choose_engine(torch.float32, cpu)
+
+
+def test_unknown_engine_is_rejected():
+    with pytest.raises(ValueError, match="`engine` must be one of"):
+        ChunkProducts(torch.ones(3, 2), None, 4, "blas")
+
+
+def test_a_missing_onednn_op_falls_back_to_torch(monkeypatch):
+    """Where torch lacks the oneDNN inner product, the probe says so and "auto" takes torch."""
+
+    class NoOps:
+        def __getattr__(self, name):
+            raise AttributeError(name)
+
+    onednn_available.cache_clear()
+    try:
+        monkeypatch.setattr(torch.ops, "mkldnn", NoOps())
+        assert onednn_available() is False
+        assert choose_engine(torch.float32, torch.device("cpu")) == "torch"
+    finally:
+        monkeypatch.undo()
+        onednn_available.cache_clear()
