@@ -149,6 +149,21 @@ class ChunkProducts:
     ):
         if engine not in ENGINES:
             raise ValueError(f"`engine` must be one of {ENGINES}; got {engine!r}")
+        # oneDNN runs at full speed on dense operands only: any other strides (a row slice
+        # of a wider matrix, a stride-2 view) send it to a path hundreds of times slower.
+        # A contiguous weight is used as it is (its transpose, for the hidden gradient, is
+        # dense too); a column-major one (a head tied to a (D, V) embedding, passed as its
+        # transposed view) is dense for the hidden gradient and copied block by block for
+        # the logits; anything else is copied once.
+        self._copy_blocks = False
+        if engine == "onednn":
+            if not weight.is_contiguous():
+                if weight.T.is_contiguous():
+                    self._copy_blocks = True
+                else:
+                    weight = weight.contiguous()
+            if bias is not None:
+                bias = bias.contiguous()
         self.weight = weight
         self.bias = bias
         self.engine = engine
@@ -174,7 +189,9 @@ class ChunkProducts:
             step = BLOCK_ROWS if self._blocked_logits else w.shape[0]
             for v0 in range(0, w.shape[0], step):
                 v1 = min(v0 + step, w.shape[0])
-                block = self._linear(h, w[v0:v1], None if b is None else b[v0:v1], "none", [], "")
+                w_block = w[v0:v1].contiguous() if self._copy_blocks else w[v0:v1]
+                b_block = None if b is None else b[v0:v1]
+                block = self._linear(h, w_block, b_block, "none", [], "")
                 out[:, v0:v1].copy_(block)
             return
         if self._scratch is None:
