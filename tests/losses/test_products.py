@@ -209,3 +209,17 @@ def test_a_head_tied_to_an_embedding_trains_through_the_fused_loss():
     torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-5, atol=1e-6)
     for got, ref in ((hidden.grad, exact[0].grad), (embedding.grad, exact[1].grad)):
         torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max()))
+
+
+def test_a_half_precision_chunk_starts_the_float32_weight_gradient():
+    """The GPU path's case, run on CPU: bfloat16 chunks, a float32 accumulator that starts
+    as garbage (first=True must overwrite it, not add to it)."""
+    h64, w64, _, g64 = _tensors(6, 5, 7, seed=13)
+    h, w, g = (t.to(torch.bfloat16) for t in (h64, w64, g64))
+    products = ChunkProducts(w, None, 6, "torch")
+    dw = torch.full((7, 5), float("nan"))
+    products.add_weight_grad(dw, g, h, first=True)
+    want = g.double().T @ h.double()
+    torch.testing.assert_close(dw.double(), want, rtol=0, atol=2**-8 * float(want.abs().max()))
+    products.add_weight_grad(dw, g, h, first=False)
+    torch.testing.assert_close(dw.double(), 2 * want, rtol=0, atol=2**-7 * float(want.abs().max()))
