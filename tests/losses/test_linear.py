@@ -382,7 +382,11 @@ def _bad_inputs():
         ((h, w, y[:3]), {}, ValueError, r"`targets` must have shape \(4,\)"),
         ((h, w.double(), y), {}, TypeError, "`weight` must have the dtype of `hidden`"),
         ((h.long(), w.long(), y), {}, TypeError, "`hidden` must be float64, float32"),
-        ((h, w, y.float()), {}, TypeError, "`targets` must hold integer class indices"),
+        ((h, w, y.float()), {}, ValueError, r"shape \(4, 5\) for class probabilities"),
+        ((h, w, y.bool()), {}, TypeError, "`targets` must hold integer class indices"),
+        ((h, w, torch.full((4, 5), 0.2)), {"ignore_index": 0}, ValueError, "left at -100"),
+        ((h, w, torch.full((4, 5), 0.3)), {}, ValueError, "sum to 1 over the class dimension"),
+        ((h, w, torch.full((4, 5), -0.2)), {}, ValueError, "finite and >= 0"),
         ((h, w.reshape(15), y), {}, ValueError, r"`weight` must be 2-D \(V, D\)"),
         ((h, w, y), {"bias": torch.zeros(4)}, ValueError, r"`bias` must have shape \(5,\)"),
         ((h, w, y), {"bias": torch.zeros(5).double()}, TypeError, "`bias` must have the dtype"),
@@ -494,3 +498,107 @@ def test_empty_batch_gives_zero_like_an_all_ignored_one():
     assert float(loss.detach()) == 0.0
     assert hidden.grad.shape == (0, 4)
     assert torch.equal(weight.grad, torch.zeros_like(weight))
+
+
+# ---------------------------------------------------------------------------------------
+# Class-probability targets (distillation): the fused path takes them too.
+
+
+def probs_oracle(
+    hidden,
+    weight,
+    targets,
+    *,
+    bias=None,
+    reduction="mean",
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+    base=math.e,
+):
+    """torch's soft-target cross-entropy on the soft-capped logits, plus the unweighted
+    ``z_loss * logsumexp**2`` per token, over ``ln(base)``."""
+    logits = F.linear(hidden, weight, bias)
+    z = logits if softcap is None else softcap * torch.tanh(logits / softcap)
+    num_classes = z.shape[-1]
+    z2 = z.reshape(-1, num_classes)
+    per = F.cross_entropy(
+        z2,
+        targets.reshape(-1, num_classes),
+        reduction="none",
+        label_smoothing=label_smoothing,
+    )
+    per = (per + z_loss * torch.logsumexp(z2, dim=1).square()) / math.log(base)
+    if reduction == "none":
+        return per.reshape(z.shape[:-1])
+    return per.sum() if reduction == "sum" else per.mean()
+
+
+def soft_targets(shape, v, seed):
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.rand(*shape, v, generator=g, dtype=torch.float64) ** 4  # peaked, not uniform
+    return raw / raw.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize(
+    ("shape", "options", "reduction", "with_bias"),
+    [
+        ((1, 3, 2, None), {}, "mean", True),
+        ((7, 64, 1000, 3), {"label_smoothing": 0.1}, "sum", False),
+        ((300, 40, 3000, 64), {"z_loss": 1e-3, "softcap": 4.0}, "none", True),
+        ((300, 40, 3000, None), {"base": 2.0, "label_smoothing": 0.2}, "mean", False),
+        ((33, 5, 1100, 10), {"softcap": 2.0, "base": 10.0}, "none", False),
+    ],
+)
+def test_probability_targets_match_torch_float64(shape, options, reduction, with_bias):
+    n, d, v, chunk = shape
+    hidden, weight, bias, _ = make(n, d, v, bias=with_bias, seed=n + v)
+    targets = soft_targets((n,), v, seed=n + d)
+    opts = {"reduction": reduction, **options}
+    got, got_grads = value_and_grads(fused, hidden, weight, bias, targets, chunk_size=chunk, **opts)
+    want, want_grads = value_and_grads(probs_oracle, hidden, weight, bias, targets, **opts)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_probability_targets_float32_and_leading_dims():
+    hidden64, weight64, bias64, _ = make(0, 24, 2500, lead=(3, 70), seed=31)
+    targets64 = soft_targets((3, 70), 2500, seed=32)
+    exact = [t.detach().float().double().requires_grad_() for t in (hidden64, weight64, bias64)]
+    want, want_grads = value_and_grads(
+        probs_oracle, *exact[:2], exact[2], targets64.float().double(), label_smoothing=0.05
+    )
+    low = [t.detach().float().requires_grad_() for t in (hidden64, weight64, bias64)]
+    got, got_grads = value_and_grads(
+        fused, *low[:2], low[2], targets64.float(), label_smoothing=0.05, chunk_size=50
+    )
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
+    per_token = losses.linear_cross_entropy(*low[:2], targets64.float(), reduction="none")
+    assert per_token.shape == (3, 70)
+
+
+def test_probability_target_stats_match_cross_entropy_stats():
+    hidden, weight, bias, _ = make(40, 16, 1500, seed=33)
+    targets = soft_targets((40,), 1500, seed=34)
+    got = losses.linear_cross_entropy_stats(
+        hidden, weight, targets, bias=bias, z_loss=0.01, chunk_size=16
+    )
+    want = losses.cross_entropy_stats(F.linear(hidden, weight, bias).detach(), targets, z_loss=0.01)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_probability_targets_with_a_gradient_need_the_reference_path():
+    hidden, weight, _, _ = make(50, 8, 3000, bias=False, seed=35)
+    targets = soft_targets((50,), 3000, seed=36).requires_grad_()
+    with pytest.raises(ValueError, match="must not require a gradient on the fused path"):
+        losses.linear_cross_entropy(hidden, weight, targets, impl="chunked")
+    loss = losses.linear_cross_entropy(hidden, weight, targets, impl="reference")
+    (grad_t,) = torch.autograd.grad(loss, [targets])
+    want = -torch.log_softmax(hidden.detach() @ weight.detach().T, 1) / 50
+    torch.testing.assert_close(grad_t, want, rtol=1e-10, atol=1e-12)
+    detached = losses.linear_cross_entropy(hidden, weight, targets.detach(), impl="chunked")
+    torch.testing.assert_close(detached, loss.detach(), rtol=1e-12, atol=0)

@@ -152,6 +152,7 @@ def _check_inputs(
     chunk_size: object,
     impl: object,
     validate: bool,
+    allow_probs: bool = False,
 ) -> None:
     for name, value in (("hidden", hidden), ("weight", weight), ("targets", targets)):
         if not isinstance(value, torch.Tensor):
@@ -189,16 +190,36 @@ def _check_inputs(
             f"`hidden` must have shape (..., D) with D = {hidden_dim}, the second dimension of "
             f"`weight` {tuple(weight.shape)}; got shape {tuple(hidden.shape)}"
         )
-    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+    probs = targets.is_floating_point()
+    if targets.is_complex() or targets.dtype == torch.bool:
         raise TypeError(
-            f"`targets` must hold integer class indices (e.g. torch.long); got dtype "
-            f"{targets.dtype}; class-probability targets need the unfused "
-            "losses.cross_entropy(hidden @ weight.T, targets)"
+            f"`targets` must hold integer class indices (e.g. torch.long) or floating-point "
+            f"class probabilities; got dtype {targets.dtype}"
         )
-    if tuple(targets.shape) != tuple(hidden.shape[:-1]):
+    if probs and not allow_probs:
+        raise TypeError(
+            f"`targets` must hold integer class indices (e.g. torch.long) with group= (class "
+            f"probabilities are not supported across ranks); got dtype {targets.dtype}"
+        )
+    token_shape = tuple(hidden.shape[:-1])
+    if probs:
+        if tuple(targets.shape) != (*token_shape, num_classes):
+            raise ValueError(
+                f"`targets` must have shape {(*token_shape, num_classes)} for class "
+                f"probabilities (that of `hidden` with V = {num_classes} in place of D), or "
+                f"{token_shape} for class indices; got {tuple(targets.shape)} of dtype "
+                f"{targets.dtype}"
+            )
+        if ignore_index != -100:
+            raise ValueError(
+                "`ignore_index` must be left at -100 with class-probability targets (there is "
+                f"no class index to ignore); got {ignore_index}"
+            )
+    elif tuple(targets.shape) != token_shape:
         raise ValueError(
-            f"`targets` must have shape {tuple(hidden.shape[:-1])}, that of `hidden` without "
-            f"its last dimension; got {tuple(targets.shape)}"
+            f"`targets` must have shape {token_shape}, that of `hidden` without its last "
+            f"dimension (or {(*token_shape, num_classes)} for class probabilities); got "
+            f"{tuple(targets.shape)}"
         )
     if bias is not None:
         if bias.dtype != hidden.dtype:
@@ -227,7 +248,11 @@ def _check_inputs(
         ignore_index=ignore_index,
         validate=validate,
     )
-    if validate and targets.numel() > 0:
+    if validate and probs:
+        from crossentropy.losses._cross_entropy import _check_target_values
+
+        _check_target_values(targets.reshape(-1, num_classes), True, num_classes, ignore_index)
+    elif validate and targets.numel() > 0:
         bad = (targets != ignore_index) & ((targets < 0) | (targets >= num_classes))
         if bool(bad.any()):
             raise ValueError(
@@ -315,8 +340,8 @@ def _fused_pass(
     acc = accumulation_dtype(hidden.dtype)
     cdt = _compute_dtype(hidden.dtype, device)
 
-    keep = targets != opts["ignore_index"]
-    all_kept = bool(keep.all())
+    probs = targets.is_floating_point()
+    all_kept = probs or bool((keep := targets != opts["ignore_index"]).all())
     if all_kept:
         index = None
         h_kept, y_kept = hidden, targets
@@ -360,7 +385,8 @@ def _fused_pass(
     logits = torch.empty(rows, num_classes, dtype=cdt, device=device)
     products = ChunkProducts(w_c, b_c, rows, choose_engine(cdt, device))
     kernel_opts = _kernel_options(opts)
-    in_place = grads and opts["softcap"] is None and cdt == acc
+    # Probability targets need a float32 copy of each step's targets: slice-sized steps.
+    in_place = grads and opts["softcap"] is None and cdt == acc and not probs
     kernel_opts["slice_rows"] = _slice_rows(rows, num_classes, device, in_place=in_place)
     loss_kept = loss if index is None else torch.empty(n, dtype=acc, device=device)
 
@@ -395,6 +421,13 @@ def _fused_pass(
     return loss, grad_hidden, grad_weight, grad_bias
 
 
+def _token_count(targets: torch.Tensor, opts: dict) -> int:
+    """Tokens that count: every row of probability targets, else those not ignored."""
+    if targets.is_floating_point():
+        return targets.shape[0]
+    return int((targets != opts["ignore_index"]).sum())
+
+
 def _is_one(value: torch.Tensor) -> bool:
     return value.numel() == 1 and float(value) == 1.0
 
@@ -405,7 +438,7 @@ class _ChunkedReduced(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, opts, rows):
         want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
-        keep_count = int((targets != opts["ignore_index"]).sum())
+        keep_count = _token_count(targets, opts)
         if opts["reduction"] == "mean":
             scale = 1.0 / keep_count if keep_count > 0 else 0.0
         else:
@@ -517,9 +550,13 @@ def linear_cross_entropy(
     first backward pass hands the stored gradients to autograd without a copy; a further
     pass through the same graph (``retain_graph=True``) recomputes them.
 
-    Semantics are those of :func:`crossentropy.losses.cross_entropy` with class-index
-    targets: ``"mean"`` divides by the number of tokens that count, and an all-ignored
-    batch gives 0 with zero gradients; ``"none"`` gives 0 at ignored tokens.
+    Semantics are those of :func:`crossentropy.losses.cross_entropy`: with class-index
+    targets ``"mean"`` divides by the number of tokens that count, and an all-ignored
+    batch gives 0 with zero gradients; ``"none"`` gives 0 at ignored tokens. Class-
+    probability targets (distillation from a teacher's distribution), shaped like
+    ``hidden`` with V in place of D, count every token; they must sum to 1 per token and,
+    on the fused path, carry no gradient (``impl="reference"`` gives the gradient with
+    respect to them too).
 
     Precision: float64 runs in float64. float32 runs in float32. bfloat16 and float16 run
     their matrix products in float32 on CPU (half products are emulated there) and in their
@@ -544,8 +581,9 @@ def linear_cross_entropy(
     Args:
         hidden: (..., D) floating-point hidden states (float64, float32, bfloat16, float16).
         weight: (V, D) head weight in ``nn.Linear`` layout, hidden's dtype.
-        targets: (...) integer class indices in [0, V), or ``ignore_index``; hidden's shape
-            without its last dimension.
+        targets: (...) integer class indices in [0, V), or ``ignore_index``, shaped like
+            hidden without its last dimension; or (..., V) floating-point class
+            probabilities.
         bias: (V,) head bias in hidden's dtype, or None.
         ignore_index: Target value whose tokens count for nothing.
         reduction: ``"mean"`` over tokens that count, ``"sum"``, or ``"none"`` (per token).
@@ -561,7 +599,7 @@ def linear_cross_entropy(
 
     Returns:
         The loss in units of ``base``, in hidden's dtype: a scalar for ``"mean"`` and
-        ``"sum"``, shaped like ``targets`` for ``"none"``.
+        ``"sum"``, shaped like ``hidden`` without its last dimension for ``"none"``.
 
     Raises:
         TypeError: A non-tensor input, a dtype that is not floating point (hidden, weight,
@@ -625,11 +663,20 @@ def linear_cross_entropy(
         chunk_size=chunk_size,
         impl=impl,
         validate=validate,
+        allow_probs=True,
     )
     num_classes, hidden_dim = weight.shape
+    probs = targets.is_floating_point()
+    token_shape = hidden.shape[:-1]
     if impl == "auto":
-        tiny = targets.numel() * num_classes <= AUTO_REFERENCE_ELEMENTS
+        tiny = hidden.numel() // max(hidden_dim, 1) * num_classes <= AUTO_REFERENCE_ELEMENTS
         impl = "reference" if tiny else "chunked"
+    if impl == "chunked" and probs and targets.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            "`targets` (class probabilities) must not require a gradient on the fused path "
+            "(impl='chunked'): pass targets.detach(), or impl='reference' for the gradient "
+            "with respect to the targets"
+        )
     if impl == "reference":
         return _reference(
             hidden,
@@ -652,7 +699,7 @@ def linear_cross_entropy(
         "base": float(base),
     }
     h2 = hidden.reshape(-1, hidden_dim)
-    y = targets.reshape(-1).to(torch.long)
+    y = targets.reshape(-1, num_classes) if probs else targets.reshape(-1).to(torch.long)
     rows = None if chunk_size is None else int(chunk_size)
     tracked = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias)
@@ -662,12 +709,12 @@ def linear_cross_entropy(
             h2, weight, bias, y, opts, rows, grad_scale=None, want=(False,) * 3
         )
         if reduction == "none":
-            return loss.to(hidden.dtype).reshape(targets.shape)
-        count = int((y != opts["ignore_index"]).sum()) if reduction == "mean" else 1
+            return loss.to(hidden.dtype).reshape(token_shape)
+        count = _token_count(y, opts) if reduction == "mean" else 1
         total = loss.sum() / count if count > 0 else loss.sum()
         return total.to(hidden.dtype)
     if reduction == "none":
-        return _ChunkedPerToken.apply(h2, weight, bias, y, opts, rows).reshape(targets.shape)
+        return _ChunkedPerToken.apply(h2, weight, bias, y, opts, rows).reshape(token_shape)
     return _ChunkedReduced.apply(h2, weight, bias, y, opts, rows)
 
 
@@ -677,9 +724,12 @@ def _reference(hidden, weight, targets, *, bias, **options) -> torch.Tensor:
 
     logits = torch.nn.functional.linear(hidden, weight, bias)
     if logits.dim() > 2:
-        logits = logits.reshape(-1, weight.shape[0])
-        out = cross_entropy(logits, targets.reshape(-1), **options)
-        return out.reshape(targets.shape) if options["reduction"] == "none" else out
+        num_classes = weight.shape[0]
+        logits = logits.reshape(-1, num_classes)
+        probs = targets.is_floating_point()
+        flat = targets.reshape(-1, num_classes) if probs else targets.reshape(-1)
+        out = cross_entropy(logits, flat, **options)
+        return out.reshape(hidden.shape[:-1]) if options["reduction"] == "none" else out
     return cross_entropy(logits, targets, **options)
 
 
@@ -707,7 +757,8 @@ def linear_cross_entropy_stats(
     Args:
         hidden: (..., D) floating-point hidden states.
         weight: (V, D) head weight in ``nn.Linear`` layout, hidden's dtype.
-        targets: (...) integer class indices in [0, V), or ``ignore_index``.
+        targets: (...) integer class indices in [0, V), or ``ignore_index``; or (..., V)
+            class probabilities.
         bias: (V,) head bias, or None.
         ignore_index: Target value whose tokens get loss 0.
         label_smoothing: Smoothing weight in [0, 1].
@@ -719,8 +770,8 @@ def linear_cross_entropy_stats(
 
     Returns:
         :class:`crossentropy.losses.TokenStats` ``(loss, logsumexp, entropy)``, each shaped
-        like ``targets`` in hidden's dtype: the loss and the entropy in units of ``base``,
-        the log-sum-exp in nats.
+        like ``hidden`` without its last dimension, in hidden's dtype: the loss and the
+        entropy in units of ``base``, the log-sum-exp in nats.
 
     Raises:
         TypeError, ValueError: As :func:`linear_cross_entropy`.
@@ -752,17 +803,23 @@ def linear_cross_entropy_stats(
         chunk_size=chunk_size,
         impl="chunked",
         validate=validate,
+        allow_probs=True,
     )
     num_classes, hidden_dim = weight.shape
     device = hidden.device
     cdt = _compute_dtype(hidden.dtype, device)
     acc = accumulation_dtype(hidden.dtype)
+    probs = targets.is_floating_point()
     with torch.no_grad():
         h2 = hidden.detach().reshape(-1, hidden_dim)
-        y = targets.reshape(-1).to(torch.long)
         n = h2.shape[0]
-        keep = y != ignore_index
-        y_safe = torch.where(keep, y, torch.zeros_like(y))
+        if probs:
+            y_safe = targets.detach().reshape(-1, num_classes)
+            keep = torch.ones(n, dtype=torch.bool, device=device)
+        else:
+            y = targets.reshape(-1).to(torch.long)
+            keep = y != ignore_index
+            y_safe = torch.where(keep, y, torch.zeros_like(y))
         loss = torch.zeros(n, dtype=acc, device=device)
         lse = torch.zeros(n, dtype=acc, device=device)
         entropy = torch.zeros(n, dtype=acc, device=device)
@@ -790,7 +847,7 @@ def linear_cross_entropy_stats(
                 lse[start:stop] = terms.logsumexp
                 entropy[start:stop] = terms.entropy
             loss.masked_fill_(~keep, 0.0)
-    shape = targets.shape
+    shape = hidden.shape[:-1]
     dtype = hidden.dtype
     return TokenStats(
         loss.to(dtype).reshape(shape),
