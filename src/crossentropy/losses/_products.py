@@ -80,12 +80,12 @@ def choose_engine(dtype: torch.dtype, device: torch.device) -> str:
         raise ValueError(f"CPU_ENGINE must be 'auto', 'onednn' or 'torch'; got {CPU_ENGINE!r}")
     if device.type != "cpu" or CPU_ENGINE == "torch":
         return "torch"
-    usable = dtype == torch.float32 and onednn_available() and torch._C._get_mkldnn_enabled()
+    enabled = bool(getattr(torch.backends.mkldnn, "enabled", True))
+    usable = dtype == torch.float32 and enabled and onednn_available()
     if CPU_ENGINE == "onednn" and not usable:
         raise RuntimeError(
             f"CPU_ENGINE = 'onednn' but oneDNN float32 products are not usable here "
-            f"(dtype {dtype}, oneDNN available: {onednn_available()}, enabled: "
-            f"{torch._C._get_mkldnn_enabled()})"
+            f"(dtype {dtype}, oneDNN available: {onednn_available()}, enabled: {enabled})"
         )
     return "onednn" if usable else "torch"
 
