@@ -388,6 +388,7 @@ def _bad_inputs():
         ((h, w, torch.full((4, 5), 0.3)), {}, ValueError, "sum to 1 over the class dimension"),
         ((h, w, torch.full((4, 5), -0.2)), {}, ValueError, "finite and >= 0"),
         ((h, w.reshape(15), y), {}, ValueError, r"`weight` must be 2-D \(V, D\)"),
+        ((h[:, :0], w[:, :0], y), {}, ValueError, r"V >= 1 and D >= 1; got shape \(5, 0\)"),
         ((h, w, y), {"bias": torch.zeros(4)}, ValueError, r"`bias` must have shape \(5,\)"),
         ((h, w, y), {"bias": torch.zeros(5).double()}, TypeError, "`bias` must have the dtype"),
         ((h, w, torch.tensor([0, 1, 5, -100])), {}, ValueError, r"in \[0, 5\) or ignore_index"),

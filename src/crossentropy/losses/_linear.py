@@ -179,9 +179,9 @@ def _check_inputs(
             f"`weight` must have the dtype of `hidden` ({hidden.dtype}); got {weight.dtype}; "
             "cast one of them, e.g. weight.to(hidden.dtype)"
         )
-    if weight.dim() != 2 or weight.shape[0] < 1:
+    if weight.dim() != 2 or weight.shape[0] < 1 or weight.shape[1] < 1:
         raise ValueError(
-            f"`weight` must be 2-D (V, D) in nn.Linear layout with V >= 1; "
+            f"`weight` must be 2-D (V, D) in nn.Linear layout with V >= 1 and D >= 1; "
             f"got shape {tuple(weight.shape)}"
         )
     num_classes, hidden_dim = weight.shape
