@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crossentropy import losses
 from crossentropy.losses import _products
@@ -223,3 +225,29 @@ def test_a_half_precision_chunk_starts_the_float32_weight_gradient():
     torch.testing.assert_close(dw.double(), want, rtol=0, atol=2**-8 * float(want.abs().max()))
     products.add_weight_grad(dw, g, h, first=False)
     torch.testing.assert_close(dw.double(), 2 * want, rtol=0, atol=2**-7 * float(want.abs().max()))
+
+
+@given(
+    rows=st.integers(1, 40),
+    d=st.integers(1, 50),
+    v=st.integers(1, 2 * BLOCK_ROWS + 50),
+    with_bias=st.booleans(),
+    grad_block_rows=st.integers(1, 600),
+    seed=st.integers(0, 2**16),
+)
+def test_products_property(rows, d, v, with_bias, grad_block_rows, seed):
+    """Any shape, any weight-gradient block size: every engine gives float64's products."""
+    h64, w64, b64, g64 = _tensors(rows, d, v, seed)
+    h, w, b, g = (t.float() for t in (h64, w64, b64, g64))
+    for engine in AVAILABLE:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_products, "WEIGHT_GRAD_BLOCK_BYTES", 4 * d * grad_block_rows)
+            products = ChunkProducts(w, b if with_bias else None, rows, engine)
+        z = torch.empty(rows, v)
+        products.logits(h, z)
+        _close(z, h.double() @ w.double().T + (b.double() if with_bias else 0.0), d)
+        _close(products.hidden_grad(g), g.double() @ w.double(), v)
+        dw = torch.empty(v, d)
+        products.add_weight_grad(dw, g, h, first=True)
+        products.add_weight_grad(dw, g, h, first=False)
+        _close(dw, 2 * (g.double().T @ h.double()), 2 * rows)
