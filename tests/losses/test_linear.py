@@ -603,3 +603,154 @@ def test_probability_targets_with_a_gradient_need_the_reference_path():
     torch.testing.assert_close(grad_t, want, rtol=1e-10, atol=1e-12)
     detached = losses.linear_cross_entropy(hidden, weight, targets.detach(), impl="chunked")
     torch.testing.assert_close(detached, loss.detach(), rtol=1e-12, atol=0)
+
+
+# ---------------------------------------------------------------------------------------
+# Class weights (torch's `weight=` of F.cross_entropy and F.linear_cross_entropy).
+
+
+def class_weights(v, seed, zero_some=True):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(v, generator=g, dtype=torch.float64) * 2
+    if zero_some:
+        w[::5] = 0.0
+    return w
+
+
+@pytest.mark.parametrize(
+    ("shape", "options", "reduction", "with_bias", "ignored"),
+    [
+        ((7, 64, 1000, 3), {}, "mean", True, 0.3),
+        ((300, 40, 3000, 64), {"label_smoothing": 0.1, "z_loss": 1e-3}, "mean", False, 0.1),
+        ((300, 40, 3000, None), {"softcap": 3.0, "base": 2.0}, "sum", True, 0.0),
+        ((33, 5, 1100, 10), {"label_smoothing": 0.2}, "none", False, 0.2),
+    ],
+)
+def test_class_weights_match_torch_float64(shape, options, reduction, with_bias, ignored):
+    n, d, v, chunk = shape
+    hidden, weight, bias, targets = make(n, d, v, bias=with_bias, ignored=ignored, seed=n + 3)
+    cw = class_weights(v, seed=d)
+    opts = {"reduction": reduction, **options}
+    got, got_grads = value_and_grads(
+        fused, hidden, weight, bias, targets, chunk_size=chunk, class_weight=cw, **opts
+    )
+    want, want_grads = value_and_grads(
+        oracle_weighted, hidden, weight, bias, targets, cw=cw, **opts
+    )
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def oracle_weighted(hidden, weight, targets, *, bias=None, cw=None, **options):
+    return composed_torch_loss(F.linear(hidden, weight, bias), targets, weight=cw, **options)
+
+
+def test_class_weights_float32_match_torch_linear_cross_entropy():
+    """Against torch's own fused loss, which takes the same class weights."""
+    hidden64, weight64, bias64, targets = make(257, 48, 2600, ignored=0.1, seed=41)
+    cw = class_weights(2600, seed=42, zero_some=False).float()
+    low = [t.detach().float().requires_grad_() for t in (hidden64, weight64, bias64)]
+    got = losses.linear_cross_entropy(
+        low[0], low[1], targets, bias=low[2], class_weight=cw, label_smoothing=0.1
+    )
+    ref = [t.detach().clone().requires_grad_() for t in low]
+    want = F.linear_cross_entropy(
+        ref[0],
+        ref[1],
+        targets,
+        linear_bias=ref[2],
+        weight=cw,
+        label_smoothing=0.1,
+        ignore_index=-100,
+    )
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    got_grads = torch.autograd.grad(got, low)
+    want_grads = torch.autograd.grad(want, ref)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
+
+
+def test_class_weights_with_probability_targets_and_stats():
+    hidden, weight, bias, _ = make(60, 12, 1500, seed=43)
+    targets = soft_targets((60,), 1500, seed=44)
+    cw = class_weights(1500, seed=45)
+    for reduction in REDUCTIONS:
+        got, got_grads = value_and_grads(
+            fused,
+            hidden,
+            weight,
+            bias,
+            targets,
+            chunk_size=16,
+            class_weight=cw,
+            reduction=reduction,
+            z_loss=0.01,
+        )
+        want, want_grads = value_and_grads(
+            losses.linear_cross_entropy,
+            hidden,
+            weight,
+            bias,
+            targets,
+            impl="reference",
+            class_weight=cw,
+            reduction=reduction,
+            z_loss=0.01,
+        )
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        for a, b in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    _, _, _, index_targets = make(60, 12, 1500, ignored=0.2, seed=46)
+    stats = losses.linear_cross_entropy_stats(
+        hidden, weight, index_targets, bias=bias, class_weight=cw, chunk_size=16
+    )
+    want = losses.cross_entropy_stats(
+        F.linear(hidden, weight, bias).detach(), index_targets, weight=cw
+    )
+    for a, b in zip(stats, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_zero_total_class_weight_gives_zero_not_nan():
+    hidden, weight, bias, targets = make(40, 8, 2000, seed=47)
+    cw = torch.ones(2000, dtype=torch.float64)
+    cw[targets] = 0.0  # every target's class weighs nothing
+    got, got_grads = value_and_grads(fused, hidden, weight, bias, targets, class_weight=cw)
+    assert float(got) == 0.0
+    assert all(bool((g == 0).all()) for g in got_grads)
+
+
+def test_module_keeps_class_weights_as_a_buffer():
+    cw = class_weights(50, seed=48)
+    loss_fn = losses.LinearCrossEntropyLoss(class_weight=cw)
+    assert "class_weight" in dict(loss_fn.named_buffers())
+    head = torch.nn.Linear(16, 50, dtype=torch.float64)
+    hidden = torch.randn(30, 16, dtype=torch.float64)
+    y = torch.randint(0, 50, (30,))
+    want = F.cross_entropy(head(hidden), y, weight=cw)
+    torch.testing.assert_close(loss_fn(hidden, head.weight, y, head.bias), want)
+    with pytest.raises(TypeError, match=r"`class_weight` must be None or a torch\.Tensor"):
+        losses.LinearCrossEntropyLoss(class_weight=[1.0] * 50)
+
+
+@pytest.mark.parametrize(
+    ("class_weight", "error", "match"),
+    [
+        (torch.ones(4), ValueError, r"`class_weight` must have shape \(5,\)"),
+        (torch.ones(5, dtype=torch.long), TypeError, "`class_weight` must be a floating-point"),
+        (torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0]), ValueError, "finite and >= 0; got -1.0"),
+        (torch.tensor([1.0, float("nan"), 1.0, 1.0, 1.0]), ValueError, "finite and >= 0"),
+        ([1.0] * 5, TypeError, r"`class_weight` must be None or a torch\.Tensor"),
+    ],
+)
+def test_bad_class_weights_are_rejected(class_weight, error, match):
+    h, w, y = torch.randn(4, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 4])
+    with pytest.raises(error, match=match):
+        losses.linear_cross_entropy(h, w, y, class_weight=class_weight, impl="chunked")
+
+
+def test_class_weights_with_group_are_a_clear_error():
+    h, w, y = torch.randn(4, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 4])
+    with pytest.raises(ValueError, match="`class_weight` is not supported with group="):
+        losses.linear_cross_entropy(h, w, y, class_weight=torch.ones(5), group=object())

@@ -153,6 +153,7 @@ def _check_inputs(
     impl: object,
     validate: bool,
     allow_probs: bool = False,
+    class_weight: object = None,
 ) -> None:
     for name, value in (("hidden", hidden), ("weight", weight), ("targets", targets)):
         if not isinstance(value, torch.Tensor):
@@ -231,12 +232,34 @@ def _check_inputs(
                 f"`bias` must have shape ({num_classes},), one entry per row of `weight`; "
                 f"got {tuple(bias.shape)}"
             )
-    devices = {t.device for t in (hidden, weight, targets, bias) if t is not None}
+    if class_weight is not None:
+        if not isinstance(class_weight, torch.Tensor):
+            raise TypeError(
+                f"`class_weight` must be None or a torch.Tensor; got {type(class_weight).__name__}"
+            )
+        if not class_weight.is_floating_point():
+            raise TypeError(
+                f"`class_weight` must be a floating-point tensor; got dtype {class_weight.dtype}"
+            )
+        if tuple(class_weight.shape) != (num_classes,):
+            raise ValueError(
+                f"`class_weight` must have shape ({num_classes},), one entry per row of "
+                f"`weight`; got {tuple(class_weight.shape)}"
+            )
+    tensors = (hidden, weight, targets, bias, class_weight)
+    devices = {t.device for t in tensors if t is not None}
     if len(devices) > 1:
         raise ValueError(
-            f"`hidden`, `weight`, `targets` and `bias` must be on one device; got "
-            f"{sorted(str(d) for d in devices)}"
+            f"`hidden`, `weight`, `targets`, `bias` and `class_weight` must be on one device; "
+            f"got {sorted(str(d) for d in devices)}"
         )
+    if validate and class_weight is not None:
+        good = torch.isfinite(class_weight) & (class_weight >= 0)
+        if not bool(good.all()):
+            raise ValueError(
+                f"`class_weight` must be finite and >= 0; got {class_weight[~good][0].item()!r} "
+                "among its entries"
+            )
     check_options(
         reduction=reduction,
         label_smoothing=label_smoothing,
@@ -299,6 +322,7 @@ def _slice_rows(rows: int, num_classes: int, device: torch.device, *, in_place: 
 
 def _kernel_options(opts: dict) -> dict:
     return {
+        "weight": opts.get("class_weight"),
         "label_smoothing": opts["label_smoothing"],
         "z_loss": opts["z_loss"],
         "softcap": opts["softcap"],
@@ -421,11 +445,17 @@ def _fused_pass(
     return loss, grad_hidden, grad_weight, grad_bias
 
 
-def _token_count(targets: torch.Tensor, opts: dict) -> int:
-    """Tokens that count: every row of probability targets, else those not ignored."""
+def _token_count(targets: torch.Tensor, opts: dict) -> float:
+    """The denominator of ``"mean"``: every row of probability targets; else the tokens not
+    ignored, or with class weights the sum of their targets' weights (torch's weighted
+    mean)."""
     if targets.is_floating_point():
         return targets.shape[0]
-    return int((targets != opts["ignore_index"]).sum())
+    kept = targets != opts["ignore_index"]
+    class_weight = opts.get("class_weight")
+    if class_weight is None:
+        return int(kept.sum())
+    return float(class_weight.double()[targets[kept]].sum())
 
 
 def _is_one(value: torch.Tensor) -> bool:
@@ -521,6 +551,7 @@ def linear_cross_entropy(
     targets: torch.Tensor,
     *,
     bias: torch.Tensor | None = None,
+    class_weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     label_smoothing: float = 0.0,
@@ -551,8 +582,10 @@ def linear_cross_entropy(
     pass through the same graph (``retain_graph=True``) recomputes them.
 
     Semantics are those of :func:`crossentropy.losses.cross_entropy`: with class-index
-    targets ``"mean"`` divides by the number of tokens that count, and an all-ignored
-    batch gives 0 with zero gradients; ``"none"`` gives 0 at ignored tokens. Class-
+    targets ``"mean"`` divides by the number of tokens that count (with ``class_weight``,
+    by the sum of their targets' weights, torch's weighted mean), and an all-ignored batch
+    (or a zero total weight) gives 0 with zero gradients; ``"none"`` gives 0 at ignored
+    tokens. Class-
     probability targets (distillation from a teacher's distribution), shaped like
     ``hidden`` with V in place of D, count every token; they must sum to 1 per token and,
     on the fused path, carry no gradient (``impl="reference"`` gives the gradient with
@@ -585,6 +618,8 @@ def linear_cross_entropy(
             hidden without its last dimension; or (..., V) floating-point class
             probabilities.
         bias: (V,) head bias in hidden's dtype, or None.
+        class_weight: (V,) nonnegative class weights (``weight`` of ``nn.CrossEntropyLoss``
+            and of torch's ``F.linear_cross_entropy``), or None. They carry no gradient.
         ignore_index: Target value whose tokens count for nothing.
         reduction: ``"mean"`` over tokens that count, ``"sum"``, or ``"none"`` (per token).
         label_smoothing: Smoothing weight in [0, 1] (torch's definition).
@@ -629,6 +664,12 @@ def linear_cross_entropy(
         Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models" (2024), the
         fused head that never materialises the logits.
     """
+    if group is not None and class_weight is not None:
+        raise ValueError(
+            "`class_weight` is not supported with group= (a head split across ranks); "
+            "vocab_parallel_cross_entropy(local_logits, targets, weight=...) takes class "
+            "weights across ranks"
+        )
     if group is not None:
         # Imported here: the vocabulary-parallel module builds on this one.
         from crossentropy.losses._distributed import sharded_linear_cross_entropy
@@ -664,6 +705,7 @@ def linear_cross_entropy(
         impl=impl,
         validate=validate,
         allow_probs=True,
+        class_weight=class_weight,
     )
     num_classes, hidden_dim = weight.shape
     probs = targets.is_floating_point()
@@ -683,6 +725,7 @@ def linear_cross_entropy(
             weight,
             targets,
             bias=bias,
+            weight=class_weight,
             ignore_index=ignore_index,
             reduction=reduction,
             label_smoothing=label_smoothing,
@@ -692,6 +735,7 @@ def linear_cross_entropy(
         )
     opts = {
         "ignore_index": int(ignore_index),
+        "class_weight": None if class_weight is None else class_weight.detach(),
         "reduction": reduction,
         "label_smoothing": float(label_smoothing),
         "z_loss": float(z_loss),
@@ -718,13 +762,13 @@ def linear_cross_entropy(
     return _ChunkedReduced.apply(h2, weight, bias, y, opts, rows)
 
 
-def _reference(hidden, weight, targets, *, bias, **options) -> torch.Tensor:
+def _reference(hidden, head, targets, *, bias, **options) -> torch.Tensor:
     """The executable spec: the unfused logits, then the loss."""
     from crossentropy.losses._cross_entropy import cross_entropy
 
-    logits = torch.nn.functional.linear(hidden, weight, bias)
+    logits = torch.nn.functional.linear(hidden, head, bias)
     if logits.dim() > 2:
-        num_classes = weight.shape[0]
+        num_classes = head.shape[0]
         logits = logits.reshape(-1, num_classes)
         probs = targets.is_floating_point()
         flat = targets.reshape(-1, num_classes) if probs else targets.reshape(-1)
@@ -739,6 +783,7 @@ def linear_cross_entropy_stats(
     targets: torch.Tensor,
     *,
     bias: torch.Tensor | None = None,
+    class_weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
@@ -760,6 +805,7 @@ def linear_cross_entropy_stats(
         targets: (...) integer class indices in [0, V), or ``ignore_index``; or (..., V)
             class probabilities.
         bias: (V,) head bias, or None.
+        class_weight: (V,) nonnegative class weights, or None.
         ignore_index: Target value whose tokens get loss 0.
         label_smoothing: Smoothing weight in [0, 1].
         z_loss: Coefficient of the ``logsumexp**2`` penalty per token, >= 0.
@@ -804,6 +850,7 @@ def linear_cross_entropy_stats(
         impl="chunked",
         validate=validate,
         allow_probs=True,
+        class_weight=class_weight,
     )
     num_classes, hidden_dim = weight.shape
     device = hidden.device
@@ -833,6 +880,7 @@ def linear_cross_entropy_stats(
             logits = torch.empty(rows, num_classes, dtype=cdt, device=device)
             products = ChunkProducts(w_c, b_c, rows, choose_engine(cdt, device))
             kernel_opts = {
+                "weight": class_weight,
                 "label_smoothing": float(label_smoothing),
                 "z_loss": float(z_loss),
                 "softcap": None if softcap is None else float(softcap),
@@ -866,6 +914,8 @@ class LinearCrossEntropyLoss(nn.Module):
     ``loss_fn(h, model.lm_head.weight, targets, model.lm_head.bias)``.
 
     Args:
+        class_weight: (V,) class weights, or None; kept as a buffer, so it follows the
+            module's ``.to(device)``.
         ignore_index, reduction, label_smoothing, z_loss, softcap, base, chunk_size, impl,
         group, validate: As :func:`linear_cross_entropy`, checked at construction.
 
@@ -887,6 +937,7 @@ class LinearCrossEntropyLoss(nn.Module):
     def __init__(
         self,
         *,
+        class_weight: torch.Tensor | None = None,
         ignore_index: int = -100,
         reduction: Reduction = "mean",
         label_smoothing: float = 0.0,
@@ -919,6 +970,11 @@ class LinearCrossEntropyLoss(nn.Module):
             or chunk_size <= 0
         ):
             raise ValueError(f"`chunk_size` must be None or an int > 0; got {chunk_size!r}")
+        if class_weight is not None and not isinstance(class_weight, torch.Tensor):
+            raise TypeError(
+                f"`class_weight` must be None or a torch.Tensor; got {type(class_weight).__name__}"
+            )
+        self.register_buffer("class_weight", class_weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
@@ -943,6 +999,7 @@ class LinearCrossEntropyLoss(nn.Module):
             weight,
             targets,
             bias=bias,
+            class_weight=self.class_weight,
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
