@@ -9,6 +9,7 @@ for the others, and ``crossentropy.losses.cross_entropy`` where it is available.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -261,6 +262,8 @@ def _linear_cases(world: int) -> list[dict]:
         minus_one = targets.clone()
         minus_one.view(-1)[::3] = -1
         all_ignored = torch.full(LEAD, -100)
+        class_weight = draw(V).abs()
+        class_weight[::4] = 0.0
         option_sets = [
             ("plain", targets, False, {}),
             ("bias", targets, True, {}),
@@ -283,6 +286,12 @@ def _linear_cases(world: int) -> list[dict]:
                 },
             ),
             ("all_ignored", all_ignored, True, {"label_smoothing": 0.1}),
+            (
+                "class_weight",
+                some_ignored,
+                True,
+                {"class_weight": class_weight, "label_smoothing": 0.1, "z_loss": 0.02},
+            ),
         ]
         for reduction in ("mean", "sum", "none"):
             upstream = None
@@ -294,7 +303,8 @@ def _linear_cases(world: int) -> list[dict]:
                 runs = [("chunked", None), ("chunked", 4)]
                 # The reference (unfused) path rounds the logits to a half type, so only
                 # the fused path is held to the one-rounding bound in half precision.
-                if name in ("plain", "everything", "all_ignored") and dtype not in LOW_PRECISION:
+                full_cases = ("plain", "everything", "all_ignored", "class_weight")
+                if name in full_cases and dtype not in LOW_PRECISION:
                     runs.append(("reference", None))
                 for impl, chunk in runs:
                     cases.append(
@@ -335,6 +345,8 @@ def _linear_cases(world: int) -> list[dict]:
 
 def _linear_reference(hidden, weight, bias, targets, options):
     options = {k: v for k, v in options.items() if k not in ("impl", "chunk_size")}
+    if "class_weight" in options:
+        options["weight"] = options.pop("class_weight")
     return composed_torch_loss(F.linear(hidden, weight, bias), targets, **options)
 
 
@@ -513,6 +525,20 @@ def _mismatch_cases() -> list[dict]:
             ["`targets` must be class indices in [0, 11)"],
         ),
         case(
+            "linear_class_weight_values",
+            "linear",
+            linear,
+            {r: {"class_weight": torch.ones(V) * (2.0 if r == 1 else 1.0)} for r in range(3)},
+            ["the values of `class_weight` must be the same on every rank"],
+        ),
+        case(
+            "linear_class_weight_length",
+            "linear",
+            linear,
+            {r: {"class_weight": torch.ones(V - 1)} for r in range(3)},
+            ["`class_weight` must have shape (11,), one entry per class of the whole"],
+        ),
+        case(
             "linear_shape_on_one_rank",
             "linear",
             linear,
@@ -648,8 +674,15 @@ def test_group_of_one_sharded_head_equals_the_fused_head(group_of_one):
     targets = torch.randint(0, 13, (2, 9), generator=gen)
     targets[0, ::3] = -100
     upstream = torch.rand(2, 9, generator=gen, dtype=torch.float64)
-    for reduction in ("mean", "sum", "none"):
-        options = {"reduction": reduction, "label_smoothing": 0.1, "z_loss": 0.01, "softcap": 3.0}
+    class_weight = torch.rand(13, generator=gen, dtype=torch.float64)
+    for reduction, cw in itertools.product(("mean", "sum", "none"), (None, class_weight)):
+        options = {
+            "reduction": reduction,
+            "label_smoothing": 0.1,
+            "z_loss": 0.01,
+            "softcap": 3.0,
+            "class_weight": cw,
+        }
         up = upstream if reduction == "none" else None
 
         def sharded(h, w, b, _options=options):

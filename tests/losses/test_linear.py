@@ -748,9 +748,3 @@ def test_bad_class_weights_are_rejected(class_weight, error, match):
     h, w, y = torch.randn(4, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 4])
     with pytest.raises(error, match=match):
         losses.linear_cross_entropy(h, w, y, class_weight=class_weight, impl="chunked")
-
-
-def test_class_weights_with_group_are_a_clear_error():
-    h, w, y = torch.randn(4, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 4])
-    with pytest.raises(ValueError, match="`class_weight` is not supported with group="):
-        losses.linear_cross_entropy(h, w, y, class_weight=torch.ones(5), group=object())

@@ -757,6 +757,7 @@ class _LinearPlan:
     rows: int  # token rows per chunk
     group: dist.ProcessGroup | None
     want: tuple[bool, bool, bool]  # gradients wanted for hidden, weight, bias
+    class_weight: torch.Tensor | None = None  # (V,) over the whole vocabulary
 
 
 def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, grad_scale):
@@ -795,7 +796,7 @@ def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, gr
             z,
             y_kept[start:stop],
             plan.spec,
-            weight=None,
+            weight=plan.class_weight,
             group=plan.group,
             grad_scale=grad_scale if grads else None,
             out=z,
@@ -841,7 +842,7 @@ def _sharded_weight_grads(hidden, weight, bias, targets, plan, index, lse, scale
             z,
             y_kept[start:stop],
             plan.spec,
-            weight=None,
+            weight=plan.class_weight,
             group=plan.group,
             grad_scale=scale[start:stop],
             lse=lse[start:stop],
@@ -868,7 +869,13 @@ class _ShardedLinearReduced(torch.autograd.Function):
         n = index.numel()
         factor = 1.0 / math.log(plan.base)
         if plan.reduction == "mean":
-            factor = factor / n if n > 0 else 0.0
+            # torch's weighted mean: over the counted tokens' class weights (every rank
+            # holds the same targets and the same full weight vector).
+            if plan.class_weight is None:
+                total = float(n)
+            else:
+                total = float(plan.class_weight.double()[targets.index_select(0, index)].sum())
+            factor = factor / total if total > 0 else 0.0
         loss, _, dh, dw, db = _sharded_pass(
             hidden, weight, bias, targets, plan, index, grad_scale=factor
         )
@@ -963,14 +970,17 @@ _LINEAR_FIELDS = {
     "shard": _Field("shard rows"),
     "bias": _Field("whether `bias` is given", "bool"),
     **_OPTION_FIELDS,
+    "class_weight_numel": _Field("the number of entries of `class_weight`", "optint"),
     "chunk_size": _Field("`chunk_size`", "optint"),
     "impl": _Field("`impl`", "impl"),
     "hidden_grad": _Field("whether `hidden` requires grad", "bool"),
     "validate": _Field("`validate`", "bool"),
     "targets_sum": _Field("the values of `targets`", "hash"),
     "targets_mix": _Field("the values of `targets`", "hash"),
+    "class_weight_sum": _Field("the values of `class_weight`", "hash"),
+    "class_weight_mix": _Field("the values of `class_weight`", "hash"),
 }
-_LINEAR_DEVICE = ("targets_sum", "targets_mix")
+_LINEAR_DEVICE = ("targets_sum", "targets_mix", "class_weight_sum", "class_weight_mix")
 
 
 def sharded_linear_cross_entropy(
@@ -979,6 +989,7 @@ def sharded_linear_cross_entropy(
     targets: torch.Tensor,
     *,
     bias: torch.Tensor | None = None,
+    class_weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     label_smoothing: float = 0.0,
@@ -1028,6 +1039,8 @@ def sharded_linear_cross_entropy(
         targets: (...) global class indices in [0, V) or ``ignore_index``, the same on
             every rank.
         bias: (V_r,) this rank's entries of the head's bias, or None (on every rank).
+        class_weight: (V,) class weights over the whole vocabulary, the same full vector on
+            every rank, or None; ``"mean"`` is then the weighted mean (torch's).
         ignore_index: Target value whose tokens count for nothing.
         reduction: ``"mean"`` over tokens that count (0 when none does), ``"sum"``, or
             ``"none"`` (per token, 0 at ignored tokens).
@@ -1094,6 +1107,17 @@ def sharded_linear_cross_entropy(
             impl=impl,
             validate=False,  # the targets are global indices: checked after the exchange
         )
+        if class_weight is not None:
+            if not isinstance(class_weight, torch.Tensor):
+                raise TypeError(
+                    "`class_weight` must be None or a torch.Tensor; got "
+                    f"{type(class_weight).__name__}"
+                )
+            if not class_weight.is_floating_point() or class_weight.dim() != 1:
+                raise TypeError(
+                    "`class_weight` must be a 1-D floating-point tensor; got dtype "
+                    f"{class_weight.dtype} and shape {tuple(class_weight.shape)}"
+                )
         values.update(
             tokens=targets.numel(),
             ndim=targets.dim(),
@@ -1106,10 +1130,18 @@ def sharded_linear_cross_entropy(
             impl=IMPLS.index(impl),
             hidden_grad=torch.is_grad_enabled() and hidden.requires_grad,
             validate=bool(validate),
+            class_weight_numel=-1 if class_weight is None else class_weight.numel(),
             **_option_values(reduction, ignore_index, label_smoothing, z_loss, softcap, base),
         )
         if validate:
-            device_values = _checksums(targets.to(device))
+            device_values = torch.cat(
+                [
+                    _checksums(targets.to(device)),
+                    torch.zeros(2, dtype=torch.int64, device=device)
+                    if class_weight is None
+                    else _checksums(class_weight.to(device)),
+                ]
+            )
     except (TypeError, ValueError) as exc:
         local_error = exc
         values["error"] = 1
@@ -1134,6 +1166,22 @@ def sharded_linear_cross_entropy(
     vocab_start = sum(shard_rows[:rank])
     if validate:
         _check_target_range(targets, num_classes, ignore_index)
+    if class_weight is not None:
+        # The same vector on every rank (compared above): each rank raises alike.
+        if class_weight.numel() != num_classes:
+            raise ValueError(
+                f"`class_weight` must have shape ({num_classes},), one entry per class of the "
+                f"whole vocabulary (the sum of the shards' rows); got "
+                f"{tuple(class_weight.shape)}"
+            )
+        class_weight = class_weight.detach().to(device)
+        if validate:
+            good = torch.isfinite(class_weight) & (class_weight >= 0)
+            if not bool(good.all()):
+                raise ValueError(
+                    "`class_weight` must be finite and >= 0; got "
+                    f"{class_weight[~good][0].item()!r} among its entries"
+                )
 
     if impl == "auto":
         impl = (
@@ -1152,7 +1200,13 @@ def sharded_linear_cross_entropy(
             hidden = _SumGradOverRanks.apply(hidden, group)
         logits = torch.nn.functional.linear(hidden, weight, bias)
         return vocab_parallel_cross_entropy(
-            logits, targets, vocab_start=vocab_start, group=group, validate=False, **options
+            logits,
+            targets,
+            vocab_start=vocab_start,
+            group=group,
+            weight=class_weight,
+            validate=False,
+            **options,
         )
 
     hidden_dim = weight.shape[1]
@@ -1185,6 +1239,7 @@ def sharded_linear_cross_entropy(
         rows=max(chunk, 1),
         group=group,
         want=want,
+        class_weight=class_weight,
     )
     if reduction == "none":
         loss = _ShardedLinearPerToken.apply(h2, weight, bias, y, plan, index)

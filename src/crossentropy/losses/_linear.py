@@ -664,12 +664,6 @@ def linear_cross_entropy(
         Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models" (2024), the
         fused head that never materialises the logits.
     """
-    if group is not None and class_weight is not None:
-        raise ValueError(
-            "`class_weight` is not supported with group= (a head split across ranks); "
-            "vocab_parallel_cross_entropy(local_logits, targets, weight=...) takes class "
-            "weights across ranks"
-        )
     if group is not None:
         # Imported here: the vocabulary-parallel module builds on this one.
         from crossentropy.losses._distributed import sharded_linear_cross_entropy
@@ -679,6 +673,7 @@ def linear_cross_entropy(
             weight,
             targets,
             bias=bias,
+            class_weight=class_weight,
             ignore_index=ignore_index,
             reduction=reduction,
             label_smoothing=label_smoothing,
