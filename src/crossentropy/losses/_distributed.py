@@ -33,9 +33,10 @@ from crossentropy.losses._linear import (
     _check_inputs,
     _compute_dtype,
     _is_one,
+    mean_denominator,
     plan_chunk_rows,
 )
-from crossentropy.losses._options import REDUCTIONS, Reduction, check_options
+from crossentropy.losses._options import REDUCTIONS, Reduction, check_class_weight, check_options
 from crossentropy.losses._products import ChunkProducts, choose_engine
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -869,12 +870,8 @@ class _ShardedLinearReduced(torch.autograd.Function):
         n = index.numel()
         factor = 1.0 / math.log(plan.base)
         if plan.reduction == "mean":
-            # torch's weighted mean: over the counted tokens' class weights (every rank
-            # holds the same targets and the same full weight vector).
-            if plan.class_weight is None:
-                total = float(n)
-            else:
-                total = float(plan.class_weight.double()[targets.index_select(0, index)].sum())
+            # Every rank holds the same targets and the same full class-weight vector.
+            total = mean_denominator(targets, plan.spec.ignore_index, plan.class_weight)
             factor = factor / total if total > 0 else 0.0
         loss, _, dh, dw, db = _sharded_pass(
             hidden, weight, bias, targets, plan, index, grad_scale=factor
@@ -1168,20 +1165,14 @@ def sharded_linear_cross_entropy(
         _check_target_range(targets, num_classes, ignore_index)
     if class_weight is not None:
         # The same vector on every rank (compared above): each rank raises alike.
-        if class_weight.numel() != num_classes:
-            raise ValueError(
-                f"`class_weight` must have shape ({num_classes},), one entry per class of the "
-                f"whole vocabulary (the sum of the shards' rows); got "
-                f"{tuple(class_weight.shape)}"
-            )
+        check_class_weight(
+            class_weight,
+            num_classes,
+            validate=validate,
+            name="class_weight",
+            per="one entry per class of the whole vocabulary (the sum of the shards' rows)",
+        )
         class_weight = class_weight.detach().to(device)
-        if validate:
-            good = torch.isfinite(class_weight) & (class_weight >= 0)
-            if not bool(good.all()):
-                raise ValueError(
-                    "`class_weight` must be finite and >= 0; got "
-                    f"{class_weight[~good][0].item()!r} among its entries"
-                )
 
     if impl == "auto":
         impl = (

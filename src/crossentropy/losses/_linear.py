@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
-from crossentropy.losses._options import Reduction, check_options
+from crossentropy.losses._options import Reduction, check_class_weight, check_options
 from crossentropy.losses._products import ChunkProducts, choose_engine
 
 Impl = Literal["auto", "chunked", "reference"]
@@ -233,19 +233,13 @@ def _check_inputs(
                 f"got {tuple(bias.shape)}"
             )
     if class_weight is not None:
-        if not isinstance(class_weight, torch.Tensor):
-            raise TypeError(
-                f"`class_weight` must be None or a torch.Tensor; got {type(class_weight).__name__}"
-            )
-        if not class_weight.is_floating_point():
-            raise TypeError(
-                f"`class_weight` must be a floating-point tensor; got dtype {class_weight.dtype}"
-            )
-        if tuple(class_weight.shape) != (num_classes,):
-            raise ValueError(
-                f"`class_weight` must have shape ({num_classes},), one entry per row of "
-                f"`weight`; got {tuple(class_weight.shape)}"
-            )
+        check_class_weight(
+            class_weight,
+            num_classes,
+            validate=validate,
+            name="class_weight",
+            per="one entry per row of `weight`",
+        )
     tensors = (hidden, weight, targets, bias, class_weight)
     devices = {t.device for t in tensors if t is not None}
     if len(devices) > 1:
@@ -253,13 +247,6 @@ def _check_inputs(
             f"`hidden`, `weight`, `targets`, `bias` and `class_weight` must be on one device; "
             f"got {sorted(str(d) for d in devices)}"
         )
-    if validate and class_weight is not None:
-        good = torch.isfinite(class_weight) & (class_weight >= 0)
-        if not bool(good.all()):
-            raise ValueError(
-                f"`class_weight` must be finite and >= 0; got {class_weight[~good][0].item()!r} "
-                "among its entries"
-            )
     check_options(
         reduction=reduction,
         label_smoothing=label_smoothing,
@@ -322,7 +309,7 @@ def _slice_rows(rows: int, num_classes: int, device: torch.device, *, in_place: 
 
 def _kernel_options(opts: dict) -> dict:
     return {
-        "weight": opts.get("class_weight"),
+        "weight": opts["class_weight"],
         "label_smoothing": opts["label_smoothing"],
         "z_loss": opts["z_loss"],
         "softcap": opts["softcap"],
@@ -445,14 +432,15 @@ def _fused_pass(
     return loss, grad_hidden, grad_weight, grad_bias
 
 
-def _token_count(targets: torch.Tensor, opts: dict) -> float:
-    """The denominator of ``"mean"``: every row of probability targets; else the tokens not
-    ignored, or with class weights the sum of their targets' weights (torch's weighted
-    mean)."""
+def mean_denominator(
+    targets: torch.Tensor, ignore_index: int, class_weight: torch.Tensor | None
+) -> float:
+    """The denominator of ``"mean"`` for (N,) or (N, V) targets: every row of probability
+    targets; else the tokens not ignored, or with class weights the sum of their targets'
+    weights (torch's weighted mean)."""
     if targets.is_floating_point():
         return targets.shape[0]
-    kept = targets != opts["ignore_index"]
-    class_weight = opts.get("class_weight")
+    kept = targets != ignore_index
     if class_weight is None:
         return int(kept.sum())
     return float(class_weight.double()[targets[kept]].sum())
@@ -468,7 +456,7 @@ class _ChunkedReduced(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, opts, rows):
         want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
-        keep_count = _token_count(targets, opts)
+        keep_count = mean_denominator(targets, opts["ignore_index"], opts["class_weight"])
         if opts["reduction"] == "mean":
             scale = 1.0 / keep_count if keep_count > 0 else 0.0
         else:
@@ -749,7 +737,11 @@ def linear_cross_entropy(
         )
         if reduction == "none":
             return loss.to(hidden.dtype).reshape(token_shape)
-        count = _token_count(y, opts) if reduction == "mean" else 1
+        count = (
+            mean_denominator(y, opts["ignore_index"], opts["class_weight"])
+            if reduction == "mean"
+            else 1
+        )
         total = loss.sum() / count if count > 0 else loss.sum()
         return total.to(hidden.dtype)
     if reduction == "none":

@@ -116,20 +116,41 @@ def check_options(
         raise TypeError(f"`ignore_index` must be an int; got {type(ignore_index).__name__}")
 
     if weight is not None:
-        if not isinstance(weight, torch.Tensor):
-            raise TypeError(f"`weight` must be None or a torch.Tensor; got {type(weight).__name__}")
-        if not weight.is_floating_point():
-            raise TypeError(f"`weight` must be a floating-point tensor; got dtype {weight.dtype}")
-        if weight.dim() != 1 or weight.shape[0] != num_classes:
+        check_class_weight(weight, num_classes, validate=validate)
+
+
+def check_class_weight(
+    weight: object,
+    num_classes: int,
+    *,
+    validate: bool,
+    name: str = "weight",
+    per: str = "one entry per class",
+) -> None:
+    """Check a (V,) class-weight tensor: a floating-point tensor of shape (num_classes,)
+    and, with ``validate`` (which reads its values), finite and nonnegative entries.
+
+    ``name`` is the argument's name in the messages and ``per`` says what one entry is for.
+
+    Raises:
+        TypeError: Not a tensor, or not floating point.
+        ValueError: The wrong shape, or (with ``validate``) a negative or non-finite entry.
+    """
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"`{name}` must be None or a torch.Tensor; got {type(weight).__name__}")
+    if not weight.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor; got dtype {weight.dtype}")
+    if weight.dim() != 1 or weight.shape[0] != num_classes:
+        raise ValueError(
+            f"`{name}` must have shape ({num_classes},), {per}; got shape {tuple(weight.shape)}"
+        )
+    if validate:
+        good = torch.isfinite(weight) & (weight >= 0)
+        if not bool(good.all()):
             raise ValueError(
-                f"`weight` must have shape ({num_classes},), one entry per class; "
-                f"got shape {tuple(weight.shape)}"
-            )
-        if validate and not bool(torch.isfinite(weight).all() and (weight >= 0).all()):
-            bad = weight[~(torch.isfinite(weight) & (weight >= 0))]
-            raise ValueError(
-                f"`weight` must be finite and >= 0; got {bad[0].item()!r} among its entries"
+                f"`{name}` must be finite and >= 0; got {weight[~good][0].item()!r} among its "
+                "entries"
             )
 
 
-__all__ = ["REDUCTIONS", "Reduction", "check_options"]
+__all__ = ["REDUCTIONS", "Reduction", "check_class_weight", "check_options"]
