@@ -191,6 +191,45 @@ def _mismatch_cases(rank: int, world: int, payload: dict) -> dict:
     return results
 
 
+def _second_order_cases(rank: int, world: int, payload: dict) -> dict:
+    """Per case: the first-order gradients formed with ``create_graph=True``, and what
+    differentiating them again does (an error is expected on every rank)."""
+    from crossentropy.losses import linear_cross_entropy, vocab_parallel_cross_entropy
+
+    start, stop = shard_bounds(payload["sizes"])[rank]
+    results = {}
+    for case in payload["cases"]:
+
+        def first(case=case):
+            if case["kind"] == "vocab":
+                inputs = [case["logits"][..., start:stop].clone().requires_grad_(True)]
+                loss = vocab_parallel_cross_entropy(
+                    inputs[0], case["targets"], vocab_start=start, **case["options"]
+                )
+            else:
+                inputs = [
+                    case["hidden"].clone().requires_grad_(True),
+                    case["weight"][start:stop].clone().requires_grad_(True),
+                ]
+                loss = linear_cross_entropy(
+                    *inputs, case["targets"], group=dist.group.WORLD, **case["options"]
+                )
+            grads = torch.autograd.grad(loss.sum(), inputs, create_graph=True)
+            return loss, grads
+
+        def second(case=case):
+            _, grads = first(case)
+            sum(g.square().sum() for g in grads).backward()
+            return True
+
+        results[case["name"]] = _capture(lambda first=first: [g.detach() for g in first()[1]])
+        results[case["name"] + "/second"] = _capture(second)
+        probe = torch.tensor([float(rank + 1)])
+        dist.all_reduce(probe)
+        results[case["name"] + "/after"] = float(probe) == world * (world + 1) / 2
+    return results
+
+
 def _stall(rank: int, world: int, payload: dict) -> dict:
     """Rank 0 never joins the collective the others wait in: a hang, for the guard test."""
     if rank == 0:
@@ -204,6 +243,7 @@ TASKS = {
     "vocab_parallel": _vocab_parallel_cases,
     "sharded_linear": _sharded_linear_cases,
     "mismatch": _mismatch_cases,
+    "second_order": _second_order_cases,
     "stall": _stall,
 }
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crossentropy.losses import cross_entropy
-from tests.losses._dist_worker import run_group
+from tests.losses._dist_worker import run_group, shard_bounds
 from tests.losses.reference_losses import composed_torch_loss
 
 pytestmark = [
@@ -575,6 +575,81 @@ def test_mismatched_inputs_raise_the_same_error_on_every_rank(tmp_path):
                 failures.append(f"{name}: rank {rank}: {kind}: {message}")
         if case["same_message"] and len({o[2] for o in outcomes if o[0] == "error"}) > 1:
             failures.append(f"{name}: messages differ between ranks: {outcomes}")
+    assert not failures, "\n".join(failures)
+
+
+def test_second_order_through_the_group_is_a_clear_error(tmp_path):
+    """Gradients formed with ``create_graph=True`` are the first-order ones, and
+    differentiating them again raises NotImplementedError on every rank (the gradient is
+    formed directly; treating it as a constant would silently drop the second-order terms),
+    with the group still usable afterwards."""
+    torch.manual_seed(7)
+    sizes = SHARDS[2]
+    logits = torch.randn(*LEAD, V, dtype=torch.float64)
+    targets = torch.randint(0, V, LEAD)
+    hidden = torch.randn(*LEAD, D, dtype=torch.float64)
+    weight = torch.randn(V, D, dtype=torch.float64)
+    cases = [
+        {"name": "vocab", "kind": "vocab", "logits": logits, "targets": targets, "options": {}},
+        {
+            "name": "vocab_none",
+            "kind": "vocab",
+            "logits": logits,
+            "targets": targets,
+            "options": {"reduction": "none", "z_loss": 0.1},
+        },
+    ]
+    for impl in ("chunked", "reference"):
+        cases.append(
+            {
+                "name": f"linear_{impl}",
+                "kind": "linear",
+                "hidden": hidden,
+                "weight": weight,
+                "targets": targets,
+                "options": {"impl": impl, "label_smoothing": 0.1},
+            }
+        )
+    results = run_group(2, "second_order", {"sizes": sizes, "cases": cases}, tmp_path)
+    failures = []
+    for case in cases:
+        name = case["name"]
+        if case["kind"] == "vocab":
+            leaves = [logits.clone().requires_grad_(True)]
+
+            def reference(x, _case=case):
+                return cross_entropy(x.reshape(-1, V), targets.reshape(-1), **_case["options"])
+
+        else:
+            leaves = [hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)]
+
+            def reference(h, w, _case=case):
+                options = {k: v for k, v in _case["options"].items() if k != "impl"}
+                return _linear_reference(h, w, None, targets, options)
+
+        expected = torch.autograd.grad(reference(*leaves).sum(), leaves)
+        for rank, result in enumerate(results):
+            outcome, second = result[name], result[name + "/second"]
+            if not result[name + "/after"]:
+                failures.append(f"{name}: rank {rank}: the group was not usable afterwards")
+            if outcome[0] != "ok":
+                failures.append(f"{name}: rank {rank}: first order failed: {outcome}")
+                continue
+            start, stop = shard_bounds(sizes)[rank]
+            shard = (
+                [expected[0][..., start:stop]]
+                if case["kind"] == "vocab"
+                else [
+                    expected[0],
+                    expected[1][start:stop],
+                ]
+            )
+            for got, want in zip(outcome[1], shard, strict=True):
+                _close(f"{name} rank {rank} grad", got, want, torch.float64, failures)
+            if second[0] != "error" or second[1] != "NotImplementedError":
+                failures.append(f"{name}: rank {rank}: second order gave {second}")
+            elif "no second derivative" not in second[2]:
+                failures.append(f"{name}: rank {rank}: unclear message {second[2]!r}")
     assert not failures, "\n".join(failures)
 
 

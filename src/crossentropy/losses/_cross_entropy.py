@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from crossentropy.losses._composite import composite_rows, differentiate
 from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
 from crossentropy.losses._options import Reduction, check_options
 
@@ -43,8 +44,8 @@ class TokenStats(NamedTuple):
 
 
 class _Prepared(NamedTuple):
-    logits: torch.Tensor  # (M, V), class dimension last
-    targets: torch.Tensor  # (M,) integer or (M, V) floating
+    logits: torch.Tensor  # as given: (C), (N, C) or (N, C, d1, ..., dk)
+    targets: torch.Tensor  # as given (integer class indices as int64)
     probs: bool
     out_shape: tuple[int, ...]  # the per-token shape
 
@@ -103,6 +104,12 @@ def _prepare(logits: object, targets: object, ignore_index: int, validate: bool)
     if validate:
         _check_target_values(targets, probs, num_classes, ignore_index)
 
+    return _Prepared(logits, targets, probs, token_shape)
+
+
+def _flatten(logits: torch.Tensor, targets: torch.Tensor, probs: bool):
+    """(M, V) logits and (M,) or (M, V) targets, the class dimension last."""
+    num_classes = logits.shape[0 if logits.dim() == 1 else 1]
     if logits.dim() == 1:
         flat_logits = logits.reshape(1, num_classes)
         flat_targets = targets.reshape(1, num_classes) if probs else targets.reshape(1)
@@ -113,7 +120,16 @@ def _prepare(logits: object, targets: object, ignore_index: int, validate: bool)
         flat_targets = (
             targets.movedim(1, -1).reshape(-1, num_classes) if probs else targets.reshape(-1)
         )
-    return _Prepared(flat_logits, flat_targets, probs, token_shape)
+    return flat_logits, flat_targets
+
+
+def _unflatten(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A (M, V) gradient back in the layout ``shape`` of the logits it belongs to."""
+    if grad.shape == shape:
+        return grad  # the block itself, which autograd can adopt as ``.grad`` without a copy
+    if len(shape) <= 2:
+        return grad.reshape(shape)
+    return grad.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
 
 
 def _check_target_values(
@@ -185,7 +201,11 @@ def _row_scales(
 
 
 class _CrossEntropyFunction(torch.autograd.Function):
-    """Loss in forward, its gradient computed there too; backward scales the saved gradient."""
+    """Loss in forward, its gradient computed there too; backward scales the saved gradient.
+
+    ``logits`` and ``targets`` come as the caller gave them (any layout); the function
+    flattens them itself, so that what it saves are the caller's tensors, not copies.
+    """
 
     @staticmethod
     def forward(
@@ -202,12 +222,13 @@ class _CrossEntropyFunction(torch.autograd.Function):
         base: float,
         track_grad: bool,
     ) -> torch.Tensor:
+        flat_logits, flat_targets = _flatten(logits, targets, probs)
         acc = accumulation_dtype(logits.dtype)
-        safe, valid, factor = _row_scales(targets, probs, weight, ignore_index, reduction, acc)
+        safe, valid, factor = _row_scales(flat_targets, probs, weight, ignore_index, reduction, acc)
         # needs_input_grad is also True under torch.no_grad(): ask grad mode at call time.
         want_grad = ctx.needs_input_grad[0] and track_grad
         terms = cross_entropy_rows(
-            logits,
+            flat_logits,
             safe,
             weight=weight,
             label_smoothing=label_smoothing,
@@ -224,19 +245,46 @@ class _CrossEntropyFunction(torch.autograd.Function):
         else:
             loss = (rows * factor).sum()  # factor = mask / denominator
         ctx.reduction = reduction
+        ctx.options = (weight, probs, ignore_index, label_smoothing, z_loss, softcap, base)
         ctx.probs_grad = probs and ctx.needs_input_grad[1] and track_grad
-        saved = [terms.grad if want_grad else None]
-        if ctx.probs_grad:
-            ctx.options = (weight, label_smoothing, softcap, base)
-            saved += [logits, factor]
-        ctx.save_for_backward(*saved)
+        # The caller's logits, by reference, for a second-order backward pass; they exist
+        # during this forward pass anyway, so keeping them does not raise the peak. Only
+        # that pass reads them (and checks they were not modified in place since), so a
+        # first-order backward pass works after an in-place change, as with torch.
+        ctx.logits = (logits, logits._version)
+        saved_logits = logits if ctx.probs_grad else None  # the targets' gradient needs them
+        ctx.save_for_backward(terms.grad if want_grad else None, saved_logits, targets, factor)
         return loss.to(logits.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: torch.Tensor):
-        saved = ctx.saved_tensors
-        grad = saved[0]
+        grad, logits, targets, factor = ctx.saved_tensors
+        weight, probs, _, label_smoothing, _, softcap, base = ctx.options
+        nones = (None,) * 9
+        if torch.is_grad_enabled():  # create_graph=True: a gradient to differentiate again
+            logits, version = ctx.logits
+            if logits._version != version:
+                raise RuntimeError(
+                    "`logits` were modified in place after cross_entropy was computed; a "
+                    "gradient built with create_graph=True needs them as they were: modify "
+                    "a copy, or call the loss after the change"
+                )
+            flat_logits, flat_targets = _flatten(logits, targets, probs)
+            rows, valid = _composite_loss_rows(flat_logits, flat_targets, ctx.options)
+            rows = rows.loss
+            if valid is not None:
+                rows = torch.where(valid, rows, 0.0)
+            if ctx.reduction == "none":
+                loss = rows
+            elif ctx.reduction == "sum":
+                loss = rows.sum()
+            else:
+                loss = (rows * factor).sum()
+            needs = (ctx.needs_input_grad[0], probs and ctx.needs_input_grad[1])
+            grad_logits, grad_targets = differentiate(
+                [loss.to(logits.dtype)], [grad_output], [logits, targets], needs
+            )
+            return grad_logits, grad_targets, *nones
         grad_logits = grad_targets = None
         if grad is not None:
             if ctx.reduction == "none":
@@ -245,11 +293,11 @@ class _CrossEntropyFunction(torch.autograd.Function):
                 grad_logits = grad  # loss.backward(): the gradient is the one from forward
             else:
                 grad_logits = grad * grad_output.to(grad.dtype)
+            grad_logits = _unflatten(grad_logits, ctx.logits[0].shape)
         if ctx.probs_grad:
-            logits, factor = saved[1], saved[2]
-            weight, label_smoothing, softcap, base = ctx.options
+            flat_logits, _ = _flatten(logits, targets, probs)
             grad_targets = _probability_target_grad(
-                logits,
+                flat_logits,
                 factor,
                 grad_output,
                 weight,
@@ -258,7 +306,30 @@ class _CrossEntropyFunction(torch.autograd.Function):
                 base,
                 ctx.reduction,
             )
-        return grad_logits, grad_targets, None, None, None, None, None, None, None, None, None
+            grad_targets = _unflatten(grad_targets, targets.shape)
+        return grad_logits, grad_targets, *nones
+
+
+def _composite_loss_rows(flat_logits, flat_targets, options):
+    """:func:`composite_rows` of flattened inputs under ``options`` (see ``ctx.options``),
+    and the mask of rows that count (None for probability targets)."""
+    weight, probs, ignore_index, label_smoothing, z_loss, softcap, base = options
+    valid = None
+    safe = flat_targets
+    if not probs:
+        valid = flat_targets != ignore_index
+        safe = torch.where(valid, flat_targets, 0)
+    rows = composite_rows(
+        flat_logits,
+        safe,
+        weight=weight,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        base=base,
+        with_entropy=True,
+    )
+    return rows, valid
 
 
 def _probability_target_grad(
@@ -327,14 +398,17 @@ def cross_entropy(
       ``reduction="mean"`` gives 0 with a zero gradient, where torch gives NaN.
 
     The gradient is computed in the forward pass when the logits require it and grad mode
-    is on (never under ``torch.no_grad()``), and it is the one block kept for backward, in
-    the logits' dtype: neither the logits nor the softmax are saved. For ``"mean"`` and
-    ``"sum"`` the backward pass returns it as it is when the upstream gradient is 1 (as in
-    ``loss.backward()``) and a scaled copy otherwise; for ``"none"`` row ``i`` of the block
-    is ``d loss_i / d logits_i`` and backward scales the rows. Saving that block costs the
-    same memory as saving the logits would and turns the backward pass into one
+    is on (never under ``torch.no_grad()``), and it is the one new block kept for backward,
+    in the logits' dtype; the softmax is not saved, and the logits are kept by reference
+    only (they exist while the loss runs, so the peak does not change). For ``"mean"``
+    and ``"sum"`` the backward pass returns the block as it is when the upstream gradient
+    is 1 (as in ``loss.backward()``) and a scaled copy otherwise; for ``"none"`` row ``i``
+    of the block is ``d loss_i / d logits_i`` and backward scales the rows: one
     multiplication instead of a second softmax. Backward may run more than once
-    (``retain_graph=True``), as with torch; double backward is not supported.
+    (``retain_graph=True``), as with torch. Gradients of gradients work too (a gradient
+    penalty, a Hessian-vector product: ``torch.autograd.grad(..., create_graph=True)``):
+    then backward recomputes the loss from the saved logits as plain torch operations and
+    differentiates that, at eager torch's cost.
 
     Args:
         logits: Unnormalised scores, shape (C), (N, C) or (N, C, d1, ..., dk) with C = V
@@ -509,10 +583,11 @@ class _StatsFunction(torch.autograd.Function):
         softcap: float | None,
         base: float,
     ):
+        flat_logits, flat_targets = _flatten(logits, targets, probs)
         acc = accumulation_dtype(logits.dtype)
-        safe, valid, factor = _row_scales(targets, probs, weight, ignore_index, "none", acc)
+        safe, valid, _ = _row_scales(flat_targets, probs, weight, ignore_index, "none", acc)
         terms = cross_entropy_rows(
-            logits,
+            flat_logits,
             safe,
             weight=weight,
             label_smoothing=label_smoothing,
@@ -522,22 +597,34 @@ class _StatsFunction(torch.autograd.Function):
             with_entropy=True,
         )
         loss = terms.loss if valid is None else torch.where(valid, terms.loss, 0.0)
-        ctx.options = (weight, label_smoothing, z_loss, softcap, base)
-        ctx.save_for_backward(logits, safe, factor, terms.entropy)
+        ctx.options = (weight, probs, ignore_index, label_smoothing, z_loss, softcap, base)
+        ctx.save_for_backward(logits, targets, terms.entropy)
         dtype = logits.dtype
         return loss.to(dtype), terms.logsumexp.to(dtype), terms.entropy.to(dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, grad_lse, grad_entropy):
-        logits, safe, factor, entropy = ctx.saved_tensors
-        weight, label_smoothing, z_loss, softcap, base = ctx.options
+        logits, targets, entropy = ctx.saved_tensors
+        weight, probs, ignore_index, label_smoothing, z_loss, softcap, base = ctx.options
+        nones = (None,) * 7
+        flat_logits, flat_targets = _flatten(logits, targets, probs)
+        if torch.is_grad_enabled():  # create_graph=True: a gradient to differentiate again
+            rows, valid = _composite_loss_rows(flat_logits, flat_targets, ctx.options)
+            loss = rows.loss if valid is None else torch.where(valid, rows.loss, 0.0)
+            dtype = logits.dtype
+            outputs = [loss.to(dtype), rows.logsumexp.to(dtype), rows.entropy.to(dtype)]
+            needs = (ctx.needs_input_grad[0], probs and ctx.needs_input_grad[1])
+            grad_logits, grad_targets = differentiate(
+                outputs, [grad_loss, grad_lse, grad_entropy], [logits, targets], needs
+            )
+            return grad_logits, grad_targets, *nones
         acc = accumulation_dtype(logits.dtype)
+        safe, _, factor = _row_scales(flat_targets, probs, weight, ignore_index, "none", acc)
         grad_logits = grad_targets = None
         if ctx.needs_input_grad[0]:
             scale = factor * (grad_loss.to(acc) if grad_loss is not None else 0.0)
             grad = cross_entropy_rows(
-                logits.to(acc),
+                flat_logits.to(acc),
                 safe,
                 weight=weight,
                 label_smoothing=label_smoothing,
@@ -546,13 +633,13 @@ class _StatsFunction(torch.autograd.Function):
                 base=base,
                 grad_scale=scale,
             ).grad
-            extra = _lse_entropy_grad(logits, entropy, grad_lse, grad_entropy, softcap, base)
+            extra = _lse_entropy_grad(flat_logits, entropy, grad_lse, grad_entropy, softcap, base)
             if extra is not None:
                 grad.add_(extra)
-            grad_logits = grad.to(logits.dtype)
-        if ctx.needs_input_grad[1] and safe.is_floating_point():
+            grad_logits = _unflatten(grad.to(logits.dtype), logits.shape)
+        if ctx.needs_input_grad[1] and probs:
             grad_targets = _probability_target_grad(
-                logits,
+                flat_logits,
                 factor,
                 grad_loss if grad_loss is not None else torch.zeros_like(factor),
                 weight,
@@ -561,7 +648,8 @@ class _StatsFunction(torch.autograd.Function):
                 base,
                 "none",
             )
-        return grad_logits, grad_targets, None, None, None, None, None, None, None
+            grad_targets = _unflatten(grad_targets, targets.shape)
+        return grad_logits, grad_targets, *nones
 
 
 def _lse_entropy_grad(logits, entropy, grad_lse, grad_entropy, softcap, base):

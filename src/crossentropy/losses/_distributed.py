@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from crossentropy.losses._composite import first_order_only
 from crossentropy.losses._kernel import accumulation_dtype, default_slice_rows
 from crossentropy.losses._linear import (
     AUTO_REFERENCE_ELEMENTS,
@@ -473,6 +474,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         )
         ctx.reduction = reduction
         ctx.logits_shape = local_logits.shape
+        ctx.anchors = (local_logits,)
         ctx.grad = rows.grad
         ctx.backward_done = False
         if reduction == "none":
@@ -482,7 +484,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return loss.to(local_logits.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only("vocab_parallel_cross_entropy")
     def backward(ctx, grad_output):
         grad = ctx.grad
         if grad is None:
@@ -567,10 +569,11 @@ def vocab_parallel_cross_entropy(
     Each rank then forms the gradient of its own logits in the forward pass (``softmax -
     onehot`` with the smoothing, z-loss, soft-cap and base factors) and keeps it, in the
     logits' dtype, for backward, which scales it in place and makes no collective (so the
-    loss supports one backward pass). Every rank returns the same loss. Memory beyond the
-    logits: that one (N, V_r) gradient plus O(N) and a few row slices (cache-sized on CPU,
-    at most 256 MiB on accelerators); the logits are read twice (statistics, then
-    gradient), a slice of rows at a time.
+    loss supports one backward pass, and no second-order one: differentiating the
+    gradient, after ``create_graph=True``, raises ``NotImplementedError``). Every rank
+    returns the same loss. Memory beyond the logits: that one (N, V_r) gradient plus O(N)
+    and a few row slices (cache-sized on CPU, at most 256 MiB on accelerators); the logits
+    are read twice (statistics, then gradient), a slice of rows at a time.
 
     Before any of that the ranks all-gather a small metadata vector (token count and shape,
     shard size and start, logits dtype, every option, and with ``validate=True`` checksums
@@ -878,6 +881,7 @@ class _ShardedLinearReduced(torch.autograd.Function):
         )
         if dh is not None and n > 0:
             dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=plan.group)
+        ctx.anchors = (hidden, weight, bias)
         ctx.grads = (
             None if dh is None else _scatter_rows(dh, index, hidden.shape[0], hidden.dtype),
             None if dw is None else dw.to(weight.dtype),
@@ -886,7 +890,7 @@ class _ShardedLinearReduced(torch.autograd.Function):
         return (loss.sum() * factor).to(hidden.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only("linear_cross_entropy with group=")
     def backward(ctx, grad_output):
         one = _is_one(grad_output)
         grads = [
@@ -911,11 +915,12 @@ class _ShardedLinearPerToken(torch.autograd.Function):
         if dh is not None and index.numel() > 0:
             dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=plan.group)
         ctx.save_for_backward(hidden, weight, bias, targets, index, lse, dh)
+        ctx.anchors = (hidden, weight, bias)
         ctx.plan = plan
         return _scatter_rows(loss * inv_ln_b, index, hidden.shape[0], hidden.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only("linear_cross_entropy with group=")
     def backward(ctx, grad_output):
         hidden, weight, bias, targets, index, lse, dh = ctx.saved_tensors
         plan = ctx.plan
@@ -948,9 +953,11 @@ class _SumGradOverRanks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor, group):
         ctx.group = group
+        ctx.anchors = (tensor,)
         return tensor.view_as(tensor)
 
     @staticmethod
+    @first_order_only("linear_cross_entropy with group=")
     def backward(ctx, grad):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
@@ -1017,7 +1024,9 @@ def sharded_linear_cross_entropy(
     For ``reduction="mean"``/``"sum"`` all gradients are formed in the forward pass (6·N·D·V_r
     operations per rank) and backward scales them. For ``"none"`` the forward forms the
     losses and the per-token hidden gradient, and backward recomputes each chunk's logits
-    for the weight gradient; in both cases backward makes no collective.
+    for the weight gradient; in both cases backward makes no collective. The gradients are
+    first-order only: differentiating them again (after ``create_graph=True``) raises
+    ``NotImplementedError``.
 
     The chunk size with ``chunk_size=None`` is
     :func:`crossentropy.losses._linear.plan_chunk_rows` of (tokens that count, D, the

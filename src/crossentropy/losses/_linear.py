@@ -34,6 +34,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from crossentropy.losses._composite import differentiate
 from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
 from crossentropy.losses._options import Reduction, check_class_weight, check_options
 from crossentropy.losses._products import ChunkProducts, choose_engine
@@ -62,8 +63,7 @@ the budget says fewer (see :func:`plan_chunk_rows`)."""
 
 AUTO_REFERENCE_ELEMENTS = 1 << 16
 """``impl="auto"`` uses the unfused reference when N·V is at most this (256 KiB of float32
-logits): at that size the logits cost nothing worth saving and the reference path also
-supports higher-order gradients."""
+logits): at that size the logits cost nothing worth saving."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -450,6 +450,31 @@ def _is_one(value: torch.Tensor) -> bool:
     return value.numel() == 1 and float(value) == 1.0
 
 
+def _second_order(ctx, grad_output):
+    """The chunked functions' gradients as a graph (``create_graph=True``): from the
+    unfused computation (:func:`_reference`) in the compute dtype, which holds the logits."""
+    hidden, weight, bias, targets = ctx.saved_tensors
+    opts = ctx.opts
+    cdt = _compute_dtype(hidden.dtype, hidden.device)
+    loss = _reference(
+        hidden.to(cdt),
+        weight.to(cdt),
+        targets,
+        bias=None if bias is None else bias.to(cdt),
+        weight=opts["class_weight"],
+        ignore_index=opts["ignore_index"],
+        reduction=opts["reduction"],
+        label_smoothing=opts["label_smoothing"],
+        z_loss=opts["z_loss"],
+        softcap=opts["softcap"],
+        base=opts["base"],
+    )
+    grads = differentiate(
+        [loss.to(hidden.dtype)], [grad_output], [hidden, weight, bias], ctx.needs_input_grad[:3]
+    )
+    return (*grads, None, None, None)
+
+
 class _ChunkedReduced(torch.autograd.Function):
     """``reduction="mean"`` or ``"sum"``: gradients formed in the forward pass."""
 
@@ -478,8 +503,10 @@ class _ChunkedReduced(torch.autograd.Function):
         return total.to(hidden.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
+        if torch.is_grad_enabled():  # create_graph=True: a gradient to differentiate again
+            ctx.grads = None
+            return _second_order(ctx, grad_output)
         grads = ctx.grads
         if grads is None:
             # A second pass through the graph (retain_graph=True): the stored gradients were
@@ -516,8 +543,9 @@ class _ChunkedPerToken(torch.autograd.Function):
         return loss.to(hidden.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
+        if torch.is_grad_enabled():  # create_graph=True: a gradient to differentiate again
+            return _second_order(ctx, grad_output)
         hidden, weight, bias, targets = ctx.saved_tensors
         want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         scale = grad_output.to(accumulation_dtype(hidden.dtype))
@@ -594,10 +622,11 @@ def linear_cross_entropy(
     else on ``torch.mm``; see :mod:`crossentropy.losses._products`.
 
     ``impl``: ``"chunked"`` is the fused path; ``"reference"`` the plain unfused
-    ``cross_entropy(F.linear(hidden, weight, bias), targets)``, kept as the executable spec
-    (it supports higher-order gradients; the fused path first-order ones only);
+    ``cross_entropy(F.linear(hidden, weight, bias), targets)``, kept as the executable spec;
     ``"auto"`` takes the reference when N·V <= 65536 (256 KiB of float32 logits, nothing
-    worth saving) and the fused path otherwise.
+    worth saving) and the fused path otherwise. Both give gradients of gradients
+    (``create_graph=True``: gradient penalties, Hessian-vector products); the fused path
+    forms them from the unfused computation, so that second-order pass holds the logits.
 
     Args:
         hidden: (..., D) floating-point hidden states (float64, float32, bfloat16, float16).

@@ -1,0 +1,197 @@
+"""The losses as plain differentiable torch operations, for gradients of gradients.
+
+The fast paths of :mod:`crossentropy.losses` compute each gradient directly (in the forward
+pass or chunk by chunk) and hand it to autograd as a constant block. That is right for
+``loss.backward()``, but a gradient that is itself to be differentiated (a gradient
+penalty, a Hessian-vector product, meta-learning: ``torch.autograd.grad(...,
+create_graph=True)``) must be a function of the inputs that autograd can follow.
+
+So every autograd function of the package checks, in its backward pass, whether autograd
+is building a graph (``torch.is_grad_enabled()`` is True there exactly when
+``create_graph=True``). If it is, the function recomputes its outputs from the saved
+inputs with :func:`composite_rows`, which spells the loss out in torch operations that are
+differentiable to any order, and differentiates that with ``create_graph=True``. The
+first-order path is untouched; the second-order one costs what eager torch costs (it
+holds the softmax and, for a fused head, the logits).
+
+Functions whose second-order path is not built (the losses over ``torch.distributed``)
+use :func:`first_order_only`: the gradient they return is then connected to their
+inputs through a node that raises a clear error if anything differentiates it, instead
+of being a constant that would silently drop the second-order terms.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+
+from crossentropy.losses._kernel import accumulation_dtype
+
+
+class CompositeRows(NamedTuple):
+    """Per-row ``loss`` (units of ``base``), ``logsumexp`` (nats) and ``entropy`` (units of
+    ``base``, or None), in the accumulation dtype, all differentiable."""
+
+    loss: torch.Tensor
+    logsumexp: torch.Tensor
+    entropy: torch.Tensor | None
+
+
+def composite_rows(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    base: float = math.e,
+    with_entropy: bool = False,
+) -> CompositeRows:
+    """What :func:`crossentropy.losses._kernel.cross_entropy_rows` computes, as a graph.
+
+    The same formulas (see that function): with ``z`` the (soft-capped) logits, ``log p =
+    z - lse``, class weights ``w`` and smoothing ``eps``, the loss of an index target ``y``
+    is ``[(1 - eps) w_y (-log p_y) + (eps / V) sum_c w_c (-log p_c) + z_loss w_y lse**2] /
+    ln b`` and that of probabilities ``t`` is ``[-sum_c q_c log p_c + z_loss lse**2] /
+    ln b`` with ``q = w ((1 - eps) t + eps / V)``. Every row must hold a valid class; the
+    class weights are constants. Differentiable to any order in ``logits`` and (for
+    probabilities) in ``targets``.
+
+    Examples:
+        >>> import torch
+        >>> z = torch.tensor([[2.0, 0.0, -1.0]], dtype=torch.float64, requires_grad=True)
+        >>> rows = composite_rows(z, torch.tensor([0]))
+        >>> bool(torch.allclose(rows.loss, torch.nn.functional.cross_entropy(z, torch.tensor([0]))))
+        True
+        >>> (g,) = torch.autograd.grad(rows.loss.sum(), z, create_graph=True)
+        >>> bool(g.requires_grad)
+        True
+    """
+    acc = accumulation_dtype(logits.dtype)
+    x = logits.to(acc)
+    z = softcap * torch.tanh(x / softcap) if softcap is not None else x
+    num_classes = z.shape[1]
+    lse = torch.logsumexp(z, 1)
+    log_p = z - lse.unsqueeze(1)
+    eps = float(label_smoothing)
+    w = None if weight is None else weight.detach().to(device=z.device, dtype=acc)
+    if targets.is_floating_point():
+        q = targets.to(acc)
+        if eps > 0:
+            q = (1.0 - eps) * q + eps / num_classes
+        if w is not None:
+            q = q * w
+        loss = -(q * log_p).sum(1)
+        if z_loss > 0:
+            loss = loss + z_loss * lse.square()
+    else:
+        y = targets.long().unsqueeze(1)
+        nll = -log_p.gather(1, y).squeeze(1)
+        w_y = None if w is None else w[y.squeeze(1)]
+        loss = (1.0 - eps) * (nll if w_y is None else nll * w_y)
+        if eps > 0:
+            smooth = -(log_p.sum(1) if w is None else log_p @ w)
+            loss = loss + (eps / num_classes) * smooth
+        if z_loss > 0:
+            term = z_loss * lse.square()
+            loss = loss + (term if w_y is None else term * w_y)
+    entropy = None
+    if with_entropy:
+        entropy = -(log_p.exp() * log_p).sum(1)
+    inv_ln_b = 1.0 / math.log(base)
+    if inv_ln_b != 1.0:
+        loss = loss * inv_ln_b
+        entropy = None if entropy is None else entropy * inv_ln_b
+    return CompositeRows(loss, lse, entropy)
+
+
+def differentiate(
+    outputs: Sequence[torch.Tensor],
+    grad_outputs: Sequence[torch.Tensor | None],
+    inputs: Sequence[torch.Tensor | None],
+    needs: Sequence[bool],
+) -> list[torch.Tensor | None]:
+    """Gradients of ``outputs`` (weighted by ``grad_outputs``) with respect to the
+    ``inputs`` whose ``needs`` flag is set, as a graph (``create_graph=True``); None for the
+    others."""
+    wanted = [
+        i for i, (x, need) in enumerate(zip(inputs, needs, strict=True)) if need and x is not None
+    ]
+    result: list[torch.Tensor | None] = [None] * len(inputs)
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if g is not None]
+    if not wanted or not pairs:
+        return result
+    grads = torch.autograd.grad(
+        [o for o, _ in pairs],
+        [inputs[i] for i in wanted],
+        [g for _, g in pairs],
+        create_graph=True,
+        allow_unused=True,
+    )
+    for i, g in zip(wanted, grads, strict=True):
+        result[i] = g if g is not None else torch.zeros_like(inputs[i])
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# A clear error where the second-order path is not built.
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Passes a gradient through; differentiating it raises (see :func:`first_order_only`)."""
+
+    @staticmethod
+    def forward(ctx, name, grad, *inputs):
+        ctx.name = name
+        return grad.view_as(grad)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"{ctx.name} has no second derivative: its gradient was formed directly, so "
+            "differentiating it (create_graph=True, then another backward pass) is not "
+            "supported; compute the loss without group= (or from gathered logits with "
+            "crossentropy.losses.cross_entropy) where gradients of gradients are needed"
+        )
+
+
+def first_order_only(name: str) -> Callable:
+    """Decorate an autograd ``backward`` whose result must not be differentiated again.
+
+    The wrapped backward runs without building a graph. When autograd is building one
+    (``create_graph=True``) and any of the inputs the forward pass kept in ``ctx.anchors``
+    (references, not copies) requires a gradient, each gradient returned is passed through
+    a node connected to those inputs whose backward raises a ``NotImplementedError`` naming
+    ``name``: a second backward pass fails loudly instead of treating the gradient as a
+    constant.
+    """
+
+    def decorate(backward: Callable) -> Callable:
+        @functools.wraps(backward)
+        def wrapper(ctx, *grad_outputs):
+            building = torch.is_grad_enabled()
+            with torch.no_grad():
+                grads = backward(ctx, *grad_outputs)
+            if not building:
+                return grads
+            anchors = getattr(ctx, "anchors", ())
+            sources = [t for t in anchors if t is not None and t.requires_grad]
+            sources += [g for g in grad_outputs if g is not None and g.requires_grad]
+            if not sources:
+                return grads
+            return tuple(
+                _FirstOrderOnly.apply(name, g, *sources) if isinstance(g, torch.Tensor) else g
+                for g in grads
+            )
+
+        return wrapper
+
+    return decorate
+
+
+__all__ = ["CompositeRows", "composite_rows", "differentiate", "first_order_only"]
