@@ -116,9 +116,10 @@ def _vocab_parallel_cases(rank: int, world: int, payload: dict) -> dict:
         def one(case=case, start=start, stop=stop):
             logits = case["logits"][..., start:stop].clone().requires_grad_(True)
             options = dict(case["options"])
-            loss = vocab_parallel_cross_entropy(
-                logits, case["targets"], vocab_start=start, **options
-            )
+            targets = case["targets"]
+            if targets.is_floating_point():  # class probabilities: this rank's columns
+                targets = targets[..., start:stop]
+            loss = vocab_parallel_cross_entropy(logits, targets, vocab_start=start, **options)
             upstream = case.get("upstream")
             (loss * upstream if upstream is not None else loss).sum().backward()
             return loss.detach(), logits.grad

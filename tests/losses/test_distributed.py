@@ -237,6 +237,111 @@ def test_vocab_parallel_matches_single_process(world, tmp_path):
     assert not failures, "\n".join(failures)
 
 
+def _probability_reference(logits, targets, options):
+    """The loss of class probabilities written as the math reads: ``q = w ((1 - eps) t +
+    eps / V)``, ``sum_c q_c (lse - z_c) + z_loss lse**2`` per token over ``ln(base)``, on
+    the soft-capped logits; ``mean`` over every token."""
+    cap = options.get("softcap")
+    z = logits if cap is None else cap * torch.tanh(logits / cap)
+    eps = options.get("label_smoothing", 0.0)
+    q = (1 - eps) * targets + eps / z.shape[-1]
+    if options.get("weight") is not None:
+        q = q * options["weight"]
+    lse = torch.logsumexp(z, -1)
+    per = (q * (lse.unsqueeze(-1) - z)).sum(-1) + options.get("z_loss", 0.0) * lse.square()
+    per = per / math.log(options.get("base", math.e))
+    reduction = options.get("reduction", "mean")
+    if reduction == "none":
+        return per
+    return per.sum() if reduction == "sum" else per.mean()
+
+
+def _probability_cases(world: int) -> list[dict]:
+    gen = torch.Generator().manual_seed(2000 + world)
+    cases = []
+    for dtype in (torch.float32, torch.float64):
+        logits = (3.0 * torch.randn(*LEAD, V, generator=gen, dtype=torch.float64)).to(dtype)
+        sharp = torch.softmax(4.0 * torch.randn(*LEAD, V, generator=gen, dtype=torch.float64), -1)
+        one_hot = F.one_hot(torch.randint(0, V, LEAD, generator=gen), V).to(torch.float64)
+        weight = (0.1 + torch.rand(V, generator=gen, dtype=torch.float64)).to(dtype)
+        option_sets = [
+            ("plain", sharp, {}),
+            ("one_hot", one_hot, {}),
+            ("weight_smoothing", sharp, {"weight": weight, "label_smoothing": 0.2}),
+            ("z_loss", sharp, {"z_loss": 0.05}),
+            ("softcap_base", sharp, {"softcap": 2.0, "base": 2}),
+            (
+                "everything",
+                sharp,
+                {"weight": weight, "label_smoothing": 0.1, "z_loss": 0.03, "softcap": 4.0},
+            ),
+        ]
+        for reduction in ("mean", "sum", "none"):
+            upstream = None
+            if reduction == "none":
+                upstream = torch.rand(LEAD, generator=gen, dtype=torch.float64).to(dtype)
+            for name, probs, options in option_sets:
+                cases.append(
+                    {
+                        "name": f"probs/{name}/{reduction}/{dtype}",
+                        "logits": logits,
+                        "targets": probs.to(dtype),
+                        "options": {**options, "reduction": reduction},
+                        "upstream": upstream,
+                        "dtype": dtype,
+                    }
+                )
+        if world == 3:
+            cases.append(
+                {
+                    "name": f"probs/empty_shard/{dtype}",
+                    "logits": logits,
+                    "targets": sharp.to(dtype),
+                    "options": {"weight": weight, "label_smoothing": 0.2, "softcap": 3.0},
+                    "sizes": EMPTY_SHARD,
+                    "dtype": dtype,
+                }
+            )
+    return cases
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_vocab_parallel_probability_targets_match_single_process(world, tmp_path):
+    """Class-probability targets split by columns like the logits: the loss on every rank
+    and the concatenated gradients equal the single-process ones (the formula as the math
+    reads; torch's F.cross_entropy for the options it has; losses.cross_entropy)."""
+    cases = _probability_cases(world)
+    results = run_group(world, "vocab_parallel", {"sizes": SHARDS[world], "cases": cases}, tmp_path)
+    failures: list[str] = []
+    for case in cases:
+        name, dtype, options = case["name"], case["dtype"], case["options"]
+        outcomes = [result[name] for result in results]
+        bad = [o for o in outcomes if o[0] != "ok"]
+        if bad:
+            failures.append(f"{name}: {bad[0]}")
+            continue
+        losses = [o[1][0] for o in outcomes]
+        if not all(torch.equal(losses[0], other) for other in losses[1:]):
+            failures.append(f"{name}: ranks returned different losses {losses}")
+        grad = torch.cat([o[1][1] for o in outcomes], dim=-1)
+        upstream, targets = case.get("upstream"), case["targets"]
+        oracles = {
+            "formula": lambda z, _o=options, _t=targets: _probability_reference(z, _t, _o),
+            "losses.cross_entropy": lambda z, _o=options, _t=targets: cross_entropy(
+                z.movedim(-1, 1), _t.movedim(-1, 1), **_o
+            ),
+        }
+        if set(options) <= TORCH_OPTIONS:
+            oracles["F.cross_entropy"] = lambda z, _o=options, _t=targets: F.cross_entropy(
+                z.movedim(-1, 1), _t.movedim(-1, 1), **_o
+            )
+        for label, oracle in oracles.items():
+            ref_loss, (ref_grad,) = _grads(oracle, [case["logits"]], upstream)
+            _close(f"{name} loss vs {label}", losses[0], ref_loss, dtype, failures)
+            _close(f"{name} grad vs {label}", grad, ref_grad, dtype, failures)
+    assert not failures, "\n".join(failures)
+
+
 # --------------------------------------------------------------------------------------
 # sharded_linear_cross_entropy (and linear_cross_entropy(..., group=...))
 # --------------------------------------------------------------------------------------
@@ -428,6 +533,14 @@ def _mismatch_cases() -> list[dict]:
             "broken_ranks": sorted(broken),
         }
 
+    probs = torch.softmax(torch.randn(7, V, generator=gen), -1)
+
+    def columns(table, rank):
+        return table[:, starts[rank] : starts[rank] + sizes[rank]]
+
+    negative = probs.clone()
+    negative[2, starts[2]] = -0.5
+
     out_of_range = targets.clone()
     out_of_range[3] = V
     other_targets = targets.clone()
@@ -443,6 +556,29 @@ def _mismatch_cases() -> list[dict]:
         case("overlap", "vocab", vocab, {1: {"vocab_start": 1}}, ["overlap of 1 rows"]),
         case("gap", "vocab", vocab, {2: {"vocab_start": 9}}, ["gap of 2 rows", "rank 2"]),
         case("first_not_zero", "vocab", vocab, {0: {"vocab_start": 1}}, ["rank 0 starts at 1"]),
+        case(
+            "probabilities_on_one_rank",
+            "vocab",
+            vocab,
+            {1: {"targets": columns(probs, 1)}},
+            ["whether `targets` are class probabilities", "True on rank 1"],
+        ),
+        case(
+            "probabilities_not_summing_to_one",
+            "vocab",
+            vocab,
+            {r: {"targets": columns(1.1 * probs, r)} for r in range(3)},
+            ["sum to 1 over the whole vocabulary", "token 0 sums to 1.1"],
+        ),
+        case(
+            "negative_probability_on_one_rank",
+            "vocab",
+            vocab,
+            {2: {"targets": columns(negative, 2)}},
+            ["rank(s) 2 rejected"],
+            same_message=False,
+            broken_expect=("ValueError", "finite and >= 0"),
+        ),
         case(
             "option",
             "vocab",
@@ -488,13 +624,13 @@ def _mismatch_cases() -> list[dict]:
             broken_expect=("ValueError", "`reduction` must be one of"),
         ),
         case(
-            "float_targets_on_one_rank",
+            "float_targets_of_index_shape_on_one_rank",
             "vocab",
             vocab,
             {0: {"targets": targets.double()}},
             ["rank(s) 0 rejected"],
             same_message=False,
-            broken_expect=("TypeError", "`targets` must be integer class indices"),
+            broken_expect=("ValueError", "must have the shape of `local_logits`, (7, 2)"),
         ),
         case(
             "linear_hidden_size",
@@ -735,6 +871,62 @@ def test_group_of_one_equals_the_single_process_loss(
     )
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lead=st.sampled_from([(1,), (4,), (2, 3)]),
+    num_classes=st.integers(1, 13),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    smoothing=st.sampled_from([0.0, 0.25]),
+    z_loss=st.sampled_from([0.0, 0.1]),
+    softcap=st.sampled_from([None, 1.5]),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_group_of_one_probability_targets_equal_the_formula(
+    group_of_one, lead, num_classes, reduction, smoothing, z_loss, softcap, weighted, seed
+):
+    """Class-probability targets on one rank: the loss written as the math reads, values
+    and gradients, float64 (property over shapes and options)."""
+    from crossentropy.losses import vocab_parallel_cross_entropy
+
+    gen = torch.Generator().manual_seed(seed)
+    logits = 4 * torch.randn(*lead, num_classes, generator=gen, dtype=torch.float64)
+    probs = torch.softmax(3 * torch.randn(*lead, num_classes, generator=gen).double(), -1)
+    weight = torch.rand(num_classes, generator=gen, dtype=torch.float64) if weighted else None
+    upstream = torch.rand(lead, generator=gen, dtype=torch.float64)
+    options = {
+        "weight": weight,
+        "reduction": reduction,
+        "label_smoothing": smoothing,
+        "z_loss": z_loss,
+        "softcap": softcap,
+    }
+    up = upstream if reduction == "none" else None
+    ours, (grad,) = _grads(
+        lambda x: vocab_parallel_cross_entropy(x, probs, vocab_start=0, **options), [logits], up
+    )
+    ref, (ref_grad,) = _grads(lambda x: _probability_reference(x, probs, options), [logits], up)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_group_of_one_probability_target_errors(group_of_one):
+    """Probability targets: the shape of the local logits, ignore_index left alone, no
+    gradient required; each is a clear error."""
+    from crossentropy.losses import vocab_parallel_cross_entropy
+
+    logits = torch.randn(3, 5)
+    probs = torch.softmax(torch.randn(3, 5), -1)
+    with pytest.raises(ValueError, match="must have the shape of `local_logits`, \\(3, 5\\)"):
+        vocab_parallel_cross_entropy(logits, probs[:, :4], vocab_start=0)
+    with pytest.raises(ValueError, match="`ignore_index` must be left at -100"):
+        vocab_parallel_cross_entropy(logits, probs, vocab_start=0, ignore_index=0)
+    with pytest.raises(ValueError, match="must not require a gradient"):
+        vocab_parallel_cross_entropy(logits, probs.requires_grad_(True), vocab_start=0)
+    with pytest.raises(TypeError, match="integer class indices or floating-point"):
+        vocab_parallel_cross_entropy(logits, torch.ones(3, dtype=torch.bool), vocab_start=0)
 
 
 def test_group_of_one_sharded_head_equals_the_fused_head(group_of_one):

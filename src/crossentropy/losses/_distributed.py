@@ -213,6 +213,40 @@ def _check_tiling(shard_rows: list[int], starts: list[int]) -> None:
         expected += rows
 
 
+def _check_local_probabilities(targets: torch.Tensor, ignore_index: int, validate: bool) -> None:
+    """This rank's columns of class probabilities: finite and >= 0, no ``ignore_index``."""
+    if ignore_index != -100:
+        raise ValueError(
+            "`ignore_index` must be left at -100 with class-probability targets (there is "
+            f"no class index to ignore); got {ignore_index}"
+        )
+    if validate and targets.numel() > 0:
+        bad = ~torch.isfinite(targets) | (targets < 0)
+        if bool(bad.any()):
+            raise ValueError(
+                "`targets` must be class probabilities, finite and >= 0; "
+                f"got {targets[bad][0].item()!r}"
+            )
+
+
+def _check_probability_sums(targets: torch.Tensor, group: dist.ProcessGroup | None) -> None:
+    """Each token's probabilities, summed over every rank's columns, must be 1 (the same
+    decision on every rank: it is made from all-reduced sums)."""
+    sums = targets.sum(-1, dtype=torch.float64).reshape(-1)
+    if sums.numel() == 0:
+        return
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+    tol = math.sqrt(torch.finfo(targets.dtype).eps)
+    off = (sums - 1).abs() > tol
+    if bool(off.any()):
+        token = int(off.nonzero()[0, 0])
+        raise ValueError(
+            "`targets` must be class probabilities that sum to 1 over the whole vocabulary "
+            f"(every rank's columns together; tolerance {tol:.2g}); token {token} sums to "
+            f"{float(sums[token]):.6g}; divide by the all-reduced sum to normalise them"
+        )
+
+
 def _check_target_range(targets: torch.Tensor, num_classes: int, ignore_index: int) -> None:
     flat = targets.reshape(-1)
     bad = (flat != ignore_index) & ((flat < 0) | (flat >= num_classes))
@@ -247,14 +281,41 @@ _OPTION_FIELDS = {
 }
 
 
-def _check_targets_type(targets: object, lead_shape: torch.Size, what: str) -> None:
+def _check_targets_type(
+    targets: object,
+    lead_shape: torch.Size,
+    what: str,
+    *,
+    probs_shape: torch.Size | None = None,
+    probs_refused: str = "probability targets are not supported across ranks",
+) -> None:
+    """Class indices shaped ``lead_shape``; or, where ``probs_shape`` is given, floating
+    class probabilities of that shape (this rank's columns)."""
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"`targets` must be a torch.Tensor; got {type(targets).__name__}")
-    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+    if targets.is_complex() or targets.dtype == torch.bool:
         raise TypeError(
-            "`targets` must be integer class indices (probability targets are not supported "
-            f"across ranks); got dtype {targets.dtype}"
+            f"`targets` must be integer class indices or floating-point class probabilities; "
+            f"got dtype {targets.dtype}"
         )
+    if targets.is_floating_point():
+        if probs_shape is None:
+            raise TypeError(
+                f"`targets` must be integer class indices ({probs_refused}); "
+                f"got dtype {targets.dtype}"
+            )
+        if targets.shape != probs_shape:
+            raise ValueError(
+                f"`targets` (class probabilities) must have the shape of {what}, "
+                f"{tuple(probs_shape)}: this rank's columns of the probabilities; got "
+                f"{tuple(targets.shape)}"
+            )
+        if targets.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                "`targets` (class probabilities) must not require a gradient across ranks: "
+                "pass targets.detach()"
+            )
+        return
     if targets.shape != lead_shape:
         raise ValueError(
             f"`targets` must have the shape of {what} without its last dimension, "
@@ -343,23 +404,7 @@ def _shard_rows(
     w_y = _target_weights(targets, counted, weight, acc)
 
     rows = min(_slice_rows(device, shard), max(n, 1))
-    need_z_buf = cap is not None or logits.dtype != acc
-    z_buf = torch.empty(rows, shard, dtype=acc, device=device) if need_z_buf else None
-    t_buf = torch.empty(rows, shard, dtype=acc, device=device) if cap is not None else None
-
-    def z_slice(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The slice's (soft-capped) logits in the accumulation dtype, and its tanh."""
-        xb = logits[r0:r1]
-        if cap is not None:
-            tanh_b = t_buf[: r1 - r0]
-            tanh_b.copy_(xb)
-            tanh_b.div_(cap).tanh_()
-            return torch.mul(tanh_b, cap, out=z_buf[: r1 - r0]), tanh_b
-        if need_z_buf:
-            zb = z_buf[: r1 - r0]
-            zb.copy_(xb)
-            return zb, None
-        return xb, None
+    z_slice = _z_slicer(logits, cap, rows)
 
     loss = None
     if lse is None:
@@ -432,6 +477,121 @@ def _shard_rows(
     return _Rows(loss, lse, grad)
 
 
+def _z_slicer(logits: torch.Tensor, cap: float | None, rows: int):
+    """A function of ``(r0, r1)`` giving rows ``r0:r1`` of the (soft-capped) logits in the
+    accumulation dtype and their ``tanh(logits / cap)`` (None without capping), in buffers
+    of ``rows`` rows reused from slice to slice."""
+    acc = accumulation_dtype(logits.dtype)
+    shape = (rows, logits.shape[1])
+    need_z_buf = cap is not None or logits.dtype != acc
+    z_buf = torch.empty(shape, dtype=acc, device=logits.device) if need_z_buf else None
+    t_buf = torch.empty(shape, dtype=acc, device=logits.device) if cap is not None else None
+
+    def z_slice(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        xb = logits[r0:r1]
+        if cap is not None:
+            tanh_b = t_buf[: r1 - r0]
+            tanh_b.copy_(xb)
+            tanh_b.div_(cap).tanh_()
+            return torch.mul(tanh_b, cap, out=z_buf[: r1 - r0]), tanh_b
+        if need_z_buf:
+            zb = z_buf[: r1 - r0]
+            zb.copy_(xb)
+            return zb, None
+        return xb, None
+
+    return z_slice
+
+
+def _shard_prob_rows(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    spec: _Spec,
+    *,
+    weight: torch.Tensor | None,
+    group: dist.ProcessGroup | None,
+    grad_scale: torch.Tensor | float | None = None,
+) -> _Rows:
+    """:func:`_shard_rows` for class-probability targets, ``targets`` (n, V_r) being this
+    rank's columns of them.
+
+    With ``q = w ((1 - eps) t + eps / V)`` and ``Q = sum_c q_c`` over the whole vocabulary,
+    a row's loss is ``sum_c q_c (lse - z_c) + lam lse**2 = Q lse - sum_c q_c z_c + lam
+    lse**2`` (the z-loss unweighted, as in
+    :func:`crossentropy.losses._kernel.cross_entropy_rows`) and its gradient ``(Q + 2 lam
+    lse) p - q``, times ``1 - tanh(logits / softcap)**2`` with soft-capping. The group
+    all-reduces the row maxima, then per row the sum of exponentials, ``Q`` and ``sum_c q_c
+    z_c``; the gradient is written into a new tensor of the logits' dtype.
+    """
+    acc = accumulation_dtype(logits.dtype)
+    n, shard = logits.shape
+    device = logits.device
+    eps, lam, num_classes = spec.label_smoothing, spec.z_loss, spec.num_classes
+    w_loc = None
+    if weight is not None:
+        w_loc = weight[spec.vocab_start : spec.vocab_start + shard].to(device=device, dtype=acc)
+    rows = min(_slice_rows(device, shard), max(n, 1))
+    z_slice = _z_slicer(logits, spec.softcap, rows)
+    q_buf = torch.empty(rows, shard, dtype=acc, device=device)
+
+    def q_slice(r0: int, r1: int) -> torch.Tensor:
+        qb = q_buf[: r1 - r0]
+        qb.copy_(targets[r0:r1])
+        if eps > 0:
+            qb.mul_(1.0 - eps).add_(eps / num_classes)
+        if w_loc is not None:
+            qb.mul_(w_loc)
+        return qb
+
+    local_max = torch.full((n,), -math.inf, dtype=acc, device=device)
+    sums = torch.zeros(3, n, dtype=acc, device=device)  # sum exp, Q, sum_c q_c z_c
+    if shard > 0 and n > 0:
+        p_buf = torch.empty(rows, shard, dtype=acc, device=device)
+        for r0 in range(0, n, rows):
+            r1 = min(r0 + rows, n)
+            zb, _ = z_slice(r0, r1)
+            mb = torch.amax(zb, 1, out=local_max[r0:r1])
+            shift = torch.where(mb == -math.inf, 0.0, mb).unsqueeze(1)
+            torch.sum(torch.sub(zb, shift, out=p_buf[: r1 - r0]).exp_(), 1, out=sums[0, r0:r1])
+            qb = q_slice(r0, r1)
+            torch.sum(qb, 1, out=sums[1, r0:r1])
+            torch.linalg.vecdot(qb, zb, out=sums[2, r0:r1])
+        del p_buf
+    row_max = local_max.clone()
+    if n > 0:
+        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
+    sums[0].mul_(torch.where(local_max == -math.inf, 0.0, torch.exp(local_max - row_max)))
+    if n > 0:
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+    lse = row_max + sums[0].log()
+    q_sum = sums[1]
+    loss = q_sum * lse - sums[2]
+    if lam > 0:
+        loss = loss + lam * lse.square()
+    if grad_scale is None:
+        return _Rows(loss, lse, None)
+    scale = torch.as_tensor(grad_scale, dtype=acc, device=device).expand(n)
+    p_coef = q_sum + (2.0 * lam) * lse if lam > 0 else q_sum
+    p_coef = (p_coef * scale).unsqueeze(1)
+    grad = torch.empty_like(logits)
+    direct = grad.dtype == acc
+    p_buf = None if direct else torch.empty(rows, shard, dtype=acc, device=device)
+    if shard > 0:
+        for r0 in range(0, n, rows):
+            r1 = min(r0 + rows, n)
+            zb, tanh_b = z_slice(r0, r1)
+            pb = grad[r0:r1] if direct else p_buf[: r1 - r0]
+            torch.sub(zb, lse[r0:r1].unsqueeze(1), out=pb).exp_()
+            pb.mul_(p_coef[r0:r1])
+            pb.sub_(q_slice(r0, r1).mul_(scale[r0:r1].unsqueeze(1)))
+            if tanh_b is not None:
+                tanh_b.square_()
+                pb.addcmul_(pb, tanh_b, value=-1.0)
+            if not direct:
+                grad[r0:r1].copy_(pb)
+    return _Rows(loss, lse, grad)
+
+
 def _slice_rows(device: torch.device, shard: int) -> int:
     """Rows per slice of the shard kernel: cache-sized on CPU (the shared kernel's rule); on
     accelerators, where each slice costs kernel launches rather than cache misses, slices
@@ -458,27 +618,42 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, local_logits, targets, weight, spec, reduction, base, group, want_grad):
         shard = local_logits.shape[-1]
-        flat = targets.reshape(-1)
         acc = accumulation_dtype(local_logits.dtype)
         scale = torch.tensor(1.0 / math.log(base), dtype=acc, device=local_logits.device)
-        if reduction == "mean":
-            w_y = _target_weights(flat, flat != spec.ignore_index, weight, acc)
-            scale = scale * _mean_factor(w_y.sum())
-        rows = _shard_rows(
-            local_logits.reshape(flat.numel(), shard),
-            flat,
-            spec,
-            weight=weight,
-            group=group,
-            grad_scale=scale if want_grad else None,
-        )
+        out_shape = targets.shape
+        if targets.is_floating_point():
+            out_shape = local_logits.shape[:-1]
+            tokens = math.prod(out_shape)
+            if reduction == "mean":  # every token counts, as in cross_entropy
+                scale = scale * _mean_factor(torch.tensor(float(tokens), dtype=acc))
+            rows = _shard_prob_rows(
+                local_logits.reshape(tokens, shard),
+                targets.reshape(tokens, shard),
+                spec,
+                weight=weight,
+                group=group,
+                grad_scale=scale if want_grad else None,
+            )
+        else:
+            flat = targets.reshape(-1)
+            if reduction == "mean":
+                w_y = _target_weights(flat, flat != spec.ignore_index, weight, acc)
+                scale = scale * _mean_factor(w_y.sum())
+            rows = _shard_rows(
+                local_logits.reshape(flat.numel(), shard),
+                flat,
+                spec,
+                weight=weight,
+                group=group,
+                grad_scale=scale if want_grad else None,
+            )
         ctx.reduction = reduction
         ctx.logits_shape = local_logits.shape
         ctx.anchors = (local_logits,)
         ctx.grad = rows.grad
         ctx.backward_done = False
         if reduction == "none":
-            loss = (rows.loss * scale).reshape(targets.shape)
+            loss = (rows.loss * scale).reshape(out_shape)
         else:
             loss = rows.loss.sum() * scale
         return loss.to(local_logits.dtype)
@@ -505,9 +680,10 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
 _VP_FIELDS = {
     "error": _Field("error", "bool"),
-    "tokens": _Field("the number of tokens (elements of `targets`)"),
-    "ndim": _Field("the number of dimensions of `targets`"),
-    "shape": _Field("the shape of `targets`", "hash"),
+    "probs": _Field("whether `targets` are class probabilities (floating point)", "bool"),
+    "tokens": _Field("the number of tokens (the leading dimensions of `local_logits`)"),
+    "ndim": _Field("the number of leading dimensions of `local_logits`"),
+    "shape": _Field("the leading shape of `local_logits` (the tokens)", "hash"),
     "dtype": _Field("the dtype of `local_logits`", "dtype"),
     "shard": _Field("shard rows"),
     "vocab_start": _Field("`vocab_start`"),
@@ -554,7 +730,8 @@ def vocab_parallel_cross_entropy(
     Rank ``r`` holds the logits of vocabulary entries ``[vocab_start, vocab_start + V_r)``;
     the shards must tile ``[0, V)`` in rank order (rank 0 starts at 0, each next rank where
     the previous one ends) and may have different sizes (an empty shard is allowed). Every
-    rank passes the same ``targets`` (global class indices) and options. The loss is the one
+    rank passes the same options and either the same ``targets`` (global class indices) or
+    its own columns of class-probability targets (see below). The loss is the one
     of :func:`crossentropy.losses.cross_entropy` for class-index targets: with ``z`` the
     logits (soft-capped to ``softcap * tanh(logits / softcap)`` when ``softcap`` is set),
     ``lse = log sum_c exp(z_c)`` over the whole vocabulary, class weights ``w`` (ones when
@@ -563,6 +740,14 @@ def vocab_parallel_cross_entropy(
     ``"mean"`` divides the sum by the summed weights ``w_y`` of the counted tokens (torch's
     weighted mean); a batch in which nothing counts (every token ignored, or a zero total
     weight) gives 0 with a zero gradient, where torch gives NaN.
+
+    Class-probability targets (distillation from a teacher whose logits are split the same
+    way) come as this rank's columns, shaped like ``local_logits``: the token's loss is
+    ``[sum_c q_c (lse - z_c) + lam lse**2] / ln(base)`` with ``q = w ((1 - eps) t + eps /
+    V)``, as in :func:`crossentropy.losses.cross_entropy`, and ``"mean"`` divides by the
+    number of tokens. The group all-reduces ``sum_c q_c`` and ``sum_c q_c z_c`` per token
+    with the sum of exponentials. With ``validate=True`` each rank checks its columns
+    (finite, >= 0) and the all-reduced sum of each token's probabilities must be 1.
 
     The group all-reduces, per token, the row maximum, then the sum of exponentials, the
     target logit and (with smoothing) ``sum_c w_c z_c``: two collectives of O(N) numbers.
@@ -585,7 +770,8 @@ def vocab_parallel_cross_entropy(
         local_logits: (..., V_r) this rank's logits (float64, float32, bfloat16 or
             float16); the leading dimensions index the N tokens.
         targets: (...) integer class indices in [0, V) (global, the same on every rank) or
-            ``ignore_index``.
+            ``ignore_index``; or (..., V_r) floating-point class probabilities, this rank's
+            columns ``[vocab_start, vocab_start + V_r)`` of them (no gradient flows to them).
         vocab_start: Global index of this rank's first vocabulary entry.
         group: Process group the vocabulary is split across; None for the default group.
         weight: (V,) class weights over the whole vocabulary, the same full vector on every
@@ -608,11 +794,12 @@ def vocab_parallel_cross_entropy(
 
     Raises:
         RuntimeError: ``torch.distributed`` is not initialised.
-        TypeError: Logits not a floating-point tensor, targets not integer, an option of the
-            wrong type.
+        TypeError: Logits not a floating-point tensor, targets neither integer nor floating
+            point, an option of the wrong type.
         ValueError: Shapes or options that differ between ranks (the message lists each
-            rank's value), shards that overlap or leave gaps, targets out of range, and the
-            option errors of :func:`crossentropy.losses.cross_entropy`.
+            rank's value), shards that overlap or leave gaps, targets out of range,
+            probabilities that are negative, not finite or do not sum to 1 over the ranks,
+            and the option errors of :func:`crossentropy.losses.cross_entropy`.
 
     Examples:
         One process is a group of one, which must equal the single-process loss:
@@ -653,7 +840,11 @@ def vocab_parallel_cross_entropy(
             )
         if local_logits.dim() < 1:
             raise ValueError("`local_logits` must have at least 1 dimension (..., V_r); got 0")
-        _check_targets_type(targets, local_logits.shape[:-1], "`local_logits`")
+        lead_shape = local_logits.shape[:-1]
+        _check_targets_type(targets, lead_shape, "`local_logits`", probs_shape=local_logits.shape)
+        probs = targets.is_floating_point()
+        if probs:
+            _check_local_probabilities(targets, ignore_index, validate)
         if isinstance(vocab_start, bool) or not isinstance(vocab_start, int):
             raise TypeError(f"`vocab_start` must be an int; got {type(vocab_start).__name__}")
         if vocab_start < 0:
@@ -672,9 +863,10 @@ def vocab_parallel_cross_entropy(
             validate=False,
         )
         values.update(
-            tokens=targets.numel(),
-            ndim=targets.dim(),
-            shape=_shape_hash(tuple(targets.shape)),
+            probs=bool(probs),
+            tokens=math.prod(lead_shape),
+            ndim=len(lead_shape),
+            shape=_shape_hash(tuple(lead_shape)),
             dtype=_dtype_code(local_logits.dtype),
             shard=local_logits.shape[-1],
             vocab_start=vocab_start,
@@ -684,7 +876,9 @@ def vocab_parallel_cross_entropy(
             **_option_values(reduction, ignore_index, label_smoothing, z_loss, softcap, base),
         )
         if validate:
-            parts = [_checksums(targets.to(device))]
+            # Probability targets are this rank's own columns: nothing to compare.
+            no_sums = torch.zeros(2, dtype=torch.int64, device=device)
+            parts = [no_sums if probs else _checksums(targets.to(device))]
             parts.append(
                 torch.zeros(2, dtype=torch.int64, device=device)
                 if weight is None
@@ -720,7 +914,9 @@ def vocab_parallel_cross_entropy(
         ignore_index=ignore_index,
         validate=validate,
     )
-    if validate:
+    if validate and probs:
+        _check_probability_sums(targets.to(device), group)
+    elif validate:
         _check_target_range(targets, num_classes, ignore_index)
 
     spec = _Spec(
@@ -736,7 +932,7 @@ def vocab_parallel_cross_entropy(
         weight = weight.to(device)
     return _VocabParallelCrossEntropy.apply(
         local_logits,
-        targets.to(device=device, dtype=torch.long),
+        targets.to(device) if probs else targets.to(device=device, dtype=torch.long),
         weight,
         spec,
         reduction,
