@@ -142,18 +142,21 @@ def _sharded_linear_cases(rank: int, world: int, payload: dict) -> dict:
             bias = case.get("bias")
             if bias is not None:
                 bias = bias[start:stop].clone().requires_grad_(True)
+            targets = case["targets"]
+            if targets.is_floating_point():  # class probabilities: this rank's columns
+                targets = targets[..., start:stop]
             if case.get("public"):
                 loss = linear_cross_entropy(
                     hidden,
                     weight,
-                    case["targets"],
+                    targets,
                     bias=bias,
                     group=dist.group.WORLD,
                     **case["options"],
                 )
             else:
                 loss = sharded_linear_cross_entropy(
-                    hidden, weight, case["targets"], bias=bias, **case["options"]
+                    hidden, weight, targets, bias=bias, **case["options"]
                 )
             upstream = case.get("upstream")
             (loss * upstream if upstream is not None else loss).sum().backward()

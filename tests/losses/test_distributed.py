@@ -493,6 +493,90 @@ def test_sharded_linear_matches_single_process(world, tmp_path):
     assert not failures, "\n".join(failures)
 
 
+def _linear_probability_cases() -> list[dict]:
+    gen = torch.Generator().manual_seed(4000)
+    cases = []
+    for dtype in (torch.float32, torch.float64):
+
+        def draw(*shape, scale=1.0, dtype=dtype):
+            return (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(dtype)
+
+        hidden, weight, bias = draw(*LEAD, D), draw(V, D, scale=0.7), draw(V)
+        probs = torch.softmax(draw(*LEAD, V, scale=3.0, dtype=torch.float64), -1).to(dtype)
+        class_weight = (0.1 + torch.rand(V, generator=gen, dtype=torch.float64)).to(dtype)
+        option_sets = [
+            ("plain", {}),
+            (
+                "everything",
+                {
+                    "class_weight": class_weight,
+                    "label_smoothing": 0.1,
+                    "z_loss": 0.03,
+                    "softcap": 4.0,
+                    "base": 2,
+                },
+            ),
+        ]
+        for reduction, impl, (name, options) in itertools.product(
+            ("mean", "sum", "none"), ("chunked", "reference"), option_sets
+        ):
+            upstream = None
+            if reduction == "none":
+                upstream = torch.rand(LEAD, generator=gen, dtype=torch.float64).to(dtype)
+            cases.append(
+                {
+                    "name": f"probs/{name}/{reduction}/{impl}/{dtype}",
+                    "hidden": hidden,
+                    "weight": weight,
+                    "bias": bias if name == "everything" else None,
+                    "targets": probs,
+                    "options": {**options, "reduction": reduction, "impl": impl, "chunk_size": 4},
+                    "upstream": upstream,
+                    "dtype": dtype,
+                    "public": True,
+                }
+            )
+    return cases
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_head_probability_targets_match_single_process(world, tmp_path):
+    """Class-probability targets split by columns like the head's rows: loss, hidden
+    gradient and the stacked weight and bias gradients equal F.linear composed with the
+    formula as the math reads, float32 (1e-6) and float64."""
+    cases = _linear_probability_cases()
+    results = run_group(world, "sharded_linear", {"sizes": SHARDS[world], "cases": cases}, tmp_path)
+    failures: list[str] = []
+    for case in cases:
+        name, dtype = case["name"], case["dtype"]
+        outcomes = [result[name] for result in results]
+        bad = [o for o in outcomes if o[0] != "ok"]
+        if bad:
+            failures.append(f"{name}: {bad[0]}")
+            continue
+        losses = [o[1][0] for o in outcomes]
+        if not all(torch.equal(losses[0], other) for other in losses[1:]):
+            failures.append(f"{name}: ranks returned different losses {losses}")
+        options = {k: v for k, v in case["options"].items() if k not in ("impl", "chunk_size")}
+        if "class_weight" in options:
+            options["weight"] = options.pop("class_weight")
+        with_bias = case["bias"] is not None
+
+        def formula(hidden, weight, bias, _options=options, _targets=case["targets"]):
+            return _probability_reference(F.linear(hidden, weight, bias), _targets, _options)
+
+        tensors = [case["hidden"], case["weight"], case["bias"]]
+        ref_loss, ref_grads = _grads(formula, tensors, case.get("upstream"))
+        _close(f"{name} loss", losses[0], ref_loss, dtype, failures)
+        _close(f"{name} hidden grad", outcomes[0][1][1], ref_grads[0], dtype, failures)
+        weight_grad = torch.cat([o[1][2] for o in outcomes])
+        _close(f"{name} weight grad", weight_grad, ref_grads[1], dtype, failures)
+        if with_bias:
+            bias_grad = torch.cat([o[1][3] for o in outcomes])
+            _close(f"{name} bias grad", bias_grad, ref_grads[2], dtype, failures)
+    assert not failures, "\n".join(failures)
+
+
 # --------------------------------------------------------------------------------------
 # Mismatched inputs: the same clear error on every rank, never a hang
 # --------------------------------------------------------------------------------------
@@ -569,6 +653,13 @@ def _mismatch_cases() -> list[dict]:
             vocab,
             {r: {"targets": columns(1.1 * probs, r)} for r in range(3)},
             ["sum to 1 over the whole vocabulary", "token 0 sums to 1.1"],
+        ),
+        case(
+            "linear_probabilities_on_one_rank",
+            "linear",
+            linear,
+            {1: {"targets": columns(probs, 1)}},
+            ["whether `targets` are class probabilities", "True on rank 1"],
         ),
         case(
             "negative_probability_on_one_rank",

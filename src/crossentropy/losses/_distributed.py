@@ -282,15 +282,10 @@ _OPTION_FIELDS = {
 
 
 def _check_targets_type(
-    targets: object,
-    lead_shape: torch.Size,
-    what: str,
-    *,
-    probs_shape: torch.Size | None = None,
-    probs_refused: str = "probability targets are not supported across ranks",
+    targets: object, lead_shape: torch.Size, what: str, *, probs_shape: torch.Size
 ) -> None:
-    """Class indices shaped ``lead_shape``; or, where ``probs_shape`` is given, floating
-    class probabilities of that shape (this rank's columns)."""
+    """Class indices shaped ``lead_shape``, or floating class probabilities shaped
+    ``probs_shape`` (this rank's columns)."""
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"`targets` must be a torch.Tensor; got {type(targets).__name__}")
     if targets.is_complex() or targets.dtype == torch.bool:
@@ -299,11 +294,6 @@ def _check_targets_type(
             f"got dtype {targets.dtype}"
         )
     if targets.is_floating_point():
-        if probs_shape is None:
-            raise TypeError(
-                f"`targets` must be integer class indices ({probs_refused}); "
-                f"got dtype {targets.dtype}"
-            )
         if targets.shape != probs_shape:
             raise ValueError(
                 f"`targets` (class probabilities) must have the shape of {what}, "
@@ -335,6 +325,7 @@ class _Rows:
     loss: torch.Tensor | None  # (n,) per-row loss in nats, 0 for ignored rows (None: recompute)
     lse: torch.Tensor  # (n,) global log-sum-exp of the (soft-capped) logits
     grad: torch.Tensor | None  # (n, V_r) grad of sum_i scale_i loss_i, in the logits' dtype
+    q_sum: torch.Tensor | None = None  # (n,) sum_c q_c over the vocabulary (probabilities)
 
 
 @dataclass(frozen=True)
@@ -511,6 +502,9 @@ def _shard_prob_rows(
     weight: torch.Tensor | None,
     group: dist.ProcessGroup | None,
     grad_scale: torch.Tensor | float | None = None,
+    lse: torch.Tensor | None = None,
+    q_sum: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> _Rows:
     """:func:`_shard_rows` for class-probability targets, ``targets`` (n, V_r) being this
     rank's columns of them.
@@ -521,7 +515,9 @@ def _shard_prob_rows(
     :func:`crossentropy.losses._kernel.cross_entropy_rows`) and its gradient ``(Q + 2 lam
     lse) p - q``, times ``1 - tanh(logits / softcap)**2`` with soft-capping. The group
     all-reduces the row maxima, then per row the sum of exponentials, ``Q`` and ``sum_c q_c
-    z_c``; the gradient is written into a new tensor of the logits' dtype.
+    z_c``; the gradient is written into ``out`` (which may be ``logits`` itself) or a new
+    tensor of the logits' dtype. With ``lse`` and ``q_sum`` given (a recomputation in
+    backward) the first pass and the collectives are skipped.
     """
     acc = accumulation_dtype(logits.dtype)
     n, shard = logits.shape
@@ -543,37 +539,40 @@ def _shard_prob_rows(
             qb.mul_(w_loc)
         return qb
 
-    local_max = torch.full((n,), -math.inf, dtype=acc, device=device)
-    sums = torch.zeros(3, n, dtype=acc, device=device)  # sum exp, Q, sum_c q_c z_c
-    if shard > 0 and n > 0:
-        p_buf = torch.empty(rows, shard, dtype=acc, device=device)
-        for r0 in range(0, n, rows):
-            r1 = min(r0 + rows, n)
-            zb, _ = z_slice(r0, r1)
-            mb = torch.amax(zb, 1, out=local_max[r0:r1])
-            shift = torch.where(mb == -math.inf, 0.0, mb).unsqueeze(1)
-            torch.sum(torch.sub(zb, shift, out=p_buf[: r1 - r0]).exp_(), 1, out=sums[0, r0:r1])
-            qb = q_slice(r0, r1)
-            torch.sum(qb, 1, out=sums[1, r0:r1])
-            torch.linalg.vecdot(qb, zb, out=sums[2, r0:r1])
-        del p_buf
-    row_max = local_max.clone()
-    if n > 0:
-        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
-    sums[0].mul_(torch.where(local_max == -math.inf, 0.0, torch.exp(local_max - row_max)))
-    if n > 0:
-        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
-    lse = row_max + sums[0].log()
-    q_sum = sums[1]
-    loss = q_sum * lse - sums[2]
-    if lam > 0:
-        loss = loss + lam * lse.square()
+    loss = None
+    if lse is None:
+        local_max = torch.full((n,), -math.inf, dtype=acc, device=device)
+        sums = torch.zeros(3, n, dtype=acc, device=device)  # sum exp, Q, sum_c q_c z_c
+        if shard > 0 and n > 0:
+            p_buf = torch.empty(rows, shard, dtype=acc, device=device)
+            for r0 in range(0, n, rows):
+                r1 = min(r0 + rows, n)
+                zb, _ = z_slice(r0, r1)
+                mb = torch.amax(zb, 1, out=local_max[r0:r1])
+                shift = torch.where(mb == -math.inf, 0.0, mb).unsqueeze(1)
+                exps = torch.sub(zb, shift, out=p_buf[: r1 - r0]).exp_()
+                torch.sum(exps, 1, out=sums[0, r0:r1])
+                qb = q_slice(r0, r1)
+                torch.sum(qb, 1, out=sums[1, r0:r1])
+                torch.linalg.vecdot(qb, zb, out=sums[2, r0:r1])
+            del p_buf
+        row_max = local_max.clone()
+        if n > 0:
+            dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
+        sums[0].mul_(torch.where(local_max == -math.inf, 0.0, torch.exp(local_max - row_max)))
+        if n > 0:
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+        lse = row_max + sums[0].log()
+        q_sum = sums[1]
+        loss = q_sum * lse - sums[2]
+        if lam > 0:
+            loss = loss + lam * lse.square()
     if grad_scale is None:
-        return _Rows(loss, lse, None)
+        return _Rows(loss, lse, None, q_sum)
     scale = torch.as_tensor(grad_scale, dtype=acc, device=device).expand(n)
     p_coef = q_sum + (2.0 * lam) * lse if lam > 0 else q_sum
     p_coef = (p_coef * scale).unsqueeze(1)
-    grad = torch.empty_like(logits)
+    grad = out if out is not None else torch.empty_like(logits)
     direct = grad.dtype == acc
     p_buf = None if direct else torch.empty(rows, shard, dtype=acc, device=device)
     if shard > 0:
@@ -589,7 +588,7 @@ def _shard_prob_rows(
                 pb.addcmul_(pb, tanh_b, value=-1.0)
             if not direct:
                 grad[r0:r1].copy_(pb)
-    return _Rows(loss, lse, grad)
+    return _Rows(loss, lse, grad, q_sum)
 
 
 def _slice_rows(device: torch.device, shard: int) -> int:
@@ -960,14 +959,26 @@ class _LinearPlan:
     class_weight: torch.Tensor | None = None  # (V,) over the whole vocabulary
 
 
+def _chunk_rows(z, targets, plan: _LinearPlan, **kwargs) -> _Rows:
+    """The shard kernel for a chunk: :func:`_shard_prob_rows` for class probabilities
+    (``targets`` (c, V_r), this rank's columns), else :func:`_shard_rows`."""
+    if targets.is_floating_point():
+        return _shard_prob_rows(
+            z, targets, plan.spec, weight=plan.class_weight, group=plan.group, **kwargs
+        )
+    kwargs.pop("q_sum", None)
+    return _shard_rows(z, targets, plan.spec, weight=plan.class_weight, group=plan.group, **kwargs)
+
+
 def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, grad_scale):
     """One sweep over the chunks of kept tokens (``index``) of this rank's vocabulary rows.
 
     ``grad_scale`` is None (losses only) or a float multiplying every row's gradient (the
     reduction's factor and ``1 / ln(base)``).
-    Returns ``(loss, lse, dh, dw, db)``: per-kept-token loss in nats and log-sum-exp, the
-    partial hidden gradient (n, D) of this rank's rows (not yet summed over ranks), and the
-    local weight and bias gradients in the accumulation dtype, or None where not formed.
+    Returns ``(loss, lse, q_sum, dh, dw, db)``: per-kept-token loss in nats, log-sum-exp and
+    (probability targets; else None) ``sum_c q_c``, the partial hidden gradient (n, D) of
+    this rank's rows (not yet summed over ranks), and the local weight and bias gradients
+    in the accumulation dtype, or None where not formed.
     """
     device = hidden.device
     acc = accumulation_dtype(hidden.dtype)
@@ -981,6 +992,7 @@ def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, gr
     b_c = None if bias is None else bias.to(cdt)
     loss = torch.empty(n, dtype=acc, device=device)
     lse = torch.empty(n, dtype=acc, device=device)
+    q_sum = torch.empty(n, dtype=acc, device=device) if targets.is_floating_point() else None
     dh = torch.empty(n, hidden_dim, dtype=acc, device=device) if want_h else None
     dw = torch.zeros(shard, hidden_dim, dtype=acc, device=device) if want_w else None
     db = torch.zeros(shard, dtype=acc, device=device) if want_b else None
@@ -992,17 +1004,13 @@ def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, gr
         h_c = h_kept[start:stop].to(cdt)
         z = logits[: stop - start]
         products.logits(h_c, z)
-        rows = _shard_rows(
-            z,
-            y_kept[start:stop],
-            plan.spec,
-            weight=plan.class_weight,
-            group=plan.group,
-            grad_scale=grad_scale if grads else None,
-            out=z,
+        rows = _chunk_rows(
+            z, y_kept[start:stop], plan, grad_scale=grad_scale if grads else None, out=z
         )
         loss[start:stop] = rows.loss
         lse[start:stop] = rows.lse
+        if q_sum is not None:
+            q_sum[start:stop] = rows.q_sum
         if not grads:
             continue
         g = z  # the chunk's logits were overwritten by their gradient
@@ -1012,10 +1020,10 @@ def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, gr
             products.add_weight_grad(dw, g, h_c, first=False)
         if want_b:
             db.add_(g.sum(0, dtype=acc))
-    return loss, lse, dh, dw, db
+    return loss, lse, q_sum, dh, dw, db
 
 
-def _sharded_weight_grads(hidden, weight, bias, targets, plan, index, lse, scale):
+def _sharded_weight_grads(hidden, weight, bias, targets, plan, index, lse, q_sum, scale):
     """Backward of ``reduction="none"``: recompute each chunk's logits and form the local
     weight and bias gradients of ``sum_i scale_i * loss_i``, with no collective (the
     log-sum-exp of every kept token was stored by the forward pass)."""
@@ -1038,14 +1046,13 @@ def _sharded_weight_grads(hidden, weight, bias, targets, plan, index, lse, scale
         h_c = h_kept[start:stop].to(cdt)
         z = logits[: stop - start]
         products.logits(h_c, z)
-        _shard_rows(
+        _chunk_rows(
             z,
             y_kept[start:stop],
-            plan.spec,
-            weight=plan.class_weight,
-            group=plan.group,
+            plan,
             grad_scale=scale[start:stop],
             lse=lse[start:stop],
+            q_sum=None if q_sum is None else q_sum[start:stop],
             out=z,
         )
         g = z
@@ -1072,7 +1079,7 @@ class _ShardedLinearReduced(torch.autograd.Function):
             # Every rank holds the same targets and the same full class-weight vector.
             total = mean_denominator(targets, plan.spec.ignore_index, plan.class_weight)
             factor = factor / total if total > 0 else 0.0
-        loss, _, dh, dw, db = _sharded_pass(
+        loss, _, _, dh, dw, db = _sharded_pass(
             hidden, weight, bias, targets, plan, index, grad_scale=factor
         )
         if dh is not None and n > 0:
@@ -1105,12 +1112,12 @@ class _ShardedLinearPerToken(torch.autograd.Function):
         inv_ln_b = 1.0 / math.log(plan.base)
         want_h = plan.want[0]
         hidden_only = _LinearPlan(**{**plan.__dict__, "want": (want_h, False, False)})
-        loss, lse, dh, _, _ = _sharded_pass(
+        loss, lse, q_sum, dh, _, _ = _sharded_pass(
             hidden, weight, bias, targets, hidden_only, index, grad_scale=inv_ln_b
         )
         if dh is not None and index.numel() > 0:
             dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=plan.group)
-        ctx.save_for_backward(hidden, weight, bias, targets, index, lse, dh)
+        ctx.save_for_backward(hidden, weight, bias, targets, index, lse, q_sum, dh)
         ctx.anchors = (hidden, weight, bias)
         ctx.plan = plan
         return _scatter_rows(loss * inv_ln_b, index, hidden.shape[0], hidden.dtype)
@@ -1118,7 +1125,7 @@ class _ShardedLinearPerToken(torch.autograd.Function):
     @staticmethod
     @first_order_only("linear_cross_entropy with group=")
     def backward(ctx, grad_output):
-        hidden, weight, bias, targets, index, lse, dh = ctx.saved_tensors
+        hidden, weight, bias, targets, index, lse, q_sum, dh = ctx.saved_tensors
         plan = ctx.plan
         acc = lse.dtype
         scale = grad_output.index_select(0, index).to(acc)
@@ -1130,7 +1137,15 @@ class _ShardedLinearPerToken(torch.autograd.Function):
         dw = db = None
         if plan.want[1] or plan.want[2]:
             dw, db = _sharded_weight_grads(
-                hidden, weight, bias, targets, plan, index, lse, scale / math.log(plan.base)
+                hidden,
+                weight,
+                bias,
+                targets,
+                plan,
+                index,
+                lse,
+                q_sum,
+                scale / math.log(plan.base),
             )
         return (
             grad_hidden,
@@ -1162,9 +1177,10 @@ class _SumGradOverRanks(torch.autograd.Function):
 
 _LINEAR_FIELDS = {
     "error": _Field("error", "bool"),
-    "tokens": _Field("the number of tokens (elements of `targets`)"),
-    "ndim": _Field("the number of dimensions of `targets`"),
-    "shape": _Field("the shape of `targets`", "hash"),
+    "probs": _Field("whether `targets` are class probabilities (floating point)", "bool"),
+    "tokens": _Field("the number of tokens (the leading dimensions of `hidden`)"),
+    "ndim": _Field("the number of leading dimensions of `hidden`"),
+    "shape": _Field("the leading shape of `hidden` (the tokens)", "hash"),
     "dtype": _Field("the dtype of `hidden`", "dtype"),
     "hidden_dim": _Field("the hidden size D (last dimension of `hidden` and `weight`)"),
     "shard": _Field("shard rows"),
@@ -1209,8 +1225,10 @@ def sharded_linear_cross_entropy(
 
     Rank ``r`` holds rows ``[s_r, s_r + V_r)`` of the (V, D) head, ``s_r`` being the sum of
     the lower ranks' V_r (found by all-gathering V_r; shards may differ in size). ``hidden``
-    and ``targets`` are the same on every rank. Tokens whose target is ``ignore_index`` are
-    dropped first; the rest are taken ``chunk`` rows at a time: each rank forms its
+    and class-index ``targets`` are the same on every rank; class-probability targets come
+    as each rank's own columns, shaped (..., V_r) like its logits, with the loss of
+    :func:`vocab_parallel_cross_entropy` for them. Tokens whose target is ``ignore_index``
+    are dropped first; the rest are taken ``chunk`` rows at a time: each rank forms its
     (chunk, V_r) block of logits, the group all-reduces the per-token row maximum and sums
     as in :func:`vocab_parallel_cross_entropy`, and each rank forms its block's gradient
     and from it its partial ``dhidden = g @ weight`` and its own ``dweight += g.T @ h`` and
@@ -1239,7 +1257,8 @@ def sharded_linear_cross_entropy(
         weight: (V_r, D) this rank's rows of the head in ``nn.Linear`` layout, hidden's
             dtype.
         targets: (...) global class indices in [0, V) or ``ignore_index``, the same on
-            every rank.
+            every rank; or (..., V_r) floating-point class probabilities, this rank's
+            columns of them (their sums over the ranks must be 1; no gradient flows to them).
         bias: (V_r,) this rank's entries of the head's bias, or None (on every rank).
         class_weight: (V,) class weights over the whole vocabulary, the same full vector on
             every rank, or None; ``"mean"`` is then the weighted mean (torch's).
@@ -1253,12 +1272,14 @@ def sharded_linear_cross_entropy(
         chunk_size: Token rows per chunk (> 0, the same on every rank), or None.
         impl: ``"auto"``, ``"chunked"`` or ``"reference"``.
         group: Process group the vocabulary is split across; None for the default group.
-        validate: Check that targets are in range and identical on every rank (reads
-            tensor values). Shape, dtype and option checks always run.
+        validate: Check that class indices are in range and identical on every rank, or that
+            probabilities are finite, >= 0 and sum to 1 over the ranks (reads tensor
+            values). Shape, dtype and option checks always run.
 
     Returns:
         The loss in units of ``base``, in hidden's dtype, the same on every rank: a scalar
-        for ``"mean"``/``"sum"``, shaped like ``targets`` for ``"none"``. ``hidden``'s
+        for ``"mean"``/``"sum"``, shaped like ``hidden`` without its last dimension for
+        ``"none"``. ``hidden``'s
         gradient is the full one (summed over ranks); ``weight`` and ``bias`` get the
         gradients of this rank's rows.
 
@@ -1307,8 +1328,17 @@ def sharded_linear_cross_entropy(
             base=base,
             chunk_size=chunk_size,
             impl=impl,
-            validate=False,  # the targets are global indices: checked after the exchange
+            validate=False,  # the targets are global: checked after the exchange
         )
+        probs = targets.is_floating_point()
+        lead_shape = hidden.shape[:-1]
+        if probs:
+            if targets.requires_grad and torch.is_grad_enabled():
+                raise ValueError(
+                    "`targets` (class probabilities) must not require a gradient across "
+                    "ranks: pass targets.detach()"
+                )
+            _check_local_probabilities(targets, ignore_index, validate)
         if class_weight is not None:
             if not isinstance(class_weight, torch.Tensor):
                 raise TypeError(
@@ -1321,9 +1351,10 @@ def sharded_linear_cross_entropy(
                     f"{class_weight.dtype} and shape {tuple(class_weight.shape)}"
                 )
         values.update(
-            tokens=targets.numel(),
-            ndim=targets.dim(),
-            shape=_shape_hash(tuple(targets.shape)),
+            probs=bool(probs),
+            tokens=math.prod(lead_shape),
+            ndim=len(lead_shape),
+            shape=_shape_hash(tuple(lead_shape)),
             dtype=_dtype_code(hidden.dtype),
             hidden_dim=weight.shape[1],
             shard=weight.shape[0],
@@ -1336,9 +1367,10 @@ def sharded_linear_cross_entropy(
             **_option_values(reduction, ignore_index, label_smoothing, z_loss, softcap, base),
         )
         if validate:
+            no_sums = torch.zeros(2, dtype=torch.int64, device=device)
             device_values = torch.cat(
                 [
-                    _checksums(targets.to(device)),
+                    no_sums if probs else _checksums(targets.to(device)),
                     torch.zeros(2, dtype=torch.int64, device=device)
                     if class_weight is None
                     else _checksums(class_weight.to(device)),
@@ -1366,7 +1398,10 @@ def sharded_linear_cross_entropy(
     shard_rows = [row["shard"] for row in rows]
     num_classes = sum(shard_rows)
     vocab_start = sum(shard_rows[:rank])
-    if validate:
+    tokens = rows[0]["tokens"]
+    if validate and probs:
+        _check_probability_sums(targets, group)
+    elif validate:
         _check_target_range(targets, num_classes, ignore_index)
     if class_weight is not None:
         # The same vector on every rank (compared above): each rank raises alike.
@@ -1380,9 +1415,7 @@ def sharded_linear_cross_entropy(
         class_weight = class_weight.detach().to(device)
 
     if impl == "auto":
-        impl = (
-            "reference" if targets.numel() * num_classes <= AUTO_REFERENCE_ELEMENTS else "chunked"
-        )
+        impl = "reference" if tokens * num_classes <= AUTO_REFERENCE_ELEMENTS else "chunked"
     options = {
         "ignore_index": ignore_index,
         "reduction": reduction,
@@ -1407,8 +1440,12 @@ def sharded_linear_cross_entropy(
 
     hidden_dim = weight.shape[1]
     h2 = hidden.reshape(-1, hidden_dim)
-    y = targets.reshape(-1).to(device=device, dtype=torch.long)
-    index = (y != ignore_index).nonzero().squeeze(1)
+    if probs:  # every token counts
+        y = targets.reshape(tokens, weight.shape[0])
+        index = torch.arange(tokens, device=device)
+    else:
+        y = targets.reshape(-1).to(device=device, dtype=torch.long)
+        index = (y != ignore_index).nonzero().squeeze(1)
     n = index.numel()
     if chunk_size is None:
         itemsize = torch.empty((), dtype=_compute_dtype(hidden.dtype, device)).element_size()
@@ -1439,7 +1476,7 @@ def sharded_linear_cross_entropy(
     )
     if reduction == "none":
         loss = _ShardedLinearPerToken.apply(h2, weight, bias, y, plan, index)
-        return loss.reshape(targets.shape)
+        return loss.reshape(lead_shape)
     return _ShardedLinearReduced.apply(h2, weight, bias, y, plan, index)
 
 

@@ -152,7 +152,6 @@ def _check_inputs(
     chunk_size: object,
     impl: object,
     validate: bool,
-    allow_probs: bool = False,
     class_weight: object = None,
 ) -> None:
     for name, value in (("hidden", hidden), ("weight", weight), ("targets", targets)):
@@ -196,11 +195,6 @@ def _check_inputs(
         raise TypeError(
             f"`targets` must hold integer class indices (e.g. torch.long) or floating-point "
             f"class probabilities; got dtype {targets.dtype}"
-        )
-    if probs and not allow_probs:
-        raise TypeError(
-            f"`targets` must hold integer class indices (e.g. torch.long) with group= (class "
-            f"probabilities are not supported across ranks); got dtype {targets.dtype}"
         )
     token_shape = tuple(hidden.shape[:-1])
     if probs:
@@ -646,7 +640,8 @@ def linear_cross_entropy(
         chunk_size: Token rows per chunk (> 0), or None for the planner.
         impl: ``"auto"``, ``"chunked"`` or ``"reference"``.
         group: A ``torch.distributed`` process group when ``weight`` holds this rank's rows
-            of a head split by vocabulary, or None for a whole head.
+            of a head split by vocabulary, or None for a whole head. Class probabilities
+            are then this rank's columns of them, shaped (..., V_r).
         validate: Check the target values (a device synchronisation on accelerators).
 
     Returns:
@@ -716,7 +711,6 @@ def linear_cross_entropy(
         chunk_size=chunk_size,
         impl=impl,
         validate=validate,
-        allow_probs=True,
         class_weight=class_weight,
     )
     num_classes, hidden_dim = weight.shape
@@ -865,7 +859,6 @@ def linear_cross_entropy_stats(
         chunk_size=chunk_size,
         impl="chunked",
         validate=validate,
-        allow_probs=True,
         class_weight=class_weight,
     )
     num_classes, hidden_dim = weight.shape
