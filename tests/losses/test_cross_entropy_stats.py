@@ -106,3 +106,26 @@ def test_stats_in_low_precision_are_float32_accurate():
     assert stats.entropy.dtype == torch.bfloat16
     exact = reference_entropy(logits.double().numpy())
     np.testing.assert_allclose(stats.entropy.double().numpy(), exact, rtol=2**-8, atol=1e-6)
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_masked_logits_give_finite_gradients(create_graph):
+    """Logits of -inf (a masked vocabulary) have probability 0 and contribute 0 log 0 = 0
+    to the entropy: its gradient (formed directly, or as a graph) is finite and equals
+    the formula's, 0 at the masked classes, never NaN from 0 * -inf."""
+    logits = torch.tensor([[0.0, -math.inf, 1.0, 0.5], [0.5, 0.2, 0.1, -1.0]], dtype=torch.float64)
+    targets = torch.tensor([2, 0])
+    upstream = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    z = logits.clone().requires_grad_(True)
+    stats = cross_entropy_stats(z, targets, base=2)
+    (grad,) = torch.autograd.grad(
+        (stats.entropy * upstream).sum() + stats.logsumexp.sum(), z, create_graph=create_graph
+    )
+    x = logits.clone().requires_grad_(True)
+    log_p = torch.log_softmax(x, 1)
+    p = log_p.exp()
+    entropy = -(p * torch.where(p > 0, log_p, 0.0)).sum(1) / math.log(2)
+    (expected,) = torch.autograd.grad((entropy * upstream).sum() + torch.logsumexp(x, 1).sum(), x)
+    assert torch.isfinite(grad).all()
+    assert grad[0, 1] == 0
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-14)

@@ -419,3 +419,18 @@ def test_in_place_changes_after_the_loss():
         logits.mul_(2.0)
     with pytest.raises(RuntimeError, match="modified in place"):
         torch.autograd.grad(loss, base, create_graph=True)
+
+
+def test_masked_logits_second_order_matches_torch():
+    """Logits of -inf (masked classes, never the target): the gradient penalty's gradient
+    equals torch's and is finite."""
+    logits = torch.randn(4, 6, dtype=F64, generator=torch.Generator().manual_seed(16))
+    logits[0, 3] = -math.inf
+    logits[2, 1] = -math.inf
+    targets = torch.tensor([0, 1, 2, 5])
+    results = []
+    for loss in (cross_entropy, F.cross_entropy):
+        z = logits.clone().requires_grad_(True)
+        results.append(_penalised_grads(lambda loss=loss, z=z: loss(z, targets), [z])[0])
+    assert torch.isfinite(results[0]).all()
+    torch.testing.assert_close(results[0], results[1], **TIGHT)

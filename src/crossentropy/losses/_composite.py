@@ -102,7 +102,10 @@ def composite_rows(
             loss = loss + (term if w_y is None else term * w_y)
     entropy = None
     if with_entropy:
-        entropy = -(log_p.exp() * log_p).sum(1)
+        # 0 log 0 = 0 at logits of -inf, in the value and in every derivative (a where on
+        # log p, not on the product, whose derivative would be 0 * -inf).
+        p = log_p.exp()
+        entropy = -(p * torch.where(p > 0, log_p, 0.0)).sum(1)
     inv_ln_b = 1.0 / math.log(base)
     if inv_ln_b != 1.0:
         loss = loss * inv_ln_b

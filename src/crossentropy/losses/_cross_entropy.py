@@ -310,7 +310,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
         return grad_logits, grad_targets, *nones
 
 
-def _composite_loss_rows(flat_logits, flat_targets, options):
+def _composite_loss_rows(flat_logits, flat_targets, options, *, with_entropy=False):
     """:func:`composite_rows` of flattened inputs under ``options`` (see ``ctx.options``),
     and the mask of rows that count (None for probability targets)."""
     weight, probs, ignore_index, label_smoothing, z_loss, softcap, base = options
@@ -327,7 +327,7 @@ def _composite_loss_rows(flat_logits, flat_targets, options):
         z_loss=z_loss,
         softcap=softcap,
         base=base,
-        with_entropy=True,
+        with_entropy=with_entropy,
     )
     return rows, valid
 
@@ -609,7 +609,9 @@ class _StatsFunction(torch.autograd.Function):
         nones = (None,) * 7
         flat_logits, flat_targets = _flatten(logits, targets, probs)
         if torch.is_grad_enabled():  # create_graph=True: a gradient to differentiate again
-            rows, valid = _composite_loss_rows(flat_logits, flat_targets, ctx.options)
+            rows, valid = _composite_loss_rows(
+                flat_logits, flat_targets, ctx.options, with_entropy=True
+            )
             loss = rows.loss if valid is None else torch.where(valid, rows.loss, 0.0)
             dtype = logits.dtype
             outputs = [loss.to(dtype), rows.logsumexp.to(dtype), rows.entropy.to(dtype)]
@@ -666,9 +668,11 @@ def _lse_entropy_grad(logits, entropy, grad_lse, grad_entropy, softcap, base):
     if grad_lse is not None:
         grad.add_(p * grad_lse.to(acc).reshape(-1, 1))
     if grad_entropy is not None:
-        # dH/dz_c = -p_c (log p_c + H), H in nats; the entropy output is H / ln(base)
+        # dH/dz_c = -p_c (log p_c + H), H in nats; the entropy output is H / ln(base). A
+        # class with p_c = 0 (a logit of -inf) contributes 0, not 0 * -inf.
         h_nats = entropy.to(acc) * math.log(base)
         g = grad_entropy.to(acc).reshape(-1, 1) / math.log(base)
+        log_p = log_p.masked_fill_(p == 0, 0.0)
         grad.sub_(p * (log_p + h_nats.reshape(-1, 1)) * g)
     if tanh is not None:
         grad.mul_(1 - tanh.square())
