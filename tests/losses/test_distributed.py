@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crossentropy.losses import cross_entropy
+from crossentropy.losses import cross_entropy, linear_cross_entropy
 from tests.losses._dist_worker import run_group, shard_bounds
 from tests.losses.reference_losses import composed_torch_loss
 
@@ -1018,6 +1018,29 @@ def test_group_of_one_probability_target_errors(group_of_one):
         vocab_parallel_cross_entropy(logits, probs.requires_grad_(True), vocab_start=0)
     with pytest.raises(TypeError, match="integer class indices or floating-point"):
         vocab_parallel_cross_entropy(logits, torch.ones(3, dtype=torch.bool), vocab_start=0)
+
+
+def test_group_of_one_under_autocast(group_of_one):
+    """Under autocast: vocab_parallel_cross_entropy returns a float32 loss equal to
+    cross_entropy's there, and the sharded head takes bfloat16 activations with float32
+    weights, equal to the single-process fused head under the same autocast."""
+    from crossentropy.losses import vocab_parallel_cross_entropy
+
+    torch.manual_seed(21)
+    logits = torch.randn(6, 9).to(torch.bfloat16)
+    targets = torch.randint(0, 9, (6,))
+    hidden = torch.randn(6, 5).to(torch.bfloat16)
+    weight = torch.randn(9, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        vocab = vocab_parallel_cross_entropy(logits, targets, vocab_start=0)
+        single = cross_entropy(logits, targets)
+        sharded = linear_cross_entropy(
+            hidden, weight, targets, group=group_of_one, impl="chunked", chunk_size=4
+        )
+        fused = linear_cross_entropy(hidden, weight, targets, impl="chunked", chunk_size=4)
+    assert vocab.dtype == sharded.dtype == torch.float32
+    torch.testing.assert_close(vocab, single, rtol=1e-6, atol=0)
+    torch.testing.assert_close(sharded, fused, rtol=1e-6, atol=0)
 
 
 def test_group_of_one_sharded_head_equals_the_fused_head(group_of_one):

@@ -17,7 +17,7 @@ from torch import nn
 
 from crossentropy.losses._composite import composite_rows, differentiate
 from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
-from crossentropy.losses._options import Reduction, check_options
+from crossentropy.losses._options import Reduction, check_options, loss_dtype
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
@@ -221,6 +221,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
         softcap: float | None,
         base: float,
         track_grad: bool,
+        out_dtype: torch.dtype,
     ) -> torch.Tensor:
         flat_logits, flat_targets = _flatten(logits, targets, probs)
         acc = accumulation_dtype(logits.dtype)
@@ -254,13 +255,14 @@ class _CrossEntropyFunction(torch.autograd.Function):
         ctx.logits = (logits, logits._version)
         saved_logits = logits if ctx.probs_grad else None  # the targets' gradient needs them
         ctx.save_for_backward(terms.grad if want_grad else None, saved_logits, targets, factor)
-        return loss.to(logits.dtype)
+        ctx.out_dtype = out_dtype
+        return loss.to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         grad, logits, targets, factor = ctx.saved_tensors
         weight, probs, _, label_smoothing, _, softcap, base = ctx.options
-        nones = (None,) * 9
+        nones = (None,) * 10
         if torch.is_grad_enabled():  # create_graph=True: a gradient to differentiate again
             logits, version = ctx.logits
             if logits._version != version:
@@ -282,7 +284,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
                 loss = (rows * factor).sum()
             needs = (ctx.needs_input_grad[0], probs and ctx.needs_input_grad[1])
             grad_logits, grad_targets = differentiate(
-                [loss.to(logits.dtype)], [grad_output], [logits, targets], needs
+                [loss.to(ctx.out_dtype)], [grad_output], [logits, targets], needs
             )
             return grad_logits, grad_targets, *nones
         grad_logits = grad_targets = None
@@ -397,6 +399,11 @@ def cross_entropy(
     - An empty or all-ignored batch (more generally a zero weighted denominator) under
       ``reduction="mean"`` gives 0 with a zero gradient, where torch gives NaN.
 
+    Under ``torch.autocast`` the loss of half-precision logits is float32, as torch's is
+    there (autocast runs its cross-entropy in float32); it is computed from the logits as
+    they are, without a float32 copy of them. Outside autocast the loss has the logits'
+    dtype, as with torch.
+
     The gradient is computed in the forward pass when the logits require it and grad mode
     is on (never under ``torch.no_grad()``), and it is the one new block kept for backward,
     in the logits' dtype; the softmax is not saved, and the logits are kept by reference
@@ -484,6 +491,7 @@ def cross_entropy(
         None if softcap is None else float(softcap),
         float(base),
         torch.is_grad_enabled(),
+        loss_dtype(logits.dtype, logits.device),
     )
     if reduction == "none":
         loss = loss.reshape(prepared.out_shape)
@@ -562,6 +570,7 @@ def cross_entropy_stats(
         float(z_loss),
         None if softcap is None else float(softcap),
         float(base),
+        loss_dtype(logits.dtype, logits.device),
     )
     shape = prepared.out_shape
     return TokenStats(loss.reshape(shape), lse.reshape(shape), entropy.reshape(shape))
@@ -582,6 +591,7 @@ class _StatsFunction(torch.autograd.Function):
         z_loss: float,
         softcap: float | None,
         base: float,
+        out_dtype: torch.dtype,
     ):
         flat_logits, flat_targets = _flatten(logits, targets, probs)
         acc = accumulation_dtype(logits.dtype)
@@ -599,21 +609,21 @@ class _StatsFunction(torch.autograd.Function):
         loss = terms.loss if valid is None else torch.where(valid, terms.loss, 0.0)
         ctx.options = (weight, probs, ignore_index, label_smoothing, z_loss, softcap, base)
         ctx.save_for_backward(logits, targets, terms.entropy)
-        dtype = logits.dtype
-        return loss.to(dtype), terms.logsumexp.to(dtype), terms.entropy.to(dtype)
+        ctx.out_dtype = out_dtype
+        return loss.to(out_dtype), terms.logsumexp.to(out_dtype), terms.entropy.to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_loss, grad_lse, grad_entropy):
         logits, targets, entropy = ctx.saved_tensors
         weight, probs, ignore_index, label_smoothing, z_loss, softcap, base = ctx.options
-        nones = (None,) * 7
+        nones = (None,) * 8
         flat_logits, flat_targets = _flatten(logits, targets, probs)
         if torch.is_grad_enabled():  # create_graph=True: a gradient to differentiate again
             rows, valid = _composite_loss_rows(
                 flat_logits, flat_targets, ctx.options, with_entropy=True
             )
             loss = rows.loss if valid is None else torch.where(valid, rows.loss, 0.0)
-            dtype = logits.dtype
+            dtype = ctx.out_dtype
             outputs = [loss.to(dtype), rows.logsumexp.to(dtype), rows.entropy.to(dtype)]
             needs = (ctx.needs_input_grad[0], probs and ctx.needs_input_grad[1])
             grad_logits, grad_targets = differentiate(

@@ -37,7 +37,15 @@ from crossentropy.losses._linear import (
     mean_denominator,
     plan_chunk_rows,
 )
-from crossentropy.losses._options import REDUCTIONS, Reduction, check_class_weight, check_options
+from crossentropy.losses._options import (
+    REDUCTIONS,
+    Reduction,
+    autocast_inputs,
+    check_class_weight,
+    check_options,
+    loss_dtype,
+    no_autocast,
+)
 from crossentropy.losses._products import ChunkProducts, choose_engine
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -615,7 +623,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     """Forward forms the loss and the local gradient; backward scales the gradient."""
 
     @staticmethod
-    def forward(ctx, local_logits, targets, weight, spec, reduction, base, group, want_grad):
+    def forward(
+        ctx, local_logits, targets, weight, spec, reduction, base, group, want_grad, out_dtype
+    ):
         shard = local_logits.shape[-1]
         acc = accumulation_dtype(local_logits.dtype)
         scale = torch.tensor(1.0 / math.log(base), dtype=acc, device=local_logits.device)
@@ -655,7 +665,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             loss = (rows.loss * scale).reshape(out_shape)
         else:
             loss = rows.loss.sum() * scale
-        return loss.to(local_logits.dtype)
+        return loss.to(out_dtype)
 
     @staticmethod
     @first_order_only("vocab_parallel_cross_entropy")
@@ -667,14 +677,14 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                     "vocab_parallel_cross_entropy keeps its gradient for one backward pass; "
                     "call the loss again to differentiate it again"
                 )
-            return (None,) * 8
+            return (None,) * 9
         ctx.grad = None
         ctx.backward_done = True
         if ctx.reduction == "none":
             grad.mul_(grad_output.reshape(-1, 1).to(grad.dtype))
         elif not _is_one(grad_output):
             grad.mul_(grad_output.to(grad.dtype))
-        return grad.reshape(ctx.logits_shape), None, None, None, None, None, None, None
+        return grad.reshape(ctx.logits_shape), *(None,) * 8
 
 
 _VP_FIELDS = {
@@ -938,6 +948,7 @@ def vocab_parallel_cross_entropy(
         float(base),
         group,
         want_grad,
+        loss_dtype(local_logits.dtype, device),
     )
 
 
@@ -957,6 +968,7 @@ class _LinearPlan:
     group: dist.ProcessGroup | None
     want: tuple[bool, bool, bool]  # gradients wanted for hidden, weight, bias
     class_weight: torch.Tensor | None = None  # (V,) over the whole vocabulary
+    out_dtype: torch.dtype | None = None  # of the returned loss (None: hidden's dtype)
 
 
 def _chunk_rows(z, targets, plan: _LinearPlan, **kwargs) -> _Rows:
@@ -970,7 +982,13 @@ def _chunk_rows(z, targets, plan: _LinearPlan, **kwargs) -> _Rows:
     return _shard_rows(z, targets, plan.spec, weight=plan.class_weight, group=plan.group, **kwargs)
 
 
-def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, grad_scale):
+def _sharded_pass(*args, **kwargs):
+    """:func:`_sharded_sweep` with autocast off (its products keep their designed dtypes)."""
+    with no_autocast(args[0].device):
+        return _sharded_sweep(*args, **kwargs)
+
+
+def _sharded_sweep(hidden, weight, bias, targets, plan: _LinearPlan, index, *, grad_scale):
     """One sweep over the chunks of kept tokens (``index``) of this rank's vocabulary rows.
 
     ``grad_scale`` is None (losses only) or a float multiplying every row's gradient (the
@@ -1023,7 +1041,13 @@ def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, gr
     return loss, lse, q_sum, dh, dw, db
 
 
-def _sharded_weight_grads(hidden, weight, bias, targets, plan, index, lse, q_sum, scale):
+def _sharded_weight_grads(*args):
+    """:func:`_sharded_weight_sweep` with autocast off."""
+    with no_autocast(args[0].device):
+        return _sharded_weight_sweep(*args)
+
+
+def _sharded_weight_sweep(hidden, weight, bias, targets, plan, index, lse, q_sum, scale):
     """Backward of ``reduction="none"``: recompute each chunk's logits and form the local
     weight and bias gradients of ``sum_i scale_i * loss_i``, with no collective (the
     log-sum-exp of every kept token was stored by the forward pass)."""
@@ -1090,7 +1114,7 @@ class _ShardedLinearReduced(torch.autograd.Function):
             None if dw is None else dw.to(weight.dtype),
             None if db is None else db.to(bias.dtype),
         )
-        return (loss.sum() * factor).to(hidden.dtype)
+        return (loss.sum() * factor).to(plan.out_dtype or hidden.dtype)
 
     @staticmethod
     @first_order_only("linear_cross_entropy with group=")
@@ -1120,7 +1144,8 @@ class _ShardedLinearPerToken(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, bias, targets, index, lse, q_sum, dh)
         ctx.anchors = (hidden, weight, bias)
         ctx.plan = plan
-        return _scatter_rows(loss * inv_ln_b, index, hidden.shape[0], hidden.dtype)
+        out_dtype = plan.out_dtype or hidden.dtype
+        return _scatter_rows(loss * inv_ln_b, index, hidden.shape[0], out_dtype)
 
     @staticmethod
     @first_order_only("linear_cross_entropy with group=")
@@ -1310,6 +1335,7 @@ def sharded_linear_cross_entropy(
     if not isinstance(hidden, torch.Tensor):
         raise TypeError(f"`hidden` must be a torch.Tensor; got {type(hidden).__name__}")
     device = hidden.device
+    hidden, weight, bias = autocast_inputs(hidden, weight, bias)
 
     local_error: Exception | None = None
     values: dict[str, int] = {name: 0 for name in _LINEAR_FIELDS}
@@ -1473,6 +1499,7 @@ def sharded_linear_cross_entropy(
         group=group,
         want=want,
         class_weight=class_weight,
+        out_dtype=loss_dtype(hidden.dtype, device),
     )
     if reduction == "none":
         loss = _ShardedLinearPerToken.apply(h2, weight, bias, y, plan, index)

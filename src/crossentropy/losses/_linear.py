@@ -36,7 +36,14 @@ from torch import nn
 
 from crossentropy.losses._composite import differentiate
 from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
-from crossentropy.losses._options import Reduction, check_class_weight, check_options
+from crossentropy.losses._options import (
+    Reduction,
+    autocast_inputs,
+    check_class_weight,
+    check_options,
+    loss_dtype,
+    no_autocast,
+)
 from crossentropy.losses._products import ChunkProducts, choose_engine
 
 Impl = Literal["auto", "chunked", "reference"]
@@ -311,7 +318,13 @@ def _kernel_options(opts: dict) -> dict:
     }
 
 
-def _fused_pass(
+def _fused_pass(*args, **kwargs):
+    """:func:`_fused_sweep` with autocast off (its products keep their designed dtypes)."""
+    with no_autocast(args[0].device):
+        return _fused_sweep(*args, **kwargs)
+
+
+def _fused_sweep(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -464,7 +477,10 @@ def _second_order(ctx, grad_output):
         base=opts["base"],
     )
     grads = differentiate(
-        [loss.to(hidden.dtype)], [grad_output], [hidden, weight, bias], ctx.needs_input_grad[:3]
+        [loss.to(opts["out_dtype"])],
+        [grad_output],
+        [hidden, weight, bias],
+        ctx.needs_input_grad[:3],
     )
     return (*grads, None, None, None)
 
@@ -494,7 +510,7 @@ class _ChunkedReduced(torch.autograd.Function):
         # The inputs (not copies), for a second backward pass, which recomputes.
         ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.opts, ctx.rows, ctx.scale = opts, rows, scale
-        return total.to(hidden.dtype)
+        return total.to(opts["out_dtype"])
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -534,7 +550,7 @@ class _ChunkedPerToken(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.opts = opts
         ctx.rows = rows
-        return loss.to(hidden.dtype)
+        return loss.to(opts["out_dtype"])
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -605,6 +621,10 @@ def linear_cross_entropy(
     their matrix products in float32 on CPU (half products are emulated there) and in their
     own dtype with float32 accumulation on GPU; the softmax and the weight gradient's sum
     over chunks are always float32; the gradients are returned in the inputs' dtypes.
+    Under ``torch.autocast`` the inputs are first cast to autocast's dtype, as ``F.linear``
+    would cast them (so bfloat16 activations meet float32 master weights), the products
+    then run as they do for that dtype, and the loss is float32, as torch's
+    cross-entropy is under autocast.
 
     Chunk size: ``chunk_size=None`` takes :func:`plan_chunk_rows` of (tokens that count,
     D, V): max(D // 4, 160) rows, capped so that a chunk's logits fit in 128 MiB (512 MiB
@@ -676,6 +696,7 @@ def linear_cross_entropy(
         Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models" (2024), the
         fused head that never materialises the logits.
     """
+    hidden, weight, bias = autocast_inputs(hidden, weight, bias)
     if group is not None:
         # Imported here: the vocabulary-parallel module builds on this one.
         from crossentropy.losses._distributed import sharded_linear_cross_entropy
@@ -747,6 +768,7 @@ def linear_cross_entropy(
         "z_loss": float(z_loss),
         "softcap": None if softcap is None else float(softcap),
         "base": float(base),
+        "out_dtype": loss_dtype(hidden.dtype, hidden.device),
     }
     h2 = hidden.reshape(-1, hidden_dim)
     y = targets.reshape(-1, num_classes) if probs else targets.reshape(-1).to(torch.long)
@@ -759,14 +781,14 @@ def linear_cross_entropy(
             h2, weight, bias, y, opts, rows, grad_scale=None, want=(False,) * 3
         )
         if reduction == "none":
-            return loss.to(hidden.dtype).reshape(token_shape)
+            return loss.to(opts["out_dtype"]).reshape(token_shape)
         count = (
             mean_denominator(y, opts["ignore_index"], opts["class_weight"])
             if reduction == "mean"
             else 1
         )
         total = loss.sum() / count if count > 0 else loss.sum()
-        return total.to(hidden.dtype)
+        return total.to(opts["out_dtype"])
     if reduction == "none":
         return _ChunkedPerToken.apply(h2, weight, bias, y, opts, rows).reshape(token_shape)
     return _ChunkedReduced.apply(h2, weight, bias, y, opts, rows)
@@ -845,6 +867,7 @@ def linear_cross_entropy_stats(
     """
     from crossentropy.losses._cross_entropy import TokenStats
 
+    hidden, weight, bias = autocast_inputs(hidden, weight, bias)
     _check_inputs(
         hidden,
         weight,
@@ -866,7 +889,7 @@ def linear_cross_entropy_stats(
     cdt = _compute_dtype(hidden.dtype, device)
     acc = accumulation_dtype(hidden.dtype)
     probs = targets.is_floating_point()
-    with torch.no_grad():
+    with torch.no_grad(), no_autocast(device):
         h2 = hidden.detach().reshape(-1, hidden_dim)
         n = h2.shape[0]
         if probs:
@@ -905,7 +928,7 @@ def linear_cross_entropy_stats(
                 entropy[start:stop] = terms.entropy
             loss.masked_fill_(~keep, 0.0)
     shape = hidden.shape[:-1]
-    dtype = hidden.dtype
+    dtype = loss_dtype(hidden.dtype, device)
     return TokenStats(
         loss.to(dtype).reshape(shape),
         lse.to(dtype).reshape(shape),

@@ -10,6 +10,7 @@ weights being nonnegative and finite) forces a device synchronisation and is ski
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from typing import Literal, get_args
@@ -153,4 +154,64 @@ def check_class_weight(
             )
 
 
-__all__ = ["REDUCTIONS", "Reduction", "check_class_weight", "check_options"]
+def loss_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype a loss is returned in for inputs of ``dtype`` on ``device``: the inputs'
+    own, except that under autocast (``torch.autocast`` enabled for the device) a half
+    dtype gives float32, as torch's ``cross_entropy`` does there (autocast runs it in
+    float32). The losses compute in float32 or float64 either way."""
+    half = dtype in (torch.bfloat16, torch.float16)
+    return torch.float32 if half and autocast_enabled(device) else dtype
+
+
+def autocast_inputs(*tensors: object) -> tuple[object, ...]:
+    """The head's inputs as ``F.linear`` would take them under autocast.
+
+    When ``torch.autocast`` is enabled for the first tensor's device, floating tensors
+    (float32 or half) are cast to the autocast dtype (a differentiable cast: gradients
+    return in each input's own dtype), so that bfloat16 activations meet float32 master
+    weights as they do in an autocast ``nn.Linear``. float64 inputs, non-tensors and
+    everything outside autocast are returned unchanged.
+    """
+    first = next((t for t in tensors if isinstance(t, torch.Tensor)), None)
+    if first is None or not autocast_enabled(first.device):
+        return tensors
+    if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tensors):
+        return tensors
+    try:
+        dtype = torch.get_autocast_dtype(first.device.type)
+    except AttributeError:  # torch < 2.4
+        cpu = first.device.type == "cpu"
+        dtype = torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()
+    return tuple(
+        t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors
+    )
+
+
+def no_autocast(device: torch.device):
+    """A context in which autocast is off for ``device`` (a no-op where it is off already):
+    the losses' own products keep the dtypes they were designed for."""
+    if autocast_enabled(device):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def autocast_enabled(device: torch.device) -> bool:
+    """Whether ``torch.autocast`` is enabled for ``device``'s type in this thread."""
+    try:
+        return bool(torch.is_autocast_enabled(device.type))
+    except TypeError:  # torch < 2.4 takes no device type
+        if device.type == "cpu":
+            return bool(torch.is_autocast_cpu_enabled())
+        return bool(torch.is_autocast_enabled())
+
+
+__all__ = [
+    "REDUCTIONS",
+    "Reduction",
+    "autocast_enabled",
+    "autocast_inputs",
+    "check_class_weight",
+    "check_options",
+    "loss_dtype",
+    "no_autocast",
+]
