@@ -1043,6 +1043,21 @@ def test_group_of_one_under_autocast(group_of_one):
     torch.testing.assert_close(sharded, fused, rtol=1e-6, atol=0)
 
 
+def test_group_of_one_refuses_func_transforms(group_of_one):
+    """Inside torch.func transforms the losses across ranks say they cannot run there."""
+    from crossentropy.losses import vocab_parallel_cross_entropy
+
+    targets = torch.tensor([0, 2])
+    with pytest.raises(RuntimeError, match=r"cannot run inside torch\.func transforms"):
+        torch.func.grad(lambda z: vocab_parallel_cross_entropy(z, targets, vocab_start=0))(
+            torch.randn(2, 3)
+        )
+    with pytest.raises(RuntimeError, match=r"cannot run inside torch\.func transforms"):
+        torch.func.grad(
+            lambda w: linear_cross_entropy(torch.randn(2, 4), w, targets, group=group_of_one)
+        )(torch.randn(3, 4))
+
+
 def test_group_of_one_sharded_head_equals_the_fused_head(group_of_one):
     """On one rank the sharded head is the whole head: it equals linear_cross_entropy."""
     from crossentropy.losses import linear_cross_entropy

@@ -141,6 +141,15 @@ def differentiate(
     return result
 
 
+def functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ``jvp``...) is
+    running: the losses then compute through :func:`composite_rows`, which the transforms
+    can trace, instead of their autograd functions, which they cannot."""
+    functorch = getattr(torch._C, "_functorch", None)
+    peek = getattr(functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
+
+
 # ---------------------------------------------------------------------------------------
 # A clear error where the second-order path is not built.
 
@@ -197,4 +206,10 @@ def first_order_only(name: str) -> Callable:
     return decorate
 
 
-__all__ = ["CompositeRows", "composite_rows", "differentiate", "first_order_only"]
+__all__ = [
+    "CompositeRows",
+    "composite_rows",
+    "differentiate",
+    "first_order_only",
+    "functorch_active",
+]

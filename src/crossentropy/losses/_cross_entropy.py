@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from crossentropy.losses._composite import composite_rows, differentiate
+from crossentropy.losses._composite import composite_rows, differentiate, functorch_active
 from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
 from crossentropy.losses._options import Reduction, check_options, loss_dtype
 
@@ -271,17 +271,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
                     "gradient built with create_graph=True needs them as they were: modify "
                     "a copy, or call the loss after the change"
                 )
-            flat_logits, flat_targets = _flatten(logits, targets, probs)
-            rows, valid = _composite_loss_rows(flat_logits, flat_targets, ctx.options)
-            rows = rows.loss
-            if valid is not None:
-                rows = torch.where(valid, rows, 0.0)
-            if ctx.reduction == "none":
-                loss = rows
-            elif ctx.reduction == "sum":
-                loss = rows.sum()
-            else:
-                loss = (rows * factor).sum()
+            loss = _composite_loss(logits, targets, ctx.options, ctx.reduction)
             needs = (ctx.needs_input_grad[0], probs and ctx.needs_input_grad[1])
             grad_logits, grad_targets = differentiate(
                 [loss.to(ctx.out_dtype)], [grad_output], [logits, targets], needs
@@ -310,6 +300,25 @@ class _CrossEntropyFunction(torch.autograd.Function):
             )
             grad_targets = _unflatten(grad_targets, targets.shape)
         return grad_logits, grad_targets, *nones
+
+
+def _composite_loss(logits, targets, options, reduction):
+    """The loss of :class:`_CrossEntropyFunction` as plain torch operations, in the
+    accumulation dtype (flat per token for ``"none"``): the graph a second-order backward
+    pass differentiates and what ``torch.func`` transforms trace."""
+    weight, probs, ignore_index = options[0], options[1], options[2]
+    flat_logits, flat_targets = _flatten(logits, targets, probs)
+    acc = accumulation_dtype(logits.dtype)
+    _, valid, factor = _row_scales(flat_targets, probs, weight, ignore_index, reduction, acc)
+    rows, _ = _composite_loss_rows(flat_logits, flat_targets, options)
+    rows = rows.loss
+    if valid is not None:
+        rows = torch.where(valid, rows, 0.0)
+    if reduction == "none":
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    return (rows * factor).sum()
 
 
 def _composite_loss_rows(flat_logits, flat_targets, options, *, with_entropy=False):
@@ -415,7 +424,10 @@ def cross_entropy(
     (``retain_graph=True``), as with torch. Gradients of gradients work too (a gradient
     penalty, a Hessian-vector product: ``torch.autograd.grad(..., create_graph=True)``):
     then backward recomputes the loss from the saved logits as plain torch operations and
-    differentiates that, at eager torch's cost.
+    differentiates that, at eager torch's cost. Inside ``torch.func`` transforms
+    (``grad``, ``vmap``, ``jacrev``, ``jvp``, ``hessian``: per-sample gradients,
+    Hessians) the loss is computed by those plain operations from the start, and target
+    values are not checked there (a transform cannot inspect them).
 
     Args:
         logits: Unnormalised scores, shape (C), (N, C) or (N, C, d1, ..., dk) with C = V
@@ -478,7 +490,21 @@ def cross_entropy(
         ignore_index=ignore_index,
         validate=validate,
     )
-    prepared = _prepare(logits, targets, ignore_index, validate)
+    traced = functorch_active()  # values cannot be inspected inside torch.func transforms
+    prepared = _prepare(logits, targets, ignore_index, validate and not traced)
+    if traced:
+        options = (
+            weight,
+            prepared.probs,
+            int(ignore_index),
+            float(label_smoothing),
+            float(z_loss),
+            None if softcap is None else float(softcap),
+            float(base),
+        )
+        loss = _composite_loss(prepared.logits, prepared.targets, options, reduction)
+        loss = loss.to(loss_dtype(logits.dtype, logits.device))
+        return loss.reshape(prepared.out_shape) if reduction == "none" else loss
     loss = _CrossEntropyFunction.apply(
         prepared.logits,
         prepared.targets,
@@ -559,7 +585,27 @@ def cross_entropy_stats(
         ignore_index=ignore_index,
         validate=validate,
     )
-    prepared = _prepare(logits, targets, ignore_index, validate)
+    traced = functorch_active()  # values cannot be inspected inside torch.func transforms
+    prepared = _prepare(logits, targets, ignore_index, validate and not traced)
+    if traced:
+        options = (
+            weight,
+            prepared.probs,
+            int(ignore_index),
+            float(label_smoothing),
+            float(z_loss),
+            None if softcap is None else float(softcap),
+            float(base),
+        )
+        flat_logits, flat_targets = _flatten(prepared.logits, prepared.targets, prepared.probs)
+        rows, valid = _composite_loss_rows(flat_logits, flat_targets, options, with_entropy=True)
+        loss = rows.loss if valid is None else torch.where(valid, rows.loss, 0.0)
+        dtype, shape = loss_dtype(logits.dtype, logits.device), prepared.out_shape
+        return TokenStats(
+            loss.to(dtype).reshape(shape),
+            rows.logsumexp.to(dtype).reshape(shape),
+            rows.entropy.to(dtype).reshape(shape),
+        )
     loss, lse, entropy = _StatsFunction.apply(
         prepared.logits,
         prepared.targets,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from crossentropy.losses._composite import first_order_only
+from crossentropy.losses._composite import first_order_only, functorch_active
 from crossentropy.losses._kernel import accumulation_dtype, default_slice_rows
 from crossentropy.losses._linear import (
     AUTO_REFERENCE_ELEMENTS,
@@ -107,6 +107,15 @@ def _require_group(group: dist.ProcessGroup | None) -> tuple[int, int]:
             "use crossentropy.losses.cross_entropy for logits held by one process"
         )
     return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _refuse_functorch(name: str) -> None:
+    if functorch_active():
+        raise RuntimeError(
+            f"{name} cannot run inside torch.func transforms (grad, vmap, jacrev, ...): it "
+            "exchanges values between ranks, which the transforms cannot trace; gather the "
+            "logits and use crossentropy.losses.cross_entropy there"
+        )
 
 
 def _checksums(values: torch.Tensor) -> torch.Tensor:
@@ -832,6 +841,7 @@ def vocab_parallel_cross_entropy(
         Model Parallelism", 2019 (the vocabulary-parallel cross-entropy).
     """
     _, world = _require_group(group)
+    _refuse_functorch("vocab_parallel_cross_entropy")
     if not isinstance(local_logits, torch.Tensor):
         raise TypeError(f"`local_logits` must be a torch.Tensor; got {type(local_logits).__name__}")
     device = local_logits.device
@@ -1332,6 +1342,7 @@ def sharded_linear_cross_entropy(
         Shoeybi et al., "Megatron-LM" (2019), the vocabulary-parallel cross-entropy.
     """
     rank, world = _require_group(group)
+    _refuse_functorch("linear_cross_entropy with group=")
     if not isinstance(hidden, torch.Tensor):
         raise TypeError(f"`hidden` must be a torch.Tensor; got {type(hidden).__name__}")
     device = hidden.device

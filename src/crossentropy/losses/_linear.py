@@ -34,7 +34,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from crossentropy.losses._composite import differentiate
+from crossentropy.losses._composite import differentiate, functorch_active
 from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
 from crossentropy.losses._options import (
     Reduction,
@@ -718,6 +718,7 @@ def linear_cross_entropy(
             group=group,
             validate=validate,
         )
+    traced = functorch_active()  # values cannot be inspected inside torch.func transforms
     _check_inputs(
         hidden,
         weight,
@@ -731,12 +732,14 @@ def linear_cross_entropy(
         base=base,
         chunk_size=chunk_size,
         impl=impl,
-        validate=validate,
+        validate=validate and not traced,
         class_weight=class_weight,
     )
     num_classes, hidden_dim = weight.shape
     probs = targets.is_floating_point()
     token_shape = hidden.shape[:-1]
+    if traced:
+        impl = "reference"  # plain torch operations, which the transforms can trace
     if impl == "auto":
         tiny = hidden.numel() // max(hidden_dim, 1) * num_classes <= AUTO_REFERENCE_ELEMENTS
         impl = "reference" if tiny else "chunked"
@@ -868,6 +871,7 @@ def linear_cross_entropy_stats(
     from crossentropy.losses._cross_entropy import TokenStats
 
     hidden, weight, bias = autocast_inputs(hidden, weight, bias)
+    traced = functorch_active()  # values cannot be inspected inside torch.func transforms
     _check_inputs(
         hidden,
         weight,
@@ -881,10 +885,29 @@ def linear_cross_entropy_stats(
         base=base,
         chunk_size=chunk_size,
         impl="chunked",
-        validate=validate,
+        validate=validate and not traced,
         class_weight=class_weight,
     )
     num_classes, hidden_dim = weight.shape
+    if traced:  # the unfused statistics, which the transforms can trace
+        from crossentropy.losses._cross_entropy import cross_entropy_stats
+
+        probs = targets.is_floating_point()
+        b = None if bias is None else bias.detach()
+        logits = nn.functional.linear(hidden.detach(), weight.detach(), b)
+        stats = cross_entropy_stats(
+            logits.reshape(-1, num_classes),
+            targets.reshape(-1, num_classes) if probs else targets.reshape(-1),
+            weight=class_weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            base=base,
+            validate=False,
+        )
+        shape = hidden.shape[:-1]
+        return TokenStats(*(t.detach().reshape(shape) for t in stats))
     device = hidden.device
     cdt = _compute_dtype(hidden.dtype, device)
     acc = accumulation_dtype(hidden.dtype)
