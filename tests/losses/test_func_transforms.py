@@ -120,3 +120,28 @@ def test_fused_head_inside_transforms():
     expected = linear_cross_entropy_stats(hidden, weight, y)
     for got, want in zip(stats, expected, strict=True):
         torch.testing.assert_close(got.reshape(-1), want, **TIGHT)
+
+
+def test_forward_mode_ad_matches_torch():
+    """Dual tensors (torch.autograd.forward_ad): the loss's tangent equals torch's, for the
+    plain loss and for the fused head's tangent in the weight direction."""
+    import torch.autograd.forward_ad as fwad
+
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(5, 6, dtype=F64, generator=gen)
+    tangent = torch.randn(5, 6, dtype=F64, generator=gen)
+    y = torch.tensor([0, 5, -100, 2, 3])
+    hidden = torch.randn(5, 3, dtype=F64, generator=gen)
+    weight = torch.randn(6, 3, dtype=F64, generator=gen)
+    w_tangent = torch.randn(6, 3, dtype=F64, generator=gen)
+    tangents = []
+    for ce, head in (
+        (cross_entropy, lambda h, w: linear_cross_entropy(h, w, y, impl="chunked")),
+        (F.cross_entropy, lambda h, w: F.cross_entropy(F.linear(h, w), y)),
+    ):
+        with fwad.dual_level():
+            loss = ce(fwad.make_dual(logits, tangent), y, label_smoothing=0.1)
+            fused = head(hidden, fwad.make_dual(weight, w_tangent))
+            tangents.append((fwad.unpack_dual(loss).tangent, fwad.unpack_dual(fused).tangent))
+    for ours, theirs in zip(*tangents, strict=True):
+        torch.testing.assert_close(ours, theirs, **TIGHT)

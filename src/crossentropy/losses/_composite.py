@@ -150,6 +150,20 @@ def functorch_active() -> bool:
     return peek is not None and peek() is not None
 
 
+def traced(*tensors: object) -> bool:
+    """Whether the losses must compute through plain torch operations: inside a
+    ``torch.func`` transform, or when an input carries a forward-mode tangent
+    (``torch.autograd.forward_ad``), which the autograd functions do not propagate."""
+    if functorch_active():
+        return True
+    from torch.autograd import forward_ad
+
+    return any(
+        isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None
+        for t in tensors
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # A clear error where the second-order path is not built.
 
@@ -212,4 +226,5 @@ __all__ = [
     "differentiate",
     "first_order_only",
     "functorch_active",
+    "traced",
 ]

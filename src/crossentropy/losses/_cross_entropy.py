@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from crossentropy.losses._composite import composite_rows, differentiate, functorch_active
+from crossentropy.losses._composite import composite_rows, differentiate, traced
 from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
 from crossentropy.losses._options import Reduction, check_options, loss_dtype
 
@@ -426,8 +426,9 @@ def cross_entropy(
     then backward recomputes the loss from the saved logits as plain torch operations and
     differentiates that, at eager torch's cost. Inside ``torch.func`` transforms
     (``grad``, ``vmap``, ``jacrev``, ``jvp``, ``hessian``: per-sample gradients,
-    Hessians) the loss is computed by those plain operations from the start, and target
-    values are not checked there (a transform cannot inspect them).
+    Hessians) and for inputs with a forward-mode tangent (``torch.autograd.forward_ad``)
+    the loss is computed by those plain operations from the start; target values are not
+    checked inside transforms (a transform cannot inspect them).
 
     Args:
         logits: Unnormalised scores, shape (C), (N, C) or (N, C, d1, ..., dk) with C = V
@@ -490,9 +491,9 @@ def cross_entropy(
         ignore_index=ignore_index,
         validate=validate,
     )
-    traced = functorch_active()  # values cannot be inspected inside torch.func transforms
-    prepared = _prepare(logits, targets, ignore_index, validate and not traced)
-    if traced:
+    plain = traced(logits, targets)  # torch.func or forward-mode AD: plain operations
+    prepared = _prepare(logits, targets, ignore_index, validate and not plain)
+    if plain:
         options = (
             weight,
             prepared.probs,
@@ -585,9 +586,9 @@ def cross_entropy_stats(
         ignore_index=ignore_index,
         validate=validate,
     )
-    traced = functorch_active()  # values cannot be inspected inside torch.func transforms
-    prepared = _prepare(logits, targets, ignore_index, validate and not traced)
-    if traced:
+    plain = traced(logits, targets)  # torch.func or forward-mode AD: plain operations
+    prepared = _prepare(logits, targets, ignore_index, validate and not plain)
+    if plain:
         options = (
             weight,
             prepared.probs,

@@ -34,7 +34,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from crossentropy.losses._composite import differentiate, functorch_active
+from crossentropy.losses._composite import differentiate, traced
 from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
 from crossentropy.losses._options import (
     Reduction,
@@ -718,7 +718,7 @@ def linear_cross_entropy(
             group=group,
             validate=validate,
         )
-    traced = functorch_active()  # values cannot be inspected inside torch.func transforms
+    plain = traced(hidden, weight, bias, targets)  # torch.func or forward-mode AD
     _check_inputs(
         hidden,
         weight,
@@ -732,13 +732,13 @@ def linear_cross_entropy(
         base=base,
         chunk_size=chunk_size,
         impl=impl,
-        validate=validate and not traced,
+        validate=validate and not plain,
         class_weight=class_weight,
     )
     num_classes, hidden_dim = weight.shape
     probs = targets.is_floating_point()
     token_shape = hidden.shape[:-1]
-    if traced:
+    if plain:
         impl = "reference"  # plain torch operations, which the transforms can trace
     if impl == "auto":
         tiny = hidden.numel() // max(hidden_dim, 1) * num_classes <= AUTO_REFERENCE_ELEMENTS
@@ -871,7 +871,7 @@ def linear_cross_entropy_stats(
     from crossentropy.losses._cross_entropy import TokenStats
 
     hidden, weight, bias = autocast_inputs(hidden, weight, bias)
-    traced = functorch_active()  # values cannot be inspected inside torch.func transforms
+    plain = traced(hidden, weight, bias, targets)  # torch.func or forward-mode AD
     _check_inputs(
         hidden,
         weight,
@@ -885,11 +885,11 @@ def linear_cross_entropy_stats(
         base=base,
         chunk_size=chunk_size,
         impl="chunked",
-        validate=validate and not traced,
+        validate=validate and not plain,
         class_weight=class_weight,
     )
     num_classes, hidden_dim = weight.shape
-    if traced:  # the unfused statistics, which the transforms can trace
+    if plain:  # the unfused statistics, which the transforms can trace
         from crossentropy.losses._cross_entropy import cross_entropy_stats
 
         probs = targets.is_floating_point()
