@@ -15,7 +15,11 @@ float32 on CPU where torch has it) and on the ``torch.mm`` engine (``ours_mm``).
   operations at the best float32 rate seen for a 2048³ product on either engine in this
   torch: ``torch.mm`` (MKL, which on AMD CPUs runs its AVX2 path) or oneDNN's inner product
   (AVX-512 wherever the CPU has it). The floor at ``torch.mm``'s rate alone is reported
-  beside it, as ``floor_mm``: it is what eager and torch's fused loss run at.
+  beside it, as ``floor_mm``: it is what eager and torch's fused loss run at. A third,
+  ``floor_shapes``, is the measured time of the loss's three products at their own full
+  sizes, as eager forms them (logits (N, D) x (D, V), hidden gradient (N, V) x (V, D),
+  weight gradient (V, N) x (N, D)), each on its faster engine: the matrix work alone at
+  this problem's shapes, for reference; the targets are judged against ``floor``.
 
 Targets (issue 4): ours <= 1.10x the floor, <= 0.9x eager, <= 1.0x torch's chunked path,
 and memory above the inputs and gradients <= 5 % of eager's.
@@ -78,6 +82,38 @@ def _matmul_rates(size: int = 2048, repeat: int = 3) -> dict[str, float]:
     return {
         name: 2 * size**3 / best_time(fn, repeat=repeat, warmup=1) for name, fn in products.items()
     }
+
+
+def _product_seconds(hidden, weight, repeat: int = 2) -> dict[str, float]:
+    """Best time of each of the loss's three products at its own full size, as eager forms
+    them, on the faster engine for each: the logits (N, D) x (D, V), the hidden gradient
+    (N, V) x (V, D) and the weight gradient (V, N) x (N, D). Operands are prepared (and
+    transposed copies made) outside the timed calls."""
+    import torch
+
+    from crossentropy.losses._products import onednn_available
+
+    h = hidden.detach()
+    w = weight.detach()
+    g = torch.randn(h.shape[0], w.shape[0]).div_(w.shape[0])
+    g_t = g.T.contiguous()
+    h_t = h.T.contiguous()
+    w_t = w.T.contiguous()
+    engines = {
+        "logits": [lambda: torch.mm(h, w.T)],
+        "hidden_grad": [lambda: torch.mm(g, w)],
+        "weight_grad": [lambda: torch.mm(g_t, h)],
+    }
+    if onednn_available():
+        linear = torch.ops.mkldnn._linear_pointwise
+        engines["logits"].append(lambda: linear(h, w, None, "none", [], ""))
+        engines["hidden_grad"].append(lambda: linear(g, w_t, None, "none", [], ""))
+        engines["weight_grad"].append(lambda: linear(g_t, h_t, None, "none", [], ""))
+    seconds = {
+        name: min(best_time(fn, repeat=repeat, warmup=1) for fn in fns)
+        for name, fns in engines.items()
+    }
+    return seconds
 
 
 def _inputs(n: int, d: int, v: int):
@@ -176,12 +212,15 @@ def run_timing(n: int, d: int, v: int, chunk: int, rounds: int) -> dict:
     rates.append(_matmul_rates(repeat=2))
     by_engine = {name: max(r[name] for r in rates) for name in rates[0]}
     rate = max(by_engine.values())
+    products = _product_seconds(hidden, weight)
     return {
         "times_s": best,
         "rate_flops": rate,
         "rate_flops_by_engine": by_engine,
         "floor_s": 6 * n * d * v / rate,
         "floor_mm_s": 6 * n * d * v / by_engine["torch_mm"],
+        "products_s": products,
+        "floor_shapes_s": sum(products.values()),
         "rounds": rounds,
         "rates_flops": rates,
     }
@@ -211,6 +250,7 @@ def bench_shape(n: int, d: int, v: int, *, rounds: int) -> dict:
     ratios = {
         "vs_floor": times["ours"] / floor,
         "vs_floor_mm": times["ours"] / timing["floor_mm_s"],
+        "vs_floor_shapes": times["ours"] / timing["floor_shapes_s"],
         "vs_eager": times["ours"] / times["eager"],
         "vs_torch_lce_best": times["ours"] / min(times["torch_lce"], times["torch_lce_chunk"]),
         "memory_vs_eager": memory["ours"]["extra_bytes"] / eager_extra,
@@ -234,6 +274,7 @@ def bench_shape(n: int, d: int, v: int, *, rounds: int) -> dict:
         },
         "floor_s": floor,
         "floor_mm_s": timing["floor_mm_s"],
+        "floor_shapes_s": timing["floor_shapes_s"],
         "times_s": times,
         "memory": memory,
         "timing": timing,
@@ -269,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
         label = f"{s['N']}x{s['D']}x{s['V']}"
         times = run["times_s"]
         eager_extra = run["memory"]["eager"]["extra_bytes"]
-        for name, key in (("floor", "floor_s"), ("floor_mm", "floor_mm_s")):
+        floors = ("floor", "floor_mm", "floor_shapes")
+        for name, key in ((f, f + "_s") for f in floors):
             seconds = run[key]
             rows.append([label, name, seconds, seconds / run["floor_s"], seconds / times["eager"]])
             rows[-1] += ["-", "-"]
