@@ -1058,6 +1058,21 @@ def test_group_of_one_refuses_func_transforms(group_of_one):
         )(torch.randn(3, 4))
 
 
+def test_group_of_one_refuses_class_weights_that_require_grad(group_of_one):
+    """Across ranks the class weights are constants: one that requires a gradient is a
+    clear error, not a gradient silently left empty."""
+    from crossentropy.losses import vocab_parallel_cross_entropy
+
+    targets = torch.tensor([0, 2])
+    weight = torch.rand(3, requires_grad=True)
+    with pytest.raises(ValueError, match="`weight` \\(class weights\\) must not require"):
+        vocab_parallel_cross_entropy(torch.randn(2, 3), targets, vocab_start=0, weight=weight)
+    with pytest.raises(ValueError, match="`class_weight` \\(class weights\\) must not"):
+        linear_cross_entropy(
+            torch.randn(2, 4), torch.randn(3, 4), targets, class_weight=weight, group=group_of_one
+        )
+
+
 def test_group_of_one_sharded_head_equals_the_fused_head(group_of_one):
     """On one rank the sharded head is the whole head: it equals linear_cross_entropy."""
     from crossentropy.losses import linear_cross_entropy

@@ -58,8 +58,8 @@ def composite_rows(
     z - lse``, class weights ``w`` and smoothing ``eps``, the loss of an index target ``y``
     is ``[(1 - eps) w_y (-log p_y) + (eps / V) sum_c w_c (-log p_c) + z_loss w_y lse**2] /
     ln b`` and that of probabilities ``t`` is ``[-sum_c q_c log p_c + z_loss lse**2] /
-    ln b`` with ``q = w ((1 - eps) t + eps / V)``. Every row must hold a valid class; the
-    class weights are constants. Differentiable to any order in ``logits`` and (for
+    ln b`` with ``q = w ((1 - eps) t + eps / V)``. Every row must hold a valid class.
+    Differentiable to any order in ``logits``, in the class weights and (for
     probabilities) in ``targets``.
 
     Examples:
@@ -79,7 +79,7 @@ def composite_rows(
     lse = torch.logsumexp(z, 1)
     log_p = z - lse.unsqueeze(1)
     eps = float(label_smoothing)
-    w = None if weight is None else weight.detach().to(device=z.device, dtype=acc)
+    w = None if weight is None else weight.to(device=z.device, dtype=acc)
     if targets.is_floating_point():
         q = targets.to(acc)
         if eps > 0:
@@ -150,17 +150,23 @@ def functorch_active() -> bool:
     return peek is not None and peek() is not None
 
 
-def traced(*tensors: object) -> bool:
+def traced(*tensors: object, constants: tuple[object, ...] = ()) -> bool:
     """Whether the losses must compute through plain torch operations: inside a
-    ``torch.func`` transform, or when an input carries a forward-mode tangent
-    (``torch.autograd.forward_ad``), which the autograd functions do not propagate."""
+    ``torch.func`` transform, when an input carries a forward-mode tangent
+    (``torch.autograd.forward_ad``), which the autograd functions do not propagate, or
+    when one of ``constants`` (the class weights, which the autograd functions treat as
+    constants) requires a gradient while grad mode is on."""
     if functorch_active():
+        return True
+    if torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in constants
+    ):
         return True
     from torch.autograd import forward_ad
 
     return any(
         isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None
-        for t in tensors
+        for t in (*tensors, *constants)
     )
 
 

@@ -195,7 +195,9 @@ def _row_scales(
         )
         denominator = token_weight.sum()
         # An empty or all-ignored batch (denominator 0) has mean 0 and gradient 0.
-        inverse = torch.where(denominator > 0, 1.0 / denominator, torch.zeros_like(denominator))
+        positive = denominator > 0
+        # The division is guarded too: a where over 1 / 0 would give its gradient NaN.
+        inverse = torch.where(positive, 1.0 / torch.where(positive, denominator, 1.0), 0.0)
         factor = factor * inverse
     return safe, valid, factor
 
@@ -435,7 +437,9 @@ def cross_entropy(
             classes; float64, float32, bfloat16 or float16 (computed in float32 at least).
         targets: Class indices, shape () / (N) / (N, d1, ..., dk), integer, in [0, C) or
             ``ignore_index``; or class probabilities of the logits' shape, floating point.
-        weight: Class weights, shape (C,), finite and >= 0; None for ones.
+        weight: Class weights, shape (C,), finite and >= 0; None for ones. Weights that
+            require a gradient get one (torch gives it for probability targets only),
+            through the plain-torch formulas.
         ignore_index: Target value to skip (class-index targets only).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per token, shaped like the
             targets without the class dimension; ignored tokens give 0).
@@ -491,7 +495,7 @@ def cross_entropy(
         ignore_index=ignore_index,
         validate=validate,
     )
-    plain = traced(logits, targets)  # torch.func or forward-mode AD: plain operations
+    plain = traced(logits, targets, constants=(weight,))  # see _composite.traced
     prepared = _prepare(logits, targets, ignore_index, validate and not plain)
     if plain:
         options = (
@@ -586,7 +590,7 @@ def cross_entropy_stats(
         ignore_index=ignore_index,
         validate=validate,
     )
-    plain = traced(logits, targets)  # torch.func or forward-mode AD: plain operations
+    plain = traced(logits, targets, constants=(weight,))  # see _composite.traced
     prepared = _prepare(logits, targets, ignore_index, validate and not plain)
     if plain:
         options = (

@@ -118,6 +118,14 @@ def _refuse_functorch(name: str) -> None:
         )
 
 
+def _refuse_weight_grad(weight: torch.Tensor | None, name: str) -> None:
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            f"`{name}` (class weights) must not require a gradient across ranks: pass "
+            f"{name}.detach(), or compute the loss on one process for their gradient"
+        )
+
+
 def _checksums(values: torch.Tensor) -> torch.Tensor:
     """Two int64 checksums of a tensor's values (sum and position-weighted sum), on device.
 
@@ -870,6 +878,7 @@ def vocab_parallel_cross_entropy(
             raise ValueError(f"`vocab_start` must be >= 0; got {vocab_start}")
         if weight is not None and not isinstance(weight, torch.Tensor):
             raise TypeError(f"`weight` must be None or a torch.Tensor; got {type(weight).__name__}")
+        _refuse_weight_grad(weight, "weight")
         check_options(
             reduction=reduction,
             label_smoothing=label_smoothing,
@@ -1387,6 +1396,7 @@ def sharded_linear_cross_entropy(
                     "`class_weight` must be a 1-D floating-point tensor; got dtype "
                     f"{class_weight.dtype} and shape {tuple(class_weight.shape)}"
                 )
+            _refuse_weight_grad(class_weight, "class_weight")
         values.update(
             probs=bool(probs),
             tokens=math.prod(lead_shape),

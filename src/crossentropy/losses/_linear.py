@@ -650,7 +650,8 @@ def linear_cross_entropy(
             probabilities.
         bias: (V,) head bias in hidden's dtype, or None.
         class_weight: (V,) nonnegative class weights (``weight`` of ``nn.CrossEntropyLoss``
-            and of torch's ``F.linear_cross_entropy``), or None. They carry no gradient.
+            and of torch's ``F.linear_cross_entropy``), or None. Weights that require a
+            gradient get one, through the unfused computation.
         ignore_index: Target value whose tokens count for nothing.
         reduction: ``"mean"`` over tokens that count, ``"sum"``, or ``"none"`` (per token).
         label_smoothing: Smoothing weight in [0, 1] (torch's definition).
@@ -718,7 +719,7 @@ def linear_cross_entropy(
             group=group,
             validate=validate,
         )
-    plain = traced(hidden, weight, bias, targets)  # torch.func or forward-mode AD
+    plain = traced(hidden, weight, bias, targets, constants=(class_weight,))
     _check_inputs(
         hidden,
         weight,
@@ -871,7 +872,7 @@ def linear_cross_entropy_stats(
     from crossentropy.losses._cross_entropy import TokenStats
 
     hidden, weight, bias = autocast_inputs(hidden, weight, bias)
-    plain = traced(hidden, weight, bias, targets)  # torch.func or forward-mode AD
+    plain = traced(hidden, weight, bias, targets, constants=(class_weight,))
     _check_inputs(
         hidden,
         weight,
