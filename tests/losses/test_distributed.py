@@ -1073,6 +1073,24 @@ def test_group_of_one_refuses_class_weights_that_require_grad(group_of_one):
         )
 
 
+def test_group_of_one_backward_releases_the_logits(group_of_one):
+    """After a backward pass that does not retain the graph, a loss kept for logging does
+    not hold its local logits alive."""
+    import gc
+    import weakref
+
+    from crossentropy.losses import vocab_parallel_cross_entropy
+
+    layer = torch.nn.Linear(4, 5)
+    logits = layer(torch.randn(3, 4))
+    alive = weakref.ref(logits)
+    loss = vocab_parallel_cross_entropy(logits, torch.tensor([0, 4, 2]), vocab_start=0)
+    del logits
+    loss.backward()
+    gc.collect()
+    assert alive() is None
+
+
 def test_group_of_one_sharded_head_equals_the_fused_head(group_of_one):
     """On one rank the sharded head is the whole head: it equals linear_cross_entropy."""
     from crossentropy.losses import linear_cross_entropy

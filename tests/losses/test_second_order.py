@@ -434,3 +434,29 @@ def test_masked_logits_second_order_matches_torch():
         results.append(_penalised_grads(lambda loss=loss, z=z: loss(z, targets), [z])[0])
     assert torch.isfinite(results[0]).all()
     torch.testing.assert_close(results[0], results[1], **TIGHT)
+
+
+def test_logits_are_not_kept_alive_by_the_loss_after_backward():
+    """The reference kept for a second-order pass is dropped by a backward pass that does
+    not retain the graph: a loss kept for logging does not hold its logits, as with torch;
+    with retain_graph=True they stay for a later create_graph pass."""
+    import gc
+    import weakref
+
+    layer = torch.nn.Linear(4, 6)
+    targets = torch.tensor([0, 1, 2])
+    for retain in (False, True):
+        logits = layer(torch.randn(3, 4))
+        alive = weakref.ref(logits)
+        loss = cross_entropy(logits, targets)
+        del logits
+        loss.backward(retain_graph=retain)
+        gc.collect()
+        assert (alive() is not None) == retain
+    (grad,) = torch.autograd.grad(loss, layer.weight, create_graph=True)
+    assert grad.requires_grad
+    loss = cross_entropy(layer(torch.randn(3, 4)), targets)
+    loss.backward(retain_graph=True)
+    loss.backward()  # releases the reference
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        torch.autograd.grad(loss, layer.weight, create_graph=True)

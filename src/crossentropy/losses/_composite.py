@@ -170,6 +170,20 @@ def traced(*tensors: object, constants: tuple[object, ...] = ()) -> bool:
     )
 
 
+def graph_kept() -> bool:
+    """Inside a backward pass: whether autograd keeps the graph afterwards
+    (``retain_graph=True``). References kept on ``ctx`` for a later pass are dropped when it
+    does not, so that they do not outlive the backward pass while the loss is still
+    referenced; where torch does not say, they are kept."""
+    ask = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if ask is None:
+        return True
+    try:
+        return bool(ask())
+    except RuntimeError:  # not inside a backward pass
+        return True
+
+
 # ---------------------------------------------------------------------------------------
 # A clear error where the second-order path is not built.
 
@@ -209,9 +223,11 @@ def first_order_only(name: str) -> Callable:
             building = torch.is_grad_enabled()
             with torch.no_grad():
                 grads = backward(ctx, *grad_outputs)
+            anchors = getattr(ctx, "anchors", ())
+            if not graph_kept():
+                ctx.anchors = ()
             if not building:
                 return grads
-            anchors = getattr(ctx, "anchors", ())
             sources = [t for t in anchors if t is not None and t.requires_grad]
             sources += [g for g in grad_outputs if g is not None and g.requires_grad]
             if not sources:
@@ -232,5 +248,6 @@ __all__ = [
     "differentiate",
     "first_order_only",
     "functorch_active",
+    "graph_kept",
     "traced",
 ]

@@ -15,7 +15,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from crossentropy.losses._composite import composite_rows, differentiate, traced
+from crossentropy.losses._composite import (
+    composite_rows,
+    differentiate,
+    graph_kept,
+    traced,
+)
 from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
 from crossentropy.losses._options import Reduction, check_options, loss_dtype
 
@@ -255,6 +260,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
         # that pass reads them (and checks they were not modified in place since), so a
         # first-order backward pass works after an in-place change, as with torch.
         ctx.logits = (logits, logits._version)
+        ctx.logits_shape = logits.shape
         saved_logits = logits if ctx.probs_grad else None  # the targets' gradient needs them
         ctx.save_for_backward(terms.grad if want_grad else None, saved_logits, targets, factor)
         ctx.out_dtype = out_dtype
@@ -265,8 +271,14 @@ class _CrossEntropyFunction(torch.autograd.Function):
         grad, logits, targets, factor = ctx.saved_tensors
         weight, probs, _, label_smoothing, _, softcap, base = ctx.options
         nones = (None,) * 10
+        kept, ctx.logits = ctx.logits, (ctx.logits if graph_kept() else None)
         if torch.is_grad_enabled():  # create_graph=True: a gradient to differentiate again
-            logits, version = ctx.logits
+            if kept is None:
+                raise RuntimeError(
+                    "cross_entropy's logits were released by an earlier backward pass; pass "
+                    "retain_graph=True to that pass to differentiate through the loss again"
+                )
+            logits, version = kept
             if logits._version != version:
                 raise RuntimeError(
                     "`logits` were modified in place after cross_entropy was computed; a "
@@ -287,7 +299,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
                 grad_logits = grad  # loss.backward(): the gradient is the one from forward
             else:
                 grad_logits = grad * grad_output.to(grad.dtype)
-            grad_logits = _unflatten(grad_logits, ctx.logits[0].shape)
+            grad_logits = _unflatten(grad_logits, ctx.logits_shape)
         if ctx.probs_grad:
             flat_logits, _ = _flatten(logits, targets, probs)
             grad_targets = _probability_target_grad(
