@@ -149,3 +149,96 @@ def test_decode_rejects_bad_data():
         coding.arithmetic_decode(b"", P, -1)
     with pytest.raises(ValueError, match="one row per symbol"):
         coding.arithmetic_decode(b"\0\0\0\0", np.full((2, 4), 0.25), 3)
+
+
+def test_decode_with_too_many_symbols_is_an_error_not_padding():
+    # The coder reads zeros past the end, so decoding 40 or 100 symbols from 10 symbols'
+    # bytes used to return the 10 followed by made-up symbols.
+    symbols = [0, 1, 2, 0, 0, 3, 0, 1, 2, 0]
+    data = coding.arithmetic_encode(symbols, P)
+    for n in (40, 100, 1000):
+        with pytest.raises(DecodeError, match=f"not the encoding of {n} symbols"):
+            coding.arithmetic_decode(data, P, n)
+    with pytest.raises(DecodeError, match="not the encoding of 5 symbols"):
+        coding.arithmetic_decode(b"", P, 5)
+
+
+def test_decode_of_an_absurd_count_fails_fast():
+    # 10**12 symbols used to abort the interpreter in the coder's allocation.
+    data = coding.arithmetic_encode([0, 1, 2, 3], P)
+    with pytest.raises(DecodeError, match="`n` must be at most"):
+        coding.arithmetic_decode(data, P, 10**12)
+
+
+def test_decode_count_bound_admits_the_cheapest_messages():
+    # One symbol of probability 1 - 1e-12 costs about 8.6e-8 bits under the coder's
+    # 24-bit model, so 10**6 of them fit in one word: the bound must not reject them.
+    q = np.array([1 - 1e-12, 1e-12])
+    data = coding.arithmetic_encode(np.zeros(10**6, dtype=np.int64), q)
+    assert len(data) == 4
+    assert not coding.arithmetic_decode(data, q, 10**6).any()
+
+
+@given(models_and_messages(), st.integers(-8, 40), st.data())
+def test_whatever_decodes_re_encodes_to_the_data(case, shift, draw):
+    """Soundness against a wrong `n`, another model, or damage: a result is returned only
+    when its encoding is exactly the data."""
+    symbols, table = case
+    data = bytearray(coding.arithmetic_encode(symbols, table))
+    n = len(symbols)
+    if table.ndim == 1:
+        n = max(0, n + shift)
+    if data and draw.draw(st.booleans()):
+        at = draw.draw(st.integers(0, 8 * len(data) - 1))
+        data[at // 8] ^= 1 << (at % 8)
+    try:
+        decoded = coding.arithmetic_decode(bytes(data), table, n)
+    except DecodeError:
+        return
+    assert decoded.shape == (n,)
+    assert coding.arithmetic_encode(decoded, table) == bytes(data)
+
+
+def test_alphabet_beyond_the_coders_precision_is_a_clear_error():
+    # constriction's 24-bit leaky quantisation gives each symbol at least 2^-24; it
+    # rejected V >= 2^24 - 1 with "Probability distribution not normalizable".
+    v = 2**24 - 1
+    uniform = np.full(v, 1.0 / v)
+    with pytest.raises(ValueError, match="`model` must have at most 16777214 symbols"):
+        coding.arithmetic_encode([0, 1], uniform)
+    with pytest.raises(ValueError, match="`model` must have at most 16777214 symbols"):
+        coding.arithmetic_decode(b"\0\0\0\0", uniform, 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_low_precision_models_that_sum_to_one_in_their_dtype(dtype):
+    q = np.full(10, 0.1, dtype=dtype)
+    q = q / q.sum()  # as close to 1 as the dtype allows
+    if dtype == np.float16:  # off by more than the float64 tolerance that used to apply
+        assert abs(float(q.astype(np.float64).sum()) - 1) > 1e-5
+    symbols = np.arange(10)[::-1]
+    data = coding.arithmetic_encode(symbols, q)
+    np.testing.assert_array_equal(coding.arithmetic_decode(data, q, 10), symbols)
+    assert coding.information_content(symbols, q) == pytest.approx(
+        information_reference(symbols, q), rel=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (np.array([0.5 + 0j, 0.5]), "real probabilities; got dtype complex128"),
+        ("ab", "real probabilities; got dtype <U2"),
+        ([[0.5, 0.5], [1.0]], "array of probabilities"),
+        ([None, 1.0], "real probabilities; got dtype object"),
+    ],
+)
+def test_model_of_the_wrong_type(model, message):
+    with pytest.raises(TypeError, match=message):
+        coding.arithmetic_encode([0], model)
+    with pytest.raises(TypeError, match=message):
+        coding.information_content([0], model)
+
+
+def test_empty_message_has_zero_not_negative_zero_bits():
+    assert math.copysign(1.0, coding.information_content([], P)) == 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,12 @@ __all__ = ["arithmetic_decode", "arithmetic_encode", "information_content"]
 # representable probability. The model is checked here first, so that a bad model is a
 # clear error and not a silently renormalised one.
 
+#: The most symbols the coder's 24-bit fixed point can give a positive probability each
+#: (constriction's leaky quantisation needs V <= 2^24 - 2).
+MAX_ALPHABET = (1 << 24) - 2
+#: Symbols decoded per call into constriction, which bounds its own allocations.
+_DECODE_CHUNK = 1 << 20
+
 
 def _categorical(probabilities: np.ndarray | None = None) -> Any:
     import constriction
@@ -27,9 +34,14 @@ def _categorical(probabilities: np.ndarray | None = None) -> Any:
 def _check_model(model: Any, n: int | None) -> np.ndarray:
     """The model as a float64 array of shape (V,) or (n, V), validated."""
     try:
-        table = np.asarray(model, dtype=np.float64)
+        raw = np.asarray(model)
     except (TypeError, ValueError):
-        raise TypeError(f"`model` must be an array of probabilities; got {model!r}") from None
+        raise TypeError(f"`model` must be an array of probabilities; got {model!r:.80}") from None
+    if raw.dtype.kind not in "biuf":
+        raise TypeError(
+            f"`model` must be an array of real probabilities; got dtype {raw.dtype}: {model!r:.80}"
+        )
+    table = raw.astype(np.float64)
     if table.ndim not in (1, 2):
         raise ValueError(
             "`model` must be one distribution (V,) or one per position (N, V); "
@@ -41,8 +53,16 @@ def _check_model(model: Any, n: int | None) -> np.ndarray:
         raise ValueError(f"`model` must have one row per symbol ({n}); got shape {table.shape}")
     if not np.all(np.isfinite(table)) or np.any(table < 0):
         raise ValueError("`model` must hold finite, non-negative probabilities")
+    if table.shape[-1] > MAX_ALPHABET:
+        raise ValueError(
+            f"`model` must have at most {MAX_ALPHABET} symbols (2^24 - 2, the range coder's "
+            f"24-bit precision); got {table.shape[-1]}"
+        )
     sums = table.sum(axis=-1)
-    tolerance = 1e-6 * max(1, table.shape[-1]) ** 0.5
+    # Relative to the input's own precision: a float32 or float16 model that sums to 1
+    # as closely as its dtype allows is accepted.
+    precision = raw.dtype if raw.dtype.kind == "f" else np.dtype(np.float64)
+    tolerance = max(1e-6 * max(1, table.shape[-1]) ** 0.5, float(np.finfo(precision).eps) ** 0.5)
     off = np.abs(sums - 1.0) > tolerance
     if np.any(off):
         where = int(np.argmax(off)) if table.ndim == 2 else None
@@ -107,7 +127,7 @@ def information_content(symbols: Any, model: Any) -> float:
             f"`model` must have one row per symbol ({array.shape[0]}); got shape {table.shape}"
         )
     with np.errstate(divide="ignore"):
-        return float(-np.sum(np.log2(_probabilities_of(array, table))))
+        return float(-np.sum(np.log2(_probabilities_of(array, table)))) + 0.0  # no -0.0
 
 
 def arithmetic_encode(symbols: Any, model: Any) -> bytes:
@@ -144,14 +164,19 @@ def arithmetic_encode(symbols: Any, model: Any) -> bytes:
         a statistician's perspective", 2022 (constriction). G. N. N. Martin, "Range
         encoding", 1979.
     """
-    import constriction
-
     table = _check_model(model, None)
     array = _check_symbols(symbols, table.shape[-1])
     if table.ndim == 2 and table.shape[0] != array.shape[0]:
         raise ValueError(
             f"`model` must have one row per symbol ({array.shape[0]}); got shape {table.shape}"
         )
+    return _encode(array, table)
+
+
+def _encode(array: np.ndarray, table: np.ndarray) -> bytes:
+    """:func:`arithmetic_encode` of checked symbols (int32) under a checked model."""
+    import constriction
+
     if array.size == 0:
         return b""
     zero = _probabilities_of(array, table) == 0
@@ -174,6 +199,17 @@ def arithmetic_encode(symbols: Any, model: Any) -> bytes:
 def arithmetic_decode(data: bytes, model: Any, n: int) -> np.ndarray:
     """Decode ``n`` symbols coded by :func:`arithmetic_encode` with the same model.
 
+    A range coder will read any bytes as *some* message, and happily decodes more
+    symbols than were coded (from the zeros past the end). So the decoded symbols are
+    encoded again and compared with ``data``: the result is returned only when ``data``
+    is exactly what :func:`arithmetic_encode` gives for it. A wrong ``n`` (too large or
+    too small), a different model, or damaged data raise :class:`DecodeError` instead
+    of returning wrong symbols (at the cost of one more encoding pass). The coder's
+    output is not self-delimiting: the slack of its last 32-bit word can make the same
+    bytes the encoding of a few more (or fewer) likely symbols too, so ``n`` must be
+    known (:func:`compress` stores it); a message of other length is then the decoding
+    of those bytes, a consistent but different message.
+
     Args:
         data: the coded bytes.
         model: the same model as for encoding, shape (V,) or (n, V).
@@ -183,33 +219,79 @@ def arithmetic_decode(data: bytes, model: Any, n: int) -> np.ndarray:
         The symbols, an int64 array of shape (n,).
 
     Raises:
-        DecodeError: ``data`` is not whole 32-bit words, or the coder rejects it.
-            A range coder cannot tell every corruption from a valid message: for
-            integrity use :func:`compress`, whose container carries checksums.
+        DecodeError: ``data`` is not whole 32-bit words, the coder rejects it, or it is
+            not the encoding of any message of ``n`` symbols under ``model`` (a wrong
+            ``n``, another model, or damage that changes the decoded symbols).
         ValueError: ``n`` is negative or the model is not a distribution.
+        TypeError: ``data`` is not bytes-like.
+
+    Examples:
+        >>> p = [.5, .2, .2, .1]
+        >>> data = arithmetic_encode([0, 1, 2, 0, 0, 3, 0, 1, 2, 0], p)
+        >>> arithmetic_decode(data, p, 10).tolist()
+        [0, 1, 2, 0, 0, 3, 0, 1, 2, 0]
+        >>> arithmetic_decode(data, p, 40)
+        Traceback (most recent call last):
+        ...
+        crossentropy._errors.DecodeError: `data` is not the encoding of 40 symbols under \
+`model`: re-encoding the decoded symbols gives other bytes (a wrong `n` or model, or \
+damaged data)
     """
     import constriction
 
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"`n` must be a non-negative integer; got {n!r}")
     n = int(n)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"`data` must be bytes; got {type(data).__name__}")
     table = _check_model(model, n)
     if n == 0 or table.shape[-1] == 1:
-        if data:
+        if len(data):
             raise DecodeError(
                 f"`data` must be empty for a message that costs no bits; got {len(data)} bytes"
             )
         return np.zeros(n, dtype=np.int64)
     words = _bytes_to_words(data)
+    if table.ndim == 1 and n > _most_symbols(words.size, table.shape[-1]):
+        raise DecodeError(
+            f"`n` must be at most {_most_symbols(words.size, table.shape[-1])} for "
+            f"{len(data)} bytes of data and {table.shape[-1]} symbols (each symbol costs at "
+            f"least -log2(1 - (V-1) 2^-24) bits); got {n}"
+        )
+    out = np.empty(n, dtype=np.int64)
     try:
         decoder = constriction.stream.queue.RangeDecoder(words)
-        if table.ndim == 1:
-            out = decoder.decode(_categorical(table), n)
-        else:
-            out = decoder.decode(_categorical(), table)
+        # In chunks, so that constriction never allocates more than a chunk at once.
+        for start in range(0, n, _DECODE_CHUNK):
+            stop = min(n, start + _DECODE_CHUNK)
+            if table.ndim == 1:
+                out[start:stop] = decoder.decode(_categorical(table), stop - start)
+            else:
+                out[start:stop] = decoder.decode(_categorical(), table[start:stop])
     except (ValueError, RuntimeError, AssertionError) as error:
         raise DecodeError(f"range decoder rejected the data: {error}") from None
-    return np.asarray(out, dtype=np.int64)
+    try:
+        again = _encode(out.astype(np.int32), table)
+    except ValueError:  # a decoded symbol has probability 0: not from the encoder
+        again = None
+    if again != bytes(data):
+        raise DecodeError(
+            f"`data` is not the encoding of {n} symbols under `model`: re-encoding the "
+            "decoded symbols gives other bytes (a wrong `n` or model, or damaged data)"
+        )
+    return out
+
+
+def _most_symbols(words: int, alphabet: int) -> int:
+    """A safe upper bound on the symbols that ``words`` 32-bit words can encode.
+
+    The coder gives every symbol at least 2^-24, so no symbol is more likely than
+    1 - (V-1) 2^-24 and each costs at least c = -log2 of that; a range coder emits a
+    word each time its range narrows by 2^32, so a message of I bits of information
+    needs more than (I - 64) / 32 words. Twice (32 words + 64) / c is far above that.
+    """
+    cost = -math.log2(1.0 - (alphabet - 1) * 2.0**-24)
+    return int(2 * (32 * words + 64) / cost) + 1
 
 
 def _words_to_bytes(words: np.ndarray) -> bytes:
