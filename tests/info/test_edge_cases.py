@@ -54,3 +54,43 @@ def test_js_with_subnormal_entries_matches_scipy_in_float64(weights, data):
     expected = scipy_distance.jensenshannon(p.astype(np.float64), q.astype(np.float64), base=2)
     assert np.isfinite(got)
     assert float(got) == pytest.approx(expected**2, rel=1e-5, abs=1e-6)
+
+
+BFLOAT16_BAD = [
+    ([0.5, 0.375], "entropy", r"`p` must sum to 1 along axis -1 \(within [0-9.e-]+ for bfloat16\)"),
+    ([-0.5, 1.5], "entropy", r"`p` must be non-negative; got -0\.5 at index \(0,\)"),
+    ([float("nan"), 1.0], "entropy", r"`p` must contain no NaN; got 1 NaN entry"),
+    ([0.5, 1.5], "information", r"`p` must contain probabilities in \[0, 1\]; got 1\.5 at"),
+    ([0.5, 1.5], "binary_entropy", r"`p` must contain probabilities in \[0, 1\]; got 1\.5 at"),
+    ([-1.0, 1.0], "normalize", r"`x` must be non-negative; got -1 at index \(0,\)"),
+]
+
+
+@pytest.mark.parametrize(("values", "name", "message"), BFLOAT16_BAD)
+def test_bfloat16_bad_input_gets_the_message_not_a_conversion_error(values, name, message):
+    # NumPy has no bfloat16: the message's NumPy copy of the values used to fail first.
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match=message):
+        getattr(info, name)(torch.tensor(values, dtype=torch.bfloat16))
+
+
+def test_bfloat16_pair_names_the_bad_argument():
+    torch = pytest.importorskip("torch")
+    good = torch.tensor([0.5, 0.5], dtype=torch.bfloat16)
+    bad = torch.tensor([0.5, 0.625], dtype=torch.bfloat16)
+    for name in ("cross_entropy", "kl_divergence", "js_divergence"):
+        with pytest.raises(ValueError, match=r"`q` must sum to 1 .* for bfloat16\); got a sum"):
+            getattr(info, name)(good, bad)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (1 + 2**-52, "1.0000000000000002"),  # the next float64 after 1, not a rounded "1"
+        (np.float32(1.1), "1.1"),  # float32's own shortest text, not 1.100000023841858
+        (np.float16(1.001), "1.001"),
+    ],
+)
+def test_a_probability_above_one_is_shown_with_the_digits_that_break_the_rule(value, shown):
+    with pytest.raises(ValueError, match=rf"in \[0, 1\]; got {shown.replace('.', '[.]')} at"):
+        info.information(value)

@@ -225,10 +225,21 @@ def log_function(xp: Any, base: float) -> Callable[[Any], Any]:
 
 
 def _to_numpy(x: Any) -> np.ndarray:
-    """A NumPy copy of a small array, for error messages only."""
+    """A NumPy copy of a small array, for error messages only (bfloat16, which NumPy lacks,
+    is widened to float32 exactly)."""
     if array_api_compat.is_torch_array(x):
-        return x.detach().cpu().numpy()
+        import torch
+
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:
+            x = x.to(torch.float32)
+        return x.numpy()
     return np.asarray(x)
+
+
+def _dtype_name(dtype: Any) -> str:
+    """The dtype's own name for messages: ``float32``, ``bfloat16``."""
+    return str(dtype).rsplit(".", 1)[-1]
 
 
 def _where(flat_mask: np.ndarray, shape: tuple[int, ...]) -> str:
@@ -269,8 +280,10 @@ def _check_entries(xp: Any, array: Any, name: str, *, upper: float | None) -> No
             f"{_where(negative, shape)} ({int(negative.sum())} negative in all)"
         )
     above = flat > upper
+    # str() gives the shortest text that reads back as the value: 1.0000000000000002, not
+    # a rounded 1 that looks allowed.
     raise ValueError(
-        f"`{name}` must contain probabilities in [0, 1]; got {flat[above][0]:.10g} at index "
+        f"`{name}` must contain probabilities in [0, 1]; got {flat[above][0]!s} at index "
         f"{_where(above, shape)}"
     )
 
@@ -348,6 +361,6 @@ def validate_distribution(
         )
     raise ValueError(
         f"`{name}` must sum to 1 along axis {label} (within {tolerance:.3g} for "
-        f"{_numpy_dtype(array.dtype).name}); got a sum of {float(sums_np[worst]):.10g}{where}; "
+        f"{_dtype_name(array.dtype)}); got a sum of {float(sums_np[worst]):.10g}{where}; "
         f"normalise explicitly with `crossentropy.info.normalize({name})` if the values are weights"
     )
