@@ -94,3 +94,23 @@ def test_bfloat16_pair_names_the_bad_argument():
 def test_a_probability_above_one_is_shown_with_the_digits_that_break_the_rule(value, shown):
     with pytest.raises(ValueError, match=rf"in \[0, 1\]; got {shown.replace('.', '[.]')} at"):
         info.information(value)
+
+
+@pytest.mark.parametrize("keepdims", ["no", None, 1, [True]])
+def test_keepdims_must_be_a_bool(xp, keepdims):
+    p = xp.asarray([[0.5, 0.5]])
+    calls = [
+        lambda: info.entropy(p, keepdims=keepdims),
+        lambda: info.cross_entropy(p, p, keepdims=keepdims),
+        lambda: info.kl_divergence(p, p, keepdims=keepdims),
+        lambda: info.js_divergence(p, p, keepdims=keepdims),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"`keepdims` must be True or False; got "):
+            call()
+
+
+def test_keepdims_accepts_numpy_bools(xp):
+    p = xp.asarray([[0.5, 0.5]])
+    assert tuple(info.entropy(p, keepdims=np.True_).shape) == (1, 1)
+    assert tuple(info.entropy(p, keepdims=np.False_).shape) == (1,)

@@ -17,6 +17,7 @@ from crossentropy.info._validate import (
     broadcast_shape,
     check_axis,
     check_base,
+    check_keepdims,
     log_function,
     validate_distribution,
 )
@@ -132,7 +133,7 @@ def entropy(p: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False) 
         ValueError: ``p`` has a negative, NaN or infinite entry, a sum off 1 beyond the
             dtype's tolerance (see ``info.normalize``), no outcomes along ``axis``; ``axis``
             is out of range; ``base`` is not a finite number > 0 and != 1.
-        TypeError: ``p`` is not made of real numbers.
+        TypeError: ``p`` is not made of real numbers; ``keepdims`` is not a bool.
 
     Examples:
         The seed's word distribution and its two prize boxes (``SEED.md``):
@@ -150,6 +151,7 @@ def entropy(p: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False) 
         Information Theory", 2nd ed., Wiley 2006, chapter 2.
     """
     b = check_base(base)
+    keepdims = check_keepdims(keepdims)
     xp, array = as_float_array(p, "p")
     ax = check_axis(axis, array.ndim, "p")
     if _blocked.eligible(array, axis=ax):
@@ -195,7 +197,7 @@ def cross_entropy(
         ValueError: ``p`` or ``q`` has a negative, NaN or infinite entry, a sum off 1, no
             outcomes; the shapes don't broadcast; ``axis`` or ``base`` is invalid.
         TypeError: an input is not made of real numbers, or the two are arrays of
-            different kinds (NumPy and torch).
+            different kinds (NumPy and torch); ``keepdims`` is not a bool.
 
     Examples:
         The seed's classification example: a cat (one-hot label) predicted as
@@ -215,6 +217,7 @@ def cross_entropy(
         sections 2.3 and 5.4 (the cost of coding with the wrong distribution).
     """
     b = check_base(base)
+    keepdims = check_keepdims(keepdims)
     xp, p_array, q_array = as_float_pair(p, q)
     if p_array.shape == q_array.shape and p_array.ndim:
         ax = check_axis(axis, p_array.ndim, subject="`p` and `q` broadcast together")
@@ -289,6 +292,7 @@ def kl_divergence(
         Mathematical Statistics 22 (1951); Cover and Thomas (2006), section 2.3.
     """
     b = check_base(base)
+    keepdims = check_keepdims(keepdims)
     xp, p_array, q_array, ax = _prepare_pair(p, q, axis)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         terms = _relative_terms(xp, p_array, q_array, log_function(xp, b))
@@ -330,6 +334,7 @@ def js_divergence(
         Information Theory 37 (1991).
     """
     b = check_base(base)
+    keepdims = check_keepdims(keepdims)
     xp, p_array, q_array, ax = _prepare_pair(p, q, axis)
     log = log_function(xp, b)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):

@@ -23,6 +23,7 @@ __all__ = [
     "check_axis",
     "check_base",
     "check_distribution",
+    "check_keepdims",
     "check_probabilities",
     "log_function",
     "sum_tolerance",
@@ -192,6 +193,17 @@ def check_axis(axis: Any, ndim: int, name: str = "p", *, subject: str | None = N
             f"dimension{'s' if ndim != 1 else ''}; got {axis}"
         )
     return axis % ndim
+
+
+def check_keepdims(keepdims: Any) -> bool:
+    """Return ``keepdims`` as a bool after checking it is one (``True``/``False``).
+
+    Raises:
+        TypeError: ``keepdims`` is not a bool (a string such as ``"no"`` would be truthy).
+    """
+    if not isinstance(keepdims, (bool, np.bool_)):
+        raise TypeError(f"`keepdims` must be True or False; got {_describe(keepdims)}")
+    return bool(keepdims)
 
 
 def check_base(base: Any) -> float:
