@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 
 import pytest
 
@@ -100,12 +101,19 @@ def test_normalize_and_fractions(capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["0.5,0.6"], r"`p` must sum to 1 .* pass --normalize"),
+        (["0.5,0.6"], r"`P` must sum to 1 .*; pass --normalize to treat the values as weights"),
         (["a,b"], r"`P` must be comma-separated numbers .* got 'a'"),
         ([P, "0.5,0.5"], r"`Q` must have as many outcomes as `P`; got 2 and 4"),
-        (["0.5,nan"], r"`p` must contain no NaN"),
-        ([P, "--base", "1"], r"`base` must be a finite number > 0 and != 1"),
-        (["1.5,-0.5"], r"`p` must be non-negative"),
+        (["0.5,nan"], r"`P` must contain no NaN"),
+        (["1.5,-0.5"], r"`P` must be non-negative"),
+        # Q's errors name Q (they used to name `p`, the parameter of the function called).
+        ([P, "0.5,0.6"], r"^`Q` must sum to 1 .* got a sum of 1\.1; pass --normalize"),
+        ([P, "0.5,nan"], r"^`Q` must contain no NaN"),
+        ([P, "1.5,-0.5"], r"^`Q` must be non-negative; got -0\.5"),
+        ([P, "0,0", "--normalize"], r"^`Q` must have a positive sum"),
+        (["1,-1", "--normalize"], r"^`P` must be non-negative"),
+        # Beyond float64: a message, not an OverflowError from Fraction.__float__.
+        (["1e400,1"], r"^`P` must be numbers within the float64 range .* got '1e400'"),
     ],
 )
 def test_bad_data_raises_for_main_to_report(argv, message):
@@ -120,8 +128,53 @@ def test_through_main_exit_codes(capsys):
     assert "1.760964" in capsys.readouterr().out
     assert main(["measure", "0.5,0.6"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("crossentropy measure: error: `p` must sum to 1")
+    assert err.startswith("crossentropy measure: error: `P` must sum to 1")
     assert len(err.strip().splitlines()) == 1
     with pytest.raises(SystemExit) as usage:
         main(["measure", P, "--base", "x"])
     assert usage.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["1e400,1", "--normalize"], 1, r"`P` must be numbers within the float64 range"),
+        ([P, "0.5,0.6"], 1, r"`Q` must sum to 1"),
+        ([P, "--base", "x"], 2, r"argument --base: must be 2, e, 10 or another number"),
+        # An invalid base is a usage error like a base that is not a number (it was exit 1).
+        ([P, "--base", "1"], 2, r"argument --base: `base` must be a finite number > 0 and != 1"),
+        ([P, "--base", "0"], 2, r"argument --base: `base` must be a finite number > 0"),
+        ([P, "--base", "nan"], 2, r"argument --base: `base` must be a finite number > 0"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_and_the_right_exit_code(capsys, argv, code, message):
+    from crossentropy.cli import main
+
+    try:
+        got = main(["measure", *argv])
+    except SystemExit as usage:
+        got = usage.code
+    assert got == code
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    last = captured.err.strip().splitlines()[-1]
+    assert re.search(message, last)
+    assert "Traceback" not in captured.err
+    assert len(captured.err.strip().splitlines()) == (1 if code == 1 else 2)  # usage + error
+
+
+def test_a_rounding_negative_divergence_prints_as_zero(capsys):
+    # Q is P with one entry moved by one ulp: D(P||Q) computes to about -1.3e-17 (the true
+    # value is about +1e-33), which the table used to print as -0.000000.
+    p, q = "0.040406122494584924,0.959593877505415", "0.04040612249458493,0.959593877505415"
+    assert (
+        float(
+            info.kl_divergence([float(v) for v in p.split(",")], [float(v) for v in q.split(",")])
+        )
+        < 0
+    )
+    assert run_alone([p, q]) == 0
+    out = capsys.readouterr().out
+    assert "-0.000000" not in out
+    rows = dict(line.split() for line in out.splitlines() if line.startswith(("D(", "JS")))
+    assert rows == {"D(P||Q)": "0.000000", "D(Q||P)": "0.000000", "JS(P,Q)": "0.000000"}

@@ -12,6 +12,7 @@ from fractions import Fraction
 from typing import Any
 
 from crossentropy import info
+from crossentropy.info._validate import check_base, check_distribution
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,11 +57,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _base(text: str) -> float:
+    """``--base``: a number, or ``e``; an invalid base is a usage error (exit 2), as is
+    a base that is not a number."""
     if text.strip().lower() == "e":
         return math.e
     try:
-        return float(text)
-    except ValueError:
+        return check_base(float(text))
+    except ValueError as error:
+        if "`base`" in str(error):
+            raise argparse.ArgumentTypeError(str(error)) from None
         raise argparse.ArgumentTypeError(
             f"must be 2, e, 10 or another number; got {text!r}"
         ) from None
@@ -73,6 +78,11 @@ def _parse(text: str, name: str) -> list[float]:
         token = token.strip()
         try:
             values.append(float(Fraction(token)))
+        except OverflowError:  # 1e400: beyond float64
+            raise ValueError(
+                f"`{name}` must be numbers within the float64 range (up to about 1.8e308); "
+                f"got {token!r} in {text!r}"
+            ) from None
         except (ValueError, ZeroDivisionError):
             try:
                 values.append(float(token))  # nan, inf: refused by `info` with its own message
@@ -81,6 +91,25 @@ def _parse(text: str, name: str) -> list[float]:
                     f"`{name}` must be comma-separated numbers such as 0.5,0.25,0.25; "
                     f"got {token!r} in {text!r}"
                 ) from None
+    return values
+
+
+def _distribution(values: list[float], name: str, normalize: bool) -> list[float]:
+    """``values`` checked as a distribution (normalised first with ``--normalize``); the
+    error names the command's own argument, ``P`` or ``Q``."""
+    if normalize:
+        try:
+            values = [float(v) for v in info.normalize(values)]
+        except ValueError as error:
+            raise ValueError(str(error).replace("`x`", f"`{name}`", 1)) from None
+    try:
+        check_distribution(values, name)
+    except ValueError as error:
+        message = str(error)
+        if "normalise explicitly" in message:
+            message = message.split("; normalise explicitly")[0]
+            message += "; pass --normalize to treat the values as weights or counts"
+        raise ValueError(message) from None
     return values
 
 
@@ -96,7 +125,11 @@ def _unit(base: float) -> tuple[str, str]:
 
 
 def _number(value: float) -> str:
-    return "inf" if math.isinf(value) else f"{value:.6f}"
+    if math.isinf(value):
+        return "inf"
+    text = f"{value:.6f}"
+    # A divergence of order -1e-17 (rounding, where the true value is 0) prints as 0.
+    return "0.000000" if text == "-0.000000" else text
 
 
 def _json_number(value: float) -> float | str:
@@ -123,17 +156,11 @@ def _measures(p: list[float], q: list[float] | None, base: float) -> dict[str, A
 def _run(args: argparse.Namespace) -> int:
     p = _parse(args.p, "P")
     q = None if args.q is None else _parse(args.q, "Q")
-    if args.normalize:
-        p = [float(v) for v in info.normalize(p)]
-        q = None if q is None else [float(v) for v in info.normalize(q)]
+    p = _distribution(p, "P", args.normalize)
+    q = None if q is None else _distribution(q, "Q", args.normalize)
     if q is not None and len(q) != len(p):
         raise ValueError(f"`Q` must have as many outcomes as `P`; got {len(q)} and {len(p)}")
-    try:
-        measures = _measures(p, q, args.base)
-    except ValueError as error:
-        if "normalize" not in str(error):
-            raise
-        raise ValueError(f"{error}; on the command line, pass --normalize") from None
+    measures = _measures(p, q, args.base)
     unit, log = _unit(args.base)
     if args.json:
         document = {
