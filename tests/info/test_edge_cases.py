@@ -3,6 +3,8 @@ probabilities, half and bfloat16 error paths, and the options' own type checks."
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -114,3 +116,29 @@ def test_keepdims_accepts_numpy_bools(xp):
     p = xp.asarray([[0.5, 0.5]])
     assert tuple(info.entropy(p, keepdims=np.True_).shape) == (1, 1)
     assert tuple(info.entropy(p, keepdims=np.False_).shape) == (1,)
+
+
+@pytest.mark.parametrize(
+    ("p", "q", "name", "seen"),
+    [
+        ([1.0], [0.5, 0.5], "p", r"`p` of shape \(1,\) has one outcome along axis -1, repeated"),
+        (1.0, [0.5, 0.5], "p", r"`p` of shape \(\) has one outcome along axis -1, repeated"),
+        ([0.5, 0.5], [[1.0], [1.0]], "q", r"`q` of shape \(2, 1\) has one outcome along axis"),
+    ],
+)
+def test_a_distribution_repeated_along_the_outcomes_is_explained(xp, p, q, name, seen):
+    # p = [1.0] sums to 1; broadcast against two outcomes it is [1, 1], which does not:
+    # the message says so instead of suggesting `normalize`.
+    for measure in ("cross_entropy", "kl_divergence", "js_divergence"):
+        with pytest.raises(ValueError, match=rf"^`{name}` must sum to 1 .*got a sum of 2") as error:
+            getattr(info, measure)(xp.asarray(p), xp.asarray(q))
+        message = str(error.value)
+        assert re.search(seen, message)
+        assert "give both the same number of outcomes" in message
+        assert "normalize" not in message
+
+
+def test_a_uniform_distribution_may_still_be_given_by_one_repeated_value(xp):
+    # Repeating 1/n along n outcomes does give a distribution: that stays allowed.
+    got = info.cross_entropy(xp.asarray(0.25), xp.asarray([0.25] * 4))
+    assert float(xp.to_numpy(got)) == 2.0  # -log2(1/4), SEED.md's uniform words

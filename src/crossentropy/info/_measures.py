@@ -59,8 +59,21 @@ def _prepare_pair(p: Any, q: Any, axis: Any) -> tuple[Any, Any, Any, int]:
         own = ax - (len(shape) - array.ndim)
         if own >= 0 and array.shape[own] == shape[ax]:
             validate_distribution(xp, array, name, own, axis_label=axis)
-        else:
+            continue
+        try:
             validate_distribution(xp, xp.broadcast_to(array, shape), name, ax, axis_label=axis)
+        except ValueError as error:
+            message = str(error)
+            if "must sum to 1" not in message:
+                raise
+            # The entries were repeated along the outcomes: say so, as "a sum of 2" for
+            # p = [1.0] would puzzle, and normalising is not the fix.
+            other = "q" if name == "p" else "p"
+            raise ValueError(
+                f"{message.split('; normalise explicitly')[0]}: `{name}` of shape "
+                f"{tuple(array.shape)} has one outcome along axis {axis}, repeated to the "
+                f"{shape[ax]} outcomes of `{other}`; give both the same number of outcomes"
+            ) from None
     return xp, p, q, ax
 
 
