@@ -4,6 +4,8 @@ probabilities, half and bfloat16 error paths, and the options' own type checks."
 from __future__ import annotations
 
 import re
+from decimal import Decimal
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -142,3 +144,29 @@ def test_a_uniform_distribution_may_still_be_given_by_one_repeated_value(xp):
     # Repeating 1/n along n outcomes does give a distribution: that stays allowed.
     got = info.cross_entropy(xp.asarray(0.25), xp.asarray([0.25] * 4))
     assert float(xp.to_numpy(got)) == 2.0  # -log2(1/4), SEED.md's uniform words
+
+
+@given(st.lists(st.fractions(min_value=0, max_value=1), min_size=1, max_size=8))
+def test_fractions_are_read_as_the_real_numbers_they_are(weights):
+    # They used to be refused with "must be an array of real numbers; got list [Fraction...]".
+    total = sum(weights)
+    if total == 0:
+        weights, total = [Fraction(1)], Fraction(1)
+    p = [w / total for w in weights]  # an exact distribution
+    as_floats = [float(v) for v in p]
+    assert info.entropy(p) == info.entropy(as_floats)
+    assert info.entropy(np.array(p, dtype=object)) == info.entropy(as_floats)
+    assert info.information(p).tolist() == info.information(as_floats).tolist()
+    assert info.normalize(weights).tolist() == info.normalize([float(w) for w in weights]).tolist()
+
+
+def test_decimals_and_big_integers():
+    assert info.entropy([Decimal("0.5"), Decimal("0.5")]) == 1.0
+    big = [10**30, 3 * 10**30]  # beyond int64: an object array before conversion
+    assert info.normalize(big).tolist() == info.normalize([float(v) for v in big]).tolist()
+    np.testing.assert_allclose(info.normalize(big), [0.25, 0.75], rtol=1e-15)
+    with pytest.raises(ValueError, match=r"`x` must hold numbers within the float64 range"):
+        info.normalize([10**400, 1])
+    for bad in ([Fraction(1, 2), "a"], [None, Fraction(1, 2)], [Fraction(1, 2), 1j]):
+        with pytest.raises(TypeError, match=r"`p` must be an array of real numbers; got list"):
+            info.entropy(bad)

@@ -8,6 +8,7 @@ normalised behind the caller's back.
 
 from __future__ import annotations
 
+import decimal
 import math
 import numbers
 from collections.abc import Callable
@@ -79,9 +80,11 @@ def as_float_array(x: Any, name: str, *, like: Any = None) -> tuple[Any, Any]:
     """Convert ``x`` to a real floating array of its own kind; returns ``(namespace, array)``.
 
     Arrays (NumPy, torch, any array-API library) keep their kind, device and floating
-    dtype. Python numbers and sequences become NumPy arrays, or arrays of the kind, device
-    and floating dtype of ``like`` when it is given (so that a list pairs with a float32
-    torch tensor as a float32 tensor). Integer and
+    dtype. Python numbers and sequences become NumPy arrays, or arrays of the kind,
+    device and floating dtype of ``like`` when it is given (so that a list pairs with a
+    float32 torch tensor as a float32 tensor); numbers of any real type (``int``,
+    ``float``, ``Fraction``, ``Decimal``), also in a NumPy object array, are read as
+    float64 first. Integer and
     boolean input is promoted to the library's default float (float64 for NumPy, torch's
     default dtype for torch).
 
@@ -91,7 +94,10 @@ def as_float_array(x: Any, name: str, *, like: Any = None) -> tuple[Any, Any]:
     """
     if isinstance(x, (str, bytes)):
         raise TypeError(f"`{name}` must be an array of real numbers; got {_describe(x)}")
-    if array_api_compat.is_array_api_obj(x):
+    if isinstance(x, np.ndarray) and x.dtype.kind == "O":  # an object array of Fractions
+        xp = array_api_compat.array_namespace(x)
+        array = _from_sequence(x, name)
+    elif array_api_compat.is_array_api_obj(x):
         xp = array_api_compat.array_namespace(x)
         array = x
     elif like is not None:
@@ -126,9 +132,22 @@ def _from_sequence(x: Any, name: str) -> np.ndarray:
         raise TypeError(
             f"`{name}` must be an array of real numbers; got {_describe(x)} ({error})"
         ) from None
+    if array.dtype.kind == "O" and array.size and all(_is_real(v) for v in array.flat):
+        # Fractions, Decimals and integers beyond int64 are real numbers too: as float64.
+        try:
+            array = array.astype(np.float64)
+        except OverflowError:
+            raise ValueError(
+                f"`{name}` must hold numbers within the float64 range (up to about 1.8e308); "
+                f"got {_describe(x)}"
+            ) from None
     if array.dtype.kind not in "biuf":
         raise TypeError(f"`{name}` must be an array of real numbers; got {_describe(x)}")
     return array
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (numbers.Real, decimal.Decimal))
 
 
 def as_float_pair(p: Any, q: Any, names: tuple[str, str] = ("p", "q")) -> tuple[Any, Any, Any]:
