@@ -323,3 +323,76 @@ def test_expected_length_checks_distribution():
         code.expected_length({"E": 1.0})
     with pytest.raises(ValueError, match="one entry per symbol"):
         code.expected_length([0.5, 0.5])
+
+
+# -- Kraft sums decided exactly ----------------------------------------------------------
+
+
+def _kraft_exact(lengths):
+    from fractions import Fraction
+
+    return sum((Fraction(1, 2**length) for length in lengths), Fraction(0))
+
+
+@given(st.lists(st.integers(0, 1200), max_size=12))
+def test_kraft_sum_is_the_exact_sum_rounded_up(lengths):
+    from fractions import Fraction
+
+    exact = _kraft_exact(lengths)
+    total = coding.kraft_sum(lengths)
+    assert Fraction(total) >= exact
+    assert Fraction(math.nextafter(total, -math.inf)) < exact or total == exact == 0
+    assert (total <= 1) == (exact <= 1)
+
+
+@pytest.mark.parametrize("lengths", [[1, 1, 54], [1, 1, 100], [1, 2, 3, 3, 2000]])
+def test_kraft_sum_just_above_one_is_not_one(lengths):
+    # The float sum rounded these to 1.0, so `kraft_sum(l) <= 1` wrongly said a prefix
+    # code with these lengths exists.
+    assert coding.kraft_sum(lengths) > 1
+    with pytest.raises(ValueError, match="Kraft sum <= 1"):
+        coding.PrefixCode.canonical(dict(enumerate(lengths, start=1)))
+
+
+def test_kraft_sum_of_a_very_long_codeword_is_not_zero():
+    assert 0 < coding.kraft_sum([1100]) == math.ulp(0.0)
+
+
+def test_canonical_and_kraft_reject_bad_containers():
+    with pytest.raises(ValueError, match="at least one symbol"):
+        coding.PrefixCode.canonical({})
+    with pytest.raises(TypeError, match="`lengths` must be a mapping"):
+        coding.PrefixCode.canonical([1, 2, 2])
+    with pytest.raises(TypeError, match="`lengths` must be an iterable"):
+        coding.kraft_sum(3)
+
+
+@pytest.mark.parametrize(
+    "probabilities", ["abc", {0.5, 0.25}, None, {"a": "x"}, {"a": [0.5, 0.5]}, [[0.5], [0.5, 0]]]
+)
+def test_huffman_rejects_non_numbers_with_a_named_type_error(probabilities):
+    with pytest.raises(TypeError, match="`probabilities` must"):
+        coding.huffman_code(probabilities)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_huffman_accepts_distributions_normalised_in_low_precision(dtype):
+    # [0.1] * 5 + [0.5] in float32 sums to 1 + 1.5e-8: it was rejected by a float64
+    # tolerance.
+    p = np.array([0.1] * 5 + [0.5], dtype=dtype)
+    p = p / p.sum()
+    reference = p.astype(np.float64)
+    reference = reference / reference.sum()
+    code = coding.huffman_code(p)
+    assert code.expected_length(reference) == pytest.approx(
+        brute_force_min_length(reference.tolist()), abs=1e-12
+    )
+    with pytest.raises(ValueError, match="sum to 1"):
+        coding.huffman_code(np.array([0.5, 0.4], dtype=dtype))
+
+
+def test_fixed_length_code_rejects_non_iterables_and_unhashables():
+    with pytest.raises(TypeError, match="`symbols` must be an iterable of hashable"):
+        coding.fixed_length_code(5)
+    with pytest.raises(TypeError, match="`symbols` must be an iterable of hashable"):
+        coding.fixed_length_code([[1], [2]])

@@ -6,6 +6,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Hashable, Iterable, Mapping
+from fractions import Fraction
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -64,30 +65,58 @@ def kraft_sum(lengths: Iterable[int] | Mapping[Hashable, int]) -> float:
     A prefix code (indeed any uniquely decodable code) with these lengths exists if and
     only if the sum is at most 1 (Kraft–McMillan); a complete code has sum exactly 1.
 
+    The sum is formed exactly (in integers) and rounded *up* to a float, so that
+    ``kraft_sum(lengths) <= 1`` decides Kraft's inequality exactly: a sum such as
+    1 + 2^-100 (lengths 1, 1, 100) is a float above 1, not 1.0.
+
     Args:
         lengths: codeword lengths in bits, non-negative integers (a mapping's values are used).
 
     Returns:
-        The sum, a float (exact for lengths up to 1074 bits).
+        The sum, a float: exact when it is representable (as for every complete code),
+        else the next float above it.
 
     Raises:
         ValueError: a length is negative or not an integer.
+        TypeError: ``lengths`` is not an iterable of lengths.
 
     Examples:
         >>> kraft_sum([1, 2, 3, 3])            # Huffman for [.5, .2, .2, .1]
         1.0
         >>> kraft_sum([1, 2, 2, 3])            # the seed's code 2: no prefix code has these
         1.125
+        >>> kraft_sum([1, 1, 100]) > 1         # no prefix code has these either
+        True
 
     References:
         Cover & Thomas, *Elements of Information Theory*, 2nd ed., theorem 5.2.1.
     """
-    values = list(lengths.values()) if isinstance(lengths, Mapping) else list(lengths)
-    total = 0.0
+    if isinstance(lengths, Mapping):
+        values = list(lengths.values())
+    else:
+        try:
+            values = list(lengths)
+        except TypeError:
+            raise TypeError(
+                f"`lengths` must be an iterable of codeword lengths; got {lengths!r}"
+            ) from None
+    counts: dict[int, int] = {}
     for length in values:
         if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
             raise ValueError(f"`lengths` must be non-negative integers; got {length!r}")
-        total += math.ldexp(1.0, -int(length))
+        counts[int(length)] = counts.get(int(length), 0) + 1
+    if not counts:
+        return 0.0
+    # Σ c_l 2^-l = numerator / 2^longest, in integers (Horner over the lengths).
+    numerator = 0
+    previous = 0
+    for length in sorted(counts):
+        numerator = (numerator << (length - previous)) + counts[length]
+        previous = length
+    exact = Fraction(numerator, 1 << previous)
+    total = float(exact)  # correctly rounded to nearest
+    if Fraction(total) < exact:
+        total = math.nextafter(total, math.inf)
     return total
 
 
@@ -197,25 +226,36 @@ def find_ambiguity(codewords: Mapping[Hashable, str] | Iterable[str]) -> Ambigui
 def _check_probabilities(probabilities: Any) -> tuple[list[Hashable], np.ndarray]:
     if isinstance(probabilities, Mapping):
         symbols = list(probabilities.keys())
-        try:
-            p = np.asarray([float(v) for v in probabilities.values()], dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"`probabilities` must map symbols to numbers; got {probabilities!r}"
-            ) from None
+        values: Any = list(probabilities.values())
     else:
-        p = np.asarray(probabilities, dtype=np.float64)
-        if p.ndim != 1:
-            raise ValueError(
-                f"`probabilities` must be a mapping or a 1-D array; got shape {p.shape}"
-            )
+        symbols = None
+        values = probabilities
+    try:
+        raw = np.asarray(values)
+    except (TypeError, ValueError):
+        raw = np.asarray([None])  # ragged: reported below
+    if raw.dtype.kind not in "biuf":
+        raise TypeError(
+            "`probabilities` must be a mapping symbol -> probability or a 1-D array of "
+            f"real numbers; got {probabilities!r:.100}"
+        )
+    if symbols is not None and raw.ndim != 1:
+        raise TypeError(f"`probabilities` must map symbols to numbers; got {probabilities!r:.100}")
+    p = raw.astype(np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"`probabilities` must be a mapping or a 1-D array; got shape {p.shape}")
+    if symbols is None:
         symbols = list(range(p.shape[0]))
     if p.size == 0:
         raise ValueError("`probabilities` must have at least one symbol; got none")
     if not np.all(np.isfinite(p)) or np.any(p < 0):
         raise ValueError(f"`probabilities` must be finite and non-negative; got {p.tolist()}")
     total = float(p.sum())
-    if abs(total - 1.0) > 1e-9 * max(1, p.size):
+    # Relative to the input's precision, so that float32 or float16 probabilities
+    # normalised in their own dtype are accepted.
+    precision = raw.dtype if raw.dtype.kind == "f" else np.dtype(np.float64)
+    tolerance = max(1e-9 * max(1, p.size), float(np.finfo(precision).eps) ** 0.5)
+    if abs(total - 1.0) > tolerance:
         raise ValueError(
             f"`probabilities` must sum to 1; got sum {total!r}; normalise with `info.normalize(p)`"
         )
@@ -308,6 +348,7 @@ def fixed_length_code(symbols: Iterable[Hashable]) -> PrefixCode:
 
     Raises:
         ValueError: no symbols, or a repeated symbol.
+        TypeError: ``symbols`` is not iterable, or a symbol is not hashable.
 
     Examples:
         >>> fixed_length_code("ABCD").codewords        # the seed's code 1
@@ -315,10 +356,16 @@ def fixed_length_code(symbols: Iterable[Hashable]) -> PrefixCode:
         >>> len(fixed_length_code("ABCD").encode("ABCAADABCA"))
         20
     """
-    items = list(symbols)
+    try:
+        items = list(symbols)
+        distinct = len(set(items))
+    except TypeError:
+        raise TypeError(
+            f"`symbols` must be an iterable of hashable symbols; got {symbols!r:.100}"
+        ) from None
     if not items:
         raise ValueError("`symbols` must hold at least one symbol; got none")
-    if len(set(items)) != len(items):
+    if distinct != len(items):
         raise ValueError(f"`symbols` must be distinct; got {items!r}")
     width = max(1, (len(items) - 1).bit_length())
     return PrefixCode({s: format(i, f"0{width}b") for i, s in enumerate(items)})
@@ -368,12 +415,20 @@ Kraft sum 1.125 > 1; '1110' reads as C B and as D A
         shifted left when the length grows.
 
         Raises:
-            ValueError: a length is not a positive integer, or the Kraft sum exceeds 1.
+            ValueError: no symbols, a length is not a positive integer, or the Kraft sum
+                exceeds 1.
+            TypeError: ``lengths`` is not a mapping.
 
         Examples:
             >>> PrefixCode.canonical({"x": 2, "y": 1, "z": 2}).codewords
             {'x': '10', 'y': '0', 'z': '11'}
         """
+        if not isinstance(lengths, Mapping):
+            raise TypeError(
+                f"`lengths` must be a mapping symbol -> length; got {type(lengths).__name__}"
+            )
+        if not lengths:
+            raise ValueError("`lengths` must hold at least one symbol; got none")
         for symbol, length in lengths.items():
             if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
                 raise ValueError(
