@@ -307,3 +307,30 @@ def test_context_model_stores_incompressible_blocks(rng):
     blob = coding.compress(data, model="context")
     assert len(blob) <= len(data) + 100  # header and a 5-byte block header, no expansion
     assert coding.decompress(blob) == data
+
+
+def _reseal_length(blob: bytes, length: int) -> bytes:
+    """The blob with another original length and a header checksum that matches it."""
+    size = _header_size(blob)
+    header = bytearray(blob[: size - 4])
+    header[size - 32 : size - 24] = struct.pack("<Q", length)
+    return bytes(header) + struct.pack("<I", zlib.crc32(bytes(header))) + blob[size:]
+
+
+@pytest.mark.parametrize("length", [2**40, 2**63 + 5])
+def test_forged_length_is_a_decode_error_not_an_allocation(length):
+    # A resealed header claiming 2^40 bytes made the context decoder allocate 1 TiB
+    # (MemoryError); the payload's block headers bound the length first.
+    blob = coding.compress(b"abcabcabd" * 3, model="context")
+    assert coding.decompress(_reseal_length(blob, 27)) == b"abcabcabd" * 3
+    with pytest.raises(DecodeError, match="corrupt"):
+        coding.decompress(_reseal_length(blob, length))
+    with pytest.raises(DecodeError, match="corrupt"):
+        coding.decompress(_reseal_length(coding.compress(b"abcabcabd"), length))
+
+
+@pytest.mark.parametrize("model", [["order0"], None, 0, b"order0"])
+def test_model_of_another_type_is_named(model):
+    # An unhashable model raised "unhashable type: 'list'".
+    with pytest.raises(ValueError, match="`model` must be one of"):
+        coding.compress(b"x", model=model)

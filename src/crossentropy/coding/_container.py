@@ -85,7 +85,7 @@ def compress(data: bytes, *, model: str = "order0") -> bytes:
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"`data` must be bytes; got {type(data).__name__}")
-    if model not in _ENCODERS:
+    if not isinstance(model, str) or model not in _ENCODERS:
         raise ValueError(f"`model` must be one of {list(MODELS)}; got {model!r}")
     raw = bytes(data)
     array = np.frombuffer(raw, dtype=np.uint8)

@@ -258,6 +258,14 @@ def _read_params(params: bytes) -> tuple[int, int, int, tuple[int, ...], tuple[f
 def decode(params: bytes, payload: bytes, n: int) -> np.ndarray:
     """The N bytes coded by :func:`encode` (uint8 array); sequential, bit by bit."""
     block, table_bits, slack_bits, orders, alphas = _read_params(params)
+    # Each block carries a 5-byte header, so the payload bounds the length before any
+    # allocation (a forged length must not ask for terabytes).
+    blocks = -(-n // block)
+    if blocks > len(payload) // 5:
+        raise DecodeError(
+            f"corrupt context payload: {len(payload)} bytes cannot hold the {blocks} blocks "
+            f"of {n} bytes"
+        )
     out = np.empty(n, dtype=np.uint8)
     at = 0
     for start in range(0, n, block):
