@@ -192,3 +192,61 @@ def test_entropy_progress_only_on_a_terminal(run, tmp_path, capsys, monkeypatch)
     assert "xz" in captured.err
     assert captured.err.endswith("\r")  # the line is cleared at the end
     assert json.loads(captured.out)[0]["size"] == len(DATA)
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_output_that_is_a_directory_or_in_a_missing_one(run, tmp_path, capsys, force):
+    # OUT a directory said "exists; pass --force", and with --force failed on a
+    # temporary name; a missing folder also named the temporary file.
+    (tmp_path / "in").write_bytes(DATA)
+    (tmp_path / "folder").mkdir()
+    assert run(["compress", str(tmp_path / "in"), str(tmp_path / "folder"), *force]) == 1
+    err = capsys.readouterr().err
+    assert "OUT must be a file, not a directory" in err
+    assert ".part" not in err
+    missing = tmp_path / "nowhere" / "out"
+    assert run(["compress", str(tmp_path / "in"), str(missing), *force]) == 1
+    err = capsys.readouterr().err
+    assert "OUT must be in an existing directory" in err
+    assert ".part" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "in"]
+
+
+def _order0_container(value: int, length: int) -> bytes:
+    """A valid order0 container of `length` copies of one byte, built from the layout."""
+    import hashlib
+    import struct
+    import zlib
+
+    bitmap = bytearray(32)
+    bitmap[value // 8] |= 1 << (value % 8)
+    count = bytearray()
+    rest = length
+    while True:
+        count.append((rest & 0x7F) | (0x80 if rest >> 7 else 0))
+        rest >>= 7
+        if not rest:
+            break
+    params = bytes(bitmap) + bytes(count)
+    digest = hashlib.blake2b(bytes([value]) * min(length, 64), digest_size=8).digest()
+    header = (
+        b"\x89CEZ"
+        + struct.pack("<BB", 1, 6)
+        + b"order0"
+        + struct.pack("<I", len(params))
+        + params
+        + struct.pack("<Q", length)
+        + digest
+        + struct.pack("<QI", 0, zlib.crc32(b""))
+    )
+    return header + struct.pack("<I", zlib.crc32(header))
+
+
+def test_original_too_large_for_memory_is_exit_1(run, tmp_path, capsys):
+    # 2^50 equal bytes code to a 60-byte container; restoring them raised MemoryError
+    # with a traceback.
+    assert coding.decompress(_order0_container(7, 64)) == b"\7" * 64  # the helper is right
+    (tmp_path / "bomb").write_bytes(_order0_container(7, 2**50))
+    assert run(["decompress", str(tmp_path / "bomb"), str(tmp_path / "out")]) == 1
+    assert "out of memory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

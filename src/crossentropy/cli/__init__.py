@@ -41,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as error:
         print(f"crossentropy {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except MemoryError as error:  # e.g. a container whose original does not fit in memory
+        print(f"crossentropy {args.command}: error: out of memory: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"crossentropy {args.command}: interrupted", file=sys.stderr)
         return 130

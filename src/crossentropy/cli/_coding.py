@@ -68,6 +68,7 @@ def _write(name: str, data: bytes, *, force: bool, source: str) -> None:
         sys.stdout.buffer.flush()
         return
     target = Path(name)
+    _check_target(target, name)
     if source != "-" and target.exists() and target.resolve() == Path(source).resolve():
         raise ValueError(f"OUT must differ from IN; both are {name}")
     if target.exists() and not force:
@@ -114,8 +115,20 @@ def _decompress(args: argparse.Namespace) -> int:
 
 def _check_output(args: argparse.Namespace) -> None:
     # Refuse before the (possibly long) work, and again when writing.
-    if args.output != "-" and Path(args.output).exists() and not args.force:
+    if args.output == "-":
+        return
+    _check_target(Path(args.output), args.output)
+    if Path(args.output).exists() and not args.force:
         raise ValueError(f"{args.output} exists; pass --force to overwrite it")
+
+
+def _check_target(target: Path, name: str) -> None:
+    """OUT must name a file in an existing folder (not a folder, not a missing folder)."""
+    if target.is_dir():
+        raise ValueError(f"OUT must be a file, not a directory; got {name}")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise ValueError(f"OUT must be in an existing directory; {folder} does not exist")
 
 
 class _Progress:
