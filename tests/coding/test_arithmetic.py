@@ -242,3 +242,10 @@ def test_model_of_the_wrong_type(model, message):
 
 def test_empty_message_has_zero_not_negative_zero_bits():
     assert math.copysign(1.0, coding.information_content([], P)) == 1.0
+
+
+@pytest.mark.parametrize("symbols", ["ab", b"ab", [[0], [0, 1]], [None]])
+def test_symbols_of_the_wrong_type(symbols):
+    # A string was reported as a shape error ("got shape ()").
+    with pytest.raises(TypeError, match="`symbols` must be"):
+        coding.arithmetic_encode(symbols, P)

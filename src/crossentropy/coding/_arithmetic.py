@@ -76,13 +76,19 @@ def _check_model(model: Any, n: int | None) -> np.ndarray:
 
 
 def _check_symbols(symbols: Any, alphabet: int) -> np.ndarray:
-    array = np.asarray(symbols)
+    try:
+        array = np.asarray(symbols)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"`symbols` must be a 1-D sequence of integers; got {symbols!r:.80}"
+        ) from None
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        # Before the shape: a string such as "ab" is one element of dtype <U2.
+        raise TypeError(f"`symbols` must be integers 0 .. V-1; got dtype {array.dtype}")
     if array.ndim != 1:
         raise ValueError(f"`symbols` must be a 1-D sequence; got shape {array.shape}")
     if array.size == 0:
         return np.zeros(0, dtype=np.int32)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"`symbols` must be integers 0 .. V-1; got dtype {array.dtype}")
     bad = (array < 0) | (array >= alphabet)
     if np.any(bad):
         position = int(np.argmax(bad))
