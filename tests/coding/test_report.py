@@ -43,3 +43,9 @@ def test_report_of_empty_input_is_all_zero_per_byte() -> None:
     report = coding.entropy_report(b"")
     assert report["size"] == 0
     assert all(report[key] == 0.0 for key in report if key != "size")
+
+
+def test_report_names_data_of_the_wrong_type() -> None:
+    with pytest.raises(TypeError, match="`data` must be bytes; got str"):
+        coding.entropy_report("text")
+    assert coding.entropy_report(bytearray(b"ABCA")) == coding.entropy_report(b"ABCA")

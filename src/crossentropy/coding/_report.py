@@ -31,9 +31,15 @@ def entropy_report(
         key per model of :data:`MODELS` (the container's real size, header
         included, in bits/byte), and ``gzip``, ``bz2``, ``xz`` (level 9, bits/byte). An
         empty input gives 0 for every per-byte figure.
+
+    Raises:
+        TypeError: ``data`` is not bytes-like.
     """
     from crossentropy import info
 
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"`data` must be bytes; got {type(data).__name__}")
+    data = bytes(data)
     size = len(data)
     report: dict[str, Any] = {"size": size}
     counts = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)
