@@ -289,3 +289,23 @@ def test_nats_agree_with_torch(run):
         assert tour.values[f"classification.{stage}.mean_nats"] == pytest.approx(
             expected, abs=1e-12, rel=0
         )
+
+
+def test_optimal_code_spread_on_p():
+    """The tour's note on ties: among the prefix codes optimal for Q = [.7, .1, .1, .1],
+    P = [.5, .2, .2, .1] costs 1.8 bits/word (lengths 1, 2, 3, 3 with P's likelier words
+    short) to 1.9 (lengths 1, 3, 3, 2); untied Q = [.4, .3, .2, .1] has one optimal code.
+    Huffman's own code for each Q lies in the range."""
+    import numpy as np
+
+    from crossentropy import coding
+    from crossentropy.tour._coding import MODELS_Q, _optimal_code_costs
+
+    p = np.array([0.5, 0.2, 0.2, 0.1])
+    assert _optimal_code_costs((0.7, 0.1, 0.1, 0.1), p) == pytest.approx((1.8, 1.9))
+    low, high = _optimal_code_costs((0.4, 0.3, 0.2, 0.1), p)
+    assert low == pytest.approx(high)
+    for q in MODELS_Q.values():
+        low, high = _optimal_code_costs(q, p)
+        cost = coding.huffman_code(np.array(q)).expected_length(p)
+        assert low - 1e-12 <= cost <= high + 1e-12

@@ -181,7 +181,45 @@ def coding_section(tour: Any) -> None:
         "The coder built for Q spends H(P, Q) = H(P) + D(P||Q) bits per word on data "
         "from P: the divergence is the price of the wrong model, paid in bits."
     )
+    spreads = {
+        name: spread
+        for name, q in MODELS_Q.items()
+        if (spread := _optimal_code_costs(q, p))[0] != spread[1]
+    }
+    if spreads:
+        ranges = "; ".join(f"{name}: {lo:.2f} to {hi:.2f}" for name, (lo, hi) in spreads.items())
+        tour.text(
+            "Where Q has ties, several prefix codes are optimal for Q, and they can spend "
+            f"different numbers of bits on P ({ranges} bits/word); the last column is the "
+            "code coding.huffman_code builds."
+        )
     _figure(tour, plotted, entropy)
+
+
+def _optimal_code_costs(q: tuple[float, ...], p: np.ndarray) -> tuple[float, float]:
+    """Least and most bits per word on P among the prefix codes optimal for Q.
+
+    Every complete set of codeword lengths (Kraft sum 1) up to len(Q) - 1 bits is tried;
+    those with Q's least expected length are the optimal codes. Exact for these few
+    symbols, in rationals.
+    """
+    from fractions import Fraction
+    from itertools import product
+
+    q_exact = [Fraction(x).limit_denominator(10**6) for x in q]
+    p_exact = [Fraction(float(x)).limit_denominator(10**6) for x in p]
+    complete = [
+        lengths
+        for lengths in product(range(1, len(q)), repeat=len(q))
+        if sum(Fraction(1, 2**n) for n in lengths) == 1
+    ]
+    best = min(sum(w * n for w, n in zip(q_exact, ls, strict=True)) for ls in complete)
+    costs = [
+        sum(w * n for w, n in zip(p_exact, ls, strict=True))
+        for ls in complete
+        if sum(w * n for w, n in zip(q_exact, ls, strict=True)) == best
+    ]
+    return float(min(costs)), float(max(costs))
 
 
 def _words(codewords: dict) -> str:
