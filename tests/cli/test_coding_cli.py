@@ -128,6 +128,23 @@ def test_entropy_json_matches_the_api(run, tmp_path, capsys):
     assert skewed["huffman"] == pytest.approx(1.8, abs=0.05)
 
 
+def test_entropy_reads_stdin(run, tmp_path, capsys, monkeypatch):
+    """'-' measures stdin, once: the same report as the file; '-' twice is refused."""
+    import io
+
+    source = tmp_path / "in.txt"
+    source.write_bytes(DATA)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(DATA)))
+    assert run(["entropy", "--json", "-", str(source)]) == 0
+    piped, from_file = json.loads(capsys.readouterr().out)
+    assert piped["file"] == "-"
+    assert {k: v for k, v in piped.items() if k != "file"} == {
+        k: v for k, v in from_file.items() if k != "file"
+    }
+    assert run(["entropy", "-", "-"]) == 1
+    assert "can be read once" in capsys.readouterr().err
+
+
 def test_entropy_table(run, tmp_path, capsys):
     (tmp_path / "f").write_bytes(DATA)
     assert run(["entropy", str(tmp_path / "f")]) == 0

@@ -50,7 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "in bits per byte, beside gzip -9, bz2 -9 and xz -9."
         ),
     )
-    parser.add_argument("files", metavar="FILE", nargs="+", help="files to measure")
+    parser.add_argument(
+        "files", metavar="FILE", nargs="+", help="files to measure ('-' reads stdin once)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=_entropy)
 
@@ -156,8 +158,10 @@ class _Progress:
 
 def _entropy(args: argparse.Namespace) -> int:
     reports = []
+    if args.files.count("-") > 1:
+        raise ValueError("FILE '-' (stdin) can be read once; got it more than once")
     for name in args.files:
-        data = Path(name).read_bytes()
+        data = _read(name)
         progress = _Progress(name, len(data))
         try:
             report = coding.entropy_report(data, progress=progress)
