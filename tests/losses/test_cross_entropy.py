@@ -265,3 +265,40 @@ def test_small_integer_targets_do_not_wrap_ignore_index():
     expected = F.cross_entropy(logits, targets.long())
     torch.testing.assert_close(cross_entropy(logits, targets), expected, rtol=0, atol=TOL)
     torch.testing.assert_close(cross_entropy(logits, targets.int()), expected, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("shape", [(5, C), (2, C, 3)])
+def test_gradient_returned_with_a_kept_graph_may_be_changed_in_place(reduction, shape):
+    # torch.autograd.grad(..., retain_graph=True) with an upstream 1 must not hand out the
+    # block kept for the next pass: clipping it in place used to break (or change) that pass.
+    gen = torch.Generator().manual_seed(9)
+    logits = torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, C, _token_shape(shape), generator=gen)
+    loss = cross_entropy(logits, targets, reduction=reduction)
+    expected = torch.autograd.grad(F.cross_entropy(logits, targets, reduction=reduction), logits)[0]
+    for _ in range(3):
+        (grad,) = torch.autograd.grad(loss, logits, retain_graph=True)
+        torch.testing.assert_close(grad, expected, rtol=0, atol=TOL)
+        grad.mul_(-7.0).add_(1.0)  # the caller owns what it was given
+    loss.backward(retain_graph=True)
+    logits.grad.mul_(3.0)
+    loss.backward()
+    torch.testing.assert_close(logits.grad, 4 * expected, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_inference_tensors_outside_inference_mode(reduction):
+    # Tensors made under torch.inference_mode() have no version counter; torch's loss takes
+    # them outside that mode (evaluation code does), and so must this one.
+    with torch.inference_mode():
+        logits = torch.randn(4, C, dtype=torch.float64)
+        targets = torch.tensor([0, 3, -100, 6])
+    expected = F.cross_entropy(logits, targets, reduction=reduction)
+    torch.testing.assert_close(
+        cross_entropy(logits, targets, reduction=reduction), expected, rtol=0, atol=TOL
+    )
+    with torch.no_grad():
+        value = cross_entropy(logits, targets, reduction=reduction, label_smoothing=0.1)
+    expected = F.cross_entropy(logits, targets, reduction=reduction, label_smoothing=0.1)
+    torch.testing.assert_close(value, expected, rtol=0, atol=TOL)

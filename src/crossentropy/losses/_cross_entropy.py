@@ -259,7 +259,8 @@ class _CrossEntropyFunction(torch.autograd.Function):
         # during this forward pass anyway, so keeping them does not raise the peak. Only
         # that pass reads them (and checks they were not modified in place since), so a
         # first-order backward pass works after an in-place change, as with torch.
-        ctx.logits = (logits, logits._version)
+        # Inference tensors (made under torch.inference_mode) have no version counter.
+        ctx.logits = (logits, None if logits.is_inference() else logits._version)
         ctx.logits_shape = logits.shape
         saved_logits = logits if ctx.probs_grad else None  # the targets' gradient needs them
         ctx.save_for_backward(terms.grad if want_grad else None, saved_logits, targets, factor)
@@ -279,7 +280,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
                     "retain_graph=True to that pass to differentiate through the loss again"
                 )
             logits, version = kept
-            if logits._version != version:
+            if version is not None and logits._version != version:
                 raise RuntimeError(
                     "`logits` were modified in place after cross_entropy was computed; a "
                     "gradient built with create_graph=True needs them as they were: modify "
@@ -296,7 +297,10 @@ class _CrossEntropyFunction(torch.autograd.Function):
             if ctx.reduction == "none":
                 grad_logits = grad * grad_output.reshape(-1, 1).to(grad.dtype)
             elif grad_output.device.type == "cpu" and float(grad_output) == 1.0:
-                grad_logits = grad  # loss.backward(): the gradient is the one from forward
+                # loss.backward(): the gradient is the one from forward. A graph kept for
+                # another pass keeps the block too: hand out a copy, which the caller may
+                # change in place (torch.autograd.grad returns it as is).
+                grad_logits = grad.clone() if graph_kept() else grad
             else:
                 grad_logits = grad * grad_output.to(grad.dtype)
             grad_logits = _unflatten(grad_logits, ctx.logits_shape)
