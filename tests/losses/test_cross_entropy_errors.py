@@ -185,3 +185,26 @@ def test_check_options_accepts_the_defaults():
         num_classes=4,
         ignore_index=0,
     )
+
+
+def test_float32_probabilities_cast_to_float64_are_accepted():
+    # A teacher's softmax in float32, cast to float64 to meet float64 logits, sums to 1 only
+    # to float32's precision; torch takes it, and so must the check (float64's own sqrt(eps),
+    # 1.5e-8, refused it with "got a sum of 1").
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(64, 1000, generator=gen, dtype=torch.float64)
+    teacher = torch.softmax(torch.randn(64, 1000, generator=gen) * 4, 1).double()
+    assert float((teacher.sum(1) - 1).abs().max()) > 1.5e-8  # the case the check met
+    expected = torch.nn.functional.cross_entropy(logits, teacher)
+    torch.testing.assert_close(cross_entropy(logits, teacher), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_probability_sum_error_shows_how_far_from_one(dtype):
+    targets = torch.full((3, 4), 0.25, dtype=dtype)
+    targets[1, 0] += 0.001  # sums to 1.001, beyond the tolerance 3.5e-4
+    with pytest.raises(ValueError, match=r"got a sum of 1\.00(1|09+)\d* \(off by 0\.001\)") as info:
+        cross_entropy(torch.zeros(3, 4, dtype=dtype), targets)
+    assert "tolerance 0.00035" in str(info.value)
+    targets[1, 0] -= 0.001 - 2e-4  # 1.0002: within it
+    cross_entropy(torch.zeros(3, 4, dtype=dtype), targets)

@@ -22,7 +22,13 @@ from crossentropy.losses._composite import (
     traced,
 )
 from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
-from crossentropy.losses._options import Reduction, check_options, loss_dtype
+from crossentropy.losses._options import (
+    Reduction,
+    check_options,
+    loss_dtype,
+    probability_sum_message,
+    probability_sum_tolerance,
+)
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
@@ -151,12 +157,13 @@ def _check_target_values(
                 f"got {targets[bad][0].item()!r}"
             )
         sums = targets.sum(class_dim, dtype=accumulation_dtype(targets.dtype))
-        tol = math.sqrt(torch.finfo(targets.dtype).eps)
+        tol = probability_sum_tolerance(targets.dtype)
         off = (sums - 1).abs() > tol
         if bool(off.any()):
             raise ValueError(
                 "`targets` must be class probabilities that sum to 1 over the class dimension "
-                f"(dim {class_dim}, tolerance {tol:.2g}); got a sum of {sums[off][0].item():.6g}; "
+                f"(dim {class_dim}, tolerance {tol:.2g}); got a sum of "
+                f"{probability_sum_message(sums[off][0].item(), targets.dtype)}; "
                 "divide by the sum to normalise them"
             )
         return

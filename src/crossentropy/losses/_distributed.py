@@ -45,6 +45,8 @@ from crossentropy.losses._options import (
     check_options,
     loss_dtype,
     no_autocast,
+    probability_sum_message,
+    probability_sum_tolerance,
 )
 from crossentropy.losses._products import ChunkProducts, choose_engine
 
@@ -261,14 +263,15 @@ def _check_probability_sums(targets: torch.Tensor, group: dist.ProcessGroup | No
     if sums.numel() == 0:
         return
     dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
-    tol = math.sqrt(torch.finfo(targets.dtype).eps)
+    tol = probability_sum_tolerance(targets.dtype)
     off = (sums - 1).abs() > tol
     if bool(off.any()):
         token = int(off.nonzero()[0, 0])
         raise ValueError(
             "`targets` must be class probabilities that sum to 1 over the whole vocabulary "
             f"(every rank's columns together; tolerance {tol:.2g}); token {token} sums to "
-            f"{float(sums[token]):.6g}; divide by the all-reduced sum to normalise them"
+            f"{probability_sum_message(float(sums[token]), targets.dtype)}; "
+            "divide by the all-reduced sum to normalise them"
         )
 
 

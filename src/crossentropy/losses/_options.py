@@ -15,6 +15,7 @@ import math
 import numbers
 from typing import Literal, get_args
 
+import numpy as np
 import torch
 
 Reduction = Literal["mean", "sum", "none"]
@@ -154,6 +155,38 @@ def check_class_weight(
             )
 
 
+def probability_sum_tolerance(dtype: torch.dtype) -> float:
+    """How far from 1 a token's class probabilities of ``dtype`` may sum: the square root of
+    the dtype's machine epsilon, and never less than float32's (3.5e-4), so that
+    probabilities computed in float32 and then cast to float64 are accepted.
+
+    Examples:
+        >>> probability_sum_tolerance(torch.float64) == probability_sum_tolerance(torch.float32)
+        True
+        >>> round(probability_sum_tolerance(torch.bfloat16), 4)
+        0.0884
+    """
+    eps = max(torch.finfo(dtype).eps, torch.finfo(torch.float32).eps)
+    return math.sqrt(eps)
+
+
+def probability_sum_message(total: float, dtype: torch.dtype) -> str:
+    """A sum of class probabilities of ``dtype`` for an error message: its shortest exact
+    digits in float64 for float64 probabilities, in float32 for the others (which are
+    summed in float32 or wider), and its distance from 1 (a sum of 1.0000001 rounded to
+    "1" would contradict the message).
+
+    Examples:
+        >>> probability_sum_message(1.0009999275207520, torch.float32)
+        '1.0009999 (off by 0.001)'
+        >>> probability_sum_message(1 + 2**-40, torch.float64)
+        '1.0000000000009095 (off by 9.1e-13)'
+    """
+    value = float(total)
+    shown = repr(value) if dtype == torch.float64 else str(np.float32(value))
+    return f"{shown} (off by {value - 1.0:.2g})"
+
+
 def loss_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype a loss is returned in for inputs of ``dtype`` on ``device``: the inputs'
     own, except that under autocast (``torch.autocast`` enabled for the device) a half
@@ -214,4 +247,6 @@ __all__ = [
     "check_options",
     "loss_dtype",
     "no_autocast",
+    "probability_sum_message",
+    "probability_sum_tolerance",
 ]
