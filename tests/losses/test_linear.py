@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -330,10 +331,53 @@ def test_module_matches_function():
     assert "reduction='sum'" in repr(module)
     with pytest.raises(ValueError, match="`impl` must be one of"):
         losses.LinearCrossEntropyLoss(impl="fast")
-    with pytest.raises(ValueError, match="`chunk_size` must be None or an int > 0"):
+    with pytest.raises(ValueError, match="`chunk_size` must be > 0"):
         losses.LinearCrossEntropyLoss(chunk_size=0)
     with pytest.raises(ValueError, match="`label_smoothing` must be in"):
         losses.LinearCrossEntropyLoss(label_smoothing=2.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        # Wrong types are TypeErrors, as in the function (a float chunk_size was a ValueError).
+        ({"chunk_size": 2.5}, TypeError, r"`chunk_size` must be None or an int; got float"),
+        ({"chunk_size": True}, TypeError, r"`chunk_size` must be None or an int; got bool"),
+        # The class weights are checked when the module is built, as CrossEntropyLoss checks
+        # its weight (a 2-D or negative class_weight used to pass until the first call).
+        (
+            {"class_weight": torch.ones(2, 3)},
+            ValueError,
+            re.escape("`class_weight` must be 1-D, one entry per class; got shape (2, 3)"),
+        ),
+        (
+            {"class_weight": torch.tensor([1.0, -0.5])},
+            ValueError,
+            r"`class_weight` must be finite and >= 0; got -0.5",
+        ),
+        (
+            {"class_weight": torch.tensor([1, 2])},
+            TypeError,
+            r"`class_weight` must be a floating-point tensor; got dtype torch.int64",
+        ),
+        ({"class_weight": [1.0, 2.0]}, TypeError, r"`class_weight` must be None or a torch"),
+    ],
+)
+def test_module_checks_its_options_when_built(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        losses.LinearCrossEntropyLoss(**kwargs)
+
+
+def test_module_class_weight_values_unchecked_with_validate_false():
+    # As with the function, validate=False skips the checks that read values.
+    module = losses.LinearCrossEntropyLoss(class_weight=torch.tensor([1.0, -0.5]), validate=False)
+    hidden, weight = torch.randn(3, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    targets = torch.tensor([0, 0, 1])
+    expected = F.cross_entropy(hidden @ weight.T, targets, weight=module.class_weight.double())
+    for impl in ("reference", "chunked"):  # the reference path read the values regardless
+        module.impl = impl
+        got = module(hidden, weight, targets)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
 
 
 def test_auto_picks_reference_when_tiny_and_chunked_otherwise():

@@ -144,6 +144,18 @@ def plan_chunk_rows(
 # Input checking.
 
 
+def _check_chunk_size(chunk_size: object) -> None:
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+        raise TypeError(f"`chunk_size` must be None or an int; got {type(chunk_size).__name__}")
+    if chunk_size <= 0:
+        raise ValueError(
+            f"`chunk_size` must be > 0 (token rows per chunk); got {chunk_size}; "
+            "pass chunk_size=None to let the planner choose"
+        )
+
+
 def _check_inputs(
     hidden: object,
     weight: object,
@@ -169,14 +181,7 @@ def _check_inputs(
     if not isinstance(impl, str) or impl not in IMPLS:
         allowed = ", ".join(repr(i) for i in IMPLS)
         raise ValueError(f"`impl` must be one of {allowed}; got {impl!r}")
-    if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
-            raise TypeError(f"`chunk_size` must be None or an int; got {type(chunk_size).__name__}")
-        if chunk_size <= 0:
-            raise ValueError(
-                f"`chunk_size` must be > 0 (token rows per chunk); got {chunk_size}; "
-                "pass chunk_size=None to let the planner choose"
-            )
+    _check_chunk_size(chunk_size)
     if hidden.dtype not in _FLOAT_DTYPES:
         raise TypeError(
             f"`hidden` must be float64, float32, bfloat16 or float16; got dtype {hidden.dtype}"
@@ -799,9 +804,12 @@ def linear_cross_entropy(
 
 
 def _reference(hidden, head, targets, *, bias, **options) -> torch.Tensor:
-    """The executable spec: the unfused logits, then the loss."""
+    """The executable spec: the unfused logits, then the loss. The callers have checked the
+    target and class-weight values already (or were asked not to: ``validate=False``), so
+    :func:`cross_entropy` does not read them again."""
     from crossentropy.losses._cross_entropy import cross_entropy
 
+    options = {**options, "validate": False}
     logits = torch.nn.functional.linear(hidden, head, bias)
     if logits.dim() > 2:
         num_classes = head.shape[0]
@@ -1020,15 +1028,20 @@ class LinearCrossEntropyLoss(nn.Module):
         if not isinstance(impl, str) or impl not in IMPLS:
             allowed = ", ".join(repr(i) for i in IMPLS)
             raise ValueError(f"`impl` must be one of {allowed}; got {impl!r}")
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool)
-            or not isinstance(chunk_size, numbers.Integral)
-            or chunk_size <= 0
-        ):
-            raise ValueError(f"`chunk_size` must be None or an int > 0; got {chunk_size!r}")
-        if class_weight is not None and not isinstance(class_weight, torch.Tensor):
-            raise TypeError(
-                f"`class_weight` must be None or a torch.Tensor; got {type(class_weight).__name__}"
+        _check_chunk_size(chunk_size)
+        if class_weight is not None:
+            # The shape rule needs V, which the module learns from `weight` at each call; the
+            # rest is checked here, as CrossEntropyLoss checks its `weight` when built.
+            if isinstance(class_weight, torch.Tensor) and class_weight.dim() != 1:
+                raise ValueError(
+                    "`class_weight` must be 1-D, one entry per class; got shape "
+                    f"{tuple(class_weight.shape)}"
+                )
+            check_class_weight(
+                class_weight,
+                class_weight.shape[0] if isinstance(class_weight, torch.Tensor) else 0,
+                validate=validate,
+                name="class_weight",
             )
         self.register_buffer("class_weight", class_weight)
         self.ignore_index = ignore_index
