@@ -302,3 +302,23 @@ def test_inference_tensors_outside_inference_mode(reduction):
         value = cross_entropy(logits, targets, reduction=reduction, label_smoothing=0.1)
     expected = F.cross_entropy(logits, targets, reduction=reduction, label_smoothing=0.1)
     torch.testing.assert_close(value, expected, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_meta_tensors_give_torch_shapes(reduction, kind):
+    # Meta tensors (shape inference, FLOP counting) have no values to validate; the value
+    # checks used to call .item() on them and raise where torch's loss works.
+    logits = torch.empty(2, C, 3, device="meta", requires_grad=True)
+    if kind == "index":
+        targets = torch.empty(2, 3, dtype=torch.long, device="meta")
+    else:
+        targets = torch.empty(2, C, 3, device="meta")
+    weight = torch.empty(C, device="meta")
+    loss = cross_entropy(logits, targets, weight=weight, reduction=reduction, label_smoothing=0.1)
+    expected = F.cross_entropy(
+        logits, targets, weight=weight, reduction=reduction, label_smoothing=0.1
+    )
+    assert (loss.device.type, loss.shape, loss.dtype) == ("meta", expected.shape, expected.dtype)
+    loss.sum().backward()
+    assert logits.grad.shape == logits.shape

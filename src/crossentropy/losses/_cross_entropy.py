@@ -112,7 +112,7 @@ def _prepare(logits: object, targets: object, ignore_index: int, validate: bool)
     if not probs and targets.dtype != torch.long:
         # Compare with ignore_index in int64: uint8 targets would wrap -100 to 156.
         targets = targets.long()
-    if validate:
+    if validate and targets.device.type != "meta":  # meta tensors have shapes, no values
         _check_target_values(targets, probs, num_classes, ignore_index)
 
     return _Prepared(logits, targets, probs, token_shape)

@@ -146,7 +146,7 @@ def check_class_weight(
         raise ValueError(
             f"`{name}` must have shape ({num_classes},), {per}; got shape {tuple(weight.shape)}"
         )
-    if validate:
+    if validate and weight.device.type != "meta":  # meta tensors have shapes, no values
         good = torch.isfinite(weight) & (weight >= 0)
         if not bool(good.all()):
             raise ValueError(
