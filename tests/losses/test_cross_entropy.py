@@ -322,3 +322,56 @@ def test_meta_tensors_give_torch_shapes(reduction, kind):
     assert (loss.device.type, loss.shape, loss.dtype) == ("meta", expected.shape, expected.dtype)
     loss.sum().backward()
     assert logits.grad.shape == logits.shape
+
+
+def _upstream_on_ignored(shape, ignored, value):
+    upstream = torch.linspace(0.5, 2.0, math.prod(shape), dtype=torch.float64).reshape(shape)
+    upstream[ignored] = value
+    return upstream
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("options", [{}, {"label_smoothing": 0.2, "weight": "rand"}])
+@pytest.mark.parametrize("loss_kind", ["loss", "stats", "linear_reference", "linear_chunked"])
+def test_non_finite_upstream_on_ignored_tokens_gives_them_zero_gradient(value, options, loss_kind):
+    # torch's per-token loss gives an ignored token a zero gradient whatever its upstream
+    # gradient (say inf from dividing by a zero count of tokens); ours multiplied the zero
+    # row by it and gave NaN, which a weight gradient then spread everywhere.
+    from crossentropy.losses import cross_entropy_stats, linear_cross_entropy
+
+    gen = torch.Generator().manual_seed(12)
+    if options.get("weight") == "rand":
+        options = {**options, "weight": torch.rand(C, generator=gen, dtype=torch.float64)}
+    targets = torch.randint(0, C, (2, 3), generator=gen)
+    ignored = targets.new_zeros(targets.shape, dtype=torch.bool)
+    ignored[0, 1] = ignored[1, 2] = True
+    targets[ignored] = -100
+    upstream = _upstream_on_ignored(targets.shape, ignored, value)
+    if loss_kind.startswith("linear"):
+        hidden = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+        head = torch.randn(C, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+        inputs = (hidden, head)
+        impl = loss_kind.removeprefix("linear_")
+        opts = {**options, "class_weight": options.get("weight")}
+        opts.pop("weight", None)
+        ours = linear_cross_entropy(hidden, head, targets, reduction="none", impl=impl, **opts)
+        logits = F.linear(hidden, head).movedim(-1, 1)
+    else:
+        logits = torch.randn(2, C, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+        inputs = (logits,)
+        if loss_kind == "stats":
+            ours = cross_entropy_stats(logits, targets, **options).loss
+        else:
+            ours = cross_entropy(logits, targets, reduction="none", **options)
+    expected = F.cross_entropy(logits, targets, reduction="none", **options)
+    got = torch.autograd.grad(ours, inputs, upstream, retain_graph=True)
+    want = torch.autograd.grad(expected, inputs, upstream)
+    for g, w in zip(got, want, strict=True):
+        assert bool(torch.isfinite(w).all())  # torch's: finite
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    # A counted token's non-finite upstream gradient still reaches its own row, as in torch.
+    upstream[0, 0] = math.nan
+    (got,) = torch.autograd.grad(ours, inputs[:1], upstream)
+    row = got[0, 0] if loss_kind.startswith("linear") else got[0, :, 0]
+    assert bool(row.isnan().all())
+    assert bool(torch.isfinite(got[1]).all())

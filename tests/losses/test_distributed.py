@@ -1182,3 +1182,49 @@ def test_a_hung_group_fails_the_test_instead_of_blocking(tmp_path):
     its deadline and reported, so a hang can never block the suite."""
     with pytest.raises(AssertionError, match="did not finish in time"):
         run_group(2, "stall", {"sleep_s": 60}, tmp_path, timeout_s=2.0)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+@pytest.mark.parametrize("head", [None, "reference", "chunked"])
+def test_non_finite_upstream_on_ignored_tokens_gives_them_zero_gradient(group_of_one, value, head):
+    """As torch's per-token loss, an ignored token gets a zero gradient whatever its upstream
+    gradient: a NaN or inf there used to make its row NaN (and, through the head, the whole
+    weight gradient)."""
+    from crossentropy.losses import linear_cross_entropy, vocab_parallel_cross_entropy
+
+    gen = torch.Generator().manual_seed(13)
+    targets = torch.tensor([0, -100, 4, 2, -100])
+    upstream = torch.rand(5, generator=gen, dtype=torch.float64)
+    upstream[targets == -100] = value
+    hidden = torch.randn(5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    if head is None:
+        logits = (hidden @ weight.T).detach().requires_grad_(True)
+        inputs = (logits,)
+        ours = vocab_parallel_cross_entropy(
+            logits, targets, vocab_start=0, reduction="none", label_smoothing=0.1
+        )
+    else:
+        inputs = (hidden, weight)
+        ours = linear_cross_entropy(
+            hidden,
+            weight,
+            targets,
+            reduction="none",
+            label_smoothing=0.1,
+            impl=head,
+            group=group_of_one,
+        )
+    expected = F.cross_entropy(
+        F.linear(*inputs) if head else inputs[0],
+        targets,
+        reduction="none",
+        label_smoothing=0.1,
+    )
+    for got, want in zip(
+        torch.autograd.grad(ours, inputs, upstream),
+        torch.autograd.grad(expected, inputs, upstream),
+        strict=True,
+    ):
+        assert bool(torch.isfinite(want).all())
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)

@@ -302,7 +302,11 @@ class _CrossEntropyFunction(torch.autograd.Function):
         grad_logits = grad_targets = None
         if grad is not None:
             if ctx.reduction == "none":
-                grad_logits = grad * grad_output.reshape(-1, 1).to(grad.dtype)
+                # An ignored token's row is 0 whatever its upstream gradient, NaN and inf
+                # included, as with torch (factor is the mask of counted tokens here).
+                upstream = grad_output.reshape(-1, 1).to(grad.dtype)
+                upstream = torch.where(factor.reshape(-1, 1) > 0, upstream, 0.0)
+                grad_logits = grad * upstream
             elif grad_output.device.type == "cpu" and float(grad_output) == 1.0:
                 # loss.backward(): the gradient is the one from forward. A graph kept for
                 # another pass keeps the block too: hand out a copy, which the caller may
@@ -708,7 +712,12 @@ class _StatsFunction(torch.autograd.Function):
         safe, _, factor = _row_scales(flat_targets, probs, weight, ignore_index, "none", acc)
         grad_logits = grad_targets = None
         if ctx.needs_input_grad[0]:
-            scale = factor * (grad_loss.to(acc) if grad_loss is not None else 0.0)
+            # factor masks the ignored tokens, whose loss gradient is 0 even for a NaN or
+            # infinite upstream gradient, as with torch.
+            if grad_loss is None:
+                scale = torch.zeros_like(factor)
+            else:
+                scale = torch.where(factor > 0, factor * grad_loss.to(acc).reshape(-1), 0.0)
             grad = cross_entropy_rows(
                 flat_logits.to(acc),
                 safe,

@@ -677,6 +677,11 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                 grad_scale=scale if want_grad else None,
             )
         ctx.reduction = reduction
+        # For "none": the tokens that count, whose upstream gradients backward takes (an
+        # ignored token's gradient is 0 even for a NaN or infinite upstream, as with torch).
+        ctx.counted = None
+        if reduction == "none" and not targets.is_floating_point():
+            ctx.counted = (targets.reshape(-1) != spec.ignore_index).unsqueeze(1)
         ctx.logits_shape = local_logits.shape
         ctx.anchors = (local_logits,)
         ctx.grad = rows.grad
@@ -701,7 +706,10 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         ctx.grad = None
         ctx.backward_done = True
         if ctx.reduction == "none":
-            grad.mul_(grad_output.reshape(-1, 1).to(grad.dtype))
+            upstream = grad_output.reshape(-1, 1).to(grad.dtype)
+            if ctx.counted is not None:
+                upstream = torch.where(ctx.counted, upstream, 0.0)
+            grad.mul_(upstream)
         elif not _is_one(grad_output):
             grad.mul_(grad_output.to(grad.dtype))
         return grad.reshape(ctx.logits_shape), *(None,) * 8
