@@ -1228,3 +1228,30 @@ def test_non_finite_upstream_on_ignored_tokens_gives_them_zero_gradient(group_of
     ):
         assert bool(torch.isfinite(want).all())
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("group", ["world", 0])
+@pytest.mark.parametrize("initialised", [False, True])
+def test_group_of_the_wrong_type_is_a_type_error_naming_it(request, group, initialised):
+    """A group that is not a ProcessGroup is named in a TypeError (torch's own message said
+    'Group world is not registered', or, before init_process_group, that torch.distributed
+    must be initialised)."""
+    from crossentropy.losses import vocab_parallel_cross_entropy
+
+    if initialised:
+        request.getfixturevalue("group_of_one")
+    else:
+        import torch.distributed as dist
+
+        if dist.is_initialized():  # pragma: no cover - another test left a group
+            pytest.skip("a default process group exists in this process")
+    rule = r"`group` must be None \(the default group\) or a torch.distributed.ProcessGroup; got "
+    kind = type(group).__name__
+    with pytest.raises(TypeError, match=rule + kind):
+        vocab_parallel_cross_entropy(
+            torch.zeros(2, 3), torch.tensor([0, 1]), vocab_start=0, group=group
+        )
+    with pytest.raises(TypeError, match=rule + kind):
+        linear_cross_entropy(
+            torch.zeros(2, 4), torch.zeros(3, 4), torch.tensor([0, 1]), group=group
+        )

@@ -102,6 +102,12 @@ def _show(field: _Field, value: int) -> str:
 
 
 def _require_group(group: dist.ProcessGroup | None) -> tuple[int, int]:
+    process_group = getattr(dist, "ProcessGroup", None)
+    if group is not None and process_group is not None and not isinstance(group, process_group):
+        raise TypeError(
+            "`group` must be None (the default group) or a torch.distributed.ProcessGroup; "
+            f"got {type(group).__name__}; pass e.g. torch.distributed.new_group(ranks)"
+        )
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
             "torch.distributed must be initialised before a vocabulary-parallel loss is "
