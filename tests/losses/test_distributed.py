@@ -1129,19 +1129,39 @@ def test_group_of_one_sharded_head_equals_the_fused_head(group_of_one):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_gradient_is_kept_for_one_backward_pass(group_of_one):
-    """The gradient formed in forward is handed over once; a second backward through the
-    same loss says so instead of returning a wrong (already scaled) gradient."""
+def test_backward_passes_with_retain_graph(group_of_one):
+    """With retain_graph=True the gradient formed in forward serves any number of backward
+    passes (each scaled by its own upstream gradient, the kept block untouched, even when
+    a caller changes a returned gradient in place); after a pass that does not retain the
+    graph, another one says so. The same for the sharded head's gradients."""
     from crossentropy.losses import vocab_parallel_cross_entropy
 
     logits = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     targets = torch.tensor([0, 5, 2, 3])
+    unit = (torch.softmax(logits.detach(), 1) - F.one_hot(targets, 6)) / 4
     loss = vocab_parallel_cross_entropy(logits, targets, vocab_start=0)
     (2.0 * loss).backward(retain_graph=True)
-    expected = 2.0 * (torch.softmax(logits.detach(), 1) - F.one_hot(targets, 6)) / 4
-    torch.testing.assert_close(logits.grad, expected, rtol=1e-12, atol=1e-14)
-    with pytest.raises(RuntimeError, match="one backward pass"):
+    torch.testing.assert_close(logits.grad, 2.0 * unit, rtol=1e-12, atol=1e-14)
+    (grad,) = torch.autograd.grad(loss, logits, retain_graph=True)
+    grad.mul_(100.0)  # the caller's copy
+    loss.backward()
+    torch.testing.assert_close(logits.grad, 3.0 * unit, rtol=1e-12, atol=1e-14)
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
         loss.backward()
+
+    hidden = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    loss = linear_cross_entropy(hidden, weight, targets, group=group_of_one, impl="chunked")
+    first = torch.autograd.grad(loss, [hidden, weight], retain_graph=True)
+    for g in first:
+        g.zero_()  # changing a returned copy in place leaves the kept gradients alone
+    second = torch.autograd.grad(3.0 * loss, [hidden, weight])
+    plain = 3.0 * F.cross_entropy(hidden @ weight.T, targets)
+    expected = torch.autograd.grad(plain, [hidden, weight])
+    for got, want in zip(second, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        torch.autograd.grad(loss, [hidden, weight])
 
 
 def test_without_autograd_only_the_loss_is_formed(group_of_one):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from crossentropy.losses._composite import first_order_only, functorch_active
+from crossentropy.losses._composite import first_order_only, functorch_active, graph_kept
 from crossentropy.losses._kernel import accumulation_dtype, default_slice_rows
 from crossentropy.losses._linear import (
     AUTO_REFERENCE_ELEMENTS,
@@ -705,19 +705,27 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         if grad is None:
             if ctx.backward_done:
                 raise RuntimeError(
-                    "vocab_parallel_cross_entropy keeps its gradient for one backward pass; "
-                    "call the loss again to differentiate it again"
+                    "vocab_parallel_cross_entropy's gradient was released by an earlier "
+                    "backward pass; pass retain_graph=True to that pass to run another"
                 )
             return (None,) * 9
-        ctx.grad = None
         ctx.backward_done = True
+        # A graph kept for another pass keeps the unit-upstream gradient and hands out
+        # scaled copies (no collective either way); otherwise the block is scaled in place
+        # and handed over.
+        keep = graph_kept()
+        if not keep:
+            ctx.grad = None
         if ctx.reduction == "none":
             upstream = grad_output.reshape(-1, 1).to(grad.dtype)
             if ctx.counted is not None:
                 upstream = torch.where(ctx.counted, upstream, 0.0)
-            grad.mul_(upstream)
+            grad = grad * upstream if keep else grad.mul_(upstream)
         elif not _is_one(grad_output):
-            grad.mul_(grad_output.to(grad.dtype))
+            upstream = grad_output.to(grad.dtype)
+            grad = grad * upstream if keep else grad.mul_(upstream)
+        elif keep:
+            grad = grad.clone()
         return grad.reshape(ctx.logits_shape), *(None,) * 8
 
 
@@ -796,9 +804,10 @@ def vocab_parallel_cross_entropy(
     target logit and (with smoothing) ``sum_c w_c z_c``: two collectives of O(N) numbers.
     Each rank then forms the gradient of its own logits in the forward pass (``softmax -
     onehot`` with the smoothing, z-loss, soft-cap and base factors) and keeps it, in the
-    logits' dtype, for backward, which scales it in place and makes no collective (so the
-    loss supports one backward pass, and no second-order one: differentiating the
-    gradient, after ``create_graph=True``, raises ``NotImplementedError``). Every rank
+    logits' dtype, for backward, which scales it and makes no collective (in place, or a
+    scaled copy when the graph is retained for more backward passes; a second-order pass,
+    differentiating the gradient after ``create_graph=True``, raises
+    ``NotImplementedError``). Every rank
     returns the same loss. Memory beyond the logits: that one (N, V_r) gradient plus O(N)
     and a few row slices (cache-sized on CPU, at most 256 MiB on accelerators); the logits
     are read twice (statistics, then gradient), a slice of rows at a time.
@@ -1155,11 +1164,22 @@ class _ShardedLinearReduced(torch.autograd.Function):
     @staticmethod
     @first_order_only("linear_cross_entropy with group=")
     def backward(ctx, grad_output):
+        if ctx.grads is None:
+            raise RuntimeError(
+                "linear_cross_entropy(group=...)'s gradients were released by an earlier "
+                "backward pass; pass retain_graph=True to that pass to run another"
+            )
         one = _is_one(grad_output)
-        grads = [
-            None if g is None else (g if one else g * grad_output.to(g.dtype)) for g in ctx.grads
-        ]
-        ctx.grads = None
+        keep = graph_kept()  # a kept graph keeps the gradients and hands out copies
+
+        def scaled(g):
+            if not one:
+                return g * grad_output.to(g.dtype)
+            return g.clone() if keep else g
+
+        grads = [None if g is None else scaled(g) for g in ctx.grads]
+        if not keep:
+            ctx.grads = None
         return grads[0], grads[1], grads[2], None, None, None
 
 
