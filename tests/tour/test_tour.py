@@ -309,3 +309,33 @@ def test_optimal_code_spread_on_p():
         low, high = _optimal_code_costs(q, p)
         cost = coding.huffman_code(np.array(q)).expected_length(p)
         assert low - 1e-12 <= cost <= high + 1e-12
+
+
+def test_missing_demo_packages_are_named_before_the_tour_starts(monkeypatch, tmp_path, capsys):
+    """Without matplotlib (or torch / scikit-learn when training) the tour says which
+    package is missing and the install line, before printing anything; the command line
+    turns it into one line on stderr and exit 1."""
+    import importlib.util
+    import io
+
+    from crossentropy import cli
+    from crossentropy.tour import run_tour
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("matplotlib", "sklearn") else real(name, *a),
+    )
+    stream = io.StringIO()
+    with pytest.raises(ModuleNotFoundError, match=r"matplotlib \(the figures\).*sklearn"):
+        run_tour(tmp_path, stream=stream)
+    assert stream.getvalue() == ""
+    with pytest.raises(ModuleNotFoundError) as error:
+        run_tour(tmp_path, train=False, stream=stream)
+    assert "sklearn" not in str(error.value)
+    assert "crossentropy[demo]" in str(error.value)
+    assert cli.main(["tour", "--no-train", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "matplotlib" in err

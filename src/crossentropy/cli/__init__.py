@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, OSError) as error:
+    except (ValueError, TypeError, OSError, ImportError) as error:
         print(f"crossentropy {args.command}: error: {error}", file=sys.stderr)
         return 1
     except MemoryError as error:  # e.g. a container whose original does not fit in memory

@@ -4,6 +4,14 @@ Losses speak nats by default (``base=math.e``) so that they are drop-in replacem
 the frameworks' own; ``base=2`` gives the loss and its gradient in bits.
 """
 
+try:
+    import torch  # noqa: F401
+except ModuleNotFoundError as error:  # pragma: no cover - the test environment has torch
+    raise ModuleNotFoundError(
+        "crossentropy.losses needs PyTorch (torch >= 2.1): pip install 'crossentropy[torch]'",
+        name="torch",
+    ) from error
+
 from crossentropy.losses._cross_entropy import (
     CrossEntropyLoss,
     TokenStats,

@@ -74,9 +74,12 @@ def run_tour(
 
     Raises:
         ValueError: ``epochs`` is negative, ``style`` unknown, or ``out`` is a file.
+        ModuleNotFoundError: a package of the ``demo`` extra that this run needs is
+            missing (matplotlib for the figures; torch and scikit-learn to train).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"`epochs` must be an integer >= 0; got {epochs!r}")
+    _require_demo_packages(train)
     if pathlib.Path(out).exists() and not pathlib.Path(out).is_dir():
         raise ValueError(f"`out` must be a folder for the figures; got the file {str(out)!r}")
     tour = Tour(out, stream=stream, style=style, quiet=quiet)
@@ -96,3 +99,19 @@ def run_tour(
     summary_section(tour)
     tour.listing()
     return tour
+
+
+def _require_demo_packages(train: bool) -> None:
+    """Fail before the first section, naming every missing package and the install line."""
+    import importlib.util
+
+    needed = {"matplotlib": "the figures"}
+    if train:
+        needed.update({"torch": "the trained classifier", "sklearn": "the digits data"})
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        what = ", ".join(f"{name} ({needed[name]})" for name in missing)
+        skip = " (or pass train=False / --no-train to skip the classifier)" if train else ""
+        raise ModuleNotFoundError(
+            f"the tour needs {what}: install the demo extra, pip install 'crossentropy[demo]'{skip}"
+        )
