@@ -144,3 +144,13 @@ def test_float64_is_left_alone_under_autocast():
         cast = linear_cross_entropy(hidden, weight, targets, impl="chunked", chunk_size=7)
     assert cast.dtype == torch.float64
     assert torch.equal(plain, cast)
+
+
+def test_devices_without_autocast():
+    """A device type autocast does not know (meta) counts as autocast off, instead of
+    autocast's own 'unknown device type' error: half logits there give a half loss."""
+    logits = torch.empty(4, 7, dtype=BF16, device="meta")
+    targets = torch.empty(4, dtype=torch.long, device="meta")
+    loss = cross_entropy(logits, targets)
+    assert loss.dtype == F.cross_entropy(logits, targets).dtype == BF16
+    assert loss.device.type == "meta"

@@ -236,6 +236,8 @@ def autocast_enabled(device: torch.device) -> bool:
         if device.type == "cpu":
             return bool(torch.is_autocast_cpu_enabled())
         return bool(torch.is_autocast_enabled())
+    except RuntimeError:  # a device type autocast does not know (meta, ...): never on
+        return False
 
 
 __all__ = [
