@@ -1,4 +1,4 @@
-"""The losses as plain differentiable torch operations, for gradients of gradients.
+"""The losses as plain differentiable torch operations, for what the fast paths cannot do.
 
 The fast paths of :mod:`crossentropy.losses` compute each gradient directly (in the forward
 pass or chunk by chunk) and hand it to autograd as a constant block. That is right for
@@ -13,6 +13,11 @@ inputs with :func:`composite_rows`, which spells the loss out in torch operation
 differentiable to any order, and differentiates that with ``create_graph=True``. The
 first-order path is untouched; the second-order one costs what eager torch costs (it
 holds the softmax and, for a fused head, the logits).
+
+The same formulas serve the calls that the autograd functions cannot serve at all
+(:func:`traced`): inside ``torch.func`` transforms (``grad``, ``vmap``, ``hessian``...),
+for inputs carrying a forward-mode tangent, and for class weights that require a gradient.
+The public functions then compute the loss through them from the start.
 
 Functions whose second-order path is not built (the losses over ``torch.distributed``)
 use :func:`first_order_only`: the gradient they return is then connected to their
