@@ -1091,6 +1091,17 @@ def test_group_of_one_backward_releases_the_logits(group_of_one):
     assert alive() is None
 
 
+def test_group_of_one_shift(group_of_one):
+    """shift= works with group= as without (the targets are shifted before the ranks)."""
+    gen = torch.Generator().manual_seed(5)
+    hidden = torch.randn(2, 6, 4, dtype=torch.float64, generator=gen)
+    weight = torch.randn(7, 4, dtype=torch.float64, generator=gen)
+    targets = torch.randint(0, 7, (2, 6), generator=gen)
+    sharded = linear_cross_entropy(hidden, weight, targets, group=group_of_one, shift=2)
+    single = linear_cross_entropy(hidden, weight, targets, shift=2)
+    torch.testing.assert_close(sharded, single, rtol=1e-12, atol=1e-14)
+
+
 def test_group_of_one_sharded_head_equals_the_fused_head(group_of_one):
     """On one rank the sharded head is the whole head: it equals linear_cross_entropy."""
     from crossentropy.losses import linear_cross_entropy

@@ -593,6 +593,7 @@ def linear_cross_entropy(
     impl: Impl = "auto",
     group: object = None,
     validate: bool = True,
+    shift: int = 0,
 ) -> torch.Tensor:
     """Softmax cross-entropy of a linear head, without ever holding the (N, V) logits.
 
@@ -669,10 +670,16 @@ def linear_cross_entropy(
             of a head split by vocabulary, or None for a whole head. Class probabilities
             are then this rank's columns of them, shaped (..., V_r).
         validate: Check the target values (a device synchronisation on accelerators).
+        shift: For a causal language model, score position t of ``hidden`` (..., T, D)
+            against ``targets[..., t + shift]`` (class indices (..., T)); the last ``shift``
+            positions count as ignored. The same as passing ``hidden[..., :-shift, :]``
+            and ``targets[..., shift:]``, without copying the hidden states; 0 (the
+            default) scores each position against its own target.
 
     Returns:
         The loss in units of ``base``, in hidden's dtype: a scalar for ``"mean"`` and
-        ``"sum"``, shaped like ``hidden`` without its last dimension for ``"none"``.
+        ``"sum"``, shaped like ``hidden`` without its last dimension for ``"none"`` (0 at
+        the last ``shift`` positions).
 
     Raises:
         TypeError: A non-tensor input, a dtype that is not floating point (hidden, weight,
@@ -703,6 +710,8 @@ def linear_cross_entropy(
         fused head that never materialises the logits.
     """
     hidden, weight, bias = autocast_inputs(hidden, weight, bias)
+    if not (isinstance(shift, int) and not isinstance(shift, bool) and shift == 0):
+        targets = _shifted_targets(hidden, targets, shift, ignore_index)
     if group is not None:
         # Imported here: the vocabulary-parallel module builds on this one.
         from crossentropy.losses._distributed import sharded_linear_cross_entropy
@@ -801,6 +810,34 @@ def linear_cross_entropy(
     if reduction == "none":
         return _ChunkedPerToken.apply(h2, weight, bias, y, opts, rows).reshape(token_shape)
     return _ChunkedReduced.apply(h2, weight, bias, y, opts, rows)
+
+
+def _shifted_targets(hidden: object, targets: object, shift: object, ignore_index: int):
+    """``targets`` moved ``shift`` positions back along the sequence (their last
+    dimension), the freed positions set to ``ignore_index``."""
+    if isinstance(shift, bool) or not isinstance(shift, numbers.Integral) or shift < 0:
+        raise ValueError(f"`shift` must be an integer >= 0; got {shift!r}")
+    if not isinstance(hidden, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        return targets  # the input checks that follow name the culprit
+    if targets.is_floating_point():
+        raise ValueError(
+            "`shift` needs class-index targets (shifted positions become ignore_index); got "
+            f"floating-point targets of dtype {targets.dtype}: shift class probabilities "
+            "yourself"
+        )
+    if hidden.dim() < 2 or tuple(targets.shape) != tuple(hidden.shape[:-1]):
+        raise ValueError(
+            "`shift` needs `hidden` of shape (..., T, D) and `targets` of shape (..., T); "
+            f"got {tuple(hidden.shape)} and {tuple(targets.shape)}"
+        )
+    length = hidden.shape[-2]
+    if shift >= length:
+        raise ValueError(
+            f"`shift` must be smaller than the sequence length T = {length}; got {shift}"
+        )
+    shifted = torch.full(targets.shape, ignore_index, dtype=torch.long, device=targets.device)
+    shifted[..., : length - shift] = targets[..., shift:]
+    return shifted
 
 
 def _reference(hidden, head, targets, *, bias, **options) -> torch.Tensor:
@@ -981,7 +1018,7 @@ class LinearCrossEntropyLoss(nn.Module):
         class_weight: (V,) class weights, or None; kept as a buffer, so it follows the
             module's ``.to(device)``.
         ignore_index, reduction, label_smoothing, z_loss, softcap, base, chunk_size, impl,
-        group, validate: As :func:`linear_cross_entropy`, checked at construction.
+        group, validate, shift: As :func:`linear_cross_entropy`, checked at construction.
 
     Examples:
         >>> import torch
@@ -1012,8 +1049,11 @@ class LinearCrossEntropyLoss(nn.Module):
         impl: Impl = "auto",
         group: object = None,
         validate: bool = True,
+        shift: int = 0,
     ):
         super().__init__()
+        if isinstance(shift, bool) or not isinstance(shift, numbers.Integral) or shift < 0:
+            raise ValueError(f"`shift` must be an integer >= 0; got {shift!r}")
         check_options(
             reduction=reduction,
             label_smoothing=label_smoothing,
@@ -1054,6 +1094,7 @@ class LinearCrossEntropyLoss(nn.Module):
         self.impl = impl
         self.group = group
         self.validate = validate
+        self.shift = int(shift)
 
     def forward(
         self,
@@ -1079,6 +1120,7 @@ class LinearCrossEntropyLoss(nn.Module):
             impl=self.impl,
             group=self.group,
             validate=self.validate,
+            shift=self.shift,
         )
 
     def extra_repr(self) -> str:
@@ -1086,7 +1128,7 @@ class LinearCrossEntropyLoss(nn.Module):
             f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
             f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
             f"softcap={self.softcap}, base={self.base}, chunk_size={self.chunk_size}, "
-            f"impl={self.impl!r}"
+            f"impl={self.impl!r}" + (f", shift={self.shift}" if self.shift else "")
         )
 
 
