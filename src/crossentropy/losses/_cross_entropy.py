@@ -214,6 +214,31 @@ def _row_scales(
     return safe, valid, factor
 
 
+class _Options(NamedTuple):
+    """The loss options shared by the autograd functions and the plain formulas."""
+
+    weight: torch.Tensor | None
+    probs: bool
+    ignore_index: int
+    label_smoothing: float
+    z_loss: float
+    softcap: float | None
+    base: float
+
+
+def _options(weight, probs, ignore_index, label_smoothing, z_loss, softcap, base) -> _Options:
+    """The checked options as the functions take them (Python ints and floats)."""
+    return _Options(
+        weight,
+        probs,
+        int(ignore_index),
+        float(label_smoothing),
+        float(z_loss),
+        None if softcap is None else float(softcap),
+        float(base),
+    )
+
+
 class _CrossEntropyFunction(torch.autograd.Function):
     """Loss in forward, its gradient computed there too; backward scales the saved gradient.
 
@@ -226,17 +251,12 @@ class _CrossEntropyFunction(torch.autograd.Function):
         ctx,
         logits: torch.Tensor,
         targets: torch.Tensor,
-        weight: torch.Tensor | None,
-        probs: bool,
-        ignore_index: int,
+        options: _Options,
         reduction: str,
-        label_smoothing: float,
-        z_loss: float,
-        softcap: float | None,
-        base: float,
         track_grad: bool,
         out_dtype: torch.dtype,
     ) -> torch.Tensor:
+        weight, probs, ignore_index, label_smoothing, z_loss, softcap, base = options
         flat_logits, flat_targets = _flatten(logits, targets, probs)
         acc = accumulation_dtype(logits.dtype)
         safe, valid, factor = _row_scales(flat_targets, probs, weight, ignore_index, reduction, acc)
@@ -260,7 +280,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
         else:
             loss = (rows * factor).sum()  # factor = mask / denominator
         ctx.reduction = reduction
-        ctx.options = (weight, probs, ignore_index, label_smoothing, z_loss, softcap, base)
+        ctx.options = options
         ctx.probs_grad = probs and ctx.needs_input_grad[1] and track_grad
         # The caller's logits, by reference, for a second-order backward pass; they exist
         # during this forward pass anyway, so keeping them does not raise the peak. Only
@@ -278,7 +298,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         grad, logits, targets, factor = ctx.saved_tensors
         weight, probs, _, label_smoothing, _, softcap, base = ctx.options
-        nones = (None,) * 10
+        nones = (None,) * 4
         kept, ctx.logits = ctx.logits, (ctx.logits if graph_kept() else None)
         if torch.is_grad_enabled():  # create_graph=True: a gradient to differentiate again
             if kept is None:
@@ -335,7 +355,7 @@ def _composite_loss(logits, targets, options, reduction):
     """The loss of :class:`_CrossEntropyFunction` as plain torch operations, in the
     accumulation dtype (flat per token for ``"none"``): the graph a second-order backward
     pass differentiates and what ``torch.func`` transforms trace."""
-    weight, probs, ignore_index = options[0], options[1], options[2]
+    weight, probs, ignore_index = options.weight, options.probs, options.ignore_index
     flat_logits, flat_targets = _flatten(logits, targets, probs)
     acc = accumulation_dtype(logits.dtype)
     _, valid, factor = _row_scales(flat_targets, probs, weight, ignore_index, reduction, acc)
@@ -348,6 +368,14 @@ def _composite_loss(logits, targets, options, reduction):
     if reduction == "sum":
         return rows.sum()
     return (rows * factor).sum()
+
+
+def _composite_stats(flat_logits, flat_targets, options):
+    """:class:`_StatsFunction`'s three outputs as plain torch operations, in the
+    accumulation dtype: the per-token loss (0 at ignored tokens), lse and entropy."""
+    rows, valid = _composite_loss_rows(flat_logits, flat_targets, options, with_entropy=True)
+    loss = rows.loss if valid is None else torch.where(valid, rows.loss, 0.0)
+    return loss, rows.logsumexp, rows.entropy
 
 
 def _composite_loss_rows(flat_logits, flat_targets, options, *, with_entropy=False):
@@ -524,33 +552,20 @@ def cross_entropy(
     )
     plain = traced(logits, targets, constants=(weight,))  # see _composite.traced
     prepared = _prepare(logits, targets, ignore_index, validate and not plain)
+    options = _options(weight, prepared.probs, ignore_index, label_smoothing, z_loss, softcap, base)
+    out_dtype = loss_dtype(logits.dtype, logits.device)
     if plain:
-        options = (
-            weight,
-            prepared.probs,
-            int(ignore_index),
-            float(label_smoothing),
-            float(z_loss),
-            None if softcap is None else float(softcap),
-            float(base),
-        )
         loss = _composite_loss(prepared.logits, prepared.targets, options, reduction)
-        loss = loss.to(loss_dtype(logits.dtype, logits.device))
-        return loss.reshape(prepared.out_shape) if reduction == "none" else loss
-    loss = _CrossEntropyFunction.apply(
-        prepared.logits,
-        prepared.targets,
-        weight,
-        prepared.probs,
-        int(ignore_index),
-        reduction,
-        float(label_smoothing),
-        float(z_loss),
-        None if softcap is None else float(softcap),
-        float(base),
-        torch.is_grad_enabled(),
-        loss_dtype(logits.dtype, logits.device),
-    )
+        loss = loss.to(out_dtype)
+    else:
+        loss = _CrossEntropyFunction.apply(
+            prepared.logits,
+            prepared.targets,
+            options,
+            reduction,
+            torch.is_grad_enabled(),
+            out_dtype,
+        )
     if reduction == "none":
         loss = loss.reshape(prepared.out_shape)
     return loss
@@ -619,37 +634,16 @@ def cross_entropy_stats(
     )
     plain = traced(logits, targets, constants=(weight,))  # see _composite.traced
     prepared = _prepare(logits, targets, ignore_index, validate and not plain)
+    options = _options(weight, prepared.probs, ignore_index, label_smoothing, z_loss, softcap, base)
+    out_dtype = loss_dtype(logits.dtype, logits.device)
     if plain:
-        options = (
-            weight,
-            prepared.probs,
-            int(ignore_index),
-            float(label_smoothing),
-            float(z_loss),
-            None if softcap is None else float(softcap),
-            float(base),
-        )
         flat_logits, flat_targets = _flatten(prepared.logits, prepared.targets, prepared.probs)
-        rows, valid = _composite_loss_rows(flat_logits, flat_targets, options, with_entropy=True)
-        loss = rows.loss if valid is None else torch.where(valid, rows.loss, 0.0)
-        dtype, shape = loss_dtype(logits.dtype, logits.device), prepared.out_shape
-        return TokenStats(
-            loss.to(dtype).reshape(shape),
-            rows.logsumexp.to(dtype).reshape(shape),
-            rows.entropy.to(dtype).reshape(shape),
+        stats = _composite_stats(flat_logits, flat_targets, options)
+        loss, lse, entropy = (t.to(out_dtype) for t in stats)
+    else:
+        loss, lse, entropy = _StatsFunction.apply(
+            prepared.logits, prepared.targets, options, out_dtype
         )
-    loss, lse, entropy = _StatsFunction.apply(
-        prepared.logits,
-        prepared.targets,
-        weight,
-        prepared.probs,
-        int(ignore_index),
-        float(label_smoothing),
-        float(z_loss),
-        None if softcap is None else float(softcap),
-        float(base),
-        loss_dtype(logits.dtype, logits.device),
-    )
     shape = prepared.out_shape
     return TokenStats(loss.reshape(shape), lse.reshape(shape), entropy.reshape(shape))
 
@@ -662,15 +656,10 @@ class _StatsFunction(torch.autograd.Function):
         ctx,
         logits: torch.Tensor,
         targets: torch.Tensor,
-        weight: torch.Tensor | None,
-        probs: bool,
-        ignore_index: int,
-        label_smoothing: float,
-        z_loss: float,
-        softcap: float | None,
-        base: float,
+        options: _Options,
         out_dtype: torch.dtype,
     ):
+        weight, probs, ignore_index, label_smoothing, z_loss, softcap, base = options
         flat_logits, flat_targets = _flatten(logits, targets, probs)
         acc = accumulation_dtype(logits.dtype)
         safe, valid, _ = _row_scales(flat_targets, probs, weight, ignore_index, "none", acc)
@@ -685,7 +674,7 @@ class _StatsFunction(torch.autograd.Function):
             with_entropy=True,
         )
         loss = terms.loss if valid is None else torch.where(valid, terms.loss, 0.0)
-        ctx.options = (weight, probs, ignore_index, label_smoothing, z_loss, softcap, base)
+        ctx.options = options
         ctx.save_for_backward(logits, targets, terms.entropy)
         ctx.out_dtype = out_dtype
         return loss.to(out_dtype), terms.logsumexp.to(out_dtype), terms.entropy.to(out_dtype)
@@ -694,15 +683,11 @@ class _StatsFunction(torch.autograd.Function):
     def backward(ctx, grad_loss, grad_lse, grad_entropy):
         logits, targets, entropy = ctx.saved_tensors
         weight, probs, ignore_index, label_smoothing, z_loss, softcap, base = ctx.options
-        nones = (None,) * 8
+        nones = (None,) * 2
         flat_logits, flat_targets = _flatten(logits, targets, probs)
         if torch.is_grad_enabled():  # create_graph=True: a gradient to differentiate again
-            rows, valid = _composite_loss_rows(
-                flat_logits, flat_targets, ctx.options, with_entropy=True
-            )
-            loss = rows.loss if valid is None else torch.where(valid, rows.loss, 0.0)
-            dtype = ctx.out_dtype
-            outputs = [loss.to(dtype), rows.logsumexp.to(dtype), rows.entropy.to(dtype)]
+            stats = _composite_stats(flat_logits, flat_targets, ctx.options)
+            outputs = [t.to(ctx.out_dtype) for t in stats]
             needs = (ctx.needs_input_grad[0], probs and ctx.needs_input_grad[1])
             grad_logits, grad_targets = differentiate(
                 outputs, [grad_loss, grad_lse, grad_entropy], [logits, targets], needs
