@@ -431,35 +431,19 @@ def _shard_rows(
     rows = min(_slice_rows(device, shard), max(n, 1))
     z_slice = _z_slicer(logits, cap, rows)
 
+    def fill(r0: int, r1: int, zb: torch.Tensor, sums: torch.Tensor) -> None:
+        """The target logit (0 off this shard) and, with smoothing, sum_c w_c z_c."""
+        picked = torch.gather(zb, 1, t_index[r0:r1]).squeeze(1)
+        sums[1, r0:r1] = torch.where(in_shard[r0:r1], picked, 0.0)
+        if eps > 0:
+            if w_loc is None:
+                torch.sum(zb, 1, out=sums[2, r0:r1])
+            else:
+                torch.mv(zb, w_loc, out=sums[2, r0:r1])
+
     loss = None
     if lse is None:
-        local_max = torch.full((n,), -math.inf, dtype=acc, device=device)
-        sums = torch.zeros(3, n, dtype=acc, device=device)  # sum exp, z_y, sum_c w_c z_c
-        if shard > 0 and n > 0:
-            p_buf = torch.empty(rows, shard, dtype=acc, device=device)
-            for r0 in range(0, n, rows):
-                r1 = min(r0 + rows, n)
-                zb, _ = z_slice(r0, r1)
-                mb = torch.amax(zb, 1, out=local_max[r0:r1])
-                shift = torch.where(mb == -math.inf, 0.0, mb).unsqueeze(1)
-                pb = torch.sub(zb, shift, out=p_buf[: r1 - r0]).exp_()
-                torch.sum(pb, 1, out=sums[0, r0:r1])
-                sums[1, r0:r1] = torch.gather(zb, 1, t_index[r0:r1]).squeeze(1)
-                if eps > 0:
-                    if w_loc is None:
-                        torch.sum(zb, 1, out=sums[2, r0:r1])
-                    else:
-                        torch.mv(zb, w_loc, out=sums[2, r0:r1])
-            del p_buf
-        sums[1] = torch.where(in_shard, sums[1], 0.0)
-        row_max = local_max.clone()
-        if n > 0:
-            dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
-        # Rescale this rank's sum of exponentials from its own maximum to the global one.
-        rescale = torch.where(local_max == -math.inf, 0.0, torch.exp(local_max - row_max))
-        sums[0].mul_(rescale)
-        if n > 0:
-            dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+        row_max, sums = _global_row_sums(z_slice, n, shard, rows, acc, device, group, fill)
         sum_exp, z_target, w_dot_z = sums[0], sums[1], sums[2]
         log_sum_exp = sum_exp.log()
         lse = row_max + log_sum_exp
@@ -500,6 +484,37 @@ def _shard_rows(
             if not direct:
                 grad[r0:r1].copy_(pb)
     return _Rows(loss, lse, grad)
+
+
+def _global_row_sums(z_slice, n, shard, rows, acc, device, group, fill):
+    """Pass 1 of the shard kernels: per row, the global maximum and three global sums.
+
+    Each slice of ``rows`` rows gives its sum of exponentials about its own maximum
+    (``sums[0]``) and, through ``fill(r0, r1, z_block, sums)``, the kernel's other two
+    per-row sums (``sums[1:]``). The group all-reduces the maxima, each rank rescales its
+    sums of exponentials from its own maximum to the global one, and one all-reduce sums
+    all three. Returns ``(row_max, sums)``.
+    """
+    local_max = torch.full((n,), -math.inf, dtype=acc, device=device)
+    sums = torch.zeros(3, n, dtype=acc, device=device)
+    if shard > 0 and n > 0:
+        p_buf = torch.empty(rows, shard, dtype=acc, device=device)
+        for r0 in range(0, n, rows):
+            r1 = min(r0 + rows, n)
+            zb, _ = z_slice(r0, r1)
+            mb = torch.amax(zb, 1, out=local_max[r0:r1])
+            shift = torch.where(mb == -math.inf, 0.0, mb).unsqueeze(1)
+            exps = torch.sub(zb, shift, out=p_buf[: r1 - r0]).exp_()
+            torch.sum(exps, 1, out=sums[0, r0:r1])
+            fill(r0, r1, zb, sums)
+        del p_buf
+    row_max = local_max.clone()
+    if n > 0:
+        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
+    sums[0].mul_(torch.where(local_max == -math.inf, 0.0, torch.exp(local_max - row_max)))
+    if n > 0:
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+    return row_max, sums
 
 
 def _z_slicer(logits: torch.Tensor, cap: float | None, rows: int):
@@ -573,29 +588,15 @@ def _shard_prob_rows(
             qb.mul_(w_loc)
         return qb
 
+    def fill(r0: int, r1: int, zb: torch.Tensor, sums: torch.Tensor) -> None:
+        """Q = sum_c q_c and sum_c q_c z_c over this rank's columns."""
+        qb = q_slice(r0, r1)
+        torch.sum(qb, 1, out=sums[1, r0:r1])
+        torch.linalg.vecdot(qb, zb, out=sums[2, r0:r1])
+
     loss = None
     if lse is None:
-        local_max = torch.full((n,), -math.inf, dtype=acc, device=device)
-        sums = torch.zeros(3, n, dtype=acc, device=device)  # sum exp, Q, sum_c q_c z_c
-        if shard > 0 and n > 0:
-            p_buf = torch.empty(rows, shard, dtype=acc, device=device)
-            for r0 in range(0, n, rows):
-                r1 = min(r0 + rows, n)
-                zb, _ = z_slice(r0, r1)
-                mb = torch.amax(zb, 1, out=local_max[r0:r1])
-                shift = torch.where(mb == -math.inf, 0.0, mb).unsqueeze(1)
-                exps = torch.sub(zb, shift, out=p_buf[: r1 - r0]).exp_()
-                torch.sum(exps, 1, out=sums[0, r0:r1])
-                qb = q_slice(r0, r1)
-                torch.sum(qb, 1, out=sums[1, r0:r1])
-                torch.linalg.vecdot(qb, zb, out=sums[2, r0:r1])
-            del p_buf
-        row_max = local_max.clone()
-        if n > 0:
-            dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
-        sums[0].mul_(torch.where(local_max == -math.inf, 0.0, torch.exp(local_max - row_max)))
-        if n > 0:
-            dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+        row_max, sums = _global_row_sums(z_slice, n, shard, rows, acc, device, group, fill)
         lse = row_max + sums[0].log()
         q_sum = sums[1]
         loss = q_sum * lse - sums[2]
