@@ -25,6 +25,8 @@ from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
 from crossentropy.losses._options import (
     Reduction,
     check_options,
+    check_probability_ignore_index,
+    check_probability_values,
     loss_dtype,
     probability_sum_message,
     probability_sum_tolerance,
@@ -91,11 +93,7 @@ def _prepare(logits: object, targets: object, ignore_index: int, validate: bool)
                 f"probabilities, or shape {token_shape} for class indices; "
                 f"got shape {tuple(targets.shape)} of dtype {targets.dtype}"
             )
-        if ignore_index != -100:
-            raise ValueError(
-                "`ignore_index` must be left at -100 with class-probability targets (there is "
-                f"no class index to ignore); got {ignore_index}"
-            )
+        check_probability_ignore_index(ignore_index)
     elif targets.shape != token_shape:
         raise ValueError(
             f"`targets` must have shape {token_shape} for class indices, or the logits' "
@@ -150,12 +148,7 @@ def _check_target_values(
         if targets.numel() == 0:
             return
         class_dim = 0 if targets.dim() == 1 else 1
-        bad = ~torch.isfinite(targets) | (targets < 0)
-        if bool(bad.any()):
-            raise ValueError(
-                "`targets` must be class probabilities, finite and >= 0; "
-                f"got {targets[bad][0].item()!r}"
-            )
+        check_probability_values(targets)
         sums = targets.sum(class_dim, dtype=accumulation_dtype(targets.dtype))
         tol = probability_sum_tolerance(targets.dtype)
         off = (sums - 1).abs() > tol

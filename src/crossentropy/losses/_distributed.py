@@ -43,6 +43,8 @@ from crossentropy.losses._options import (
     autocast_inputs,
     check_class_weight,
     check_options,
+    check_probability_ignore_index,
+    check_probability_values,
     loss_dtype,
     no_autocast,
     probability_sum_message,
@@ -248,18 +250,9 @@ def _check_tiling(shard_rows: list[int], starts: list[int]) -> None:
 
 def _check_local_probabilities(targets: torch.Tensor, ignore_index: int, validate: bool) -> None:
     """This rank's columns of class probabilities: finite and >= 0, no ``ignore_index``."""
-    if ignore_index != -100:
-        raise ValueError(
-            "`ignore_index` must be left at -100 with class-probability targets (there is "
-            f"no class index to ignore); got {ignore_index}"
-        )
-    if validate and targets.numel() > 0:
-        bad = ~torch.isfinite(targets) | (targets < 0)
-        if bool(bad.any()):
-            raise ValueError(
-                "`targets` must be class probabilities, finite and >= 0; "
-                f"got {targets[bad][0].item()!r}"
-            )
+    check_probability_ignore_index(ignore_index)
+    if validate:
+        check_probability_values(targets)
 
 
 def _check_probability_sums(targets: torch.Tensor, group: dist.ProcessGroup | None) -> None:

@@ -41,6 +41,7 @@ from crossentropy.losses._options import (
     autocast_inputs,
     check_class_weight,
     check_options,
+    check_probability_ignore_index,
     loss_dtype,
     no_autocast,
 )
@@ -217,11 +218,7 @@ def _check_inputs(
                 f"{token_shape} for class indices; got {tuple(targets.shape)} of dtype "
                 f"{targets.dtype}"
             )
-        if ignore_index != -100:
-            raise ValueError(
-                "`ignore_index` must be left at -100 with class-probability targets (there is "
-                f"no class index to ignore); got {ignore_index}"
-            )
+        check_probability_ignore_index(ignore_index)
     elif tuple(targets.shape) != token_shape:
         raise ValueError(
             f"`targets` must have shape {token_shape}, that of `hidden` without its last "

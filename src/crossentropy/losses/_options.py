@@ -155,6 +155,28 @@ def check_class_weight(
             )
 
 
+def check_probability_ignore_index(ignore_index: int) -> None:
+    """Class-probability targets have no class index to ignore: ``ignore_index`` stays at
+    its default, -100."""
+    if ignore_index != -100:
+        raise ValueError(
+            "`ignore_index` must be left at -100 with class-probability targets (there is "
+            f"no class index to ignore); got {ignore_index}"
+        )
+
+
+def check_probability_values(targets: torch.Tensor) -> None:
+    """Class probabilities are finite and >= 0 (reads the values: a synchronisation)."""
+    if targets.numel() == 0:
+        return
+    bad = ~torch.isfinite(targets) | (targets < 0)
+    if bool(bad.any()):
+        raise ValueError(
+            "`targets` must be class probabilities, finite and >= 0; "
+            f"got {targets[bad][0].item()!r}"
+        )
+
+
 def probability_sum_tolerance(dtype: torch.dtype) -> float:
     """How far from 1 a token's class probabilities of ``dtype`` may sum: the square root of
     the dtype's machine epsilon, and never less than float32's (3.5e-4), so that
@@ -247,6 +269,8 @@ __all__ = [
     "autocast_inputs",
     "check_class_weight",
     "check_options",
+    "check_probability_ignore_index",
+    "check_probability_values",
     "loss_dtype",
     "no_autocast",
     "probability_sum_message",
