@@ -46,9 +46,9 @@ from crossentropy.losses._options import (
     check_probability_ignore_index,
     check_probability_values,
     loss_dtype,
-    no_autocast,
     probability_sum_message,
     probability_sum_tolerance,
+    without_autocast,
 )
 from crossentropy.losses._products import ChunkProducts, choose_engine
 
@@ -1021,13 +1021,8 @@ def _chunk_rows(z, targets, plan: _LinearPlan, **kwargs) -> _Rows:
     return _shard_rows(z, targets, plan.spec, weight=plan.class_weight, group=plan.group, **kwargs)
 
 
-def _sharded_pass(*args, **kwargs):
-    """:func:`_sharded_sweep` with autocast off (its products keep their designed dtypes)."""
-    with no_autocast(args[0].device):
-        return _sharded_sweep(*args, **kwargs)
-
-
-def _sharded_sweep(hidden, weight, bias, targets, plan: _LinearPlan, index, *, grad_scale):
+@without_autocast  # the products keep their designed dtypes
+def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, grad_scale):
     """One sweep over the chunks of kept tokens (``index``) of this rank's vocabulary rows.
 
     ``grad_scale`` is None (losses only) or a float multiplying every row's gradient (the
@@ -1080,13 +1075,8 @@ def _sharded_sweep(hidden, weight, bias, targets, plan: _LinearPlan, index, *, g
     return loss, lse, q_sum, dh, dw, db
 
 
-def _sharded_weight_grads(*args):
-    """:func:`_sharded_weight_sweep` with autocast off."""
-    with no_autocast(args[0].device):
-        return _sharded_weight_sweep(*args)
-
-
-def _sharded_weight_sweep(hidden, weight, bias, targets, plan, index, lse, q_sum, scale):
+@without_autocast
+def _sharded_weight_grads(hidden, weight, bias, targets, plan, index, lse, q_sum, scale):
     """Backward of ``reduction="none"``: recompute each chunk's logits and form the local
     weight and bias gradients of ``sum_i scale_i * loss_i``, with no collective (the
     log-sum-exp of every kept token was stored by the forward pass)."""

@@ -44,6 +44,7 @@ from crossentropy.losses._options import (
     check_probability_ignore_index,
     loss_dtype,
     no_autocast,
+    without_autocast,
 )
 from crossentropy.losses._products import ChunkProducts, choose_engine
 
@@ -320,13 +321,8 @@ def _kernel_options(opts: dict) -> dict:
     }
 
 
-def _fused_pass(*args, **kwargs):
-    """:func:`_fused_sweep` with autocast off (its products keep their designed dtypes)."""
-    with no_autocast(args[0].device):
-        return _fused_sweep(*args, **kwargs)
-
-
-def _fused_sweep(
+@without_autocast  # the products keep their designed dtypes
+def _fused_pass(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,

@@ -11,6 +11,7 @@ weights being nonnegative and finite) forces a device synchronisation and is ski
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 from typing import Literal, get_args
@@ -248,6 +249,18 @@ def no_autocast(device: torch.device):
     if autocast_enabled(device):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def without_autocast(sweep):
+    """Decorate a function whose first argument is a tensor so that it runs with autocast
+    off on that tensor's device (see :func:`no_autocast`)."""
+
+    @functools.wraps(sweep)
+    def wrapper(first, *args, **kwargs):
+        with no_autocast(first.device):
+            return sweep(first, *args, **kwargs)
+
+    return wrapper
 
 
 def autocast_enabled(device: torch.device) -> bool:
