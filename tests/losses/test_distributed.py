@@ -84,6 +84,20 @@ def _close(label, actual, expected, dtype, failures):
 # --------------------------------------------------------------------------------------
 
 
+def _agreed_outcomes(results, name, failures):
+    """Each rank's ``(loss, *grads)`` of case ``name``, or None (with the failure noted)
+    when a rank raised; a failure is also noted when the ranks' losses differ."""
+    outcomes = [result[name] for result in results]
+    bad = [o for o in outcomes if o[0] != "ok"]
+    if bad:
+        failures.append(f"{name}: {bad[0]}")
+        return None
+    losses = [o[1][0] for o in outcomes]
+    if not all(torch.equal(losses[0], other) for other in losses[1:]):
+        failures.append(f"{name}: ranks returned different losses {losses}")
+    return outcomes
+
+
 def _vocab_cases(world: int) -> list[dict]:
     gen = torch.Generator().manual_seed(1000 + world)
     cases = []
@@ -187,14 +201,10 @@ def test_vocab_parallel_matches_single_process(world, tmp_path):
     failures: list[str] = []
     for case in cases:
         name, dtype = case["name"], case["dtype"]
-        outcomes = [result[name] for result in results]
-        bad = [o for o in outcomes if o[0] != "ok"]
-        if bad:
-            failures.append(f"{name}: {bad[0]}")
+        outcomes = _agreed_outcomes(results, name, failures)
+        if outcomes is None:
             continue
-        losses = [o[1][0] for o in outcomes]
-        if not all(torch.equal(losses[0], other) for other in losses[1:]):
-            failures.append(f"{name}: ranks returned different losses {losses}")
+        loss = outcomes[0][1][0]
         grad = torch.cat([o[1][1] for o in outcomes], dim=-1)
         options = case["options"]
         upstream = case.get("upstream")
@@ -204,7 +214,7 @@ def test_vocab_parallel_matches_single_process(world, tmp_path):
             return composed_torch_loss(logits, _targets, **_options)
 
         ref_loss, (ref_grad,) = _grads(composed, [case["logits"]], upstream)
-        _close(f"{name} loss vs composed torch", losses[0], ref_loss, dtype, failures)
+        _close(f"{name} loss vs composed torch", loss, ref_loss, dtype, failures)
         _close(f"{name} grad vs composed torch", grad, ref_grad, dtype, failures)
         if dtype in LOW_PRECISION:
             continue
@@ -220,7 +230,7 @@ def test_vocab_parallel_matches_single_process(world, tmp_path):
                 torch_loss, (torch_grad,) = _grads(plain, [case["logits"]], flat_up)
                 if options.get("reduction") == "none":
                     torch_loss = torch_loss.reshape(LEAD)
-                _close(f"{name} loss vs F.cross_entropy", losses[0], torch_loss, dtype, failures)
+                _close(f"{name} loss vs F.cross_entropy", loss, torch_loss, dtype, failures)
                 _close(f"{name} grad vs F.cross_entropy", grad, torch_grad, dtype, failures)
         if case["logits"].dim() >= 2:
 
@@ -231,7 +241,7 @@ def test_vocab_parallel_matches_single_process(world, tmp_path):
             lib_loss, (lib_grad,) = _grads(ours, [case["logits"]], lib_upstream)
             if options.get("reduction") == "none":
                 lib_loss = lib_loss.reshape(case["targets"].shape)
-            _close(f"{name} loss vs losses.cross_entropy", losses[0], lib_loss, dtype, failures)
+            _close(f"{name} loss vs losses.cross_entropy", loss, lib_loss, dtype, failures)
             _close(f"{name} grad vs losses.cross_entropy", grad, lib_grad, dtype, failures)
         del weight
     assert not failures, "\n".join(failures)
@@ -315,14 +325,10 @@ def test_vocab_parallel_probability_targets_match_single_process(world, tmp_path
     failures: list[str] = []
     for case in cases:
         name, dtype, options = case["name"], case["dtype"], case["options"]
-        outcomes = [result[name] for result in results]
-        bad = [o for o in outcomes if o[0] != "ok"]
-        if bad:
-            failures.append(f"{name}: {bad[0]}")
+        outcomes = _agreed_outcomes(results, name, failures)
+        if outcomes is None:
             continue
-        losses = [o[1][0] for o in outcomes]
-        if not all(torch.equal(losses[0], other) for other in losses[1:]):
-            failures.append(f"{name}: ranks returned different losses {losses}")
+        loss = outcomes[0][1][0]
         grad = torch.cat([o[1][1] for o in outcomes], dim=-1)
         upstream, targets = case.get("upstream"), case["targets"]
         oracles = {
@@ -337,7 +343,7 @@ def test_vocab_parallel_probability_targets_match_single_process(world, tmp_path
             )
         for label, oracle in oracles.items():
             ref_loss, (ref_grad,) = _grads(oracle, [case["logits"]], upstream)
-            _close(f"{name} loss vs {label}", losses[0], ref_loss, dtype, failures)
+            _close(f"{name} loss vs {label}", loss, ref_loss, dtype, failures)
             _close(f"{name} grad vs {label}", grad, ref_grad, dtype, failures)
     assert not failures, "\n".join(failures)
 
@@ -465,15 +471,11 @@ def test_sharded_linear_matches_single_process(world, tmp_path):
     failures: list[str] = []
     for case in cases:
         name, dtype = case["name"], case["dtype"]
-        outcomes = [result[name] for result in results]
-        bad = [o for o in outcomes if o[0] != "ok"]
-        if bad:
-            failures.append(f"{name}: {bad[0]}")
+        outcomes = _agreed_outcomes(results, name, failures)
+        if outcomes is None:
             continue
-        losses = [o[1][0] for o in outcomes]
+        loss = outcomes[0][1][0]
         hidden_grads = [o[1][1] for o in outcomes]
-        if not all(torch.equal(losses[0], other) for other in losses[1:]):
-            failures.append(f"{name}: ranks returned different losses {losses}")
         for rank, grad in enumerate(hidden_grads[1:], start=1):
             _close(f"{name} hidden grad rank {rank} vs 0", grad, hidden_grads[0], dtype, failures)
         weight_grad = torch.cat([o[1][2] for o in outcomes])
@@ -484,7 +486,7 @@ def test_sharded_linear_matches_single_process(world, tmp_path):
             return _linear_reference(hidden, weight, bias, _case["targets"], _case["options"])
 
         ref_loss, ref_grads = _grads(composed, tensors, case.get("upstream"))
-        _close(f"{name} loss", losses[0], ref_loss, dtype, failures)
+        _close(f"{name} loss", loss, ref_loss, dtype, failures)
         _close(f"{name} hidden grad", hidden_grads[0], ref_grads[0], dtype, failures)
         _close(f"{name} weight grad", weight_grad, ref_grads[1], dtype, failures)
         if with_bias:
@@ -549,14 +551,10 @@ def test_sharded_head_probability_targets_match_single_process(world, tmp_path):
     failures: list[str] = []
     for case in cases:
         name, dtype = case["name"], case["dtype"]
-        outcomes = [result[name] for result in results]
-        bad = [o for o in outcomes if o[0] != "ok"]
-        if bad:
-            failures.append(f"{name}: {bad[0]}")
+        outcomes = _agreed_outcomes(results, name, failures)
+        if outcomes is None:
             continue
-        losses = [o[1][0] for o in outcomes]
-        if not all(torch.equal(losses[0], other) for other in losses[1:]):
-            failures.append(f"{name}: ranks returned different losses {losses}")
+        loss = outcomes[0][1][0]
         options = {k: v for k, v in case["options"].items() if k not in ("impl", "chunk_size")}
         if "class_weight" in options:
             options["weight"] = options.pop("class_weight")
@@ -567,7 +565,7 @@ def test_sharded_head_probability_targets_match_single_process(world, tmp_path):
 
         tensors = [case["hidden"], case["weight"], case["bias"]]
         ref_loss, ref_grads = _grads(formula, tensors, case.get("upstream"))
-        _close(f"{name} loss", losses[0], ref_loss, dtype, failures)
+        _close(f"{name} loss", loss, ref_loss, dtype, failures)
         _close(f"{name} hidden grad", outcomes[0][1][1], ref_grads[0], dtype, failures)
         weight_grad = torch.cat([o[1][2] for o in outcomes])
         _close(f"{name} weight grad", weight_grad, ref_grads[1], dtype, failures)
