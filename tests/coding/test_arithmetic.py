@@ -135,11 +135,16 @@ def test_empty_and_single_symbol_alphabet():
         ([0, 1], np.ones((2, 2, 2)) / 2, ValueError, "shape"),
         ([0, 1], [0.5, np.nan], ValueError, "finite"),
         ([[0, 1]], P, ValueError, "1-D"),
+        ([0, 1], np.full((3, 2), 0.5), ValueError, "one row per symbol"),
+        ([0, 1], [1.5, -0.5], ValueError, "non-negative"),
+        ([0, 1], [[0.5, 0.5], [1.5, -0.5]], ValueError, "non-negative"),
+        ([0, 1], [[0.5, 0.5], [0.5, 0.6]], ValueError, r"got sum 1\.1 in row 1"),
     ],
 )
-def test_rejects_bad_input(symbols, model, error, message):
+@pytest.mark.parametrize("function", [coding.arithmetic_encode, coding.information_content])
+def test_rejects_bad_input(symbols, model, error, message, function):
     with pytest.raises(error, match=message):
-        coding.arithmetic_encode(symbols, model)
+        function(symbols, model)
 
 
 def test_decode_rejects_bad_data():
@@ -149,6 +154,35 @@ def test_decode_rejects_bad_data():
         coding.arithmetic_decode(b"", P, -1)
     with pytest.raises(ValueError, match="one row per symbol"):
         coding.arithmetic_decode(b"\0\0\0\0", np.full((2, 4), 0.25), 3)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        coding.arithmetic_decode(b"", P, True)
+    with pytest.raises(ValueError, match="non-negative"):
+        coding.arithmetic_decode(b"\0\0\0\0", [1.5, -0.5], 1)
+
+
+@pytest.mark.parametrize(("model", "n"), [([1.0], 3), (P, 0), (np.zeros((0, 4)), 0)])
+def test_decode_of_a_message_that_costs_no_bits_rejects_data(model, n):
+    # One symbol of probability 1, or no symbols at all, is coded as b"": any bytes are
+    # not its encoding.
+    np.testing.assert_array_equal(coding.arithmetic_decode(b"", model, n), np.zeros(n))
+    with pytest.raises(DecodeError, match="must be empty"):
+        coding.arithmetic_decode(b"\0\0\0\0", model, n)
+
+
+def test_decode_rejects_data_that_decodes_to_a_zero_probability_symbol():
+    # The coder gives every symbol at least 2^-24, so a symbol of probability 0 can be
+    # coded directly with constriction; arithmetic_encode would refuse that message.
+    import constriction
+
+    model = np.array([0.5, 0.5, 0.0])
+    message = np.array([0, 2, 1], dtype=np.int32)
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(message, constriction.stream.model.Categorical(model, perfect=False))
+    data = encoder.get_compressed().astype("<u4").tobytes()
+    with pytest.raises(ValueError, match="probability 0"):
+        coding.arithmetic_encode(message, model)
+    with pytest.raises(DecodeError, match="not the encoding of 3 symbols"):
+        coding.arithmetic_decode(data, model, 3)
 
 
 def test_decode_with_too_many_symbols_is_an_error_not_padding():

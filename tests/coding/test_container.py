@@ -228,6 +228,14 @@ def test_unknown_version_and_model():
     )
     with pytest.raises(DecodeError, match="unsupported container version 9"):
         coding.decompress(bytes(blob))
+    blob = bytearray(coding.compress(b"abc"))
+    assert blob[6:12] == b"order0"
+    blob[11:12] = b"7"  # a model name of the same length that no decoder knows
+    blob[header_size - 4 : header_size] = struct.pack(
+        "<I", zlib.crc32(bytes(blob[: header_size - 4]))
+    )
+    with pytest.raises(DecodeError, match="unknown model 'order7'"):
+        coding.decompress(bytes(blob))
 
 
 def test_context_model_across_blocks(monkeypatch):
@@ -334,3 +342,120 @@ def test_model_of_another_type_is_named(model):
     # An unhashable model raised "unhashable type: 'list'".
     with pytest.raises(ValueError, match="`model` must be one of"):
         coding.compress(b"x", model=model)
+
+
+def _order0_params(present: dict[int, int]) -> bytes:
+    """The order0 parameters: the bitmap of the byte values present, then their counts
+    as LEB128 varints (written out here byte by byte)."""
+    bitmap = bytearray(32)
+    varints = bytearray()
+    for value in sorted(present):
+        bitmap[value // 8] |= 1 << (value % 8)
+        count = present[value]
+        while count >= 0x80:
+            varints.append(count & 0x7F | 0x80)
+            count >>= 7
+        varints.append(count)
+    return bytes(bitmap) + bytes(varints)
+
+
+def test_order0_parameters_are_the_documented_layout():
+    from crossentropy.coding import _order0
+
+    data = np.frombuffer(b"ab" * 100 + b"c", dtype=np.uint8)
+    params, payload = _order0.encode(data)
+    assert params == _order0_params({97: 100, 98: 100, 99: 1})
+    np.testing.assert_array_equal(_order0.decode(params, payload, data.size), data)
+
+
+@pytest.mark.parametrize(
+    ("params", "payload", "n"),
+    [
+        (b"\0" * 31, b"", 0),  # shorter than the bitmap
+        (_order0_params({97: 3})[:32] + b"\xff" * 9 + b"\x01", b"", 3),  # a 10-byte varint
+        (_order0_params({97: 3})[:-1] + b"\x83", b"", 3),  # a varint cut short
+        (_order0_params({97: 3}), b"", 4),  # counts that do not sum to the length
+        (_order0_params({97: 3}), b"\0\0\0\0", 3),  # one value, yet a payload
+        (_order0_params({97: 3}), b"", 0),  # an empty original with counts
+        (_order0_params({}), b"\0\0\0\0", 0),  # an empty original with a payload
+        (_order0_params({}), b"", 3),  # no values for 3 bytes
+        (_order0_params({97: 0, 98: 3}), b"\0\0\0\0", 3),  # a present value counted 0
+    ],
+    ids=[
+        "short bitmap",
+        "10-byte varint",
+        "varint cut short",
+        "counts off the length",
+        "one value with payload",
+        "empty with counts",
+        "empty with payload",
+        "no values",
+        "zero count",
+    ],
+)
+def test_order0_parameters_are_checked(params, payload, n):
+    from crossentropy.coding import _order0
+
+    with pytest.raises(DecodeError, match="corrupt"):
+        _order0.decode(params, payload, n)
+
+
+def _reseal_order0(blob: bytes, present: dict[int, int], length: int) -> bytes:
+    """An order0 blob with other counts and original length, its header checksum redone."""
+    size = _header_size(blob)
+    params = _order0_params(present)
+    header = (
+        blob[:6]
+        + b"order0"
+        + struct.pack("<I", len(params))
+        + params
+        + struct.pack("<Q", length)
+        + blob[size - 24 : size - 4]
+    )
+    return header + struct.pack("<I", zlib.crc32(header)) + blob[size:]
+
+
+@pytest.mark.parametrize("k", [36, 62])
+def test_order0_forged_counts_and_length_are_a_decode_error(k):
+    # Counts and length forged to agree (2^k bytes of two values) passed every header
+    # check, and the range decoder's allocation of 2^k symbols aborted the interpreter.
+    blob = coding.compress(b"ab" * 3)
+    assert coding.decompress(_reseal_order0(blob, {97: 3, 98: 3}, 6)) == b"ab" * 3
+    forged = _reseal_order0(blob, {97: 2 ** (k - 1), 98: 2 ** (k - 1)}, 2**k)
+    with pytest.raises(DecodeError, match="corrupt order0 payload"):
+        coding.decompress(forged)
+
+
+def test_order0_decodes_the_cheapest_messages():
+    # 1.2 million zeros and a single one cost a few words: the bound on the length that
+    # a payload can hold must admit them (and they span two decoding chunks of 2^20).
+    data = bytes(1_200_000) + b"\x01"
+    blob = coding.compress(data)
+    assert len(blob) - _header_size(blob) <= 16
+    assert coding.decompress(blob) == data
+
+
+def _context_blocks(*blocks: tuple[int, bytes]) -> bytes:
+    return b"".join(struct.pack("<BI", method, len(body)) + body for method, body in blocks)
+
+
+@pytest.mark.parametrize(
+    ("payload", "n", "message"),
+    [
+        (_context_blocks((1, b"abcde")) + b"\0", 5, "left over"),
+        (_context_blocks((1, b"abc")), 5, "block method 1, 3 bytes"),
+        (_context_blocks((1, b"abcdef")), 5, "block method 1, 6 bytes"),
+        (_context_blocks((2, b"abcde")), 5, "block method 2"),
+        (_context_blocks((1, b"abcde"))[:-1], 5, "cut short"),
+        (struct.pack("<BI", 0, 9) + b"abcde", 5, "cut short"),
+        (_context_blocks((1, b"abcde"), (1, b"f"))[:-2], 6, "block header is missing"),
+    ],
+    ids=["left over", "stored short", "stored long", "method", "cut", "length", "header"],
+)
+def test_context_payload_is_checked(payload, n, message):
+    from crossentropy.coding import _context
+
+    params = _context_params(block=5, orders=(1, 2, 4, 6))
+    assert _context.decode(params, _context_blocks((1, b"abcde")), 5).tobytes() == b"abcde"
+    with pytest.raises(DecodeError, match=message):
+        _context.decode(params, payload, n)

@@ -148,6 +148,52 @@ def test_tie_break_prefers_earlier_symbols():
     assert code.lengths == {"C": 2, "B": 3, "A": 1, "D": 3}
 
 
+def _optimal_length_vectors(weights):
+    """Brute force: every length vector (1..n-1) of Kraft sum <= 1 and least Σ w_i l_i."""
+    n = len(weights)
+    best, found = math.inf, []
+    for lengths in itertools.product(range(1, n), repeat=n):
+        if sum(1 << (n - length) for length in lengths) > 1 << n:  # Kraft, in integers
+            continue
+        cost = sum(w * length for w, length in zip(weights, lengths, strict=True))
+        if cost < best:
+            best, found = cost, [lengths]
+        elif cost == best:
+            found.append(lengths)
+    return found
+
+
+@st.composite
+def dyadic_weights(draw):
+    """Positive integer weights summing to 32, so that w / 32 and every sum of them are
+    exact floats and ties between merged and single nodes are real ties."""
+    n = draw(st.integers(2, 6))
+    cuts = sorted(draw(st.lists(st.integers(1, 31), min_size=n - 1, max_size=n - 1, unique=True)))
+    return [b - a for a, b in itertools.pairwise([0, *cuts, 32])]
+
+
+@given(dyadic_weights())
+def test_huffman_ties_give_the_shortest_longest_codeword(weights):
+    # Merging merged nodes after single symbols of equal weight (Schwartz, 1964) gives,
+    # among all optimal codes, the least longest codeword and the least total length.
+    code = coding.huffman_code([w / 32 for w in weights])
+    lengths = list(code.lengths.values())
+    optimal = _optimal_length_vectors(weights)
+    assert tuple(lengths) in optimal
+    assert max(lengths) == min(max(v) for v in optimal)
+    assert sum(lengths) == min(sum(v) for v in optimal)
+
+
+def test_huffman_ties_on_the_minimum_variance_example():
+    # [.4, .2, .2, .1, .1]: the codes with lengths (1, 2, 3, 4, 4) and (2, 2, 2, 3, 3)
+    # are both optimal (2.2 bits); merging merged nodes last gives the second.
+    code = coding.huffman_code([0.4, 0.2, 0.2, 0.1, 0.1])
+    assert list(code.lengths.values()) == [2, 2, 2, 3, 3]
+    assert code.expected_length([0.4, 0.2, 0.2, 0.1, 0.1]) == pytest.approx(
+        brute_force_min_length([0.4, 0.2, 0.2, 0.1, 0.1]), abs=1e-12
+    )
+
+
 _STABILITY_SCRIPT = """
 import json
 from crossentropy import coding
@@ -396,3 +442,50 @@ def test_fixed_length_code_rejects_non_iterables_and_unhashables():
         coding.fixed_length_code(5)
     with pytest.raises(TypeError, match="`symbols` must be an iterable of hashable"):
         coding.fixed_length_code([[1], [2]])
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [{"a": 0}, {"a": 1, "b": 0}, {"a": -1}, {"a": True, "b": True}, {"a": 1.0, "b": 1}],
+)
+def test_canonical_rejects_lengths_that_are_not_positive_integers(lengths):
+    with pytest.raises(ValueError, match="`lengths` must be positive integers"):
+        coding.PrefixCode.canonical(lengths)
+
+
+def test_kraft_sum_rejects_booleans():
+    with pytest.raises(ValueError, match="non-negative integers"):
+        coding.kraft_sum([True, True])
+
+
+def test_fixed_length_code_rejects_repeated_and_missing_symbols():
+    with pytest.raises(ValueError, match="`symbols` must be distinct"):
+        coding.fixed_length_code("ABA")
+    with pytest.raises(ValueError, match="at least one symbol"):
+        coding.fixed_length_code([])
+
+
+@pytest.mark.parametrize("excess", [1e-6, -1e-6, 1e-4])
+def test_huffman_rejects_float64_probabilities_a_little_off_one(excess):
+    # In float64 a sum off by 1e-6 is not rounding error: the tolerance is about 1.5e-8.
+    p = [0.25, 0.25, 0.5 + excess]
+    with pytest.raises(ValueError, match="sum to 1"):
+        coding.huffman_code(p)
+    coding.huffman_code([0.25, 0.25, 0.5 + 1e-12])  # rounding error is accepted
+
+
+def test_violation_message_of_a_complete_code_claims_no_kraft_excess():
+    # {0, 01, 11} has Kraft sum exactly 1 and is uniquely decodable (its reversal is
+    # prefix-free), but '0' is a prefix of '01'.
+    words = {"a": "0", "b": "01", "c": "11"}
+    assert coding.kraft_sum(len(w) for w in words.values()) == 1.0
+    with pytest.raises(ValueError, match="prefix-free") as info:
+        coding.PrefixCode(words)
+    assert "'0' (a) a prefix of '01' (b)" in str(info.value)
+    assert "Kraft" not in str(info.value)
+    assert "uniquely decodable but needs lookahead" in str(info.value)
+
+
+def test_encode_rejects_unhashable_symbols_as_unknown():
+    with pytest.raises(ValueError, match=r"symbols of this code; got \['A'\] at position 0"):
+        coding.huffman_code(SEED_P).encode([["A"]])

@@ -10,7 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from crossentropy._errors import DecodeError
-from crossentropy.coding._arithmetic import _bytes_to_words, _categorical, _words_to_bytes
+from crossentropy.coding._arithmetic import (
+    _DECODE_CHUNK,
+    _bytes_to_words,
+    _categorical,
+    _most_symbols,
+    _words_to_bytes,
+)
 
 __all__ = ["decode", "encode", "frequencies"]
 
@@ -89,6 +95,19 @@ def decode(params: bytes, payload: bytes, n: int) -> np.ndarray:
         return np.full(n, values[0], dtype=np.uint8)
     import constriction
 
-    decoder = constriction.stream.queue.RangeDecoder(_bytes_to_words(payload))
-    ranks = decoder.decode(_categorical(counts / n), n)
-    return values[ranks].astype(np.uint8)
+    words = _bytes_to_words(payload)
+    # The header's counts and length can be forged consistently (the header checksum is
+    # no signature); the payload bounds the length before anything of size N is allocated.
+    most = _most_symbols(words.size, values.size)
+    if n > most:
+        raise DecodeError(
+            f"corrupt order0 payload: {len(payload)} bytes cannot hold {n} bytes of "
+            f"{values.size} values (at most {most})"
+        )
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    model = _categorical(counts / n)
+    out = np.empty(n, dtype=np.uint8)
+    for start in range(0, n, _DECODE_CHUNK):  # constriction allocates a chunk at a time
+        stop = min(n, start + _DECODE_CHUNK)
+        out[start:stop] = values[decoder.decode(model, stop - start)]
+    return out
