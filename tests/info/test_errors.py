@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -59,6 +60,42 @@ def test_float32_tolerance_is_looser_but_still_rejects_real_mistakes(xp):
         info.entropy(xp.asarray([0.5, 0.49], np.float32))
     with pytest.raises(ValueError, match=r"within 1\.49e-08 for float64"):
         info.entropy(xp.asarray([0.5, 0.5 + 1e-4]))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_the_sum_tolerance_is_the_square_root_of_epsilon_inclusive(xp, dtype, path):
+    # In float64 and float16 sqrt(eps) is a power of two (2**-26, 2**-5), so sums of exactly
+    # 1 +- sqrt(eps) are representable: they are accepted, and one ulp further is refused.
+    tol = math.sqrt(np.finfo(dtype).eps)
+    ulp_above, ulp_below = np.finfo(dtype).eps, np.finfo(dtype).epsneg
+    good = xp.asarray([0.5, 0.5], dtype)
+    for second in (0.5 + tol, 0.5 - tol):
+        p = xp.asarray([[0.5, second], [0.5, 0.5]], dtype)
+        assert np.isfinite(xp.to_numpy(info.entropy(p))).all()
+        for name in ("cross_entropy", "kl_divergence", "js_divergence"):
+            assert np.isfinite(xp.to_numpy(getattr(info, name)(good, p))).all()
+    for second in (0.5 + tol + ulp_above, 0.5 - tol - ulp_below):
+        p = xp.asarray([[0.5, second], [0.5, 0.5]], dtype)
+        assert float(np.asarray(second, dtype)) == second  # exact: one ulp past the limit
+        with pytest.raises(ValueError, match=r"`p` must sum to 1 along axis -1"):
+            info.entropy(p)
+        for name in ("cross_entropy", "kl_divergence", "js_divergence"):
+            with pytest.raises(ValueError, match=r"`q` must sum to 1 along axis -1"):
+                getattr(info, name)(good, p)
+
+
+def test_float32_sum_tolerance_on_either_side(xp, path):
+    # sqrt(eps) of float32 (3.45e-4) is not a float32 number: 1% inside and outside it.
+    tol = math.sqrt(np.finfo(np.float32).eps)
+    for factor in (0.99, -0.99):
+        p = xp.asarray([[0.5, 0.5 + factor * tol], [0.5, 0.5]], np.float32)
+        assert np.isfinite(xp.to_numpy(info.entropy(p))).all()
+    for factor in (1.01, -1.01):
+        p = xp.asarray([[0.5, 0.5 + factor * tol], [0.5, 0.5]], np.float32)
+        with pytest.raises(ValueError, match=r"within 0\.000345 for float32"):
+            info.entropy(p)
+        with pytest.raises(ValueError, match=r"`q` must sum to 1"):
+            info.cross_entropy(xp.asarray([[0.5, 0.5]], np.float32), p)
 
 
 def test_empty_distribution(xp):
@@ -134,6 +171,21 @@ def test_axis_out_of_range(xp):
         info.entropy(xp.asarray(1.0))
     with pytest.raises(TypeError, match=r"`axis` must be an integer; got float"):
         info.entropy(xp.asarray(GOOD), axis=0.0)
+
+
+def test_axis_may_not_be_a_bool(xp):
+    # bool is an int subclass: True would silently mean axis 1.
+    p = xp.asarray(np.full((2, 2), 0.5))
+    for call in (
+        lambda: info.entropy(p, axis=True),
+        lambda: info.perplexity(p, axis=False),
+        lambda: info.cross_entropy(p, p, axis=True),
+        lambda: info.kl_divergence(p, p, axis=True),
+        lambda: info.js_divergence(p, p, axis=False),
+        lambda: info.normalize(p, axis=True),
+    ):
+        with pytest.raises(TypeError, match=r"`axis` must be an integer; got bool (True|False)$"):
+            call()
 
 
 @pytest.mark.parametrize(
@@ -217,6 +269,17 @@ def test_normalize_survives_an_overflowing_sum():
     np.testing.assert_array_equal(p, [0.5, 0.5])
 
 
+def test_an_overflowing_row_is_rescaled_by_its_own_maximum(xp):
+    # One row's sum overflows; the others keep their tiny weights, which dividing by the
+    # largest entry of the whole array would flush to zero.
+    weights = [[1e308, 1e308], [1e-300, 3e-300], [2.0, 6.0]]
+    expected = [[float(Fraction(w) / sum(map(Fraction, row))) for w in row] for row in weights]
+    got = xp.to_numpy(info.normalize(xp.asarray(weights)))
+    np.testing.assert_allclose(got, expected, rtol=1e-15, atol=0)
+    got = xp.to_numpy(info.normalize(xp.asarray(np.transpose(weights)), axis=0))
+    np.testing.assert_allclose(got, np.transpose(expected), rtol=1e-15, atol=0)
+
+
 def test_check_distribution_is_reusable():
     assert check_distribution([[0.5, 0.5], [1.0, 0.0]], "targets").shape == (2, 2)
     assert check_distribution([[0.5, 1.0], [0.5, 0.0]], axis=0).tolist() == [[0.5, 1.0], [0.5, 0.0]]
@@ -234,5 +297,24 @@ def test_negative_q_where_p_is_zero_is_still_caught(xp, path):
 
 def test_negative_zero_is_a_zero(xp, path):
     p = xp.asarray([[-0.0, 1.0], [0.5, 0.5]])
-    np.testing.assert_array_equal(xp.to_numpy(info.entropy(p)), [0.0, 1.0])
-    np.testing.assert_array_equal(xp.to_numpy(info.cross_entropy(p, p)), [0.0, 1.0])
+    for result in (info.entropy(p), info.cross_entropy(p, p)):
+        result = xp.to_numpy(result)
+        np.testing.assert_array_equal(result, [0.0, 1.0])
+        assert not np.signbit(result).any()  # +0.0, not -0.0 (which compares equal)
+
+
+@pytest.mark.parametrize(
+    ("p", "message"),
+    [
+        ([-1.0], r"^`p` must be non-negative; got -1 at index \(0,\)"),
+        ([math.nan], r"^`p` must contain no NaN; got 2 NaN entries"),
+        ([math.inf], r"^`p` must contain only finite numbers; got inf"),
+    ],
+)
+def test_a_repeated_bad_entry_is_reported_as_itself(xp, p, message):
+    # Only a sum off 1 is explained as one outcome repeated; other faults keep their message.
+    for name in ("cross_entropy", "kl_divergence", "js_divergence"):
+        with pytest.raises(ValueError, match=message) as error:
+            getattr(info, name)(xp.asarray(p), xp.asarray(GOOD))
+        assert "repeated" not in str(error.value)
+        assert "same number of outcomes" not in str(error.value)

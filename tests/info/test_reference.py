@@ -10,7 +10,7 @@ import pytest
 from crossentropy import info
 from crossentropy.info import _blocked
 from tests import reference
-from tests.info._data import TOLERANCE, distributions
+from tests.info._data import TOLERANCE, distributions, positive_distributions
 
 DTYPES = [np.float64, np.float32]
 # Odd shapes: a single outcome, primes, a batch dimension of 1, three dimensions.
@@ -73,7 +73,7 @@ def test_infinite_where_q_misses_an_outcome(xp, name, path):
 
 
 @pytest.mark.parametrize("base", BASES)
-def test_bases(xp, rng, base):
+def test_bases(xp, rng, base, path):
     p = distributions(rng, (4, 9))
     q = distributions(rng, (4, 9), zero_fraction=0.0)
     for name in ("entropy",):
@@ -101,7 +101,8 @@ def test_binary_entropy_keeps_digits_for_tiny_p():
     # second term for p below the float64 epsilon; log1p keeps it.
     p = 1e-20
     expected = p * math.log2(1 / p) + p / math.log(2)
-    assert info.binary_entropy(p) == pytest.approx(expected, rel=1e-12)
+    # abs=0: approx's default absolute tolerance (1e-12) would swallow the whole value.
+    assert info.binary_entropy(p) == pytest.approx(expected, rel=1e-12, abs=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -116,6 +117,70 @@ def test_perplexity_and_normalize(xp, rng, dtype, shape):
     weights = (rng.random(shape) * 10).astype(dtype)
     got = xp.to_numpy(info.normalize(xp.asarray(weights, dtype)))
     expected = np.apply_along_axis(reference.normalize, -1, weights.astype(np.float64))
+    close(got, expected, dtype)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -2])
+def test_perplexity_and_normalize_along_another_axis(xp, rng, axis):
+    p = distributions(rng, (3, 5, 7), axis=axis)
+    got = xp.to_numpy(info.perplexity(xp.asarray(p), axis=axis))
+    close(got, reference.along(reference.perplexity, p, axis=axis), np.float64)
+    weights = rng.random((3, 5, 7)) * 10
+    got = xp.to_numpy(info.normalize(xp.asarray(weights), axis=axis))
+    close(got, np.apply_along_axis(reference.normalize, axis, weights), np.float64)
+
+
+def _doubly_stochastic(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A random mixture of permutation matrices: every row and every column sums to 1."""
+    weights = rng.random(4)
+    weights /= weights.sum()
+    return sum(w * np.eye(n)[rng.permutation(n)] for w in weights)
+
+
+def test_axis_0_of_a_doubly_stochastic_matrix_reduces_the_columns(xp, rng, path):
+    # Rows and columns both sum to 1, so a reduction along the wrong axis would pass every
+    # check; only the values tell the columns' measures from the rows'.
+    p = _doubly_stochastic(rng, 6)
+    q = _doubly_stochastic(rng, 6) * 0.5 + 0.5 / 6
+    for name in ("entropy", "cross_entropy", "kl_divergence", "js_divergence"):
+        args = (p,) if name == "entropy" else (p, q)
+        for axis in (0, -2):
+            got = xp.to_numpy(getattr(info, name)(*(xp.asarray(a) for a in args), axis=axis))
+            expected = reference.along(getattr(reference, name), *args, axis=0)
+            close(got, expected, np.float64)
+        rows = reference.along(getattr(reference, name), *args, axis=1)
+        assert not np.allclose(expected, rows)  # the input does tell the two apart
+
+
+def test_one_numpy_distribution_gives_a_numpy_scalar(path):
+    p = np.array([0.5, 0.25, 0.25])
+    q = np.array([0.25, 0.25, 0.5])
+    for value, expected in (
+        (info.entropy(p), reference.entropy(p.tolist())),
+        (info.cross_entropy(p, q), reference.cross_entropy(p.tolist(), q.tolist())),
+    ):
+        assert isinstance(value, np.float64)
+        assert value == pytest.approx(expected, rel=1e-15, abs=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("base", BASES)
+def test_kl_where_p_over_q_overflows(xp, dtype, base):
+    # q's second outcome is the smallest subnormal, so p / q overflows to inf although
+    # p (log p - log q) is finite (1074 bits in float64, 149 in float32).
+    tiny = np.finfo(dtype).smallest_subnormal
+    p = np.array([[0.5, 0.5], [0.25, 0.75]], dtype=dtype)
+    q = np.array([[1.0, tiny], [1.0, tiny]], dtype=dtype)
+    got = xp.to_numpy(info.kl_divergence(xp.asarray(p, dtype), xp.asarray(q, dtype), base=base))
+    # D(P||Q) as the sum of p (log p - log q) in float64: no ratio that could overflow.
+    expected = [
+        math.fsum(
+            pi * (reference.log(pi, base) - reference.log(qi, base))
+            for pi, qi in zip(p_row, q_row, strict=True)
+        )
+        for p_row, q_row in zip(p.tolist(), q.tolist(), strict=True)
+    ]
+    assert np.isfinite(got).all()
     close(got, expected, dtype)
 
 
@@ -153,17 +218,51 @@ def test_broadcasting_one_truth_against_many_models(xp, rng):
     )
 
 
-def test_large_input_takes_the_blocked_path_and_agrees_with_scipy(rng):
+def test_large_input_takes_the_blocked_path_and_agrees_with_scipy(rng, monkeypatch):
     scipy_stats = pytest.importorskip("scipy.stats")
     p = distributions(rng, (300, 1000))
     q = distributions(rng, (300, 1000), zero_fraction=0.0)
     assert _blocked.eligible(p, q, axis=1)
+    results = []
+    original = _blocked.reduce_rows
+
+    def reduce_rows(*args, **kwargs):
+        results.append(original(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(_blocked, "reduce_rows", reduce_rows)
     np.testing.assert_allclose(info.entropy(p), scipy_stats.entropy(p, base=2, axis=1), rtol=1e-12)
     expected = scipy_stats.entropy(p, base=2, axis=1) + scipy_stats.entropy(p, q, base=2, axis=1)
     np.testing.assert_allclose(info.cross_entropy(p, q), expected, rtol=1e-12)
     np.testing.assert_allclose(
         info.cross_entropy(p.astype(np.float32), q.astype(np.float32)), expected, rtol=2e-5
     )
+    # Each of the three calls was answered by the blocked path, not by the fallback.
+    assert len(results) == 3
+    assert all(result is not None for result in results)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "skewed"])
+def test_blocked_path_keeps_float32_accuracy_on_a_long_row(rng, kind):
+    # One float32 row of 4,000,037 outcomes: a running float32 dot over it drifts by up to
+    # 1e-4 relative, both in the row sum (a valid row would be refused by the blocked path)
+    # and in the weighted sum (the entropy itself); a pairwise sum stays near 1e-7.
+    scipy_stats = pytest.importorskip("scipy.stats")
+    n = 4_000_037
+    if kind == "uniform":
+        p = np.full(n, 1 / n, dtype=np.float32)
+    else:
+        p = distributions(rng, (n,), dtype=np.float32)
+    q = positive_distributions(rng, (n,), dtype=np.float32)
+    assert _blocked.eligible(p, q, axis=0)
+    p64, q64 = p.astype(np.float64), q.astype(np.float64)
+    entropy = scipy_stats.entropy(p64, base=2)
+    result = _blocked.reduce_rows(p[None, :], None, base=2)
+    assert result is not None  # accepted by the blocked path's own row-sum check
+    close(result, [entropy], np.float32)
+    close(info.entropy(p), entropy, np.float32)
+    expected = entropy + scipy_stats.entropy(p64, q64, base=2)
+    close(info.cross_entropy(p, q), expected, np.float32)
 
 
 def test_blocked_path_works_in_a_forked_child(rng):
