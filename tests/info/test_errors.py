@@ -68,7 +68,7 @@ def test_the_sum_tolerance_is_the_square_root_of_epsilon_inclusive(xp, dtype, pa
     # 1 +- sqrt(eps) are representable: they are accepted, and one ulp further is refused.
     tol = math.sqrt(np.finfo(dtype).eps)
     ulp_above, ulp_below = np.finfo(dtype).eps, np.finfo(dtype).epsneg
-    good = xp.asarray([0.5, 0.5], dtype)
+    good = xp.asarray(np.full((2, 2), 0.5), dtype)  # p's shape: the blocked path applies
     for second in (0.5 + tol, 0.5 - tol):
         p = xp.asarray([[0.5, second], [0.5, 0.5]], dtype)
         assert np.isfinite(xp.to_numpy(info.entropy(p))).all()
@@ -87,15 +87,17 @@ def test_the_sum_tolerance_is_the_square_root_of_epsilon_inclusive(xp, dtype, pa
 def test_float32_sum_tolerance_on_either_side(xp, path):
     # sqrt(eps) of float32 (3.45e-4) is not a float32 number: 1% inside and outside it.
     tol = math.sqrt(np.finfo(np.float32).eps)
+    good = xp.asarray(np.full((2, 2), 0.5), np.float32)
     for factor in (0.99, -0.99):
         p = xp.asarray([[0.5, 0.5 + factor * tol], [0.5, 0.5]], np.float32)
         assert np.isfinite(xp.to_numpy(info.entropy(p))).all()
+        assert np.isfinite(xp.to_numpy(info.cross_entropy(good, p))).all()
     for factor in (1.01, -1.01):
         p = xp.asarray([[0.5, 0.5 + factor * tol], [0.5, 0.5]], np.float32)
         with pytest.raises(ValueError, match=r"within 0\.000345 for float32"):
             info.entropy(p)
         with pytest.raises(ValueError, match=r"`q` must sum to 1"):
-            info.cross_entropy(xp.asarray([[0.5, 0.5]], np.float32), p)
+            info.cross_entropy(good, p)
 
 
 def test_empty_distribution(xp):
