@@ -87,6 +87,33 @@ def test_bfloat16_pair_names_the_bad_argument():
             getattr(info, name)(good, bad)
 
 
+def test_bfloat16_distributions_rounded_from_exact_ones_are_accepted():
+    # Rounding each entry of an exact distribution to bfloat16 (8 significant bits) can
+    # leave a bfloat16 sum of 1 - 2^-8 or 1 + 2^-7; normalising in bfloat16 cannot mend
+    # that, so the tolerance must admit it (sqrt(eps) of bfloat16, the losses' rule too).
+    torch = pytest.importorskip("torch")
+    from crossentropy.info._validate import sum_tolerance
+    from crossentropy.losses._options import probability_sum_tolerance
+
+    assert sum_tolerance(torch.bfloat16) == probability_sum_tolerance(torch.bfloat16)
+    assert sum_tolerance(torch.bfloat16) == pytest.approx(2**-3.5, rel=1e-15)
+    generator = torch.Generator().manual_seed(0)
+    off = []
+    for size in (3, 5, 7):
+        for _ in range(100):
+            p = torch.softmax(2 * torch.randn(size, generator=generator, dtype=torch.float64), 0)
+            rounded = p.to(torch.bfloat16)
+            if rounded.sum().item() != 1.0:
+                off.append(rounded)
+    assert off, "no rounded distribution summed off 1: the case is not exercised"
+    for rounded in off:
+        exact = rounded.double()
+        expected = -(exact * torch.log2(exact)).sum().item()
+        got = info.entropy(rounded)
+        assert got.dtype == torch.bfloat16
+        assert got.item() == pytest.approx(expected, rel=2**-7)
+
+
 @pytest.mark.parametrize(
     ("value", "shown"),
     [
