@@ -267,3 +267,38 @@ def test_original_too_large_for_memory_is_exit_1(run, tmp_path, capsys):
     assert run(["decompress", str(tmp_path / "bomb"), str(tmp_path / "out")]) == 1
     assert "out of memory" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_compress_refuses_to_overwrite_its_input(run, tmp_path, capsys):
+    source = tmp_path / "in"
+    source.write_bytes(DATA)
+    assert run(["compress", str(source), str(source), "--force"]) == 1
+    assert "OUT must differ from IN" in capsys.readouterr().err
+    assert source.read_bytes() == DATA
+
+
+def test_forced_overwrite_keeps_the_file_mode(run, tmp_path):
+    source = tmp_path / "in"
+    source.write_bytes(DATA)
+    target = tmp_path / "out"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    assert run(["compress", str(source), str(target), "--force"]) == 0
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert coding.decompress(target.read_bytes()) == DATA
+
+
+def test_default_model_is_order0(run, tmp_path):
+    (tmp_path / "in").write_bytes(DATA)
+    assert run(["compress", str(tmp_path / "in"), str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out").read_bytes() == coding.compress(DATA, model="order0")
+
+
+def test_entropy_table_cells_are_the_json_values(run, tmp_path, capsys):
+    (tmp_path / "f").write_bytes(DATA)
+    assert run(["entropy", "--json", str(tmp_path / "f")]) == 0
+    report = json.loads(capsys.readouterr().out)[0]
+    assert run(["entropy", str(tmp_path / "f")]) == 0
+    cells = capsys.readouterr().out.splitlines()[2].split()
+    columns = ["entropy", "huffman", *coding.MODELS, "gzip", "bz2", "xz"]
+    assert cells == [str(tmp_path / "f"), str(len(DATA))] + [f"{report[c]:.3f}" for c in columns]

@@ -11,6 +11,7 @@ import pytest
 
 from crossentropy import info
 from crossentropy.cli import _measure
+from tests import reference
 
 P = "0.5,0.2,0.2,0.1"  # the seed's words (SEED.md)
 Q = "0.25,0.25,0.25,0.25"
@@ -178,3 +179,20 @@ def test_a_rounding_negative_divergence_prints_as_zero(capsys):
     assert "-0.000000" not in out
     rows = dict(line.split() for line in out.splitlines() if line.startswith(("D(", "JS")))
     assert rows == {"D(P||Q)": "0.000000", "D(Q||P)": "0.000000", "JS(P,Q)": "0.000000"}
+
+
+def test_outcome_table_columns(capsys):
+    """The outcome table lists p(x), q(x), then the information of each under its own
+    distribution, every cell as printed: probabilities with %g, bits to 6 places."""
+    p, q = [0.5, 0.2, 0.2, 0.1], [0.1, 0.2, 0.2, 0.5]
+    assert run_alone([",".join(map(str, p)), ",".join(map(str, q))]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["outcome", "p(x)", "q(x)", "-log2", "p(x)", "-log2", "q(x)"]
+    for k in range(4):
+        assert lines[3 + k].split() == [
+            str(k + 1),
+            f"{p[k]:g}",
+            f"{q[k]:g}",
+            f"{reference.information(p[k]):.6f}",
+            f"{reference.information(q[k]):.6f}",
+        ]

@@ -61,3 +61,40 @@ def test_python_dash_m_has_the_tour():
     assert done.returncode == 0, done.stderr
     for option in ("--out", "--epochs", "--no-train", "--quiet"):
         assert option in done.stdout
+
+
+def test_options_reach_run_tour(monkeypatch, tmp_path):
+    """Each option maps to its run_tour argument; the defaults are the documented ones."""
+    import pathlib
+
+    import crossentropy.tour
+
+    calls = []
+    monkeypatch.setattr(
+        crossentropy.tour, "run_tour", lambda out, **options: calls.append((out, options))
+    )
+    assert main(["tour"]) == 0
+    assert main(["tour", "--out", str(tmp_path), "--epochs", "0", "--no-train", "--quiet"]) == 0
+    assert main(["tour", "--plain", "--epochs", "7"]) == 0
+    assert calls == [
+        (
+            pathlib.Path("tour-output"),
+            {"train": True, "epochs": 20, "style": "auto", "quiet": False},
+        ),
+        (tmp_path, {"train": False, "epochs": 0, "style": "auto", "quiet": True}),
+        (
+            pathlib.Path("tour-output"),
+            {"train": True, "epochs": 7, "style": "plain", "quiet": False},
+        ),
+    ]
+
+
+def test_interrupt_is_exit_130(monkeypatch, capsys):
+    import crossentropy.tour
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(crossentropy.tour, "run_tour", interrupted)
+    assert main(["tour", "--no-train"]) == 130
+    assert capsys.readouterr().err == "crossentropy tour: interrupted\n"

@@ -100,6 +100,7 @@ def test_zero_epochs_measures_the_untrained_model():
         ({"batch_size": 0}, "`batch_size` must be an integer >= 1; got 0"),
         ({"learning_rate": 0.0}, "`learning_rate` must be > 0; got 0.0"),
         ({"test_size": 1.0}, r"`test_size` must be in \(0, 1\); got 1.0"),
+        ({"test_size": 0.0}, r"`test_size` must be in \(0, 1\); got 0.0"),
     ],
 )
 def test_bad_input(kwargs, message):

@@ -107,3 +107,20 @@ def test_bad_input(tmp_path):
         tour.figure("a/b")
     with pytest.raises(ValueError, match="figure `name` must be a plain file name; got ''"):
         tour.figure("")
+
+
+def test_plain_alignment_numbers_right_text_left(tmp_path):
+    """A column is numeric, and right-aligned, when every cell is a number or empty (the
+    blank cells of a mean row); any other column is left-aligned."""
+    tour, buffer = _plain(tmp_path)
+    tour.table(
+        ["instance", "label", "bits"],
+        [["x1", "[1, 0]", "1.737"], ["mean", "", "10.5"], ["x2", "inf", ""]],
+    )
+    assert buffer.getvalue().splitlines()[-5:] == [
+        "  instance  label    bits",
+        "  --------  ------  -----",
+        "  x1        [1, 0]  1.737",
+        "  mean               10.5",
+        "  x2        inf",
+    ]

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from crossentropy.tour import run_tour
+from crossentropy.tour import Text, run_tour
 from tests import reference
 
 EPOCHS = 3  # a short training keeps the test fast; the default tour trains longer
@@ -272,6 +272,12 @@ def test_deterministic_and_without_training(tmp_path):
 def test_bad_epochs(tmp_path):
     with pytest.raises(ValueError, match="`epochs` must be an integer >= 0; got -1"):
         run_tour(tmp_path, epochs=-1, quiet=True)
+    # A bool is refused before anything is printed or written.
+    stream = io.StringIO()
+    with pytest.raises(ValueError, match="`epochs` must be an integer >= 0; got True"):
+        run_tour(tmp_path / "figures", epochs=True, stream=stream, style="plain")
+    assert stream.getvalue() == ""
+    assert not (tmp_path / "figures").exists()
 
 
 def test_nats_agree_with_torch(run):
@@ -339,3 +345,250 @@ def test_missing_demo_packages_are_named_before_the_tour_starts(monkeypatch, tmp
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "matplotlib" in err
+
+
+# -- every printed cell, to the digits shown -------------------------------------------
+
+
+def _texts(section) -> list[str]:
+    return [block.text for block in section.blocks if isinstance(block, Text)]
+
+
+def test_information_and_entropy_tables_print_every_cell(run):
+    tour, _, _ = run
+    skewed = tour.find("Information").tables()[1]
+    # SEED.md section 2: A 1.0 bit, D 3.3 bits.
+    assert skewed.title == "Observed frequencies: A 1 bit, D about 3.3 bits"
+    words = dict(zip("ABCD", P_WORDS, strict=True))
+    entropy = next(s for s in tour.sections if s.title == "Entropy")
+    table = entropy.tables()[0]
+    expected = [
+        [word, f"{p:g}", f"{reference.information(p):.3f}", f"{p * reference.information(p):.3f}"]
+        for word, p in words.items()
+    ]
+    expected.append(["H(P)", "", "", "1.761"])  # SEED.md: H = 1.7609640474436812
+    assert [list(row) for row in table.rows] == expected
+    binary = entropy.tables()[1]
+    # SEED.md section 3: eating today and winning the lottery low, a coin flip high.
+    assert [row[3] for row in binary.rows] == ["low", "low", "high"]
+    assert [row[2] for row in binary.rows] == [
+        f"{reference.binary_entropy(p):.3f}" for p in (0.99, 1e-7, 0.5)
+    ]
+
+
+def test_term_table_and_errata_print_the_peak(run):
+    tour, _, _ = run
+    section = tour.find("−x log2 x")
+    table = section.tables()[0]
+    # SEED.md: argmax 1/e = 0.36787944117144233, max 1/(e ln 2) = 0.530737845423043;
+    # a grid of 100001 points on [0, 1] finds the same peak to three digits.
+    assert [list(row[:2]) for row in table.rows] == [
+        ["0", "0.000"],
+        ["1/e = 0.368", "0.531"],
+        ["0.368", "0.531"],
+        ["1", "0.000"],
+    ]
+    assert table.title == "The term's peak: x = 0.368, height 0.531"
+    corrections = [erratum.correct for erratum in section.errata()]
+    assert any("(peak 1 bit at p = 0.5)" in text for text in corrections)  # SEED.md erratum 6
+
+
+def test_box_texts_and_symbol_code_erratum(run):
+    tour, _, _ = run
+    section = tour.find("Entropy of the two boxes")
+    # SEED.md section 6: H(A) = 1.157, H(B) = 1.571 bits.
+    assert any(
+        "Box B (1.571 bits) is more uncertain than box A (1.157 bits)" in text
+        for text in _texts(section)
+    )
+    # SEED.md erratum 12: one draw at a time, a symbol code needs 1.3 bits.
+    assert any(e.correct.endswith("spends 1.3 bits per draw") for e in section.errata())
+    assert any("the sum 1.157 is right" in e.correct for e in section.errata())
+
+
+def test_cross_entropy_table_prints_every_cell(run):
+    tour, _, _ = run
+    section = next(s for s in tour.sections if s.title == "Cross-entropy")
+    table = section.tables()[0]
+    h_p = reference.entropy(P_WORDS)
+    assert [row[0] for row in table.rows] == ["P itself", "uniform", "reversed", "close", "peaked"]
+    for row, q in zip(table.rows, MODELS.values(), strict=True):
+        kl = reference.kl_divergence(P_WORDS, q)
+        assert row[1] == "[" + ", ".join(f"{v:g}" for v in q) + "]"
+        assert row[2:] == (
+            f"{reference.cross_entropy(P_WORDS, q):.6f}",
+            f"{h_p:.6f}",
+            f"{kl:.6f}",
+            f"{h_p + kl:.6f}",
+        )
+    peaked = MODELS["peaked"]
+    forward = reference.cross_entropy(P_WORDS, peaked)
+    backward = reference.cross_entropy(peaked, P_WORDS)
+    assert any(
+        f"H(P, Q) = {forward:.3f} but H(Q, P) = {backward:.3f}" in e.correct
+        for e in section.errata()
+    )
+
+
+def test_classification_table_prints_every_cell(run):
+    tour, _, _ = run
+    section = tour.find("in classification")
+    before = [[0.3, 0.2, 0.5], [0.2, 0.7, 0.1], [0.3, 0.4, 0.3]]
+    after = [[0.95, 0.02, 0.03], [0.05, 0.9, 0.05], [0.05, 0.08, 0.87]]
+    names = ["dog", "cat", "deer"]
+    rows = section.tables()[0].rows
+    for k, (row, name) in enumerate(zip(rows, names, strict=False)):
+        label = [0] * 3
+        label[k] = 1
+        assert row == (
+            f"x{k + 1} ({name})",
+            "[" + ", ".join(map(str, label)) + "]",
+            "[" + ", ".join(f"{v:g}" for v in before[k]) + "]",
+            f"{reference.information(before[k][k]):.3f}",
+            "[" + ", ".join(f"{v:g}" for v in after[k]) + "]",
+            f"{reference.information(after[k][k]):.3f}",
+        )
+    assert rows[3] == ("mean", "", "", "1.330", "", "0.142")  # SEED.md section 9
+    nats = next(e.correct for e in section.errata() if "nats" in e.correct)
+    assert f"1 bit = ln 2 = {math.log(2):.4f} nats" in nats
+    assert "0.9215 nats before and 0.0986 after" in nats  # SEED.md: PyTorch's means
+
+
+def test_summary_table_prints_every_cell(run):
+    tour, _, _ = run
+    rows = tour.find("Summary").tables()[0].rows
+    uniform = [0.25] * 4
+    assert [row[2] for row in rows] == [
+        "word D: 3.3 bits",  # SEED.md: D 3.3 bits
+        "box A 1.157, box B 1.571",  # SEED.md section 6
+        f"words with Q uniform: {reference.cross_entropy(P_WORDS, uniform):.3f}",
+        f"Q uniform: {reference.kl_divergence(P_WORDS, uniform):.3f}",
+    ]
+    assert rows[2][2].endswith("2.000")  # SEED.md: Q uniform 2.0
+
+
+def test_coding_section_prints_the_seed_errata(run):
+    tour, _, _ = run
+    section = tour.find("coding")
+    table = section.tables()[0]
+    rows = {row[0]: row for row in table.rows}
+    # Kraft sums: 4 · 2^-2 = 1 for code 1; 2^-1 + 2^-2 + 2^-2 + 2^-3 = 1.125 > 1 for code 2
+    # (SEED.md erratum 1); Huffman's lengths 1, 2, 3, 3 sum to 1.
+    assert rows["Kraft sum"][3:] == ("1.000", "1.125 (invalid)", "1.000")
+    assert rows["message bits"][3:] == ("20", "16", "18")
+    texts = " ".join(_texts(section))
+    # SEED.md erratum 1: code 2's 1.6 bits/word is below the entropy 1.761.
+    assert "Its 1.6 bits/word is below the entropy 1.761" in texts
+    corrections = [e.correct for e in section.errata()]
+    seed_says = [e.seed_says for e in section.errata()]
+    assert any("16 bits, 20 % fewer than code 1" in text for text in seed_says)
+    assert any(text.endswith("18 bits, 10 % fewer than code 1") for text in corrections)
+    # SEED.md erratum 2: words 8 and 9 are mis-encoded.
+    assert any(
+        text == "words 8 and 9 are mis-encoded; code 2 gives 0 10 11 0 0 111 0 10 11 0"
+        for text in corrections
+    )
+
+
+def test_coding_section_measures_the_coder_on_its_sample(run):
+    """The coded sizes of the 100,000-word sample against its information content
+    −Σ log2 q(x_i), counted from the sample itself: a range coder spends at least that
+    and only a few bytes more."""
+    import numpy as np
+
+    from crossentropy.tour._coding import SAMPLE_SEED, SAMPLE_SIZE
+
+    tour, _, _ = run
+    values = tour.values
+    sample = np.random.default_rng(SAMPLE_SEED).choice(4, size=SAMPLE_SIZE, p=P_WORDS)
+    counts = np.bincount(sample, minlength=4)
+
+    def ideal(q):
+        bits = math.fsum(
+            int(c) * reference.information(qk) for c, qk in zip(counts, q, strict=True)
+        )
+        return bits / SAMPLE_SIZE
+
+    slack = 64 / SAMPLE_SIZE  # a few bytes of coder overhead, per word
+    measured = values["coding.arithmetic_bits_per_symbol_P"]
+    assert ideal(P_WORDS) <= measured <= ideal(P_WORDS) + slack
+    section = tour.find("coding")
+    table = section.tables()[1]
+    h_p = reference.entropy(P_WORDS)
+    names = {"uniform": "uniform", "reversed": "[.1, .2, .2, .5]", "close": "[.4, .3, .2, .1]"}
+    names["peaked"] = "[.7, .1, .1, .1]"
+    # Huffman's code for each Q spends, on P: uniform 2 bits; reversed: D=1 bit, one of
+    # B/C 2, A and the other 3 -> .5·3 + .2·3 + .2·2 + .1·1 = 2.6; close: lengths 1, 2, 3, 3
+    # -> 1.8; peaked: A=1 bit, the three tied .1 words 2, 3, 3 -> 1.8 or 1.9 for P.
+    huffman = {"uniform": {"2.00"}, "reversed": {"2.60"}, "close": {"1.80"}}
+    huffman["peaked"] = {"1.80", "1.90"}
+    for row, (key, q) in zip(table.rows, list(MODELS.items())[1:], strict=True):
+        bits = values[f"coding.measured_bits_Q_{names[key]}"]
+        assert ideal(q) <= bits <= ideal(q) + slack, key
+        assert values[f"coding.cross_entropy_Q_{names[key]}"] == pytest.approx(
+            reference.cross_entropy(P_WORDS, q), abs=1e-12, rel=0
+        )
+        assert row[0] == names[key]
+        assert row[1:5] == (
+            f"{bits:.4f}",
+            f"{reference.cross_entropy(P_WORDS, q):.6f}",
+            f"{reference.kl_divergence(P_WORDS, q):.6f}",
+            f"{bits - h_p:+.4f}",
+        )
+        assert row[5] in huffman[key], key
+    # Only the tied Q has several optimal codes, spending 1.8 to 1.9 bits/word on P.
+    assert "numbers of bits on P ([.7, .1, .1, .1]: 1.80 to 1.90 bits/word)" in " ".join(
+        _texts(section)
+    )
+
+
+def test_classifier_section_prints_every_cell(run):
+    """The section's tables against the same training run (it is deterministic) and
+    −log2 q(true class) of its three example images."""
+    import numpy as np
+
+    from crossentropy.tour import train_digits_classifier
+
+    tour, _, _ = run
+    result = train_digits_classifier(epochs=EPOCHS, seed=0)
+    section = tour.find("real classifier")
+    losses, examples = section.tables()
+    assert losses.rows[1][0] == f"test ({result.n_test} images)"
+    assert losses.rows[1][1::2] == (f"{result.test_curve[0]:.4f}", f"{result.test_curve[-1]:.4f}")
+    before_bits, after_bits = [], []
+    for k, label in enumerate(result.example_labels):
+        before = reference.information(float(result.example_before[k][label]))
+        after = reference.information(float(result.example_after[k][label]))
+        before_bits.append(before)
+        after_bits.append(after)
+        assert tour.values[f"digits.image{k + 1}.before"] == pytest.approx(before, abs=1e-12)
+        assert tour.values[f"digits.image{k + 1}.after"] == pytest.approx(after, abs=1e-12)
+        top = sorted(range(10), key=lambda c: -result.example_after[k][c])[:3]
+        assert examples.rows[k][4] == ", ".join(
+            f"{c}: {result.example_after[k][c]:.2f}" for c in top
+        )
+        assert examples.rows[k][:2] == (f"test image #{result.example_indices[k]}", str(label))
+        assert examples.rows[k][3] == f"{before:.3f}"
+        assert examples.rows[k][5] == f"{after:.3f}"
+    assert examples.rows[3][3] == f"{math.fsum(before_bits) / 3:.3f}"
+    assert examples.rows[3][5] == f"{math.fsum(after_bits) / 3:.3f}"
+    accuracy = [
+        float(np.mean(np.argmax(q, axis=1) == result.test_labels))
+        for q in (result.test_before, result.test_after)
+    ]
+    assert any(
+        f"test accuracy {accuracy[0]:.1%}. After training: test accuracy {accuracy[1]:.1%}." in text
+        for text in _texts(section)
+    )
+
+
+def test_seed_reaches_the_classifier(tmp_path):
+    from crossentropy.tour import train_digits_classifier
+
+    tour = run_tour(tmp_path, epochs=0, seed=1, quiet=True)
+    expected = train_digits_classifier(epochs=0, seed=1)
+    assert tour.values["digits.test.before"] == pytest.approx(
+        expected.test_curve[0], abs=1e-12, rel=0
+    )
+    # Another seed splits and initialises differently.
+    assert expected.test_curve[0] != train_digits_classifier(epochs=0, seed=0).test_curve[0]
