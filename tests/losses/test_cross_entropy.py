@@ -130,6 +130,22 @@ def test_module_matches_function_and_torch_module(reduction):
     assert "weight" in dict(ours.named_buffers())
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_module_passes_z_loss_softcap_and_base_to_the_loss(reduction):
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, C, generator=gen, dtype=torch.float64) * 3
+    targets = torch.randint(0, C, (6,), generator=gen)
+    targets[2] = -100
+    options = {"z_loss": 0.05, "softcap": 2.5, "base": 2}
+    module = CrossEntropyLoss(reduction=reduction, **options)
+    ref_loss, _ = reference_cross_entropy(
+        logits.numpy(), targets.numpy(), reduction=reduction, **options
+    )
+    np.testing.assert_allclose(module(logits, targets).numpy(), ref_loss, rtol=0, atol=TOL)
+    assert "base=2" in repr(module)
+    assert "softcap=2.5" in repr(module)
+
+
 def test_uint8_targets_accepted_like_torch():
     gen = torch.Generator().manual_seed(4)
     logits = torch.randn(4, C, generator=gen, dtype=torch.float64)

@@ -64,6 +64,16 @@ PROBS = torch.full((3, 4), 0.25)
         ),
         ({"logits": torch.tensor(1.0)}, ValueError, r"`logits` must have a class dimension"),
         (
+            {"logits": torch.zeros(3, 0)},
+            ValueError,
+            r"`logits` must have at least one class; got a class dimension of 0",
+        ),
+        (
+            {"logits": torch.zeros(0, 0), "targets": torch.zeros(0, dtype=torch.long)},
+            ValueError,
+            r"`logits` must have at least one class",
+        ),
+        (
             {"weight": torch.ones(5)},
             ValueError,
             r"`weight` must have shape \(4,\), one entry per class; got shape \(5,\)",
@@ -77,6 +87,16 @@ PROBS = torch.full((3, 4), 0.25)
             {"weight": torch.tensor([1.0, -1.0, 1.0, 1.0])},
             ValueError,
             r"`weight` must be finite and >= 0; got -1.0",
+        ),
+        (
+            {"weight": torch.tensor([1.0, float("nan"), 1.0, 1.0])},
+            ValueError,
+            r"`weight` must be finite and >= 0; got nan",
+        ),
+        (
+            {"weight": torch.tensor([1.0, 1.0, float("inf"), 1.0])},
+            ValueError,
+            r"`weight` must be finite and >= 0; got inf",
         ),
         (
             {"weight": torch.tensor([1, 1, 1, 1])},
@@ -100,6 +120,13 @@ PROBS = torch.full((3, 4), 0.25)
             TypeError,
             r"`label_smoothing` must be a real number; got str",
         ),
+        (
+            {"label_smoothing": True},
+            TypeError,
+            r"`label_smoothing` must be a real number; got bool",
+        ),
+        ({"z_loss": True}, TypeError, r"`z_loss` must be a real number; got bool"),
+        ({"softcap": True}, TypeError, r"`softcap` must be None or a real number; got bool"),
         ({"softcap": 0.0}, ValueError, r"`softcap` must be None or a finite number > 0; got 0.0"),
         ({"softcap": -3.0}, ValueError, r"`softcap` must be None or a finite number > 0; got -3.0"),
         (

@@ -389,6 +389,13 @@ def test_auto_picks_reference_when_tiny_and_chunked_otherwise():
     big = losses.linear_cross_entropy(hidden, weight, targets)
     assert "Chunked" in type(big.grad_fn).__name__
     torch.testing.assert_close(big, oracle(hidden, weight, targets), rtol=1e-12, atol=0)
+    # The documented boundary: N·V equal to AUTO_REFERENCE_ELEMENTS still takes the reference.
+    hidden, weight, _, targets = make(AUTO_REFERENCE_ELEMENTS // 64, 3, 64, bias=False, seed=16)
+    edge = losses.linear_cross_entropy(hidden, weight, targets)
+    assert "Chunked" not in type(edge.grad_fn).__name__
+    hidden, weight, _, targets = make(AUTO_REFERENCE_ELEMENTS // 64 + 1, 3, 64, bias=False, seed=17)
+    past = losses.linear_cross_entropy(hidden, weight, targets)
+    assert "Chunked" in type(past.grad_fn).__name__
 
 
 def test_group_is_handed_to_the_vocabulary_parallel_head(monkeypatch):
@@ -763,6 +770,41 @@ def test_zero_total_class_weight_gives_zero_not_nan():
     got, got_grads = value_and_grads(fused, hidden, weight, bias, targets, class_weight=cw)
     assert float(got) == 0.0
     assert all(bool((g == 0).all()) for g in got_grads)
+
+
+@pytest.mark.parametrize("grad_mode", [True, False])
+def test_zero_total_class_weight_with_smoothing_gives_zero_in_every_grad_mode(grad_mode):
+    # With smoothing a token whose target weighs 0 still has a loss (the smoothing term),
+    # but the weighted mean's denominator is 0: the documented result is 0, as from
+    # losses.cross_entropy on the unfused logits, with or without autograd.
+    hidden, weight, bias, targets = make(40, 8, 2000, seed=51)
+    cw = torch.ones(2000, dtype=torch.float64)
+    cw[targets] = 0.0
+    with torch.set_grad_enabled(grad_mode):
+        got = fused(hidden, weight, targets, bias=bias, class_weight=cw, label_smoothing=0.1)
+        unfused = losses.cross_entropy(
+            F.linear(hidden, weight, bias), targets, weight=cw, label_smoothing=0.1
+        )
+    per_token = fused(
+        hidden, weight, targets, bias=bias, class_weight=cw, label_smoothing=0.1, reduction="none"
+    )
+    assert float(per_token.detach().abs().sum()) > 0  # the numerator is not 0
+    assert float(unfused.detach()) == 0.0
+    assert float(got.detach()) == 0.0
+
+
+def test_weighted_mean_divides_by_a_total_class_weight_below_one():
+    # torch's weighted mean divides by sum_i w_{y_i}, however small (here about 0.3).
+    hidden, weight, bias, targets = make(6, 8, 300, ignored=0.3, seed=49)
+    cw = class_weights(300, seed=50, zero_some=False) * 0.05
+    assert 0 < float(cw[targets[targets != -100]].sum()) < 1
+    got, got_grads = value_and_grads(
+        fused, hidden, weight, bias, targets, class_weight=cw, chunk_size=4
+    )
+    want, want_grads = value_and_grads(oracle_weighted, hidden, weight, bias, targets, cw=cw)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_module_keeps_class_weights_as_a_buffer():

@@ -798,7 +798,9 @@ def linear_cross_entropy(
             if reduction == "mean"
             else 1
         )
-        total = loss.sum() / count if count > 0 else loss.sum()
+        # A zero denominator (all ignored, or targets that all weigh 0) gives 0, as on the
+        # tracked path: with smoothing the numerator need not be 0 then.
+        total = loss.sum() * (1.0 / count if count > 0 else 0.0)
         return total.to(opts["out_dtype"])
     if reduction == "none":
         return _ChunkedPerToken.apply(h2, weight, bias, y, opts, rows).reshape(token_shape)
