@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -235,3 +237,13 @@ def test_probability_sum_error_shows_how_far_from_one(dtype):
     assert "tolerance 0.00035" in str(info.value)
     targets[1, 0] -= 0.001 - 2e-4  # 1.0002: within it
     cross_entropy(torch.zeros(3, 4, dtype=dtype), targets)
+
+
+def test_float64_probability_sum_error_shows_every_digit_of_the_sum():
+    # 1.001 + 2**-30 in float64; rounded to float32 it would read "1.001", hiding the rest.
+    targets = torch.full((3, 4), 0.25, dtype=torch.float64)
+    targets[1, 0] += 0.001 + 2**-30
+    total = math.fsum(targets[1].tolist())
+    assert str(np.float32(total)) == "1.001"
+    with pytest.raises(ValueError, match=re.escape(f"got a sum of {total!r} (off by 0.001)")):
+        cross_entropy(torch.zeros(3, 4, dtype=torch.float64), targets)
