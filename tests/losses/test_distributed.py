@@ -594,6 +594,9 @@ def _mismatch_cases() -> list[dict]:
         start = changes.pop("vocab_start", starts[rank])
         local = changes.pop("logits", logits)[:, starts[rank] : starts[rank] + sizes[rank]]
         tgt = changes.pop("targets", targets)
+        lead = changes.pop("lead", None)
+        if lead is not None:
+            local, tgt = local.reshape(*lead, local.shape[-1]), tgt.reshape(lead)
         return {"args": (local, tgt), "kwargs": {"vocab_start": start, **changes}}
 
     def linear(rank, **changes):
@@ -627,6 +630,9 @@ def _mismatch_cases() -> list[dict]:
     out_of_range[3] = V
     other_targets = targets.clone()
     other_targets[0] = (targets[0] + 1) % V
+    swapped = targets.clone()
+    first, second = 0, int((targets != targets[0]).nonzero()[0, 0])
+    swapped[[first, second]] = targets[[second, first]]
     return [
         case(
             "tokens",
@@ -771,6 +777,70 @@ def _mismatch_cases() -> list[dict]:
             ["rank(s) 1 rejected"],
             same_message=False,
             broken_expect=("ValueError", "`hidden` must have shape (..., D)"),
+        ),
+        # The same values in another order: the position-weighted checksum tells them apart.
+        case(
+            "targets_permuted",
+            "vocab",
+            vocab,
+            {2: {"targets": swapped}},
+            ["the values of `targets` must be the same on every rank", "rank(s) 2 differ"],
+        ),
+        # The same number of tokens and dimensions in another layout, (1, 7) against (7, 1).
+        case(
+            "leading_shape",
+            "vocab",
+            vocab,
+            {r: {"lead": (1, 7) if r == 1 else (7, 1)} for r in range(3)},
+            ["the leading shape of `local_logits` (the tokens)", "rank(s) 1 differ"],
+        ),
+        *(
+            case(f"option_{option}", "vocab", vocab, {rank: {option: value}}, [expect])
+            for option, rank, value, expect in (
+                ("reduction", 2, "sum", "'sum' on rank 2"),
+                ("ignore_index", 0, -1, "-1 on rank 0"),
+                ("z_loss", 1, 0.25, "0.25 on rank 1"),
+                ("softcap", 1, 5.0, "None on rank 0, 5.0 on rank 1"),
+                ("base", 2, 2, "2.0 on rank 2"),
+                ("validate", 0, False, "False on rank 0"),
+            )
+        ),
+        # A weight of the wrong length on one rank only: the ranks must agree before any of
+        # them checks it against V (else that rank raises while the others wait).
+        case(
+            "weight_length_on_one_rank",
+            "vocab",
+            vocab,
+            {r: {"weight": torch.ones(V + 1 if r == 1 else V)} for r in range(3)},
+            ["the number of entries of `weight`", "12 on rank 1"],
+        ),
+        case(
+            "linear_bias_on_one_rank",
+            "linear",
+            linear,
+            {0: {"bias": torch.zeros(sizes[0])}},
+            ["whether `bias` is given", "True on rank 0"],
+        ),
+        case(
+            "linear_class_weight_on_one_rank",
+            "linear",
+            linear,
+            {2: {"class_weight": torch.ones(V)}},
+            ["the number of entries of `class_weight`", "11 on rank 2"],
+        ),
+        case(
+            "linear_option_z_loss",
+            "linear",
+            linear,
+            {1: {"z_loss": 0.5}},
+            ["`z_loss` must be the same on every rank", "0.5 on rank 1"],
+        ),
+        case(
+            "linear_probabilities_not_summing_to_one",
+            "linear",
+            linear,
+            {r: {"targets": columns(0.9 * probs, r)} for r in range(3)},
+            ["sum to 1 over the whole vocabulary", "token 0 sums to", "(off by -0.1)"],
         ),
     ]
 
@@ -1003,7 +1073,7 @@ def test_group_of_one_probability_targets_equal_the_formula(
 
 def test_group_of_one_probability_target_errors(group_of_one):
     """Probability targets: the shape of the local logits, ignore_index left alone, no
-    gradient required; each is a clear error."""
+    gradient required (for the sharded head too); each is a clear error."""
     from crossentropy.losses import vocab_parallel_cross_entropy
 
     logits = torch.randn(3, 5)
@@ -1016,6 +1086,25 @@ def test_group_of_one_probability_target_errors(group_of_one):
         vocab_parallel_cross_entropy(logits, probs.requires_grad_(True), vocab_start=0)
     with pytest.raises(TypeError, match="integer class indices or floating-point"):
         vocab_parallel_cross_entropy(logits, torch.ones(3, dtype=torch.bool), vocab_start=0)
+    hidden, weight = torch.randn(3, 4), torch.randn(5, 4)
+    for impl in ("chunked", "reference"):
+        with pytest.raises(ValueError, match="must not require a gradient across ranks"):
+            linear_cross_entropy(
+                hidden, weight, probs.requires_grad_(True), group=group_of_one, impl=impl
+            )
+
+
+@pytest.mark.parametrize("targets", [[-100, -100], [0, 1]])
+def test_group_of_one_without_vocabulary_rows_is_an_error(group_of_one, targets):
+    """Shards that hold no vocabulary row in all have no softmax: a clear error, not a
+    silent loss of 0 or -inf (with or without value checks)."""
+    from crossentropy.losses import vocab_parallel_cross_entropy
+
+    for validate in (True, False):
+        with pytest.raises(ValueError, match="at least one vocabulary row in all; got 0"):
+            vocab_parallel_cross_entropy(
+                torch.zeros(2, 0), torch.tensor(targets), vocab_start=0, validate=validate
+            )
 
 
 def test_group_of_one_under_autocast(group_of_one):
@@ -1171,6 +1260,36 @@ def test_backward_passes_with_retain_graph(group_of_one):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
     with pytest.raises(RuntimeError, match="retain_graph=True"):
         torch.autograd.grad(loss, [hidden, weight])
+
+
+@pytest.mark.parametrize("head", [None, "chunked"])
+def test_per_token_backward_passes_with_retain_graph(group_of_one, head):
+    """reduction="none" with retain_graph=True: each backward pass is scaled by its own
+    upstream gradient, so two passes with different upstreams give torch's two gradients
+    (a first pass that scaled the kept gradient in place would leak into the second)."""
+    from crossentropy.losses import vocab_parallel_cross_entropy
+
+    gen = torch.Generator().manual_seed(17)
+    targets = torch.tensor([0, -100, 5, 2, 3])
+    hidden = torch.randn(5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    options = {"reduction": "none", "label_smoothing": 0.1}
+    if head is None:
+        inputs = ((hidden @ weight.T).detach().requires_grad_(True),)
+        ours = vocab_parallel_cross_entropy(inputs[0], targets, vocab_start=0, **options)
+        expected = F.cross_entropy(inputs[0], targets, **options)
+    else:
+        inputs = (hidden, weight)
+        ours = linear_cross_entropy(
+            hidden, weight, targets, impl=head, group=group_of_one, **options
+        )
+        expected = F.cross_entropy(F.linear(hidden, weight), targets, **options)
+    for _ in range(2):
+        upstream = 0.5 + torch.rand(5, generator=gen, dtype=torch.float64)
+        got = torch.autograd.grad(ours, inputs, upstream, retain_graph=True)
+        want = torch.autograd.grad(expected, inputs, upstream, retain_graph=True)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
 
 
 def test_without_autograd_only_the_loss_is_formed(group_of_one):

@@ -411,17 +411,29 @@ def test_group_is_handed_to_the_vocabulary_parallel_head(monkeypatch):
 
     monkeypatch.setattr(_distributed, "sharded_linear_cross_entropy", sharded, raising=False)
     group = object()
-    out = losses.linear_cross_entropy(
-        hidden, weight, targets, bias=bias, group=group, z_loss=0.1, chunk_size=2
-    )
+    class_weight = torch.rand(5, dtype=torch.float64)
+    options = {
+        "bias": bias,
+        "class_weight": class_weight,
+        "ignore_index": -7,
+        "reduction": "sum",
+        "label_smoothing": 0.2,
+        "z_loss": 0.1,
+        "softcap": 3.0,
+        "base": 2.0,
+        "chunk_size": 2,
+        "impl": "chunked",
+        "validate": False,
+    }
+    out = losses.linear_cross_entropy(hidden, weight, targets, group=group, **options)
     assert float(out) == 1.5
     assert seen["args"][0] is hidden
     assert seen["args"][1] is weight
     assert seen["args"][2] is targets
     assert seen["kwargs"]["group"] is group
-    assert seen["kwargs"]["bias"] is bias
-    assert seen["kwargs"]["z_loss"] == 0.1
-    assert seen["kwargs"]["chunk_size"] == 2
+    for name, value in options.items():
+        passed = seen["kwargs"][name]
+        assert passed is value if isinstance(value, torch.Tensor) else passed == value, name
 
 
 def _bad_inputs():
