@@ -297,6 +297,27 @@ def test_nats_agree_with_torch(run):
         )
 
 
+def test_tour_without_training_needs_no_torch(monkeypatch, tmp_path):
+    """With ``train=False`` only matplotlib is required: without torch the nats of the
+    classification erratum come from the measures, and the whole output is unchanged."""
+    import sys
+
+    with_torch = io.StringIO()
+    run_tour(tmp_path / "with", train=False, stream=with_torch, style="plain")
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    with pytest.raises(ImportError):
+        import torch  # noqa: F401
+    without_torch = io.StringIO()
+    tour = run_tour(tmp_path / "without", train=False, stream=without_torch, style="plain")
+    assert without_torch.getvalue().replace(str(tmp_path / "without"), "OUT") == (
+        with_torch.getvalue().replace(str(tmp_path / "with"), "OUT")
+    )
+    labels = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    before = [[0.3, 0.2, 0.5], [0.2, 0.7, 0.1], [0.3, 0.4, 0.3]]  # SEED.md's predictions
+    expected = sum(-math.log(q[y.index(1)]) for q, y in zip(before, labels, strict=True)) / 3
+    assert tour.values["classification.before.mean_nats"] == pytest.approx(expected, rel=1e-14)
+
+
 def test_optimal_code_spread_on_p():
     """The tour's note on ties: among the prefix codes optimal for Q = [.7, .1, .1, .1],
     P = [.5, .2, .2, .1] costs 1.8 bits/word (lengths 1, 2, 3, 3 with P's likelier words

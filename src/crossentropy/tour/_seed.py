@@ -402,10 +402,21 @@ def classification_section(tour) -> None:
 
 
 def _mean_loss_in_nats() -> dict[str, float]:
-    """The seed's mean CE as PyTorch computes it: our loss in its default unit, nats."""
-    import torch
+    """The seed's mean CE as PyTorch computes it: our loss in its default unit, nats.
 
-    from crossentropy.losses import CrossEntropyLoss
+    Without torch (a tour run with ``--no-train`` needs only matplotlib) the same mean
+    comes from :func:`crossentropy.info.cross_entropy` with ``base=math.e``.
+    """
+    try:
+        import torch
+
+        from crossentropy.losses import CrossEntropyLoss
+    except ImportError:
+        labels = np.eye(len(CLASSES))
+        return {
+            stage: float(np.mean(info.cross_entropy(labels, predictions, base=math.e)))
+            for stage, predictions in (("before", PREDICTIONS_BEFORE), ("after", PREDICTIONS_AFTER))
+        }
 
     loss = CrossEntropyLoss()  # nats, like torch.nn.CrossEntropyLoss
     targets = torch.arange(len(CLASSES))
