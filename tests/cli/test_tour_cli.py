@@ -11,6 +11,8 @@ from crossentropy.cli import main
 
 
 def test_tour_returns_0_and_writes_figures(tmp_path, capsys):
+    pytest.importorskip("torch", reason="the tour's classifier trains with torch")
+    pytest.importorskip("sklearn", reason="the tour's classifier loads scikit-learn's digits")
     out = tmp_path / "figures"
     assert main(["tour", "--out", str(out), "--epochs", "1"]) == 0
     text = capsys.readouterr().out

@@ -65,6 +65,8 @@ MODELS = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    pytest.importorskip("torch", reason="the tour's classifier trains with torch")
+    pytest.importorskip("sklearn", reason="the tour's classifier loads scikit-learn's digits")
     out = tmp_path_factory.mktemp("tour")
     buffer = io.StringIO()
     tour = run_tour(out, epochs=EPOCHS, stream=buffer, style="plain")
@@ -604,6 +606,8 @@ def test_classifier_section_prints_every_cell(run):
 
 
 def test_seed_reaches_the_classifier(tmp_path):
+    pytest.importorskip("torch", reason="the tour's classifier trains with torch")
+    pytest.importorskip("sklearn", reason="the tour's classifier loads scikit-learn's digits")
     from crossentropy.tour import train_digits_classifier
 
     tour = run_tour(tmp_path, epochs=0, seed=1, quiet=True)
