@@ -265,6 +265,8 @@ def test_blocked_path_keeps_float32_accuracy_on_a_long_row(rng, kind):
     close(info.cross_entropy(p, q), expected, np.float32)
 
 
+# Forking a multi-threaded process is the point of this test; Python 3.12+ warns about it.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_blocked_path_works_in_a_forked_child(rng):
     import multiprocessing
 
