@@ -70,7 +70,7 @@ def test_quiet_prints_nothing_but_records(tmp_path):
 
 
 def test_rich_style_renders_the_same_cells(tmp_path):
-    pytest.importorskip("rich", reason="style=\"rich\" renders with rich (the demo extra)")
+    pytest.importorskip("rich", reason='style="rich" renders with rich (the demo extra)')
     buffer = io.StringIO()
     tour = Tour(tmp_path, stream=buffer, style="rich")
     tour.section("Box [A]")
