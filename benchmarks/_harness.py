@@ -20,7 +20,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(
+    os.environ.get("CROSSENTROPY_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
+)
+"""Where results files go: ``benchmarks/results``, or ``$CROSSENTROPY_BENCH_RESULTS``."""
+
+SMOKE = os.environ.get("CROSSENTROPY_BENCH_SMOKE") == "1"
+"""``CROSSENTROPY_BENCH_SMOKE=1``: every benchmark runs at a tiny size, once, so that the
+test suite can check that it still runs end to end; its numbers mean nothing."""
 
 
 def machine() -> dict[str, Any]:
@@ -87,6 +94,8 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     document = {"machine": machine(), "measured": time.strftime("%Y-%m-%d"), **payload}
+    if SMOKE:
+        document["smoke"] = True
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
 

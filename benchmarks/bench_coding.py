@@ -31,10 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import best_time, print_table, write_results
+from _harness import SMOKE, best_time, print_table, write_results
 from crossentropy import coding
 
-SIZE = 1 << 20
+SIZE = 1 << 14 if SMOKE else 1 << 20
 
 
 def stdlib_text(size: int = SIZE) -> tuple[bytes, list[str]]:

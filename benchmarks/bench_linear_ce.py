@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import RESULTS, best_time, print_table, run_fresh, write_results
+from _harness import RESULTS, SMOKE, best_time, print_table, run_fresh, write_results
 
 RESULTS_FILE = RESULTS / "linear_ce.json"
 
@@ -205,11 +205,11 @@ def run_timing(n: int, d: int, v: int, chunk: int, rounds: int) -> dict:
         for kind in TIMED:
             if kind == "torch_lce" and round_number > 0:
                 continue
-            rates.append(_matmul_rates(repeat=2))
+            rates.append(_matmul_rates(size=256 if SMOKE else 2048, repeat=2))
             start = time.perf_counter()
             _step(fns[kind], hidden, weight)
             best[kind] = min(best.get(kind, math.inf), time.perf_counter() - start)
-    rates.append(_matmul_rates(repeat=2))
+    rates.append(_matmul_rates(size=256 if SMOKE else 2048, repeat=2))
     by_engine = {name: max(r[name] for r in rates) for name in rates[0]}
     rate = max(by_engine.values())
     products = _product_seconds(hidden, weight)
@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    if SMOKE:
+        shapes, args.rounds = [(96, 32, 700)], 1
     runs = [bench_shape(n, d, v, rounds=args.rounds) for n, d, v in shapes]
     rows = []
     for run in runs:

@@ -20,7 +20,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import best_time, peak_rss_bytes, print_table, run_fresh, write_results
+from _harness import (
+    SMOKE,
+    best_time,
+    peak_rss_bytes,
+    print_table,
+    run_fresh,
+    write_results,
+)
 
 FULL_SHAPES = [(4096, 32000), (4096, 128256)]
 QUICK_SHAPES = [(512, 8000), (256, 32000)]
@@ -95,6 +102,8 @@ def main() -> None:
         return
 
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    if SMOKE:
+        shapes, args.repeat = [(64, 500)], 1
     cases = []
     for n, v in shapes:
         for dtype in DTYPES:
