@@ -6,7 +6,7 @@ float32 and bfloat16. Each (implementation, shape, dtype) case runs in a fresh p
 best of a few repeats after a warm-up. Ratios compare ours with torch measured in the same
 run. Results go to ``benchmarks/results/loss.json``.
 
-    python benchmarks/bench_loss.py            # [4096, 32000] and [4096, 128256]
+    python benchmarks/bench_loss.py            # [128, 1000], [4096, 32000], [4096, 128256]
     python benchmarks/bench_loss.py --quick    # small sizes, seconds
 """
 
@@ -29,7 +29,9 @@ from _harness import (
     write_results,
 )
 
-FULL_SHAPES = [(4096, 32000), (4096, 128256)]
+FULL_SHAPES = [(128, 1000), (4096, 32000), (4096, 128256)]
+# Shapes below this many logits are timed as loops of calls (a call takes microseconds).
+LOOP_BELOW = 1 << 22
 QUICK_SHAPES = [(512, 8000), (256, 32000)]
 DTYPES = ["float32", "bfloat16"]
 IMPLS = ["torch", "ours"]
@@ -67,14 +69,17 @@ def run_case(impl: str, n: int, v: int, dtype_name: str, repeat: int, threads: i
     inputs_rss = peak_rss_bytes()
     loss_fn = F.cross_entropy if impl == "torch" else cross_entropy
 
-    def step() -> None:
-        logits.grad = None
-        loss = loss_fn(logits, targets)
-        loss.backward()
+    calls = max(1, LOOP_BELOW // (n * v))
 
-    seconds = best_time(step, repeat=repeat, warmup=1)
+    def step() -> None:
+        for _ in range(calls):
+            logits.grad = None
+            loss = loss_fn(logits, targets)
+            loss.backward()
+
+    seconds = best_time(step, repeat=repeat, warmup=1) / calls
     # CPU time of all threads, less sensitive than wall time to other work on the machine.
-    cpu_seconds = best_cpu_time(step, repeat=repeat)
+    cpu_seconds = best_cpu_time(step, repeat=repeat) / calls
     return {
         "impl": impl,
         "n": n,
