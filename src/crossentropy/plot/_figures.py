@@ -13,6 +13,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from crossentropy import info
 
@@ -145,7 +146,7 @@ def plot_binary_entropy(
 
 
 def plot_entropy_terms(
-    boxes: Mapping[str, Sequence[float]],
+    boxes: Mapping[str, ArrayLike],
     *,
     path: str | pathlib.Path,
     outcome_labels: Sequence[str] | None = None,
@@ -196,8 +197,8 @@ def plot_entropy_terms(
 
 
 def plot_cross_entropy_gap(
-    p: Sequence[float],
-    far: Sequence[float],
+    p: ArrayLike,
+    far: ArrayLike,
     *,
     path: str | pathlib.Path,
     steps: int = 201,
@@ -215,13 +216,13 @@ def plot_cross_entropy_gap(
     Returns:
         The path written.
     """
-    p = np.asarray(p, dtype=np.float64)
-    far = np.asarray(far, dtype=np.float64)
+    p_arr = np.asarray(p, dtype=np.float64)
+    far_arr = np.asarray(far, dtype=np.float64)
     t = np.linspace(0.0, 1.0, steps)
-    q = (1.0 - t)[:, None] * p[None, :] + t[:, None] * far[None, :]
+    q = (1.0 - t)[:, None] * p_arr[None, :] + t[:, None] * far_arr[None, :]
     q = np.asarray(info.normalize(q), dtype=np.float64)  # exact sums after mixing
-    cross = np.asarray(info.cross_entropy(p, q), dtype=np.float64)
-    floor = float(info.entropy(p))
+    cross = np.asarray(info.cross_entropy(p_arr, q), dtype=np.float64)
+    floor = float(info.entropy(p_arr))
     figure = _new_figure(6.4, 4.0)
     axes = figure.subplots()
     axes.plot(t, cross, color=_BLUE, linewidth=2, label="H(P, Q)")
@@ -238,7 +239,7 @@ def plot_cross_entropy_gap(
         ylim=(floor - 0.15, float(cross.max()) + 0.15),
         xlabel="t, where Q = (1 − t)·P + t·R",
         ylabel="bits per symbol",
-        title=f"Coding P-data with Q: P = {_short(p)}, R = {_short(far)}",
+        title=f"Coding P-data with Q: P = {_short(p_arr)}, R = {_short(far_arr)}",
     )
     axes.grid(alpha=0.3)
     axes.legend(loc="upper left")
@@ -246,8 +247,8 @@ def plot_cross_entropy_gap(
 
 
 def plot_loss_curve(
-    train_bits: Sequence[float],
-    test_bits: Sequence[float],
+    train_bits: ArrayLike,
+    test_bits: ArrayLike,
     *,
     path: str | pathlib.Path,
     floor: float | None = None,
@@ -263,11 +264,13 @@ def plot_loss_curve(
     Returns:
         The path written.
     """
-    epochs = np.arange(len(train_bits))
+    train = np.asarray(train_bits, dtype=np.float64)
+    test = np.asarray(test_bits, dtype=np.float64)
+    epochs = np.arange(len(train))
     figure = _new_figure(6.4, 4.0)
     axes = figure.subplots()
-    axes.plot(epochs, train_bits, color=_BLUE, linewidth=2, marker=".", label="train")
-    axes.plot(epochs, test_bits, color=_ACCENT, linewidth=2, marker=".", label="test")
+    axes.plot(epochs, train, color=_BLUE, linewidth=2, marker=".", label="train")
+    axes.plot(epochs, test, color=_ACCENT, linewidth=2, marker=".", label="test")
     if floor is not None:
         axes.axhline(
             floor,
@@ -285,17 +288,17 @@ def plot_loss_curve(
     from matplotlib.ticker import MaxNLocator
 
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlim(-0.5, len(train_bits) - 0.5)
+    axes.set_xlim(-0.5, len(train) - 0.5)
     axes.grid(alpha=0.3)
     axes.legend(loc="center right")
     return _save(figure, path)
 
 
 def plot_predictions(
-    images: Sequence[np.ndarray],
-    labels: Sequence[int],
-    before: Sequence[Sequence[float]],
-    after: Sequence[Sequence[float]],
+    images: Sequence[ArrayLike] | np.ndarray,
+    labels: ArrayLike,
+    before: ArrayLike,
+    after: ArrayLike,
     *,
     path: str | pathlib.Path,
 ) -> pathlib.Path:
@@ -311,17 +314,21 @@ def plot_predictions(
     Returns:
         The path written.
     """
-    count = len(images)
+    pictures = [np.asarray(image) for image in images]
+    classes_true = np.asarray(labels)
+    predicted_before = np.asarray(before, dtype=np.float64)
+    predicted_after = np.asarray(after, dtype=np.float64)
+    count = len(pictures)
     figure = _new_figure(3.2 * count, 5.6)
     grid = figure.subplots(2, count, squeeze=False, height_ratios=[1.0, 1.1])
     for column in range(count):
         image_axes, bar_axes = grid[0][column], grid[1][column]
-        image_axes.imshow(np.asarray(images[column]), cmap="gray_r", interpolation="nearest")
+        image_axes.imshow(pictures[column], cmap="gray_r", interpolation="nearest")
         image_axes.set_xticks([])
         image_axes.set_yticks([])
-        label = int(labels[column])
-        q_before = np.asarray(before[column], dtype=np.float64)
-        q_after = np.asarray(after[column], dtype=np.float64)
+        label = int(classes_true[column])
+        q_before = predicted_before[column]
+        q_after = predicted_after[column]
         bits_after = float(info.information(float(q_after[label])))
         image_axes.set_title(f"true class {label}\nCE after = {bits_after:.3f} bits", fontsize=10)
         classes = np.arange(len(q_after))
