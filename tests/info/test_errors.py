@@ -146,8 +146,31 @@ def test_bad_base(xp, base):
 
 @pytest.mark.parametrize("base", ["e", None, 2j, True])
 def test_base_of_the_wrong_type(base):
-    with pytest.raises(TypeError, match=r"`base` must be a real number"):
-        info.entropy(GOOD, base=base)
+    for call in (
+        lambda: info.information(GOOD, base=base),
+        lambda: info.entropy(GOOD, base=base),
+        lambda: info.cross_entropy(GOOD, GOOD, base=base),
+        lambda: info.kl_divergence(GOOD, GOOD, base=base),
+        lambda: info.js_divergence(GOOD, GOOD, base=base),
+        lambda: info.binary_entropy(GOOD, base=base),
+    ):
+        with pytest.raises(TypeError, match=r"`base` must be a real number"):
+            call()
+
+
+@pytest.mark.parametrize("axis", [0.0, "0", None])
+def test_axis_of_the_wrong_type(xp, axis):
+    p = xp.asarray(GOOD)
+    for call in (
+        lambda: info.entropy(p, axis=axis),
+        lambda: info.perplexity(p, axis=axis),
+        lambda: info.cross_entropy(p, p, axis=axis),
+        lambda: info.kl_divergence(p, p, axis=axis),
+        lambda: info.js_divergence(p, p, axis=axis),
+        lambda: info.normalize(p, axis=axis),
+    ):
+        with pytest.raises(TypeError, match=r"`axis` must be an integer; got"):
+            call()
 
 
 def test_axis_out_of_range(xp):

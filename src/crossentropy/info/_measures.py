@@ -97,7 +97,7 @@ def information(p: Any, *, base: float = 2) -> Any:
     Raises:
         ValueError: an entry is NaN, infinite, negative or above 1; ``base`` is not a finite
             number > 0 and != 1.
-        TypeError: ``p`` is not made of real numbers.
+        TypeError: ``p`` is not made of real numbers; ``base`` is not a real number.
 
     Examples:
         The seed's information table (``SEED.md``): uniform words carry 2 bits, the
@@ -146,7 +146,8 @@ def entropy(p: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False) 
         ValueError: ``p`` has a negative, NaN or infinite entry, a sum off 1 beyond the
             dtype's tolerance (see ``info.normalize``), no outcomes along ``axis``; ``axis``
             is out of range; ``base`` is not a finite number > 0 and != 1.
-        TypeError: ``p`` is not made of real numbers; ``keepdims`` is not a bool.
+        TypeError: ``p`` is not made of real numbers; ``axis`` is not an integer (a bool is
+            not one); ``base`` is not a real number; ``keepdims`` is not a bool.
 
     Examples:
         The seed's word distribution and its two prize boxes (``SEED.md``):
@@ -210,7 +211,8 @@ def cross_entropy(
         ValueError: ``p`` or ``q`` has a negative, NaN or infinite entry, a sum off 1, no
             outcomes; the shapes don't broadcast; ``axis`` or ``base`` is invalid.
         TypeError: an input is not made of real numbers, or the two are arrays of
-            different kinds (NumPy and torch); ``keepdims`` is not a bool.
+            different kinds (NumPy and torch); ``axis`` is not an integer; ``base`` is not a
+            real number; ``keepdims`` is not a bool.
 
     Examples:
         The seed's classification example: a cat (one-hot label) predicted as
@@ -378,7 +380,7 @@ def binary_entropy(p: Any, *, base: float = 2) -> Any:
 
     Raises:
         ValueError: an entry is NaN, infinite, negative or above 1; ``base`` is invalid.
-        TypeError: ``p`` is not made of real numbers.
+        TypeError: ``p`` is not made of real numbers; ``base`` is not a real number.
 
     Examples:
         >>> from crossentropy import info
@@ -450,7 +452,7 @@ def normalize(x: Any, *, axis: int = -1) -> Any:
     Raises:
         ValueError: ``x`` has a negative, NaN or infinite entry, nothing along ``axis``, or a
             slice along ``axis`` that is all zero; ``axis`` is out of range.
-        TypeError: ``x`` is not made of real numbers.
+        TypeError: ``x`` is not made of real numbers; ``axis`` is not an integer.
 
     Examples:
         The seed's message ``A B C A A D A B C A`` has counts 5, 2, 2, 1:
