@@ -489,3 +489,56 @@ def test_violation_message_of_a_complete_code_claims_no_kraft_excess():
 def test_encode_rejects_unhashable_symbols_as_unknown():
     with pytest.raises(ValueError, match=r"symbols of this code; got \['A'\] at position 0"):
         coding.huffman_code(SEED_P).encode([["A"]])
+
+
+@pytest.mark.parametrize("codewords", [None, 3, 1.5])
+def test_codewords_that_are_not_a_collection_are_named(codewords):
+    for function in (coding.is_prefix_free, coding.find_ambiguity):
+        with pytest.raises(TypeError, match=r"`codewords` must be a mapping .* got "):
+            function(codewords)
+
+
+def test_a_single_string_is_not_a_list_of_codewords():
+    for function in (coding.is_prefix_free, coding.find_ambiguity):
+        with pytest.raises(TypeError, match=r"got the single string '0110'"):
+            function("0110")
+
+
+def test_is_prefix_free_counts_equal_codewords_as_a_violation():
+    assert coding.is_prefix_free(["0", "10", "11"])
+    assert not coding.is_prefix_free(["0", "10", "10"])
+    assert not coding.is_prefix_free({"a": "1", "b": "1"})
+
+
+def test_prefix_code_rejects_empty_and_non_string_codewords():
+    with pytest.raises(ValueError, match="`codewords` must hold at least one symbol; got none"):
+        coding.PrefixCode({})
+    with pytest.raises(TypeError, match=r"`codewords` must be strings of '0' and '1'; got 0"):
+        coding.PrefixCode({"a": 0})
+    with pytest.raises(ValueError, match=r"non-empty strings of '0' and '1'; got ''"):
+        coding.PrefixCode({"a": ""})
+
+
+def test_codewords_property_is_a_copy():
+    code = coding.huffman_code(SEED_P)
+    words = code.codewords
+    words["A"] = "1"
+    assert code.codewords == {"A": "0", "B": "10", "C": "110", "D": "111"}
+    assert code.encode("A") == "0"
+
+
+def test_encode_of_a_non_iterable_names_the_argument():
+    with pytest.raises(TypeError, match=r"`symbols` must be an iterable of symbols; got int"):
+        coding.huffman_code(SEED_P).encode(5)
+
+
+def test_expected_length_rejects_non_numbers_and_bad_sums():
+    code = coding.huffman_code(SEED_P)
+    with pytest.raises(TypeError, match="real numbers"):
+        code.expected_length(["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match=r"must sum to 1; got sum 2\.0"):
+        code.expected_length([0.5, 0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        code.expected_length([1.5, -0.5, 0.0, 0.0])
+    # Symbols a mapping leaves out have probability 0: Σ p l over the others.
+    assert code.expected_length({"A": 0.5, "D": 0.5}) == 0.5 * 1 + 0.5 * 3

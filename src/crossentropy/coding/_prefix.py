@@ -56,7 +56,14 @@ def _words_of(codewords: Mapping[Hashable, str] | Iterable[str]) -> list[str]:
             "`codewords` must be a mapping symbol -> codeword or a sequence of codewords; "
             f"got the single string {codewords!r}"
         )
-    return _check_codewords(codewords)
+    try:
+        words = iter(codewords)
+    except TypeError:
+        raise TypeError(
+            "`codewords` must be a mapping symbol -> codeword or a sequence of codewords; "
+            f"got {type(codewords).__name__}"
+        ) from None
+    return _check_codewords(words)
 
 
 def kraft_sum(lengths: Iterable[int] | Mapping[Hashable, int]) -> float:
@@ -133,7 +140,8 @@ def is_prefix_free(codewords: Mapping[Hashable, str] | Iterable[str]) -> bool:
 
     Raises:
         ValueError: a codeword is empty or holds a character other than 0 and 1.
-        TypeError: a codeword is not a string.
+        TypeError: ``codewords`` is not a mapping or a sequence of strings (a single
+            string included), or a codeword is not a string.
 
     Examples:
         >>> is_prefix_free({"A": "0", "B": "10", "C": "110", "D": "111"})
@@ -164,6 +172,7 @@ def find_ambiguity(codewords: Mapping[Hashable, str] | Iterable[str]) -> Ambigui
 
     Raises:
         ValueError: a codeword is empty or not made of 0 and 1.
+        TypeError: as :func:`is_prefix_free`.
 
     Examples:
         >>> find_ambiguity({"A": "0", "B": "10", "C": "11", "D": "111"})
@@ -379,9 +388,10 @@ class PrefixCode:
             The code must be prefix-free, so that decoding is instantaneous.
 
     Raises:
-        ValueError: a codeword is not a bit string, or the code is not prefix-free; the
-            message gives a concrete ambiguous bit string when one exists (see
-            :func:`find_ambiguity`).
+        ValueError: the mapping is empty, a codeword is empty or holds a character other
+            than 0 and 1, or the code is not prefix-free; the message gives a concrete
+            ambiguous bit string when one exists (see :func:`find_ambiguity`).
+        TypeError: ``codewords`` is not a mapping, or a codeword is not a string.
 
     Examples:
         >>> PrefixCode({"A": "0", "B": "10", "C": "11", "D": "111"})
@@ -476,7 +486,9 @@ Kraft sum 1.125 > 1; '1110' reads as C B and as D A
             Bits per symbol.
 
         Raises:
-            ValueError: not a distribution over this code's symbols.
+            ValueError: not a distribution over this code's symbols (an unknown symbol,
+                the wrong number of entries, a negative or non-finite entry, a sum off 1).
+            TypeError: a probability is not a real number.
         """
         if isinstance(probabilities, Mapping):
             unknown = set(probabilities) - set(self._codewords)
@@ -501,9 +513,16 @@ Kraft sum 1.125 > 1; '1110' reads as C B and as D A
 
         Raises:
             ValueError: a symbol is not in the code.
+            TypeError: ``symbols`` is not iterable.
         """
+        try:
+            items = iter(symbols)
+        except TypeError:
+            raise TypeError(
+                f"`symbols` must be an iterable of symbols; got {type(symbols).__name__}"
+            ) from None
         out = []
-        for position, symbol in enumerate(symbols):
+        for position, symbol in enumerate(items):
             try:
                 out.append(self._codewords[symbol])
             except (KeyError, TypeError):
