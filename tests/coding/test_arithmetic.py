@@ -283,3 +283,27 @@ def test_symbols_of_the_wrong_type(symbols):
     # A string was reported as a shape error ("got shape ()").
     with pytest.raises(TypeError, match="`symbols` must be"):
         coding.arithmetic_encode(symbols, P)
+
+
+def test_information_content_is_infinite_for_an_impossible_symbol():
+    q = [0.5, 0.5, 0.0]
+    assert coding.information_content([0, 2], q) == math.inf
+    assert coding.information_content([0, 1], q) == information_reference([0, 1], q)
+    with pytest.raises(TypeError, match=r"`symbols` must be integers 0 \.\. V-1"):
+        coding.information_content([0.0], q)
+
+
+@pytest.mark.parametrize("n", [3.0, "3", None])
+def test_decode_count_must_be_an_integer(n):
+    data = coding.arithmetic_encode([0, 1, 2], P)
+    with pytest.raises(ValueError, match=r"`n` must be a non-negative integer; got"):
+        coding.arithmetic_decode(data, P, n)
+    assert coding.arithmetic_decode(data, P, np.int64(3)).tolist() == [0, 1, 2]
+
+
+def test_decode_rejects_data_that_is_not_bytes_and_models_that_are_not_numbers():
+    data = coding.arithmetic_encode([0, 1, 2], P)
+    with pytest.raises(TypeError, match="`data` must be bytes; got str"):
+        coding.arithmetic_decode("abcd", P, 3)
+    with pytest.raises(TypeError, match="real probabilities"):
+        coding.arithmetic_decode(data, ["a", "b"], 3)

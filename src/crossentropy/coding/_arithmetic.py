@@ -121,6 +121,7 @@ def information_content(symbols: Any, model: Any) -> float:
     Raises:
         ValueError: the model is not a distribution, a symbol is outside the alphabet,
             or the shapes disagree.
+        TypeError: the symbols are not integers, or the model is not made of real numbers.
 
     Examples:
         >>> round(information_content([0, 1, 2, 0, 0, 3, 0, 1, 2, 0], [.5, .2, .2, .1]), 6)
@@ -154,8 +155,9 @@ def arithmetic_encode(symbols: Any, model: Any) -> bytes:
 
     Raises:
         ValueError: a symbol has probability 0 under its row (the position is named),
-            lies outside the alphabet, or the model is not a distribution.
-        TypeError: the symbols are not integers.
+            lies outside the alphabet, or the model is not a distribution (of shape (V,)
+            or (N, V), rows summing to 1).
+        TypeError: the symbols are not integers, or the model is not made of real numbers.
 
     Examples:
         >>> p = [.5, .2, .2, .1]
@@ -208,13 +210,13 @@ def arithmetic_decode(data: bytes, model: Any, n: int) -> np.ndarray:
     A range coder will read any bytes as *some* message, and happily decodes more
     symbols than were coded (from the zeros past the end). So the decoded symbols are
     encoded again and compared with ``data``: the result is returned only when ``data``
-    is exactly what :func:`arithmetic_encode` gives for it. A wrong ``n`` (too large or
-    too small), a different model, or damaged data raise :class:`DecodeError` instead
-    of returning wrong symbols (at the cost of one more encoding pass). The coder's
-    output is not self-delimiting: the slack of its last 32-bit word can make the same
-    bytes the encoding of a few more (or fewer) likely symbols too, so ``n`` must be
-    known (:func:`compress` stores it); a message of other length is then the decoding
-    of those bytes, a consistent but different message.
+    is exactly what :func:`arithmetic_encode` gives for it (at the cost of one more
+    encoding pass). A different model, damaged data or a wrong ``n`` then raise
+    :class:`DecodeError` rather than return symbols that do not encode to ``data``. The
+    coder's output is not self-delimiting, though: the slack of its last 32-bit word can
+    make the same bytes the encoding of a few more (or fewer) likely symbols too, so a
+    ``n`` near the true count may decode without error to that other, consistent
+    message (see the examples). ``n`` must be known (:func:`compress` stores it).
 
     Args:
         data: the coded bytes.
@@ -228,14 +230,17 @@ def arithmetic_decode(data: bytes, model: Any, n: int) -> np.ndarray:
         DecodeError: ``data`` is not whole 32-bit words, the coder rejects it, or it is
             not the encoding of any message of ``n`` symbols under ``model`` (a wrong
             ``n``, another model, or damage that changes the decoded symbols).
-        ValueError: ``n`` is negative or the model is not a distribution.
-        TypeError: ``data`` is not bytes-like.
+        ValueError: ``n`` is not a non-negative integer (a bool or float included); the
+            model is not a distribution, or a per-position model has not ``n`` rows.
+        TypeError: ``data`` is not bytes-like; the model is not made of real numbers.
 
     Examples:
         >>> p = [.5, .2, .2, .1]
         >>> data = arithmetic_encode([0, 1, 2, 0, 0, 3, 0, 1, 2, 0], p)
         >>> arithmetic_decode(data, p, 10).tolist()
         [0, 1, 2, 0, 0, 3, 0, 1, 2, 0]
+        >>> arithmetic_decode(data, p, 9).tolist()   # these 4 bytes also encode 9 symbols
+        [0, 1, 2, 0, 0, 3, 0, 1, 2]
         >>> arithmetic_decode(data, p, 40)
         Traceback (most recent call last):
         ...
