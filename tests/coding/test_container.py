@@ -459,3 +459,29 @@ def test_context_payload_is_checked(payload, n, message):
     assert _context.decode(params, _context_blocks((1, b"abcde")), 5).tobytes() == b"abcde"
     with pytest.raises(DecodeError, match=message):
         _context.decode(params, payload, n)
+
+
+@pytest.mark.parametrize("model", ["order0", "context"])
+def test_container_is_the_documented_layout(model):
+    """Every field of the layout table in the module docstring, at its offset."""
+    import hashlib
+
+    data = b"ABCAADABCA" * 30
+    blob = coding.compress(data, model=model)
+    assert blob[:4] == b"\x89CEZ"
+    assert blob[4] == 1
+    name_length = blob[5]
+    assert blob[6 : 6 + name_length] == model.encode("ascii")
+    at = 6 + name_length
+    (params_length,) = struct.unpack("<I", blob[at : at + 4])
+    at += 4 + params_length
+    original_length, digest = struct.unpack("<Q8s", blob[at : at + 16])
+    assert original_length == len(data)
+    assert digest == hashlib.blake2b(data, digest_size=8).digest()
+    payload_length, payload_crc, header_crc = struct.unpack("<QII", blob[at + 16 : at + 32])
+    header_end = at + 28
+    assert header_crc == zlib.crc32(blob[:header_end])
+    payload = blob[header_end + 4 :]
+    assert len(payload) == payload_length
+    assert payload_crc == zlib.crc32(payload)
+    assert header_end + 4 == 42 + name_length + params_length
