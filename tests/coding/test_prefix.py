@@ -542,3 +542,14 @@ def test_expected_length_rejects_non_numbers_and_bad_sums():
         code.expected_length([1.5, -0.5, 0.0, 0.0])
     # Symbols a mapping leaves out have probability 0: Σ p l over the others.
     assert code.expected_length({"A": 0.5, "D": 0.5}) == 0.5 * 1 + 0.5 * 3
+
+
+def test_accessors_keep_listing_order_and_decode_checks_its_type():
+    code = coding.PrefixCode({"D": "111", "A": "0", "C": "110", "B": "10"})
+    assert code.symbols == ["D", "A", "C", "B"]
+    assert code.lengths == {"D": 3, "A": 1, "C": 3, "B": 2}
+    assert list(code.codewords) == code.symbols
+    assert code.encode("") == ""
+    assert code.decode("") == []
+    with pytest.raises(TypeError, match=r"`bits` must be a string of '0' and '1'; got bytes"):
+        code.decode(b"0110")
