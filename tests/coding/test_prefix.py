@@ -248,6 +248,8 @@ def test_fixed_length(n):
     code = coding.fixed_length_code(range(n))
     width = max(1, math.ceil(math.log2(n)))
     assert set(code.lengths.values()) == {width}
+    assert code.symbols == list(range(n))
+    assert [int(word, 2) for word in code.codewords.values()] == list(range(n))
     assert coding.is_prefix_free(code.codewords)
     assert code.decode(code.encode(list(range(n)))) == list(range(n))
 
