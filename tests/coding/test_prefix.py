@@ -555,3 +555,16 @@ def test_accessors_keep_listing_order_and_decode_checks_its_type():
     assert code.decode("") == []
     with pytest.raises(TypeError, match=r"`bits` must be a string of '0' and '1'; got bytes"):
         code.decode(b"0110")
+
+
+@pytest.mark.parametrize("size", [4, 10**4, 10**6])
+def test_huffman_sum_tolerance_does_not_grow_with_the_alphabet(size):
+    # float64 rounding of such sums is far below 1e-8 (it was once allowed 1e-9 per symbol,
+    # so a million probabilities could sum to 1.0009).
+    p = np.full(size, 1.0 / size)
+    if size <= 10**4:  # building a million-symbol code takes seconds
+        coding.huffman_code(p)  # rounding error is accepted
+    tolerance = np.sqrt(np.finfo(np.float64).eps)
+    for excess in (3 * tolerance, -3 * tolerance, 9e-4):
+        with pytest.raises(ValueError, match="`probabilities` must sum to 1"):
+            coding.huffman_code(p * (1 + excess))
