@@ -197,3 +197,46 @@ def test_decimals_and_big_integers():
     for bad in ([Fraction(1, 2), "a"], [None, Fraction(1, 2)], [Fraction(1, 2), 1j]):
         with pytest.raises(TypeError, match=r"`p` must be an array of real numbers; got list"):
             info.entropy(bad)
+
+
+def _kl_decimal(p, q) -> float:
+    """Σ p ln(p / q) / ln 2 of the given floats, in 50-digit decimal arithmetic."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as context:
+        context.prec = 50
+        total = sum(
+            (Decimal(a) * (Decimal(a) / Decimal(b)).ln() for a, b in zip(p, q, strict=True) if a),
+            Decimal(0),
+        )
+        return float(total / Decimal(2).ln())
+
+
+def _js_decimal(p, q) -> float:
+    from decimal import Decimal, localcontext
+
+    with localcontext() as context:
+        context.prec = 50
+        m = [(Decimal(a) + Decimal(b)) / 2 for a, b in zip(p, q, strict=True)]
+        terms = [
+            Decimal(x) * (Decimal(x) / y).ln()
+            for pair in ((p, m), (q, m))
+            for x, y in zip(*pair, strict=True)
+            if x
+        ]
+        return float(sum(terms, Decimal(0)) / 2 / Decimal(2).ln())
+
+
+@pytest.mark.parametrize("spread", [1e-3, 1e-5, 1e-7])
+def test_small_divergences_keep_their_digits(xp, rng, spread):
+    # Near Q = P a term log(p / q) would round the ratio to a float next to 1 and lose
+    # the digits (a relative error of 1e-5 at spread 1e-5, of order 1 at 1e-7).
+    for _ in range(5):
+        q = rng.dirichlet(np.ones(6))
+        p = q * (1 + spread * rng.standard_normal(6))
+        p /= p.sum()
+        kl = float(info.kl_divergence(xp.asarray(p), xp.asarray(q)))
+        js = float(info.js_divergence(xp.asarray(p), xp.asarray(q)))
+        tolerance = 1e-15 / spread  # about eps / spread: the rounding of p - q itself
+        assert kl == pytest.approx(_kl_decimal(p, q), rel=tolerance, abs=0)
+        assert js == pytest.approx(_js_decimal(p, q), rel=tolerance, abs=0)

@@ -256,8 +256,14 @@ def _where_else_one(xp: Any, present: Any, x: Any) -> Any:
     return xp.where(present, x, xp.ones((), dtype=x.dtype, device=_device(x)))
 
 
-def _relative_terms(xp: Any, p: Any, q: Any, log: Any) -> Any:
-    """Elementwise p · log(p / q), 0 where p = 0, +inf where p > 0 = q (no overflow in p/q)."""
+def _relative_terms(xp: Any, p: Any, q: Any, log: Any, base: float, difference: Any = None) -> Any:
+    """Elementwise p · log(p / q), 0 where p = 0, +inf where p > 0 = q (no overflow in p/q).
+
+    Where p and q are within a factor 2 of each other the log is taken as
+    log1p((p - q) / q), with p - q exact there (Sterbenz's lemma) or given as
+    ``difference``: log(p / q) would round the ratio to a float next to 1 and lose the
+    digits of a small divergence.
+    """
     present = p > 0
     p_safe = _where_else_one(xp, present, p)
     q_safe = _where_else_one(xp, present, q)
@@ -266,6 +272,16 @@ def _relative_terms(xp: Any, p: Any, q: Any, log: Any) -> Any:
     overflow = xp.isinf(ratio) & (q_safe > 0)
     if bool(xp.any(overflow)):
         log_ratio = xp.where(overflow, log(p_safe) - log(q_safe), log_ratio)
+    near = (q_safe <= p_safe * 2.0) & (p_safe <= q_safe * 2.0)
+    if bool(xp.any(near)):
+        zero = _zero(xp, ratio)
+        if difference is None:
+            difference = p_safe - q_safe
+        step = xp.where(near, difference / q_safe, zero)
+        log1p = xp.log1p(step)
+        if base != math.e:
+            log1p = log1p * (1.0 / math.log(base))
+        log_ratio = xp.where(near, log1p, log_ratio)
     return xp.where(present, p * log_ratio, _zero(xp, ratio))
 
 
@@ -277,8 +293,11 @@ def kl_divergence(
     The extra bits per outcome paid for coding data from P with a code built for Q:
     D(P‖Q) = H(P, Q) - H(P) >= 0, zero exactly when Q = P (computed as exactly 0.0). Terms
     with p(x) = 0 count 0; p(x) > 0 where q(x) = 0 gives +inf. It is not symmetric. Each
-    term is p log(p/q), not a difference of two sums, so small divergences keep their
-    digits; rounding can still leave a value of order -1e-16 where the true value is 0.
+    term is p log(p/q), not a difference of two sums, and where p and q are within a
+    factor 2 the log is log1p((p - q) / q), so small divergences keep their digits: the
+    relative error is about 1e-16 / δ when p and q differ by a relative δ (H(P, Q) - H(P)
+    would lose about 1e-16 / δ²). Rounding can still leave a value of order -1e-16 where
+    the true value is 0.
 
     Args:
         p: the true distributions along ``axis``, e.g. (N, V).
@@ -310,7 +329,7 @@ def kl_divergence(
     keepdims = check_keepdims(keepdims)
     xp, p_array, q_array, ax = _prepare_pair(p, q, axis)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        terms = _relative_terms(xp, p_array, q_array, log_function(xp, b))
+        terms = _relative_terms(xp, p_array, q_array, log_function(xp, b), b)
         return _finish(xp.sum(terms, axis=ax, keepdims=keepdims))
 
 
@@ -322,6 +341,8 @@ def js_divergence(
     Symmetric, always finite (M > 0 wherever P or Q is), between 0 and 1 bit (log_base 2
     in general); 0 exactly when P = Q. This is the divergence itself, not its square root
     (the Jensen-Shannon distance that ``scipy.spatial.distance.jensenshannon`` returns).
+    Terms are formed as for :func:`kl_divergence`, with p - q in place of p - m, so
+    small divergences keep their digits too.
 
     Args:
         p: distributions along ``axis``, e.g. (N, V).
@@ -357,8 +378,10 @@ def js_divergence(
         # p + q would round the smallest subnormal to 0 (an infinite term where p > 0),
         # while p + q >= p > 0 and doubling is exact.
         total = p_array + q_array
-        terms = _relative_terms(xp, p_array * 2.0, total, log) + _relative_terms(
-            xp, q_array * 2.0, total, log
+        # 2p - (p + q) is taken as p - q: the rounding of p + q would cost digits.
+        difference = p_array - q_array
+        terms = _relative_terms(xp, p_array * 2.0, total, log, b, difference) + _relative_terms(
+            xp, q_array * 2.0, total, log, b, 0.0 - difference
         )
         return _finish(xp.sum(terms, axis=ax, keepdims=keepdims) * 0.25)
 
