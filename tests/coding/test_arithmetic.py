@@ -307,3 +307,13 @@ def test_decode_rejects_data_that_is_not_bytes_and_models_that_are_not_numbers()
         coding.arithmetic_decode("abcd", P, 3)
     with pytest.raises(TypeError, match="real probabilities"):
         coding.arithmetic_decode(data, ["a", "b"], 3)
+
+
+def test_coded_bytes_are_the_range_coders_words_little_endian():
+    constriction = pytest.importorskip("constriction")
+    symbols = np.array([0, 1, 2, 0, 0, 3, 0, 1, 2, 0] * 20, dtype=np.int32)
+    data = coding.arithmetic_encode(symbols, P)
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(symbols, constriction.stream.model.Categorical(P, perfect=False))
+    words = encoder.get_compressed()
+    assert data == b"".join(int(word).to_bytes(4, "little") for word in words)
