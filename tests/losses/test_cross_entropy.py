@@ -274,6 +274,35 @@ def test_backward_hands_over_the_forward_gradient_without_copy(monkeypatch, dtyp
     assert logits.grad.dtype == dtype
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(6, C), (2, C, 3)])
+def test_backward_scales_the_forward_gradient_in_place(monkeypatch, reduction, shape):
+    # Whatever the upstream gradient (here not 1), a backward pass that does not keep the
+    # graph scales the block computed in forward, without allocating a second one.
+    import crossentropy.losses._cross_entropy as module
+
+    pointers = []
+    kernel = module.cross_entropy_rows
+
+    def recording_kernel(*args, **kwargs):
+        terms = kernel(*args, **kwargs)
+        pointers.append(terms.grad.data_ptr())
+        return terms
+
+    monkeypatch.setattr(module, "cross_entropy_rows", recording_kernel)
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, C, _token_shape(shape), generator=gen)
+    targets.view(-1)[0] = -100
+    loss = cross_entropy(logits, targets, reduction=reduction)
+    upstream = torch.rand(loss.shape, generator=gen, dtype=torch.float64) + 0.5
+    (grad,) = torch.autograd.grad((loss * upstream).sum(), logits)
+    expected_loss = F.cross_entropy(logits, targets, reduction=reduction)
+    (expected,) = torch.autograd.grad((expected_loss * upstream).sum(), logits)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=TOL)
+    assert grad.untyped_storage().data_ptr() == pointers[0]
+
+
 def test_small_integer_targets_do_not_wrap_ignore_index():
     # -100 does not fit uint8: a target of 156 must count, not be taken for ignore_index.
     logits = torch.randn(3, 200, dtype=torch.float64)

@@ -319,14 +319,19 @@ class _CrossEntropyFunction(torch.autograd.Function):
                 # included, as with torch (factor is the mask of counted tokens here).
                 upstream = grad_output.reshape(-1, 1).to(grad.dtype)
                 upstream = torch.where(factor.reshape(-1, 1) > 0, upstream, 0.0)
-                grad_logits = grad * upstream
-            elif grad_output.device.type == "cpu" and float(grad_output) == 1.0:
-                # loss.backward(): the gradient is the one from forward. A graph kept for
-                # another pass keeps the block too: hand out a copy, which the caller may
-                # change in place (torch.autograd.grad returns it as is).
-                grad_logits = grad.clone() if graph_kept() else grad
             else:
-                grad_logits = grad * grad_output.to(grad.dtype)
+                upstream = grad_output.to(grad.dtype)
+            if graph_kept():
+                # A graph kept for another pass keeps the block too: hand out a scaled
+                # copy, which the caller may change in place (torch.autograd.grad returns
+                # it as is).
+                grad_logits = grad * upstream
+            elif ctx.reduction != "none" and _is_cpu_one(upstream):
+                grad_logits = grad  # loss.backward(): the gradient is the one from forward
+            else:
+                # The block is released after this pass: scale it in place, on any device
+                # and for any upstream gradient, rather than allocate a second block.
+                grad_logits = grad.mul_(upstream)
             grad_logits = _unflatten(grad_logits, ctx.logits_shape)
         if ctx.probs_grad:
             flat_logits, _ = _flatten(logits, targets, probs)
@@ -342,6 +347,11 @@ class _CrossEntropyFunction(torch.autograd.Function):
             )
             grad_targets = _unflatten(grad_targets, targets.shape)
         return grad_logits, grad_targets, *nones
+
+
+def _is_cpu_one(value: torch.Tensor) -> bool:
+    """Whether a scalar upstream gradient is 1, read only where that costs no device sync."""
+    return value.device.type == "cpu" and float(value) == 1.0
 
 
 def _composite_loss(logits, targets, options, reduction):
@@ -466,12 +476,13 @@ def cross_entropy(
     The gradient is computed in the forward pass when the logits require it and grad mode
     is on (never under ``torch.no_grad()``), and it is the one new block kept for backward,
     in the logits' dtype; the softmax is not saved, and the logits are kept by reference
-    only (they exist while the loss runs, so the peak does not change). For ``"mean"``
-    and ``"sum"`` the backward pass returns the block as it is when the upstream gradient
-    is 1 (as in ``loss.backward()``) and a scaled copy otherwise; for ``"none"`` row ``i``
-    of the block is ``d loss_i / d logits_i`` and backward scales the rows: one
-    multiplication instead of a second softmax. Backward may run more than once
-    (``retain_graph=True``), as with torch. Gradients of gradients work too (a gradient
+    only (they exist while the loss runs, so the peak does not change). The backward pass
+    returns that block itself, scaled in place by the upstream gradient (for ``"none"``
+    row ``i`` of the block is ``d loss_i / d logits_i`` and its row is scaled; for
+    ``"mean"`` and ``"sum"`` an upstream gradient of 1 on the CPU, as in
+    ``loss.backward()``, leaves it as it is): one multiplication instead of a second
+    softmax, and no second block. Backward may run more than once (``retain_graph=True``),
+    as with torch; a pass that keeps the graph returns a scaled copy instead. Gradients of gradients work too (a gradient
     penalty, a Hessian-vector product: ``torch.autograd.grad(..., create_graph=True)``):
     then backward recomputes the loss from the saved logits as plain torch operations and
     differentiates that, at eager torch's cost. Inside ``torch.func`` transforms
