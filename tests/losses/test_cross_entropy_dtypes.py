@@ -116,3 +116,24 @@ def test_float32_large_vocabulary_against_float64():
         exact = F.cross_entropy(logits.double(), targets, reduction="none")
         ours = cross_entropy(logits, targets, reduction="none")
         torch.testing.assert_close(ours.double(), exact, rtol=2e-6, atol=1e-6 * math.log(c))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_wider_probability_targets_keep_the_logits_dtype(reduction):
+    # As documented: the loss keeps the logits' dtype where torch promotes it to that of
+    # wider probability targets; the values agree with torch's, and the targets' gradient
+    # comes back in their own dtype.
+    logits = _logits(5, 11, torch.float32, 3).requires_grad_()
+    gen = torch.Generator().manual_seed(4)
+    targets = torch.rand(5, 11, generator=gen, dtype=torch.float64)
+    targets = (targets / targets.sum(1, keepdim=True)).requires_grad_()
+    ours = cross_entropy(logits, targets, reduction=reduction)
+    theirs = F.cross_entropy(logits, targets, reduction=reduction)
+    assert ours.dtype == torch.float32
+    assert theirs.dtype == torch.float64
+    torch.testing.assert_close(ours.double(), theirs, rtol=2e-6, atol=1e-6)
+    ours.sum().backward()
+    assert logits.grad.dtype == torch.float32
+    assert targets.grad.dtype == torch.float64
+    (expected,) = torch.autograd.grad(theirs.sum(), targets)
+    torch.testing.assert_close(targets.grad, expected, rtol=2e-6, atol=1e-6)

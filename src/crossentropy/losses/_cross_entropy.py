@@ -1,10 +1,11 @@
 """Softmax cross-entropy for PyTorch: a drop-in for ``F.cross_entropy``, faster and leaner.
 
-The loss accepts exactly what :func:`torch.nn.functional.cross_entropy` accepts and gives
-the same values and gradients; it adds a z-loss, logit soft-capping and a choice of
-logarithm base. Its own :class:`torch.autograd.Function` computes the gradient during the
-forward pass (one pass over the logits, in place over one buffer) and keeps only that
-gradient for the backward pass, never the softmax and the logits together.
+The loss accepts what :func:`torch.nn.functional.cross_entropy` accepts and gives the same
+values and gradients (the few deliberate differences are listed in :func:`cross_entropy`);
+it adds a z-loss, logit soft-capping and a choice of logarithm base. Its own
+:class:`torch.autograd.Function` computes the gradient during the forward pass (one pass
+over the logits, in place over one buffer) and keeps only that gradient for the backward
+pass, never the softmax and the logits together.
 """
 
 from __future__ import annotations
@@ -471,7 +472,15 @@ def cross_entropy(
     Under ``torch.autocast`` the loss of half-precision logits is float32, as torch's is
     there (autocast runs its cross-entropy in float32); it is computed from the logits as
     they are, without a float32 copy of them. Outside autocast the loss has the logits'
-    dtype, as with torch.
+    dtype, as with torch, except that torch promotes it to the dtype of probability
+    targets wider than the logits (float64 targets with float32 logits give torch a
+    float64 loss, this function a float32 one).
+
+    Two further deliberate differences from torch, both checks: with ``validate=True``
+    probability targets must be finite, >= 0 and sum to 1 over the classes (torch takes
+    any values), and ``ignore_index`` must stay at -100 with probability targets (torch
+    raises for any other value there too). Integer targets of any integer dtype are
+    accepted (torch takes int64 and uint8 only).
 
     The gradient is computed in the forward pass when the logits require it and grad mode
     is on (never under ``torch.no_grad()``), and it is the one new block kept for backward,
@@ -482,14 +491,15 @@ def cross_entropy(
     ``"mean"`` and ``"sum"`` an upstream gradient of 1 on the CPU, as in
     ``loss.backward()``, leaves it as it is): one multiplication instead of a second
     softmax, and no second block. Backward may run more than once (``retain_graph=True``),
-    as with torch; a pass that keeps the graph returns a scaled copy instead. Gradients of gradients work too (a gradient
-    penalty, a Hessian-vector product: ``torch.autograd.grad(..., create_graph=True)``):
-    then backward recomputes the loss from the saved logits as plain torch operations and
-    differentiates that, at eager torch's cost. Inside ``torch.func`` transforms
-    (``grad``, ``vmap``, ``jacrev``, ``jvp``, ``hessian``: per-sample gradients,
-    Hessians) and for inputs with a forward-mode tangent (``torch.autograd.forward_ad``)
-    the loss is computed by those plain operations from the start; target values are not
-    checked inside transforms (a transform cannot inspect them).
+    as with torch; a pass that keeps the graph returns a scaled copy instead. Gradients of
+    gradients work too (a gradient penalty, a Hessian-vector product:
+    ``torch.autograd.grad(..., create_graph=True)``): then backward recomputes the loss
+    from the saved logits as plain torch operations and differentiates that, at eager
+    torch's cost. Inside ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``,
+    ``jvp``, ``hessian``: per-sample gradients, Hessians) and for inputs with a
+    forward-mode tangent (``torch.autograd.forward_ad``) the loss is computed by those
+    plain operations from the start; target values are not checked inside transforms (a
+    transform cannot inspect them).
 
     Args:
         logits: Unnormalised scores, shape (C), (N, C) or (N, C, d1, ..., dk) with C = V
@@ -516,10 +526,15 @@ def cross_entropy(
 
     Raises:
         ValueError: Targets out of range (and not ``ignore_index``), probability targets
-            negative or not summing to 1, shapes that do not match, a weight of the wrong
-            length, or a bad option (``label_smoothing`` outside [0, 1], ``softcap <= 0``,
-            an unknown ``reduction``, ``base`` <= 0 or 1, ``z_loss < 0``).
-        TypeError: Non-tensor inputs, integer logits, boolean targets.
+            negative, non-finite or not summing to 1, shapes that do not match, 0-d logits
+            or zero classes, targets on another device, a weight of the wrong length or
+            with a negative or non-finite entry, ``ignore_index`` other than -100 with
+            probability targets, or a bad option (``label_smoothing`` outside [0, 1],
+            ``softcap <= 0``, an unknown ``reduction``, ``base`` <= 0 or 1,
+            ``z_loss < 0``).
+        TypeError: Non-tensor inputs, integer logits, boolean or complex targets, a
+            non-floating weight, an option of the wrong type (``ignore_index`` not an
+            int, a bool or string where a number is expected).
 
     Examples:
         >>> import torch
