@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -175,6 +176,20 @@ def test_all_ignored_or_empty_batch_gives_zero_not_nan(reduction):
     assert loss.numel() == (0 if reduction == "none" else 1)
     assert bool((loss == 0).all())
     assert empty.grad.shape == (0, 4)
+
+
+def test_zero_weighted_denominator_gives_zero_not_nan():
+    # Tokens that count but whose classes all weigh 0: torch's weighted mean is 0 / 0 = NaN;
+    # this loss gives 0 with a zero gradient, smoothing and z-loss terms included.
+    logits = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 1, 0])
+    weight = torch.tensor([0.0, 0.0, 1.0, 2.0], dtype=torch.float64)
+    options = {"weight": weight, "label_smoothing": 0.2}
+    assert bool(torch.isnan(F.cross_entropy(logits, targets, **options)))
+    loss = cross_entropy(logits, targets, z_loss=0.1, **options)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert bool((logits.grad == 0).all())
 
 
 def test_z_loss_and_softcap_closed_forms():

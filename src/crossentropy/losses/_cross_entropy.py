@@ -625,7 +625,8 @@ def cross_entropy_stats(
 
     Returns:
         :class:`TokenStats` ``(loss, logsumexp, entropy)``, each of the per-token shape (the
-        targets' shape for indices), in the logits' dtype.
+        targets' shape for indices), in the dtype :func:`cross_entropy` gives its loss: the
+        logits' dtype, float32 for half-precision logits under ``torch.autocast``.
 
     Raises:
         ValueError: As :func:`cross_entropy`.
