@@ -70,21 +70,24 @@ def test_module_shift_and_small_integer_targets():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"shift": -1}, "`shift` must be an integer >= 0"),
-        ({"shift": 1.5}, "`shift` must be an integer >= 0"),
-        ({"shift": True}, "`shift` must be an integer >= 0"),
-        ({"shift": 7}, "smaller than the sequence length T = 7"),
+        ({"shift": -1}, ValueError, "`shift` must be an int >= 0; got -1"),
+        ({"shift": 1.5}, TypeError, "`shift` must be an int >= 0; got float 1.5"),
+        ({"shift": True}, TypeError, "`shift` must be an int >= 0; got bool True"),
+        ({"shift": 7}, ValueError, "smaller than the sequence length T = 7"),
     ],
 )
-def test_bad_shift(kwargs, message):
+def test_bad_shift(kwargs, error, message):
     hidden, weight, targets = _data()
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         linear_cross_entropy(hidden, weight, targets, **kwargs)
+    if "T = 7" not in message:  # the module checks shift's type and sign at construction
+        with pytest.raises(error, match=message):
+            LinearCrossEntropyLoss(**kwargs)
     with pytest.raises(ValueError, match="class-index targets"):
         linear_cross_entropy(hidden, weight, torch.softmax(hidden @ weight.T, -1), shift=1)
     with pytest.raises(ValueError, match=r"\(\.\.\., T, D\)"):
         linear_cross_entropy(hidden[0, 0], weight, targets[0, 0], shift=1)
-    with pytest.raises(ValueError, match="`shift` must be an integer >= 0"):
+    with pytest.raises(ValueError, match="`shift` must be an int >= 0"):
         LinearCrossEntropyLoss(shift=-2)

@@ -670,16 +670,23 @@ def linear_cross_entropy(
             default) scores each position against its own target.
 
     Returns:
-        The loss in units of ``base``, in hidden's dtype: a scalar for ``"mean"`` and
-        ``"sum"``, shaped like ``hidden`` without its last dimension for ``"none"`` (0 at
-        the last ``shift`` positions).
+        The loss in units of ``base``, in hidden's dtype (float32 under ``torch.autocast``
+        for inputs it casts to half precision): a scalar for ``"mean"`` and ``"sum"``,
+        shaped like ``hidden`` without its last dimension for ``"none"`` (0 at the last
+        ``shift`` positions).
 
     Raises:
         TypeError: A non-tensor input, a dtype that is not floating point (hidden, weight,
-            bias) or not integer (targets), mismatched dtypes, or an option of a wrong type.
-        ValueError: Shapes that do not fit together, a target outside [0, V) that is not
-            ``ignore_index``, an unknown ``impl`` or ``reduction``, ``chunk_size <= 0``, or
-            a bad option value.
+            bias, class_weight), boolean or complex targets, ``weight`` or ``bias`` of
+            another dtype than ``hidden``, or an option of a wrong type (``chunk_size``,
+            ``shift``, ``ignore_index`` not an int, ...).
+        ValueError: Shapes that do not fit together, inputs on more than one device, a
+            target outside [0, V) that is not ``ignore_index``, probability targets
+            negative, non-finite or not summing to 1, or requiring a gradient on the fused
+            path, ``ignore_index`` other than -100 with probability targets, class weights
+            negative or non-finite, an unknown ``impl`` or ``reduction``,
+            ``chunk_size <= 0``, ``shift < 0`` or not below the sequence length, or a bad
+            option value.
 
     Examples:
         >>> import torch
@@ -807,11 +814,17 @@ def linear_cross_entropy(
     return _ChunkedReduced.apply(h2, weight, bias, y, opts, rows)
 
 
+def _check_shift(shift: object) -> None:
+    if isinstance(shift, bool) or not isinstance(shift, numbers.Integral):
+        raise TypeError(f"`shift` must be an int >= 0; got {type(shift).__name__} {shift!r}")
+    if shift < 0:
+        raise ValueError(f"`shift` must be an int >= 0; got {shift}")
+
+
 def _shifted_targets(hidden: object, targets: object, shift: object, ignore_index: int):
     """``targets`` moved ``shift`` positions back along the sequence (their last
     dimension), the freed positions set to ``ignore_index``."""
-    if isinstance(shift, bool) or not isinstance(shift, numbers.Integral) or shift < 0:
-        raise ValueError(f"`shift` must be an integer >= 0; got {shift!r}")
+    _check_shift(shift)
     if not isinstance(hidden, torch.Tensor) or not isinstance(targets, torch.Tensor):
         return targets  # the input checks that follow name the culprit
     if targets.is_floating_point():
@@ -1047,8 +1060,7 @@ class LinearCrossEntropyLoss(nn.Module):
         shift: int = 0,
     ):
         super().__init__()
-        if isinstance(shift, bool) or not isinstance(shift, numbers.Integral) or shift < 0:
-            raise ValueError(f"`shift` must be an integer >= 0; got {shift!r}")
+        _check_shift(shift)
         check_options(
             reduction=reduction,
             label_smoothing=label_smoothing,
