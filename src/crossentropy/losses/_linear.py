@@ -905,8 +905,9 @@ def linear_cross_entropy_stats(
 
     Returns:
         :class:`crossentropy.losses.TokenStats` ``(loss, logsumexp, entropy)``, each shaped
-        like ``hidden`` without its last dimension, in hidden's dtype: the loss and the
-        entropy in units of ``base``, the log-sum-exp in nats.
+        like ``hidden`` without its last dimension, in hidden's dtype (float32 under
+        ``torch.autocast`` for inputs it casts to half precision): the loss and the entropy
+        in units of ``base``, the log-sum-exp in nats.
 
     Raises:
         TypeError, ValueError: As :func:`linear_cross_entropy`.
@@ -1026,7 +1027,8 @@ class LinearCrossEntropyLoss(nn.Module):
         class_weight: (V,) class weights, or None; kept as a buffer, so it follows the
             module's ``.to(device)``.
         ignore_index, reduction, label_smoothing, z_loss, softcap, base, chunk_size, impl,
-        group, validate, shift: As :func:`linear_cross_entropy`, checked at construction.
+        group, validate, shift: As :func:`linear_cross_entropy`; all but ``group`` and
+        ``validate`` are checked at construction.
 
     Examples:
         >>> import torch
