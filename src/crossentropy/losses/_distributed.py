@@ -821,7 +821,8 @@ def vocab_parallel_cross_entropy(
         vocab_start: Global index of this rank's first vocabulary entry.
         group: Process group the vocabulary is split across; None for the default group.
         weight: (V,) class weights over the whole vocabulary, the same full vector on every
-            rank (not a shard), or None.
+            rank (not a shard), or None; they get no gradient (one that requires it is
+            refused in grad mode).
         ignore_index: Target value whose tokens contribute neither loss nor gradient.
         reduction: ``"mean"`` (weighted mean over counted tokens), ``"sum"`` or ``"none"``
             (shape of ``targets``, 0 at ignored tokens).
@@ -834,18 +835,22 @@ def vocab_parallel_cross_entropy(
             synchronisation. Shape, dtype and option checks always run.
 
     Returns:
-        The loss in units of ``base`` (nats by default), in the logits' dtype: a scalar for
-        ``"mean"`` and ``"sum"``, shape of ``targets`` for ``"none"``. The same on every
-        rank. Gradients flow to ``local_logits`` only.
+        The loss in units of ``base`` (nats by default), in the logits' dtype (float32 for
+        half-precision logits under ``torch.autocast``, as torch gives there): a
+        scalar for ``"mean"`` and ``"sum"``, shape of ``targets`` for ``"none"``. The same
+        on every rank. Gradients flow to ``local_logits`` only.
 
     Raises:
-        RuntimeError: ``torch.distributed`` is not initialised.
+        RuntimeError: ``torch.distributed`` is not initialised, or the call is inside a
+            ``torch.func`` transform.
+        NotImplementedError: A second-order backward pass (see above).
         TypeError: Logits not a floating-point tensor, targets neither integer nor floating
             point, an option of the wrong type.
         ValueError: Shapes or options that differ between ranks (the message lists each
             rank's value), shards that overlap or leave gaps, targets out of range,
             probabilities that are negative, not finite or do not sum to 1 over the ranks,
-            and the option errors of :func:`crossentropy.losses.cross_entropy`.
+            class weights that require a gradient in grad mode, and the option errors of
+            :func:`crossentropy.losses.cross_entropy`.
 
     Examples:
         One process is a group of one, which must equal the single-process loss:
