@@ -303,6 +303,41 @@ def test_backward_scales_the_forward_gradient_in_place(monkeypatch, reduction, s
     assert grad.untyped_storage().data_ptr() == pointers[0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_the_gradient_is_the_only_block_saved_for_backward(dtype, reduction):
+    # As documented: backward keeps one (N, V) block, the gradient formed in forward, in the
+    # logits' dtype; not the softmax, not a copy of the logits. Everything else is O(N).
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(8, 50, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+    targets = torch.randint(0, 50, (8,), generator=gen)
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = cross_entropy(logits, targets, reduction=reduction, label_smoothing=0.1)
+    blocks = [t for t in saved if t.numel() >= logits.numel()]
+    assert len(blocks) == 1
+    assert sum(t.numel() for t in saved) <= logits.numel() + 3 * len(targets)
+    (block,) = blocks
+    assert block.dtype == dtype
+    assert block.untyped_storage().data_ptr() != logits.untyped_storage().data_ptr()
+    expected_loss = F.cross_entropy(
+        logits.double(), targets, reduction=reduction, label_smoothing=0.1
+    )
+    (expected,) = torch.autograd.grad(expected_loss.sum(), logits)
+    tol = 1e-12 if dtype == torch.float64 else 1e-2
+    torch.testing.assert_close(block.double(), expected.double(), rtol=tol, atol=tol / 50)
+    with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        saved.clear()
+        cross_entropy(logits, targets, reduction=reduction)
+    assert all(t.numel() < logits.numel() for t in saved)
+    loss.sum().backward()
+
+
 def test_small_integer_targets_do_not_wrap_ignore_index():
     # -100 does not fit uint8: a target of 156 must count, not be taken for ignore_index.
     logits = torch.randn(3, 200, dtype=torch.float64)

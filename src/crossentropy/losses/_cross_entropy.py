@@ -521,8 +521,9 @@ def cross_entropy(
             checks always run.
 
     Returns:
-        The loss in units of ``base``, in the logits' dtype: a scalar for ``"mean"`` and
-        ``"sum"``, else per token.
+        The loss in units of ``base``, in the logits' dtype (float32 for half-precision
+        logits under ``torch.autocast``): a scalar for ``"mean"`` and ``"sum"``, else per
+        token.
 
     Raises:
         ValueError: Targets out of range (and not ``ignore_index``), probability targets
