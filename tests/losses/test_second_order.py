@@ -437,9 +437,10 @@ def test_masked_logits_second_order_matches_torch():
 
 
 def test_logits_are_not_kept_alive_by_the_loss_after_backward():
-    """The reference kept for a second-order pass is dropped by a backward pass that does
-    not retain the graph: a loss kept for logging does not hold its logits, as with torch;
-    with retain_graph=True they stay for a later create_graph pass."""
+    """The reference kept for a second-order pass holds the logits until backward and is
+    dropped by a backward pass that does not retain the graph: a loss kept for logging
+    does not hold its logits, as with torch; with retain_graph=True they stay for a later
+    create_graph pass."""
     import gc
     import weakref
 
@@ -450,6 +451,8 @@ def test_logits_are_not_kept_alive_by_the_loss_after_backward():
         alive = weakref.ref(logits)
         loss = cross_entropy(logits, targets)
         del logits
+        gc.collect()
+        assert alive() is not None  # kept until backward, as the docstring says
         loss.backward(retain_graph=retain)
         gc.collect()
         assert (alive() is not None) == retain

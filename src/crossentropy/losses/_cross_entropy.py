@@ -4,8 +4,8 @@ The loss accepts what :func:`torch.nn.functional.cross_entropy` accepts and give
 values and gradients (the few deliberate differences are listed in :func:`cross_entropy`);
 it adds a z-loss, logit soft-capping and a choice of logarithm base. Its own
 :class:`torch.autograd.Function` computes the gradient during the forward pass (one pass
-over the logits, in place over one buffer) and keeps only that gradient for the backward
-pass, never the softmax and the logits together.
+over the logits, in place over one buffer) and keeps that gradient for the backward pass,
+never the softmax (the logits are kept by reference until then, for a second-order pass).
 """
 
 from __future__ import annotations
@@ -484,8 +484,12 @@ def cross_entropy(
 
     The gradient is computed in the forward pass when the logits require it and grad mode
     is on (never under ``torch.no_grad()``), and it is the one new block kept for backward,
-    in the logits' dtype; the softmax is not saved, and the logits are kept by reference
-    only (they exist while the loss runs, so the peak does not change). The backward pass
+    in the logits' dtype; the softmax is not saved. The logits are kept by reference (not
+    copied) until the backward pass, for a possible second-order pass: that costs nothing
+    while the caller holds them too, but logits the caller drops after the call (``loss =
+    cross_entropy(head(h), y)``) stay alive until backward, so that between the two passes
+    this loss holds two (N, V) blocks where torch's holds one (its log-softmax). A backward
+    pass that does not retain the graph releases them. The backward pass
     returns that block itself, scaled in place by the upstream gradient (for ``"none"``
     row ``i`` of the block is ``d loss_i / d logits_i`` and its row is scaled; for
     ``"mean"`` and ``"sum"`` an upstream gradient of 1 on the CPU, as in
