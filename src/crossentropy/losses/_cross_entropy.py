@@ -277,7 +277,8 @@ class _CrossEntropyFunction(torch.autograd.Function):
         ctx.options = options
         ctx.probs_grad = probs and ctx.needs_input_grad[1] and track_grad
         # The caller's logits, by reference, for a second-order backward pass; they exist
-        # during this forward pass anyway, so keeping them does not raise the peak. Only
+        # during this forward pass anyway, but logits the caller drops stay alive until
+        # backward, which releases them unless the graph is retained. Only
         # that pass reads them (and checks they were not modified in place since), so a
         # first-order backward pass works after an in-place change, as with torch.
         # Inference tensors (made under torch.inference_mode) have no version counter.
