@@ -191,6 +191,17 @@ def test_module_rejects_bad_options_at_construction():
         CrossEntropyLoss(torch.ones(2, 2))
     with pytest.raises(ValueError, match=re.escape("`weight` must have shape (4,)")):
         CrossEntropyLoss(torch.ones(5))(LOGITS, TARGETS)
+    # Wrong types and weight values are refused when the module is built, as documented.
+    with pytest.raises(TypeError, match=r"`ignore_index` must be an int; got float"):
+        CrossEntropyLoss(ignore_index=1.5)
+    with pytest.raises(TypeError, match=r"`weight` must be None or a torch\.Tensor; got list"):
+        CrossEntropyLoss([1.0, 2.0])
+    with pytest.raises(TypeError, match=r"`weight` must be a floating-point tensor"):
+        CrossEntropyLoss(torch.ones(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"`weight` must be finite and >= 0; got -1\.0"):
+        CrossEntropyLoss(torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match=r"`reduction` must be one of .*got 'avg'"):
+        CrossEntropyLoss(reduction="avg")
 
 
 def test_check_options_accepts_the_defaults():
