@@ -83,6 +83,21 @@ def test_extras_and_probabilities_inside_transforms():
     )
 
 
+def test_target_values_are_not_checked_inside_transforms():
+    """As documented, a transform cannot inspect the targets: probabilities that do not sum
+    to 1, refused outside, are taken as given inside (torch's formula, torch's gradient)."""
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 5, dtype=F64, generator=gen)
+    unnormalised = torch.rand(3, 5, dtype=F64, generator=gen)
+    with pytest.raises(ValueError, match="sum to 1"):
+        cross_entropy(logits, unnormalised)
+    torch.testing.assert_close(
+        grad(lambda z: cross_entropy(z, unnormalised))(logits),
+        grad(lambda z: F.cross_entropy(z, unnormalised))(logits),
+        **TIGHT,
+    )
+
+
 def test_stats_inside_vmap():
     """cross_entropy_stats under vmap equals the statistics of each sample."""
     gen = torch.Generator().manual_seed(2)
