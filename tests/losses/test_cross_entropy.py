@@ -253,9 +253,9 @@ def test_no_grad_computes_no_gradient(monkeypatch):
     assert calls == [False, True, False]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_backward_hands_over_the_forward_gradient_without_copy(monkeypatch, dtype):
-    # The gradient block computed in forward becomes logits.grad as it is: no second block.
+@pytest.fixture
+def gradient_blocks(monkeypatch):
+    """The addresses of the gradient blocks the kernel returns, in call order."""
     import crossentropy.losses._cross_entropy as module
 
     pointers = []
@@ -267,29 +267,24 @@ def test_backward_hands_over_the_forward_gradient_without_copy(monkeypatch, dtyp
         return terms
 
     monkeypatch.setattr(module, "cross_entropy_rows", recording_kernel)
+    return pointers
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_hands_over_the_forward_gradient_without_copy(gradient_blocks, dtype):
+    # The gradient block computed in forward becomes logits.grad as it is: no second block.
     logits = torch.randn(16, 33, dtype=dtype, requires_grad=True)
     targets = torch.randint(0, 33, (16,))
     cross_entropy(logits, targets).backward()
-    assert logits.grad.data_ptr() == pointers[0]
+    assert logits.grad.data_ptr() == gradient_blocks[0]
     assert logits.grad.dtype == dtype
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("shape", [(6, C), (2, C, 3)])
-def test_backward_scales_the_forward_gradient_in_place(monkeypatch, reduction, shape):
+def test_backward_scales_the_forward_gradient_in_place(gradient_blocks, reduction, shape):
     # Whatever the upstream gradient (here not 1), a backward pass that does not keep the
     # graph scales the block computed in forward, without allocating a second one.
-    import crossentropy.losses._cross_entropy as module
-
-    pointers = []
-    kernel = module.cross_entropy_rows
-
-    def recording_kernel(*args, **kwargs):
-        terms = kernel(*args, **kwargs)
-        pointers.append(terms.grad.data_ptr())
-        return terms
-
-    monkeypatch.setattr(module, "cross_entropy_rows", recording_kernel)
     gen = torch.Generator().manual_seed(4)
     logits = torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, C, _token_shape(shape), generator=gen)
@@ -300,7 +295,7 @@ def test_backward_scales_the_forward_gradient_in_place(monkeypatch, reduction, s
     expected_loss = F.cross_entropy(logits, targets, reduction=reduction)
     (expected,) = torch.autograd.grad((expected_loss * upstream).sum(), logits)
     torch.testing.assert_close(grad, expected, rtol=0, atol=TOL)
-    assert grad.untyped_storage().data_ptr() == pointers[0]
+    assert grad.untyped_storage().data_ptr() == gradient_blocks[0]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
