@@ -219,6 +219,17 @@ class _Options(NamedTuple):
     softcap: float | None
     base: float
 
+    @property
+    def rows(self) -> dict:
+        """The options the per-row formulas take, the kernel's and the plain ones alike."""
+        return {
+            "weight": self.weight,
+            "label_smoothing": self.label_smoothing,
+            "z_loss": self.z_loss,
+            "softcap": self.softcap,
+            "base": self.base,
+        }
+
 
 def _options(weight, probs, ignore_index, label_smoothing, z_loss, softcap, base) -> _Options:
     """The checked options as the functions take them (Python ints and floats)."""
@@ -250,21 +261,14 @@ class _CrossEntropyFunction(torch.autograd.Function):
         track_grad: bool,
         out_dtype: torch.dtype,
     ) -> torch.Tensor:
-        weight, probs, ignore_index, label_smoothing, z_loss, softcap, base = options
+        weight, probs, ignore_index = options.weight, options.probs, options.ignore_index
         flat_logits, flat_targets = _flatten(logits, targets, probs)
         acc = accumulation_dtype(logits.dtype)
         safe, valid, factor = _row_scales(flat_targets, probs, weight, ignore_index, reduction, acc)
         # needs_input_grad is also True under torch.no_grad(): ask grad mode at call time.
         want_grad = ctx.needs_input_grad[0] and track_grad
         terms = cross_entropy_rows(
-            flat_logits,
-            safe,
-            weight=weight,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-            base=base,
-            grad_scale=factor if want_grad else None,
+            flat_logits, safe, **options.rows, grad_scale=factor if want_grad else None
         )
         rows = terms.loss if valid is None else torch.where(valid, terms.loss, 0.0)
         if reduction == "none":
@@ -386,22 +390,12 @@ def _composite_stats(flat_logits, flat_targets, options):
 def _composite_loss_rows(flat_logits, flat_targets, options, *, with_entropy=False):
     """:func:`composite_rows` of flattened inputs under ``options`` (see ``ctx.options``),
     and the mask of rows that count (None for probability targets)."""
-    weight, probs, ignore_index, label_smoothing, z_loss, softcap, base = options
     valid = None
     safe = flat_targets
-    if not probs:
-        valid = flat_targets != ignore_index
+    if not options.probs:
+        valid = flat_targets != options.ignore_index
         safe = torch.where(valid, flat_targets, 0)
-    rows = composite_rows(
-        flat_logits,
-        safe,
-        weight=weight,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        base=base,
-        with_entropy=with_entropy,
-    )
+    rows = composite_rows(flat_logits, safe, **options.rows, with_entropy=with_entropy)
     return rows, valid
 
 
@@ -685,20 +679,11 @@ class _StatsFunction(torch.autograd.Function):
         options: _Options,
         out_dtype: torch.dtype,
     ):
-        weight, probs, ignore_index, label_smoothing, z_loss, softcap, base = options
+        weight, probs, ignore_index = options.weight, options.probs, options.ignore_index
         flat_logits, flat_targets = _flatten(logits, targets, probs)
         acc = accumulation_dtype(logits.dtype)
         safe, valid, _ = _row_scales(flat_targets, probs, weight, ignore_index, "none", acc)
-        terms = cross_entropy_rows(
-            flat_logits,
-            safe,
-            weight=weight,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-            base=base,
-            with_entropy=True,
-        )
+        terms = cross_entropy_rows(flat_logits, safe, **options.rows, with_entropy=True)
         loss = terms.loss if valid is None else torch.where(valid, terms.loss, 0.0)
         ctx.options = options
         ctx.save_for_backward(logits, targets, terms.entropy)
@@ -708,7 +693,7 @@ class _StatsFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, grad_lse, grad_entropy):
         logits, targets, entropy = ctx.saved_tensors
-        weight, probs, ignore_index, label_smoothing, z_loss, softcap, base = ctx.options
+        weight, probs, ignore_index, label_smoothing, _, softcap, base = ctx.options
         nones = (None,) * 2
         flat_logits, flat_targets = _flatten(logits, targets, probs)
         if torch.is_grad_enabled():  # create_graph=True: a gradient to differentiate again
@@ -730,14 +715,7 @@ class _StatsFunction(torch.autograd.Function):
             else:
                 scale = torch.where(factor > 0, factor * grad_loss.to(acc).reshape(-1), 0.0)
             grad = cross_entropy_rows(
-                flat_logits.to(acc),
-                safe,
-                weight=weight,
-                label_smoothing=label_smoothing,
-                z_loss=z_loss,
-                softcap=softcap,
-                base=base,
-                grad_scale=scale,
+                flat_logits.to(acc), safe, **ctx.options.rows, grad_scale=scale
             ).grad
             extra = _lse_entropy_grad(flat_logits, entropy, grad_lse, grad_entropy, softcap, base)
             if extra is not None:
