@@ -98,6 +98,17 @@ def _agreed_outcomes(results, name, failures):
     return outcomes
 
 
+def _ran_cases(world, kind, cases, tmp_path, failures):
+    """Run ``cases`` on ``world`` gloo ranks with the worker ``kind``; yield each case with
+    the loss its ranks agreed on and every rank's ``(loss, *grads)``. Cases a rank failed
+    are noted in ``failures`` and not yielded."""
+    results = run_group(world, kind, {"sizes": SHARDS[world], "cases": cases}, tmp_path)
+    for case in cases:
+        outcomes = _agreed_outcomes(results, case["name"], failures)
+        if outcomes is not None:
+            yield case, outcomes[0][1][0], outcomes
+
+
 def _vocab_cases(world: int) -> list[dict]:
     gen = torch.Generator().manual_seed(1000 + world)
     cases = []
@@ -196,15 +207,10 @@ def _vocab_cases(world: int) -> list[dict]:
 def test_vocab_parallel_matches_single_process(world, tmp_path):
     """Loss on every rank and the concatenated local gradients equal the single-process
     loss and gradient, for every option and reduction, float32 (1e-6) and float64."""
-    cases = _vocab_cases(world)
-    results = run_group(world, "vocab_parallel", {"sizes": SHARDS[world], "cases": cases}, tmp_path)
     failures: list[str] = []
-    for case in cases:
+    ran = _ran_cases(world, "vocab_parallel", _vocab_cases(world), tmp_path, failures)
+    for case, loss, outcomes in ran:
         name, dtype = case["name"], case["dtype"]
-        outcomes = _agreed_outcomes(results, name, failures)
-        if outcomes is None:
-            continue
-        loss = outcomes[0][1][0]
         grad = torch.cat([o[1][1] for o in outcomes], dim=-1)
         options = case["options"]
         upstream = case.get("upstream")
@@ -320,15 +326,10 @@ def test_vocab_parallel_probability_targets_match_single_process(world, tmp_path
     """Class-probability targets split by columns like the logits: the loss on every rank
     and the concatenated gradients equal the single-process ones (the formula as the math
     reads; torch's F.cross_entropy for the options it has; losses.cross_entropy)."""
-    cases = _probability_cases(world)
-    results = run_group(world, "vocab_parallel", {"sizes": SHARDS[world], "cases": cases}, tmp_path)
     failures: list[str] = []
-    for case in cases:
+    ran = _ran_cases(world, "vocab_parallel", _probability_cases(world), tmp_path, failures)
+    for case, loss, outcomes in ran:
         name, dtype, options = case["name"], case["dtype"], case["options"]
-        outcomes = _agreed_outcomes(results, name, failures)
-        if outcomes is None:
-            continue
-        loss = outcomes[0][1][0]
         grad = torch.cat([o[1][1] for o in outcomes], dim=-1)
         upstream, targets = case.get("upstream"), case["targets"]
         oracles = {
@@ -466,15 +467,10 @@ def test_sharded_linear_matches_single_process(world, tmp_path):
     """Loss on every rank, the full hidden gradient on every rank and the concatenated
     weight and bias shard gradients equal the single-process head's, for every option,
     reduction, chunk size and impl; float32 (1e-6) and float64."""
-    cases = _linear_cases(world)
-    results = run_group(world, "sharded_linear", {"sizes": SHARDS[world], "cases": cases}, tmp_path)
     failures: list[str] = []
-    for case in cases:
+    ran = _ran_cases(world, "sharded_linear", _linear_cases(world), tmp_path, failures)
+    for case, loss, outcomes in ran:
         name, dtype = case["name"], case["dtype"]
-        outcomes = _agreed_outcomes(results, name, failures)
-        if outcomes is None:
-            continue
-        loss = outcomes[0][1][0]
         hidden_grads = [o[1][1] for o in outcomes]
         for rank, grad in enumerate(hidden_grads[1:], start=1):
             _close(f"{name} hidden grad rank {rank} vs 0", grad, hidden_grads[0], dtype, failures)
@@ -546,15 +542,10 @@ def test_sharded_head_probability_targets_match_single_process(world, tmp_path):
     """Class-probability targets split by columns like the head's rows: loss, hidden
     gradient and the stacked weight and bias gradients equal F.linear composed with the
     formula as the math reads, float32 (1e-6) and float64."""
-    cases = _linear_probability_cases()
-    results = run_group(world, "sharded_linear", {"sizes": SHARDS[world], "cases": cases}, tmp_path)
     failures: list[str] = []
-    for case in cases:
+    ran = _ran_cases(world, "sharded_linear", _linear_probability_cases(), tmp_path, failures)
+    for case, loss, outcomes in ran:
         name, dtype = case["name"], case["dtype"]
-        outcomes = _agreed_outcomes(results, name, failures)
-        if outcomes is None:
-            continue
-        loss = outcomes[0][1][0]
         options = {k: v for k, v in case["options"].items() if k not in ("impl", "chunk_size")}
         if "class_weight" in options:
             options["weight"] = options.pop("class_weight")
