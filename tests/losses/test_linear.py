@@ -91,6 +91,13 @@ def value_and_grads(fn, hidden, weight, bias, targets, upstream_seed=1, **option
     return out.detach(), [x.detach() for x in grads]
 
 
+def assert_same(got, got_grads, want, want_grads, *, rtol, atol):
+    """The loss and each gradient agree within the same tolerances."""
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
 def fused(hidden, weight, targets, **options):
     return losses.linear_cross_entropy(hidden, weight, targets, impl="chunked", **options)
 
@@ -128,9 +135,7 @@ def test_float64_matches_oracle(shape, options, reduction, with_bias, ignored):
     opts = {"reduction": reduction, **options}
     got, got_grads = value_and_grads(fused, hidden, weight, bias, targets, chunk_size=chunk, **opts)
     want, want_grads = value_and_grads(oracle, hidden, weight, bias, targets, **opts)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    for a, b in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert_same(got, got_grads, want, want_grads, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize(
@@ -164,9 +169,7 @@ def test_matches_reference_impl(reduction, options):
 
     want, want_grads = value_and_grads(reference, hidden, weight, bias, targets, **opts)
     assert got.shape == want.shape
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    for a, b in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert_same(got, got_grads, want, want_grads, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -621,9 +624,7 @@ def test_probability_targets_match_torch_float64(shape, options, reduction, with
     opts = {"reduction": reduction, **options}
     got, got_grads = value_and_grads(fused, hidden, weight, bias, targets, chunk_size=chunk, **opts)
     want, want_grads = value_and_grads(probs_oracle, hidden, weight, bias, targets, **opts)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    for a, b in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert_same(got, got_grads, want, want_grads, rtol=1e-10, atol=1e-10)
 
 
 def test_probability_targets_float32_and_leading_dims():
@@ -700,9 +701,7 @@ def test_class_weights_match_torch_float64(shape, options, reduction, with_bias,
     want, want_grads = value_and_grads(
         oracle_weighted, hidden, weight, bias, targets, cw=cw, **opts
     )
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    for a, b in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert_same(got, got_grads, want, want_grads, rtol=1e-10, atol=1e-10)
 
 
 def oracle_weighted(hidden, weight, targets, *, bias=None, cw=None, **options):
@@ -761,9 +760,7 @@ def test_class_weights_with_probability_targets_and_stats():
             reduction=reduction,
             z_loss=0.01,
         )
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-        for a, b in zip(got_grads, want_grads, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        assert_same(got, got_grads, want, want_grads, rtol=1e-10, atol=1e-12)
     _, _, _, index_targets = make(60, 12, 1500, ignored=0.2, seed=46)
     stats = losses.linear_cross_entropy_stats(
         hidden, weight, index_targets, bias=bias, class_weight=cw, chunk_size=16
@@ -814,9 +811,7 @@ def test_weighted_mean_divides_by_a_total_class_weight_below_one():
         fused, hidden, weight, bias, targets, class_weight=cw, chunk_size=4
     )
     want, want_grads = value_and_grads(oracle_weighted, hidden, weight, bias, targets, cw=cw)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    for a, b in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert_same(got, got_grads, want, want_grads, rtol=1e-10, atol=1e-12)
 
 
 def test_module_keeps_class_weights_as_a_buffer():
