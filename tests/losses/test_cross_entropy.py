@@ -95,6 +95,32 @@ def test_parity_index_targets(shape, reduction, weighted, ignore_index, smoothin
     np.testing.assert_allclose(x.grad.numpy(), ref_grad, rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize("shape", SHAPES[1:])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize(("ignore_index", "validate"), [(-100, True), (C + 3, False), (0, True)])
+def test_parity_when_no_token_is_ignored(shape, reduction, weighted, ignore_index, validate):
+    # Every target is a class and none is ignore_index: the loss reads this from the
+    # targets' range (a per-batch factor instead of per-token ones) where it can; with
+    # ignore_index=0 inside that range it cannot, and takes the per-token path.
+    gen = torch.Generator().manual_seed(11)
+    logits = torch.randn(shape, generator=gen, dtype=torch.float64) * 3
+    targets = torch.randint(1, C, _token_shape(shape), generator=gen)
+    targets.view(-1)[:2] = torch.tensor([1, C - 1])  # the range spans ignore_index=0's side
+    options = {
+        "weight": _weight(4) if weighted else None,
+        "ignore_index": ignore_index,
+        "reduction": reduction,
+        "label_smoothing": 0.1,
+    }
+    ours = _grads(
+        lambda x, t: cross_entropy(x, t, validate=validate, **options), logits, targets, False
+    )
+    theirs = _grads(lambda x, t: F.cross_entropy(x, t, **options), logits, targets, False)
+    torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=TOL)
+    torch.testing.assert_close(ours[1], theirs[1], rtol=0, atol=TOL)
+
+
 @pytest.mark.parametrize(("shape", "reduction", "weighted", "smoothing"), PROBS_GRID)
 def test_parity_probability_targets(shape, reduction, weighted, smoothing):
     seed = 500 + PROBS_GRID.index((shape, reduction, weighted, smoothing))

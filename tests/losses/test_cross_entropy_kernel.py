@@ -69,6 +69,37 @@ def test_rows_match_reference(options, kind, slice_rows, in_place):
     np.testing.assert_allclose(terms.entropy.numpy(), entropy, rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize("options", OPTION_SETS)
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("slice_rows", [3, None])
+def test_a_number_as_grad_scale_is_that_factor_on_every_row(options, kind, slice_rows):
+    # A Python number takes a path of its own (no per-row vectors): it must give what the
+    # same factor given per row gives, and scale the gradient by it.
+    logits, targets, weight = _case(7, 13, kind, 4)
+    options = dict(options)
+    if options.get("weight") == "w":
+        options["weight"] = weight
+    by_number = cross_entropy_rows(
+        logits, targets, grad_scale=-0.75, slice_rows=slice_rows, **options
+    )
+    per_row = cross_entropy_rows(
+        logits,
+        targets,
+        grad_scale=torch.full((7,), -0.75, dtype=torch.float64),
+        slice_rows=slice_rows,
+        **options,
+    )
+    unit = cross_entropy_rows(logits, targets, grad_scale=1.0, slice_rows=slice_rows, **options)
+    torch.testing.assert_close(by_number.loss, per_row.loss, rtol=0, atol=TOL)
+    torch.testing.assert_close(by_number.grad, per_row.grad, rtol=0, atol=TOL)
+    torch.testing.assert_close(by_number.grad, -0.75 * unit.grad, rtol=0, atol=TOL)
+    ref_options = {k: (v.numpy() if torch.is_tensor(v) else v) for k, v in options.items()}
+    _, ref_grad = reference_cross_entropy(
+        logits.numpy(), targets.numpy(), reduction="none", **ref_options
+    )
+    np.testing.assert_allclose(unit.grad.numpy(), ref_grad, rtol=0, atol=TOL)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("in_place", [False, True])
 def test_low_precision_rows_and_in_place_gradient(dtype, in_place):

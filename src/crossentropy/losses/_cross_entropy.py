@@ -62,9 +62,14 @@ class _Prepared(NamedTuple):
     targets: torch.Tensor  # as given (integer class indices as int64)
     probs: bool
     out_shape: tuple[int, ...]  # the per-token shape
+    all_counted: bool  # known to have no ignored token (always true of probabilities)
 
 
-def _prepare(logits: object, targets: object, ignore_index: int, validate: bool) -> _Prepared:
+def _prepare(
+    logits: object, targets: object, ignore_index: int, validate: bool, plain: bool = False
+) -> _Prepared:
+    """The inputs checked, integer targets as int64; ``plain``: the loss is computed by
+    plain torch operations (inside a transform), which need not know ``all_counted``."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"`logits` must be a torch.Tensor; got {type(logits).__name__}")
     if not isinstance(targets, torch.Tensor):
@@ -111,10 +116,16 @@ def _prepare(logits: object, targets: object, ignore_index: int, validate: bool)
     if not probs and targets.dtype != torch.long:
         # Compare with ignore_index in int64: uint8 targets would wrap -100 to 156.
         targets = targets.long()
-    if validate and targets.device.type != "meta":  # meta tensors have shapes, no values
-        _check_target_values(targets, probs, num_classes, ignore_index)
+    all_counted = probs
+    if targets.device.type != "meta":  # meta tensors have shapes, no values
+        # Reading the range costs a device synchronisation, which validation pays anyway;
+        # without it the range is read on the CPU only.
+        if not probs and (validate or (targets.device.type == "cpu" and not plain)):
+            all_counted = _all_counted(targets, num_classes, ignore_index)
+        if validate and (probs or not all_counted):  # else the range shows them valid
+            _check_target_values(targets, probs, num_classes, ignore_index)
 
-    return _Prepared(logits, targets, probs, token_shape)
+    return _Prepared(logits, targets, probs, token_shape, all_counted)
 
 
 def _flatten(logits: torch.Tensor, targets: torch.Tensor, probs: bool):
@@ -140,6 +151,15 @@ def _unflatten(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     if len(shape) <= 2:
         return grad.reshape(shape)
     return grad.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
+
+
+def _all_counted(targets: torch.Tensor, num_classes: int, ignore_index: int) -> bool:
+    """Whether every class index is in [0, num_classes) and none is ``ignore_index``, read
+    from the range of the targets (one reduction; False where the range cannot tell)."""
+    if targets.numel() == 0:
+        return True
+    low, high = torch.stack(torch.aminmax(targets)).tolist()
+    return low >= 0 and high < num_classes and not low <= ignore_index <= high
 
 
 def _check_target_values(
@@ -180,10 +200,20 @@ def _row_scales(
     ignore_index: int,
     reduction: str,
     acc: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(class targets with ignored rows set to 0, valid mask or None, per-row factor)."""
+    all_counted: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | float]:
+    """(class targets with ignored rows set to 0, valid mask or None, per-row factor).
+
+    The factor is a Python number, the same for every row, where no row is ignored
+    (``all_counted``, always true of probabilities) and no class weight enters it: ``1 /
+    n`` for ``"mean"`` (0 for an empty batch), else 1. Otherwise it is an (n,) tensor.
+    """
     n = targets.shape[0]
     device = targets.device
+    if all_counted and (probs or weight is None):
+        if reduction == "mean":
+            return targets, None, 1.0 / n if n else 0.0
+        return targets, None, 1.0
     if probs:
         valid = None
         safe = targets
@@ -260,11 +290,14 @@ class _CrossEntropyFunction(torch.autograd.Function):
         reduction: str,
         track_grad: bool,
         out_dtype: torch.dtype,
+        all_counted: bool,
     ) -> torch.Tensor:
         weight, probs, ignore_index = options.weight, options.probs, options.ignore_index
         flat_logits, flat_targets = _flatten(logits, targets, probs)
         acc = accumulation_dtype(logits.dtype)
-        safe, valid, factor = _row_scales(flat_targets, probs, weight, ignore_index, reduction, acc)
+        safe, valid, factor = _row_scales(
+            flat_targets, probs, weight, ignore_index, reduction, acc, all_counted
+        )
         # needs_input_grad is also True under torch.no_grad(): ask grad mode at call time.
         want_grad = ctx.needs_input_grad[0] and track_grad
         terms = cross_entropy_rows(
@@ -275,8 +308,10 @@ class _CrossEntropyFunction(torch.autograd.Function):
             loss = rows
         elif reduction == "sum":
             loss = rows.sum()
-        else:
+        elif isinstance(factor, torch.Tensor):
             loss = (rows * factor).sum()  # factor = mask / denominator
+        else:  # factor = 1 / n (0 for an empty batch, whose mean is 0): torch's sum / n
+            loss = rows.mean() if factor else rows.sum()
         ctx.reduction = reduction
         ctx.options = options
         ctx.probs_grad = probs and ctx.needs_input_grad[1] and track_grad
@@ -289,15 +324,20 @@ class _CrossEntropyFunction(torch.autograd.Function):
         ctx.logits = (logits, None if logits.is_inference() else logits._version)
         ctx.logits_shape = logits.shape
         saved_logits = logits if ctx.probs_grad else None  # the targets' gradient needs them
-        ctx.save_for_backward(terms.grad if want_grad else None, saved_logits, targets, factor)
+        factor_tensor = factor if isinstance(factor, torch.Tensor) else None
+        ctx.factor = None if factor_tensor is not None else factor
+        ctx.save_for_backward(
+            terms.grad if want_grad else None, saved_logits, targets, factor_tensor
+        )
         ctx.out_dtype = out_dtype
         return loss.to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         grad, logits, targets, factor = ctx.saved_tensors
+        factor = ctx.factor if factor is None else factor
         weight, probs, _, label_smoothing, _, softcap, base = ctx.options
-        nones = (None,) * 4
+        nones = (None,) * 5
         kept, ctx.logits = ctx.logits, (ctx.logits if graph_kept() else None)
         if torch.is_grad_enabled():  # create_graph=True: a gradient to differentiate again
             if kept is None:
@@ -324,7 +364,8 @@ class _CrossEntropyFunction(torch.autograd.Function):
                 # An ignored token's row is 0 whatever its upstream gradient, NaN and inf
                 # included, as with torch (factor is the mask of counted tokens here).
                 upstream = grad_output.reshape(-1, 1).to(grad.dtype)
-                upstream = torch.where(factor.reshape(-1, 1) > 0, upstream, 0.0)
+                if isinstance(factor, torch.Tensor):  # else every token counts
+                    upstream = torch.where(factor.reshape(-1, 1) > 0, upstream, 0.0)
             else:
                 upstream = grad_output.to(grad.dtype)
             if graph_kept():
@@ -570,7 +611,7 @@ def cross_entropy(
         validate=validate,
     )
     plain = traced(logits, targets, constants=(weight,))  # see _composite.traced
-    prepared = _prepare(logits, targets, ignore_index, validate and not plain)
+    prepared = _prepare(logits, targets, ignore_index, validate and not plain, plain)
     options = _options(weight, prepared.probs, ignore_index, label_smoothing, z_loss, softcap, base)
     out_dtype = loss_dtype(logits.dtype, logits.device)
     if plain:
@@ -584,6 +625,7 @@ def cross_entropy(
             reduction,
             torch.is_grad_enabled(),
             out_dtype,
+            prepared.all_counted,
         )
     if reduction == "none":
         loss = loss.reshape(prepared.out_shape)
@@ -653,7 +695,7 @@ def cross_entropy_stats(
         validate=validate,
     )
     plain = traced(logits, targets, constants=(weight,))  # see _composite.traced
-    prepared = _prepare(logits, targets, ignore_index, validate and not plain)
+    prepared = _prepare(logits, targets, ignore_index, validate and not plain, plain)
     options = _options(weight, prepared.probs, ignore_index, label_smoothing, z_loss, softcap, base)
     out_dtype = loss_dtype(logits.dtype, logits.device)
     if plain:

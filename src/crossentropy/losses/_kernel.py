@@ -20,6 +20,7 @@ float32 one slice at a time; the gradient is written in the logits' dtype.
 from __future__ import annotations
 
 import math
+import operator
 from typing import NamedTuple
 
 import torch
@@ -63,6 +64,18 @@ def default_slice_rows(num_classes: int, device: torch.device | str = "cpu") -> 
     if torch.device(device).type == "cpu":
         return max(torch.get_num_threads(), _SLICE_ELEMENTS // max(num_classes, 1))
     return max(1, _DEVICE_SLICE_ELEMENTS // max(num_classes, 1))
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def _column(value: torch.Tensor | float, part, rows: int) -> torch.Tensor | float:
+    """A slice's ``rows`` rows (``part``) of a per-row factor as a column that broadcasts
+    over the slice; a Python number (the same factor for every row) as it is."""
+    if isinstance(value, torch.Tensor):
+        return part(value).reshape(rows, 1)
+    return value
 
 
 def cross_entropy_rows(
@@ -184,14 +197,20 @@ def cross_entropy_rows(
         z_target = torch.empty(n, dtype=acc, device=device)
         w_target = weight[y] if weight is not None else None
         w_dot_z = torch.empty(n, dtype=acc, device=device) if eps > 0 else None
+    rows = slice_rows or default_slice_rows(num_classes, device)
     if want_grad:
-        # Every per-row factor as an (n,) vector: the gradient is of sum_i scale_i * loss_i.
-        scale = torch.as_tensor(grad_scale, dtype=acc, device=device)
-        if scale.dim() > 1 or (scale.dim() == 1 and scale.shape != (n,)):
-            raise ValueError(
-                f"`grad_scale` must be a scalar or have shape ({n},); got {tuple(scale.shape)}"
-            )
-        scale = (scale * inv_ln_b).expand(n).contiguous()
+        # The gradient is of sum_i scale_i * loss_i. A Python number stays one (the same
+        # factor for every row: no per-row vectors to build, the common case); a tensor
+        # becomes an (n,) vector, and so does every coefficient it enters.
+        if isinstance(grad_scale, torch.Tensor):
+            scale = grad_scale.to(dtype=acc, device=device)
+            if scale.dim() > 1 or (scale.dim() == 1 and scale.shape != (n,)):
+                raise ValueError(
+                    f"`grad_scale` must be a scalar or have shape ({n},); got {tuple(scale.shape)}"
+                )
+            scale = (scale * inv_ln_b).expand(n).contiguous()
+        else:
+            scale = float(grad_scale) * inv_ln_b
         grad = out if out is not None else torch.empty_like(logits)
         if not probs:
             # Coefficients that do not depend on lse, for all rows at once.
@@ -203,12 +222,14 @@ def cross_entropy_rows(
                 p_coef = ((1.0 - eps) * w_target + (eps / num_classes) * weight.sum()) * scale
                 target_coef = (1.0 - eps) * w_target * scale
                 z_coef = (2.0 * zl) * w_target * scale
-            neg_target_coef = (-target_coef).reshape(n, 1)
+            # scatter_add_ takes a tensor: a per-row column, or for a Python number a
+            # column as tall as a slice, made below.
+            per_row_target = isinstance(target_coef, torch.Tensor)
+            neg_target_coef = (-target_coef).reshape(n, 1) if per_row_target else -target_coef
             smooth_coef = (eps / num_classes) * scale
     else:
         grad = None
 
-    rows = slice_rows or default_slice_rows(num_classes, device)
     # Every slice-sized buffer is allocated once: a fresh allocation per slice would be
     # returned to the system and faulted in again each time. Half-precision logits are
     # converted into a float32 slice buffer.
@@ -226,75 +247,91 @@ def cross_entropy_rows(
     p_buf = torch.empty(width, dtype=acc, device=device) if need_p_buf else None
     q_buf = torch.empty(width, dtype=acc, device=device) if probs else None
     e_buf = torch.empty(width, dtype=acc, device=device) if with_entropy else None
+    if want_grad and not probs and not per_row_target:
+        neg_target_coef = torch.full((width[0], 1), neg_target_coef, dtype=acc, device=device)
 
+    y_col = None if probs else y.reshape(n, 1)
+    z_target_col = None if probs else z_target.reshape(n, 1)
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
         b = r1 - r0
-        xb = logits[r0:r1]
+        # Views of rows r0:r1 of the per-row arrays and of the first b rows of the slice
+        # buffers; a block processed as one slice uses the tensors themselves (slicing a
+        # tensor costs about a microsecond, which small blocks notice).
+        part = _whole if b == n else operator.itemgetter(slice(r0, r1))
+        head = _whole if b == width[0] else operator.itemgetter(slice(0, b))
+        xb = part(logits)
         # z: the logits after soft-capping, in the accumulation dtype.
         if softcap is not None:
-            tanh_b = t_buf[:b]
+            tanh_b = head(t_buf)
             tanh_b.copy_(xb)
             tanh_b.div_(softcap).tanh_()
-            zb = torch.mul(tanh_b, softcap, out=z_buf[:b])
+            zb = torch.mul(tanh_b, softcap, out=head(z_buf))
         elif need_z_buf:
-            zb = z_buf[:b]
+            zb = head(z_buf)
             zb.copy_(xb)
         else:
             zb = xb
-        pb = p_buf[:b] if need_p_buf else grad[r0:r1]
+        pb = head(p_buf) if need_p_buf else part(grad)
         # Vectorised max-reductions (torch.max with indices is not vectorised on CPU).
-        torch.amax(zb, 1, out=row_max[r0:r1])
+        max_b = part(row_max)
+        torch.amax(zb, 1, out=max_b)
         if probs:
-            qb = q_buf[:b]
-            qb.copy_(targets[r0:r1])
+            qb = head(q_buf)
+            qb.copy_(part(targets))
             if eps > 0:
                 qb.mul_(1.0 - eps).add_(eps / num_classes)
             if weight is not None:
                 qb.mul_(weight)
-            torch.sum(qb, 1, out=q_sum[r0:r1])
-            torch.linalg.vecdot(qb, zb, out=q_dot_z[r0:r1])
+            torch.sum(qb, 1, out=part(q_sum))
+            torch.linalg.vecdot(qb, zb, out=part(q_dot_z))
         else:
-            yb = y[r0:r1].reshape(b, 1)
-            torch.gather(zb, 1, yb, out=z_target[r0:r1].reshape(b, 1))
+            yb = part(y_col)
+            torch.gather(zb, 1, yb, out=part(z_target_col))
             if w_dot_z is not None:
                 if weight is None:
-                    torch.sum(zb, 1, out=w_dot_z[r0:r1])
+                    torch.sum(zb, 1, out=part(w_dot_z))
                 else:
-                    torch.mv(zb, weight, out=w_dot_z[r0:r1])
+                    torch.mv(zb, weight, out=part(w_dot_z))
         torch.softmax(zb, 1, out=pb)
-        pmax = neg_log_pmax[r0:r1]
+        pmax = part(neg_log_pmax)
         torch.amax(pb, 1, out=pmax)  # max_c p_c = exp(m - lse) = 1 / sum_c exp(z_c - m)
         pmax.log_().neg_()
         if entropy is not None:
-            torch.sum(torch.special.entr(pb, out=e_buf[:b]), 1, out=entropy[r0:r1])
+            torch.sum(torch.special.entr(pb, out=head(e_buf)), 1, out=part(entropy))
         if not want_grad:
             continue
         # Gradient of the slice, in place over the softmax.
-        scale_b = scale[r0:r1]
+        scale_b = _column(scale, part, b)
         if probs:
-            coef = q_sum[r0:r1]
+            coef = part(q_sum).reshape(b, 1)
             if zl > 0:
-                coef = coef + (2.0 * zl) * (row_max[r0:r1] + neg_log_pmax[r0:r1])
-            pb.mul_((coef * scale_b).reshape(b, 1))
-            qb.mul_(scale_b.reshape(b, 1))
+                coef = coef + (2.0 * zl) * (max_b + pmax).reshape(b, 1)
+            pb.mul_(coef * scale_b)
+            qb.mul_(scale_b)
             pb.sub_(qb)
         else:
-            coef = p_coef[r0:r1]
+            coef = _column(p_coef, part, b)
             if zl > 0:
-                coef = coef + z_coef[r0:r1] * (row_max[r0:r1] + neg_log_pmax[r0:r1])
-            pb.mul_(coef.reshape(b, 1))
-            pb.scatter_add_(1, yb, neg_target_coef[r0:r1])
+                coef = coef + _column(z_coef, part, b) * (max_b + pmax).reshape(b, 1)
+            if isinstance(coef, torch.Tensor) or coef != 1.0:
+                pb.mul_(coef)
+            pb.scatter_add_(
+                1, yb, part(neg_target_coef) if per_row_target else head(neg_target_coef)
+            )
             if eps > 0:
+                smooth_b = _column(smooth_coef, part, b)
                 if weight is None:
-                    pb.sub_(smooth_coef[r0:r1].reshape(b, 1))
+                    pb.sub_(smooth_b)
+                elif isinstance(smooth_b, torch.Tensor):
+                    pb.addr_(smooth_b.reshape(b), weight, alpha=-1.0)
                 else:
-                    pb.addr_(smooth_coef[r0:r1], weight, alpha=-1.0)
+                    pb.add_(weight, alpha=-smooth_b)
         if softcap is not None:
             tanh_b.mul_(tanh_b)
             pb.addcmul_(pb, tanh_b, value=-1.0)
         if need_p_buf:
-            grad[r0:r1].copy_(pb)
+            part(grad).copy_(pb)
 
     lse = row_max + neg_log_pmax
     if probs:
@@ -305,8 +342,9 @@ def cross_entropy_rows(
     else:
         nll = (row_max - z_target) + neg_log_pmax  # lse - z_y, without cancellation
         w_y = w_target
-        loss = (1.0 - eps) * (nll * w_y if w_y is not None else nll)
+        loss = nll * w_y if w_y is not None else nll
         if eps > 0:
+            loss = (1.0 - eps) * loss
             total_w = weight.sum() if weight is not None else float(num_classes)
             # sum_c w_c (lse - z_c) = W lse - sum_c w_c z_c
             loss = loss + (eps / num_classes) * (total_w * lse - w_dot_z)
