@@ -211,6 +211,61 @@ def test_entropy_progress_only_on_a_terminal(run, tmp_path, capsys, monkeypatch)
     assert json.loads(captured.out)[0]["size"] == len(DATA)
 
 
+@pytest.mark.parametrize("model", ["order0", "context"])
+def test_compress_and_decompress_progress_only_on_a_terminal(
+    run, tmp_path, capsys, monkeypatch, model
+):
+    from crossentropy.cli import _coding
+
+    (tmp_path / "f").write_bytes(DATA)
+    monkeypatch.setattr(_coding, "_PROGRESS_BYTES", 1)
+    assert run(["compress", "--model", model, str(tmp_path / "f"), str(tmp_path / "c")]) == 0
+    assert run(["decompress", str(tmp_path / "c"), str(tmp_path / "d")]) == 0
+    assert capsys.readouterr().err == ""  # captured stderr is not a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    for verb, args in [
+        ("compressing", ["compress", "--model", model, str(tmp_path / "f"), str(tmp_path / "c")]),
+        ("decompressing", ["decompress", str(tmp_path / "c"), str(tmp_path / "d")]),
+    ]:
+        assert run([*args, "--force"]) == 0
+        err = capsys.readouterr().err
+        assert f"{verb} [....................]   0% of" in err
+        assert f"{verb} [####################] 100% of" in err
+        cleared = err.split("\r")  # the line is overwritten with spaces at the end
+        assert cleared[-1] == ""
+        assert cleared[-2].strip() == ""
+        assert len(cleared[-2]) >= len(cleared[-3])
+    assert (tmp_path / "d").read_bytes() == DATA
+    monkeypatch.setattr(_coding, "_PROGRESS_BYTES", len(DATA) + 1)  # below the threshold
+    assert run(["decompress", str(tmp_path / "c"), str(tmp_path / "d"), "--force"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_byte_progress_shows_the_time_left_once_a_rate_is_known(capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from crossentropy.cli import _coding
+
+    clock = SimpleNamespace(now=100.0)
+    monkeypatch.setattr(_coding, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    total = 4 << 20
+    progress = _coding._ByteProgress("big.cez", "decompressing")
+    progress(0, total)
+    clock.now += 0.5  # too soon to extrapolate a rate
+    progress(total // 8, total)
+    clock.now += 1.5  # 2 s for a quarter: 6 s for the rest
+    progress(total // 4, total)
+    progress.close()
+    lines = capsys.readouterr().err.split("\r")
+    assert lines[1].rstrip() == "big.cez: decompressing [....................]   0% of 4.2 MB"
+    assert lines[2].rstrip() == "big.cez: decompressing [##..................]  12% of 4.2 MB"
+    assert lines[3].rstrip() == (
+        "big.cez: decompressing [#####...............]  25% of 4.2 MB, 6 s left"
+    )
+    assert lines[4] == " " * len(lines[3])
+
+
 @pytest.mark.parametrize("force", [[], ["--force"]])
 def test_output_that_is_a_directory_or_in_a_missing_one(run, tmp_path, capsys, force):
     # OUT a directory said "exists; pass --force", and with --force failed on a

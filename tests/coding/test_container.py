@@ -250,6 +250,56 @@ def test_context_model_across_blocks(monkeypatch):
     assert coding.decompress(blob) == data  # the block size travels in the header
 
 
+@pytest.mark.parametrize("model", coding.MODELS)
+def test_progress_reports_the_bytes_done_in_order(model, monkeypatch):
+    from crossentropy.coding import _context, _order0
+
+    # Small blocks, reports and chunks, so that a short input crosses each of them.
+    monkeypatch.setattr(_context, "BLOCK", 700)
+    monkeypatch.setattr(_context, "_REPORT_EVERY", 100)
+    monkeypatch.setattr(_order0, "_DECODE_CHUNK", 300)
+    data = TEXT[:2500]
+    seen: dict[str, list] = {"compress": [], "decompress": []}
+    blob = coding.compress(
+        data, model=model, progress=lambda done, total: seen["compress"].append((done, total))
+    )
+    assert blob == coding.compress(data, model=model)
+    restored = coding.decompress(
+        blob, progress=lambda done, total: seen["decompress"].append((done, total))
+    )
+    assert restored == data
+    assert {total for calls in seen.values() for _, total in calls} == {2500}
+    done = {kind: [d for d, _ in calls] for kind, calls in seen.items()}
+    if model == "order0":  # one pass to encode; decoded a chunk at a time
+        assert done["compress"] == [0, 2500]
+        assert done["decompress"] == [*range(0, 2500, 300), 2500]
+    else:  # encoded a block at a time; decoded with a report every 100 bytes
+        assert done["compress"] == [0, 700, 1400, 2100, 2500]
+        assert done["decompress"] == [*range(0, 2500, 100), 2500]
+
+
+def test_progress_of_nothing_and_progress_errors():
+    calls = []
+    blob = coding.compress(b"", progress=lambda done, total: calls.append((done, total)))
+    assert coding.decompress(blob, progress=lambda done, total: calls.append((done, total))) == b""
+    assert calls == [(0, 0), (0, 0)]
+    with pytest.raises(TypeError, match=r"`progress` must be None or a callable.*got int"):
+        coding.compress(b"abc", progress=1)
+    with pytest.raises(TypeError, match=r"`progress` must be None or a callable.*got str"):
+        coding.decompress(blob, progress="bar")
+
+    def stop(done, total):
+        if done:
+            raise ValueError("stopped by the caller")
+
+    # An error of the caller's own callable reaches the caller as it is, not as a
+    # corrupt container.
+    blob = coding.compress(TEXT[:3000], model="context")
+    with pytest.raises(ValueError, match="stopped by the caller") as error:
+        coding.decompress(blob, progress=stop)
+    assert not isinstance(error.value, DecodeError)
+
+
 def _context_params(
     block=1 << 20, table_bits=24, slack_bits=3, orders=(1, 2), alphas=None, count=None
 ):

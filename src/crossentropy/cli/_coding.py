@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from crossentropy import coding
@@ -102,16 +103,24 @@ def _new_file_mode(target: Path) -> int:
 def _compress(args: argparse.Namespace) -> int:
     data = _read(args.input)
     _check_output(args)
-    _write(
-        args.output, coding.compress(data, model=args.model), force=args.force, source=args.input
-    )
+    progress = _ByteProgress(args.input, "compressing")
+    try:
+        blob = coding.compress(data, model=args.model, progress=progress)
+    finally:
+        progress.close()
+    _write(args.output, blob, force=args.force, source=args.input)
     return 0
 
 
 def _decompress(args: argparse.Namespace) -> int:
     blob = _read(args.input)
     _check_output(args)
-    _write(args.output, coding.decompress(blob), force=args.force, source=args.input)
+    progress = _ByteProgress(args.input, "decompressing")
+    try:
+        data = coding.decompress(blob, progress=progress)
+    finally:
+        progress.close()
+    _write(args.output, data, force=args.force, source=args.input)
     return 0
 
 
@@ -133,6 +142,46 @@ def _check_target(target: Path, name: str) -> None:
         raise ValueError(f"OUT must be in an existing directory; {folder} does not exist")
 
 
+def _bar(fraction: float) -> str:
+    filled = int(20 * fraction)
+    return f"[{'#' * filled}{'.' * (20 - filled)}]"
+
+
+def _clear_line(width: int) -> None:
+    sys.stderr.write("\r" + " " * width + "\r")
+    sys.stderr.flush()
+
+
+class _ByteProgress:
+    """``progress(done, total)`` of the coders as one line on stderr: a bar, the percent
+    done and the time left (only on a terminal, for 1 MiB or more)."""
+
+    def __init__(self, name: str, verb: str) -> None:
+        self.name = name
+        self.verb = verb
+        self.start = time.monotonic()
+        self.width = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if total < _PROGRESS_BYTES or not sys.stderr.isatty():
+            return
+        elapsed = time.monotonic() - self.start
+        left = ""
+        if 0 < done < total and elapsed >= 1.0:  # a rate worth extrapolating
+            left = f", {elapsed * (total - done) / done:.0f} s left"
+        line = (
+            f"{self.name}: {self.verb} {_bar(done / total)} {100 * done // total:3d}% "
+            f"of {total / 1e6:.1f} MB{left}"
+        )
+        self.width = max(self.width, len(line))
+        sys.stderr.write("\r" + line.ljust(self.width))
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.width:
+            _clear_line(self.width)
+
+
 class _Progress:
     """A one-line progress indication on stderr (only on a terminal, for large files)."""
 
@@ -145,15 +194,13 @@ class _Progress:
     def __call__(self, step: str) -> None:
         if not self.enabled:
             return
-        filled = int(20 * self.done / self.steps)
-        sys.stderr.write(f"\r{self.name}: [{'#' * filled}{'.' * (20 - filled)}] {step:<8}")
+        sys.stderr.write(f"\r{self.name}: {_bar(self.done / self.steps)} {step:<8}")
         sys.stderr.flush()
         self.done += 1
 
     def close(self) -> None:
         if self.enabled:
-            sys.stderr.write("\r" + " " * (len(self.name) + 40) + "\r")
-            sys.stderr.flush()
+            _clear_line(len(self.name) + 40)
 
 
 def _entropy(args: argparse.Namespace) -> int:

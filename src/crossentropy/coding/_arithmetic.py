@@ -23,6 +23,10 @@ MAX_ALPHABET = (1 << 24) - 2
 _DECODE_CHUNK = 1 << 20
 
 
+def _quiet(done: int) -> None:
+    """A progress report (bytes done so far) that goes nowhere: the coders' default."""
+
+
 def _categorical(probabilities: np.ndarray | None = None) -> Any:
     import constriction
 

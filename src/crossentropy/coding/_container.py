@@ -38,11 +38,11 @@ __all__ = ["MODELS", "compress", "decompress"]
 MAGIC = b"\x89CEZ"
 VERSION = 1
 
-_ENCODERS: dict[str, Callable[[np.ndarray], tuple[bytes, bytes]]] = {
+_ENCODERS: dict[str, Callable[[np.ndarray, Callable[[int], object]], tuple[bytes, bytes]]] = {
     "order0": _order0.encode,
     "context": _context.encode,
 }
-_DECODERS: dict[str, Callable[[bytes, bytes, int], np.ndarray]] = {
+_DECODERS: dict[str, Callable[[bytes, bytes, int, Callable[[int], object]], np.ndarray]] = {
     "order0": _order0.decode,
     "context": _context.decode,
 }
@@ -57,7 +57,31 @@ def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=8).digest()
 
 
-def compress(data: bytes, *, model: str = "order0") -> bytes:
+class _Report:
+    """``progress(done, total)`` for each new count of bytes done, or nothing if None."""
+
+    def __init__(self, progress: Callable[[int, int], object] | None, total: int) -> None:
+        if progress is not None and not callable(progress):
+            raise TypeError(
+                "`progress` must be None or a callable progress(done, total); "
+                f"got {type(progress).__name__}"
+            )
+        self.progress = progress
+        self.total = total
+        self.done = -1
+        self.calling = False  # still True after the callable raised: its error, not ours
+
+    def __call__(self, done: int) -> None:
+        if self.progress is not None and done != self.done:
+            self.done = done
+            self.calling = True
+            self.progress(done, self.total)
+            self.calling = False
+
+
+def compress(
+    data: bytes, *, model: str = "order0", progress: Callable[[int, int], object] | None = None
+) -> bytes:
     """Compress bytes with an entropy model and a range coder, into a checked container.
 
     Args:
@@ -66,13 +90,16 @@ def compress(data: bytes, *, model: str = "order0") -> bytes:
             byte frequencies (stored in the header), reaching the order-0 entropy;
             ``"context"`` predicts each bit from the preceding 1, 2, 4 and 6 bytes
             (counts blended), learning as it goes: smaller, but it decodes slowly
-            (tens of kB/s, a Python loop per bit).
+            (about 0.1 MB/s, a Python loop per bit).
+        progress: None, or a callable ``progress(done, total)`` told the bytes of ``data``
+            coded so far and their total: ``(0, total)`` first, ``(total, total)`` last,
+            increasing in between (after each 1 MiB block of the context model).
 
     Returns:
         The container bytes (see the module docstring for the layout).
 
     Raises:
-        TypeError: ``data`` is not bytes-like.
+        TypeError: ``data`` is not bytes-like, or ``progress`` is not callable.
         ValueError: ``model`` is not one of :data:`MODELS`.
 
     Examples:
@@ -88,8 +115,11 @@ def compress(data: bytes, *, model: str = "order0") -> bytes:
     if not isinstance(model, str) or model not in _ENCODERS:
         raise ValueError(f"`model` must be one of {list(MODELS)}; got {model!r}")
     raw = bytes(data)
+    report = _Report(progress, len(raw))
+    report(0)
     array = np.frombuffer(raw, dtype=np.uint8)
-    params, payload = _ENCODERS[model](array)
+    params, payload = _ENCODERS[model](array, report)
+    report(len(raw))
     name = model.encode("ascii")
     header = b"".join(
         [
@@ -122,11 +152,15 @@ class _Reader:
         return chunk
 
 
-def decompress(blob: bytes) -> bytes:
+def decompress(blob: bytes, *, progress: Callable[[int, int], object] | None = None) -> bytes:
     """The original bytes of a container made by :func:`compress`, checked.
 
     Args:
         blob: the container bytes.
+        progress: None, or a callable ``progress(done, total)`` told the original bytes
+            decoded so far and their total (read from the header, once its checksums
+            pass): ``(0, total)`` first, ``(total, total)`` last, increasing in between
+            (every 4096 bytes for the context model, which decodes slowly).
 
     Returns:
         The original bytes; their length and BLAKE2b digest match the header.
@@ -135,7 +169,7 @@ def decompress(blob: bytes) -> bytes:
         DecodeError: the blob is not a container (wrong magic), of an unknown version or
             model, truncated or with trailing bytes, or damaged (a checksum fails); the
             message says which.
-        TypeError: ``blob`` is not bytes-like.
+        TypeError: ``blob`` is not bytes-like, or ``progress`` is not callable.
 
     Examples:
         >>> decompress(compress(b"hello")) == b"hello"
@@ -148,6 +182,7 @@ b'PK\\x03\\x04', expected b'\\x89CEZ'
     """
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise TypeError(f"`blob` must be bytes; got {type(blob).__name__}")
+    report = _Report(progress, 0)
     blob = bytes(blob)
     reader = _Reader(blob)
     if len(blob) < len(MAGIC):
@@ -186,15 +221,20 @@ b'PK\\x03\\x04', expected b'\\x89CEZ'
         raise DecodeError(f"trailing data: {len(payload) - payload_length} bytes after the payload")
     if zlib.crc32(payload) != payload_crc:
         raise DecodeError("corrupt container: the payload checksum does not match")
+    report.total = length
+    report(0)
     try:
-        out = _DECODERS[name](params, payload, length)
+        out = _DECODERS[name](params, payload, length, report)
     except DecodeError:
         raise
     except (ValueError, IndexError, RuntimeError, AssertionError, struct.error) as error:
+        if report.calling:  # raised by the caller's progress callable: theirs to see
+            raise
         raise DecodeError(
             f"corrupt container: the {name} payload does not decode ({error})"
         ) from None
     result = np.asarray(out, dtype=np.uint8).tobytes()
     if len(result) != length or _digest(result) != digest:
         raise DecodeError("corrupt container: the decoded bytes fail the checksum")
+    report(length)
     return result

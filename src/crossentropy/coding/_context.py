@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import struct
 from array import array
+from collections.abc import Callable
 
 import numpy as np
 
 from crossentropy._errors import DecodeError
-from crossentropy.coding._arithmetic import _bytes_to_words, _words_to_bytes
+from crossentropy.coding._arithmetic import _bytes_to_words, _quiet, _words_to_bytes
 
 __all__ = [
     "ALPHAS",
@@ -68,6 +69,7 @@ _MULTIPLIER = 0x9E3779B97F4A7C15  # odd, about 2^64 / golden ratio: Fibonacci ha
 _NODE_MULTIPLIER = 0x2545F491
 _MASK64 = (1 << 64) - 1
 _HEAD = struct.Struct("<IBBB")  # block, table bits, extra slot bits, orders
+_REPORT_EVERY = 1 << 12  # bytes decoded between two progress reports (about 50 ms)
 _CODED, _STORED = 0, 1
 
 
@@ -203,8 +205,9 @@ def block_probabilities(
     return bits.T.ravel(), np.stack(p, axis=1).ravel()
 
 
-def encode(data: np.ndarray) -> tuple[bytes, bytes]:
-    """(parameters, payload) for the bytes ``data`` (uint8, shape (N,)).
+def encode(data: np.ndarray, report: Callable[[int], object] = _quiet) -> tuple[bytes, bytes]:
+    """(parameters, payload) for the bytes ``data`` (uint8, shape (N,)); ``report(bytes
+    done)`` after each block.
 
     Each block is ``method (u8), length (u32), bytes``: the range coder's words, or the
     block stored as it is when coding would not make it smaller (random data).
@@ -229,6 +232,7 @@ def encode(data: np.ndarray) -> tuple[bytes, bytes]:
             chunks.append(struct.pack("<BI", _CODED, len(words)) + words)
         else:
             chunks.append(struct.pack("<BI", _STORED, block.size) + block.tobytes())
+        report(start + block.size)
     return params, b"".join(chunks)
 
 
@@ -255,8 +259,11 @@ def _read_params(params: bytes) -> tuple[int, int, int, tuple[int, ...], tuple[f
     return block, table_bits, slack_bits, orders, alphas
 
 
-def decode(params: bytes, payload: bytes, n: int) -> np.ndarray:
-    """The N bytes coded by :func:`encode` (uint8 array); sequential, bit by bit."""
+def decode(
+    params: bytes, payload: bytes, n: int, report: Callable[[int], object] = _quiet
+) -> np.ndarray:
+    """The N bytes coded by :func:`encode` (uint8 array); sequential, bit by bit, with
+    ``report(bytes done)`` every few thousand bytes."""
     block, table_bits, slack_bits, orders, alphas = _read_params(params)
     # Each block carries a 5-byte header, so the payload bounds the length before any
     # allocation (a forged length must not ask for terabytes).
@@ -287,9 +294,11 @@ def decode(params: bytes, payload: bytes, n: int) -> np.ndarray:
                 orders,
                 alphas,
                 _block_table_bits(stop - start, table_bits, slack_bits),
+                lambda done, start=start: report(start + done),
             )
         else:
             raise DecodeError(f"corrupt context payload: block method {method}, {length} bytes")
+        report(stop)
     if at != len(payload):
         raise DecodeError(f"corrupt context payload: {len(payload) - at} bytes left over")
     return out
@@ -301,6 +310,7 @@ def _decode_block(
     orders: tuple[int, ...],
     alphas: tuple[float, ...],
     table_bits: int,
+    report: Callable[[int], object] = _quiet,
 ) -> list[int]:
     import constriction
 
@@ -322,10 +332,14 @@ def _decode_block(
         )
     history_mask = (1 << (8 * max(orders))) - 1
     if len(models) == 4:
-        return _decode_four_orders(decode_bit, bernoulli, n, models, table_bits, history_mask)
+        return _decode_four_orders(
+            decode_bit, bernoulli, n, models, table_bits, history_mask, report
+        )
     history = 0
     out = []
-    for _ in range(n):
+    for i in range(n):
+        if not i % _REPORT_EVERY:
+            report(i)
         bases = [
             (_context_base(history & mask, j, table_bits), alpha, spread, seen, ones)
             for j, mask, alpha, spread, seen, ones in models
@@ -348,7 +362,9 @@ def _decode_block(
     return out
 
 
-def _decode_four_orders(decode_bit, bernoulli, n, models, table_bits, history_mask) -> list[int]:
+def _decode_four_orders(
+    decode_bit, bernoulli, n, models, table_bits, history_mask, report
+) -> list[int]:
     """:func:`_decode_block`'s loop unrolled for four orders (the default :data:`ORDERS`).
 
     The same arithmetic in the same order, so the same probabilities bit for bit; the
@@ -361,7 +377,9 @@ def _decode_four_orders(decode_bit, bernoulli, n, models, table_bits, history_ma
     multiplier, mask64, shift = _MULTIPLIER, _MASK64, 64 - (table_bits - 3)
     history = 0
     out = []
-    for _ in range(n):
+    for i in range(n):
+        if not i % _REPORT_EVERY:
+            report(i)
         c = history & m0
         b0 = c << 8 if e0 else (((c * multiplier) & mask64) >> shift) << 3
         c = history & m1

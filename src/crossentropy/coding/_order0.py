@@ -7,6 +7,8 @@ alphabet), so no probability is spent on bytes that never occur.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from crossentropy._errors import DecodeError
@@ -15,6 +17,7 @@ from crossentropy.coding._arithmetic import (
     _bytes_to_words,
     _categorical,
     _most_symbols,
+    _quiet,
     _words_to_bytes,
 )
 
@@ -58,8 +61,9 @@ def frequencies(data: np.ndarray) -> np.ndarray:
     return np.bincount(data, minlength=256).astype(np.int64)
 
 
-def encode(data: np.ndarray) -> tuple[bytes, bytes]:
-    """(parameters, payload) for the bytes ``data`` (uint8, shape (N,))."""
+def encode(data: np.ndarray, report: Callable[[int], object] = _quiet) -> tuple[bytes, bytes]:
+    """(parameters, payload) for the bytes ``data`` (uint8, shape (N,)); one pass, so
+    ``report`` (bytes done) hears nothing before the end, which the caller reports."""
     counts = frequencies(data)
     present = counts > 0
     params = np.packbits(present, bitorder="little").tobytes() + _varints(counts[present])
@@ -74,8 +78,11 @@ def encode(data: np.ndarray) -> tuple[bytes, bytes]:
     return params, _words_to_bytes(encoder.get_compressed())
 
 
-def decode(params: bytes, payload: bytes, n: int) -> np.ndarray:
-    """The N bytes coded by :func:`encode` (uint8 array)."""
+def decode(
+    params: bytes, payload: bytes, n: int, report: Callable[[int], object] = _quiet
+) -> np.ndarray:
+    """The N bytes coded by :func:`encode` (uint8 array); ``report(bytes done)`` after
+    each chunk."""
     if len(params) < 32:
         raise DecodeError("corrupt order0 parameters: shorter than the 32-byte bitmap")
     present = np.unpackbits(np.frombuffer(params[:32], dtype=np.uint8), bitorder="little")
@@ -110,4 +117,5 @@ def decode(params: bytes, payload: bytes, n: int) -> np.ndarray:
     for start in range(0, n, _DECODE_CHUNK):  # constriction allocates a chunk at a time
         stop = min(n, start + _DECODE_CHUNK)
         out[start:stop] = values[decoder.decode(model, stop - start)]
+        report(stop)
     return out
