@@ -169,6 +169,8 @@ def traced(*tensors: object, constants: tuple[object, ...] = ()) -> bool:
         return True
     from torch.autograd import forward_ad
 
+    if getattr(forward_ad, "_current_level", 0) < 0:
+        return False  # no dual level is entered, so no tensor carries a tangent
     return any(
         isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None
         for t in (*tensors, *constants)

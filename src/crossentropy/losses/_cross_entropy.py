@@ -153,12 +153,18 @@ def _unflatten(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return grad.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
 
 
+def _class_range(targets: torch.Tensor) -> tuple[int, int]:
+    """The least and the greatest class index, in one reduction (non-empty targets)."""
+    low, high = torch.stack(torch.aminmax(targets)).tolist()
+    return low, high
+
+
 def _all_counted(targets: torch.Tensor, num_classes: int, ignore_index: int) -> bool:
     """Whether every class index is in [0, num_classes) and none is ``ignore_index``, read
-    from the range of the targets (one reduction; False where the range cannot tell)."""
+    from the range of the targets (False where the range cannot tell)."""
     if targets.numel() == 0:
         return True
-    low, high = torch.stack(torch.aminmax(targets)).tolist()
+    low, high = _class_range(targets)
     return low >= 0 and high < num_classes and not low <= ignore_index <= high
 
 
@@ -181,6 +187,11 @@ def _check_target_values(
                 "divide by the sum to normalise them"
             )
         return
+    if targets.numel() == 0:
+        return
+    low, high = _class_range(targets)
+    if low >= 0 and high < num_classes:
+        return  # the common case, told by one reduction
     bad = ((targets < 0) | (targets >= num_classes)) & (targets != ignore_index)
     if bool(bad.any()):
         raise ValueError(

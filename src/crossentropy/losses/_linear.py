@@ -262,17 +262,11 @@ def _check_inputs(
         ignore_index=ignore_index,
         validate=validate,
     )
-    if validate and probs:
+    if validate:
         from crossentropy.losses._cross_entropy import _check_target_values
 
-        _check_target_values(targets.reshape(-1, num_classes), True, num_classes, ignore_index)
-    elif validate and targets.numel() > 0:
-        bad = (targets != ignore_index) & ((targets < 0) | (targets >= num_classes))
-        if bool(bad.any()):
-            raise ValueError(
-                f"`targets` must be class indices in [0, {num_classes}) or ignore_index "
-                f"({ignore_index}); got {targets[bad].flatten()[0].item()}"
-            )
+        flat = targets.reshape(-1, num_classes) if probs else targets
+        _check_target_values(flat, probs, num_classes, ignore_index)
 
 
 # ---------------------------------------------------------------------------------------
