@@ -7,7 +7,8 @@
    bias, reduction="none") against ``impl="reference"`` in float32.
 2. Speed and memory at N=8192, D=4096, V=128256 in bfloat16, forward + backward: torch eager
    (``F.linear`` + ``F.cross_entropy``), torch's ``F.linear_cross_entropy`` (its chunked
-   path), ours, and, when importable, Liger Kernel's fused linear cross-entropy and Cut
+   path), ours (its row kernel in Triton where Triton is installed, and again on torch
+   operations), and, when importable, Liger Kernel's fused linear cross-entropy and Cut
    Cross-Entropy. Peak memory is ``torch.cuda.max_memory_allocated`` above the inputs and
    the gradients.
 
@@ -17,6 +18,11 @@ tiny size, to check the script itself on a machine without a GPU.
 Usage::
 
     python benchmarks/gpu_check.py [--device cuda] [--quick] [--out PATH]
+                                   [--row-kernel auto|always|never]
+
+``--row-kernel`` sets ``crossentropy.losses._kernel.TRITON`` (default ``auto``: Triton on
+CUDA where it is installed); ``always`` with ``TRITON_INTERPRET=1`` runs the Triton row
+kernel in Triton's interpreter, to check that arm of the script on a CPU.
 
 ``--out`` defaults to ``benchmarks/results/gpu_check.json``.
 """
@@ -38,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import machine, print_table
 from crossentropy import losses
+from crossentropy.losses import _kernel
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "gpu_check.json"
 
@@ -129,6 +136,20 @@ def check_correctness(device: torch.device, n: int, d: int, v: int) -> dict:
     }
 
 
+def _ours_on(row_kernel: str):
+    """Ours with the row kernel chosen by ``_kernel.TRITON`` (see there)."""
+
+    def run(h, w, y):
+        previous = _kernel.TRITON
+        _kernel.TRITON = row_kernel
+        try:  # the fused head forms its gradients in the forward pass, inside this call
+            return losses.linear_cross_entropy(h, w, y, impl="chunked")
+        finally:
+            _kernel.TRITON = previous
+
+    return run
+
+
 def _contenders(device: torch.device) -> tuple[dict, list[str]]:
     """name -> loss function(hidden, weight, targets); plus notes on what was skipped."""
     notes = []
@@ -136,6 +157,8 @@ def _contenders(device: torch.device) -> tuple[dict, list[str]]:
         "torch eager": lambda h, w, y: F.cross_entropy(F.linear(h, w), y),
         "ours": lambda h, w, y: losses.linear_cross_entropy(h, w, y, impl="chunked"),
     }
+    if _kernel.use_triton(device):
+        contenders["ours, torch-op row kernel"] = _ours_on("never")
     try:
         from torch.nn import LinearCrossEntropyOptions
 
@@ -223,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--row-kernel", choices=("auto", "always", "never"), default="auto")
     args = parser.parse_args(argv)
+    _kernel.TRITON = args.row_kernel
     device = torch.device(args.device)
     if args.quick:
         slice_shape, bench_shape = (64, 32, 500), (256, 64, 2000)
@@ -232,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     report = {"machine": machine(), "device": str(device), "quick": args.quick}
+    report["row_kernel"] = "triton" if _kernel.use_triton(device) else "torch operations"
+    print(f"row kernel: {report['row_kernel']}")
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
     report["correctness"] = check_correctness(device, *slice_shape)

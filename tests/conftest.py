@@ -8,6 +8,17 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+# Without a GPU, Triton kernels run in Triton's interpreter on the CPU (the variable must be
+# set before Triton is imported).
+if "TRITON_INTERPRET" not in os.environ:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is in the test environment
+        pass
+    else:
+        if not torch.cuda.is_available():
+            os.environ["TRITON_INTERPRET"] = "1"
+
 # `ci` is deterministic: the same examples on every run and machine.
 settings.register_profile(
     "ci",

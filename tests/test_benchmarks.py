@@ -104,3 +104,23 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     document = json.loads(out.read_text())
     assert document["machine"]["cpus"] >= 1
     assert "ok" in done.stdout
+    assert document["row_kernel"] == "torch operations"
+
+
+def test_gpu_check_runs_its_triton_arm_in_the_interpreter(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs TRITON_INTERPRET=1 (set by conftest without a GPU)")
+    out = tmp_path / "gpu_check.json"
+    args = ["--device", "cpu", "--quick", "--out", str(out), "--row-kernel", "always"]
+    done = run_smoke("gpu_check.py", tmp_path, *args)
+    document = json.loads(out.read_text())
+    assert document["row_kernel"] == "triton"
+    assert document["correctness"]["ok"] is True
+    results = document["benchmark"]["results"]
+    ours, torch_rows = results["ours"], results["ours, torch-op row kernel"]
+    assert "error" not in ours
+    assert "error" not in torch_rows
+    assert ours["loss"] == pytest.approx(torch_rows["loss"], rel=1e-5, abs=0)
+    assert "row kernel: triton" in done.stdout

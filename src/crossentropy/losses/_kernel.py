@@ -15,15 +15,26 @@ The log-sum-exp comes for free from the softmax: at the row's arg-max the probab
 ``exp(m - lse) = 1 / sum_c exp(z_c - m)``, so ``lse = m - log(max_c p_c)``, accurate
 because that probability is at least ``1 / V``. Half-precision logits are converted to
 float32 one slice at a time; the gradient is written in the logits' dtype.
+
+On CUDA, when Triton is installed, class-index rows go instead to one Triton program per
+row (:mod:`crossentropy.losses._triton`), which reads the logits twice and writes the
+gradient once; ``TRITON`` below says where.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from typing import NamedTuple
 
 import torch
+
+TRITON = "auto"
+"""Where class-index rows go to the Triton kernel (:mod:`crossentropy.losses._triton`):
+``"auto"`` (CUDA tensors, when Triton is installed), ``"always"`` (any device: with
+``TRITON_INTERPRET=1`` Triton's interpreter runs it on the CPU, as the tests do) or
+``"never"`` (the torch operations below, everywhere)."""
 
 _SLICE_ELEMENTS = 1 << 20  # 4 MiB of float32 per row slice: stays in the last-level cache
 _DEVICE_SLICE_ELEMENTS = 1 << 26  # on accelerators: large launches, 256 MiB float32 workspace
@@ -51,6 +62,29 @@ class RowTerms(NamedTuple):
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the kernel computes in for logits of ``dtype``: float64 stays, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@functools.cache
+def triton_installed() -> bool:
+    """Whether the Triton kernel can be imported (Triton is installed)."""
+    try:
+        import crossentropy.losses._triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_triton(device: torch.device) -> bool:
+    """Whether rows of class-index targets on ``device`` go to the Triton kernel."""
+    if TRITON not in ("auto", "always", "never"):
+        raise ValueError(f"TRITON must be 'auto', 'always' or 'never'; got {TRITON!r}")
+    if TRITON == "never":
+        return False
+    if TRITON == "always":
+        if not triton_installed():
+            raise RuntimeError("TRITON = 'always' but Triton is not installed")
+        return True
+    return device.type == "cuda" and triton_installed()
 
 
 def default_slice_rows(num_classes: int, device: torch.device | str = "cpu") -> int:
@@ -176,6 +210,21 @@ def cross_entropy_rows(
         )
 
     device = logits.device
+    if not probs and use_triton(device):
+        from crossentropy.losses._triton import triton_rows
+
+        return triton_rows(
+            logits,
+            targets,
+            weight=weight,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            base=base,
+            grad_scale=grad_scale,
+            out=out,
+            with_entropy=with_entropy,
+        )
     acc = accumulation_dtype(logits.dtype)
     want_grad = grad_scale is not None
     eps = float(label_smoothing)

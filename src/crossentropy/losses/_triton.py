@@ -1,0 +1,257 @@
+"""The per-row kernel of :mod:`crossentropy.losses._kernel` as one Triton program per row.
+
+On a GPU the torch-operation kernel makes about ten passes over the logits, each a
+separate launch reading and writing the whole block in device memory. Here one program
+handles one row in two passes over its logits:
+
+1. an online log-sum-exp: block by block, the running maximum ``m`` and the sum
+   ``s = sum_c exp(z_c - m)``, rescaled whenever the maximum grows; with them the
+   entropy's ``sum_c exp(z_c - m) z_c`` and, for label smoothing, ``sum_c w_c z_c``.
+   Then ``lse = m + log s`` and the row's loss, log-sum-exp and entropy;
+2. the gradient, written in the logits' dtype (over the logits themselves when asked):
+   ``[(a + 2 z_loss w_y lse) p_c - (eps / V) w_c - (1 - eps) w_y [c = y]] * scale / ln b``
+   with ``p_c = exp(z_c - lse)`` and ``a = (1 - eps) w_y + (eps / V) sum_c w_c``, times
+   ``1 - tanh(x_c / cap)**2`` with soft-capping.
+
+So the logits are read twice and the gradient written once, whatever the options; the
+accumulation is in float32 (float64 for float64 logits). The formulas are those of
+:func:`crossentropy.losses._kernel.cross_entropy_rows`, which dispatches here for class-index
+targets on CUDA when Triton is installed (see ``TRITON`` there). Triton's interpreter
+(``TRITON_INTERPRET=1``) runs the same programs on the CPU, which is how the tests check
+them without a GPU.
+
+Scalars reach the programs through a small tensor of the accumulation dtype rather than
+as arguments, which Triton would pass as float32: float64 rows keep every digit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from crossentropy.losses._kernel import RowTerms, accumulation_dtype
+
+MAX_BLOCK = 8192
+"""Most columns a program visits at once (a power of two)."""
+
+
+@triton.jit
+def _tanh(a):
+    """tanh without cancellation near 0: ``-expm1(-2|a|) / (2 + expm1(-2|a|))``, the
+    expm1 by Kahan's formula ``(e - 1) * x / log(e)`` with ``e = exp(x)``, accurate to a
+    few ulps given accurate exp and log (Higham, Accuracy and Stability of Numerical
+    Algorithms, 2nd ed., section 1.14.1)."""
+    x = -2.0 * tl.abs(a)
+    e = tl.exp(x)
+    edge = (e == 1.0) | (e == 0.0)
+    em1 = (e - 1.0) * x / tl.log(tl.where(edge, 0.5, e))
+    em1 = tl.where(e == 1.0, x, tl.where(e == 0.0, -1.0, em1))
+    t = -em1 / (2.0 + em1)
+    return tl.where(a < 0, -t, t)
+
+
+@triton.jit
+def _rows_kernel(
+    x_ptr,
+    x_stride,
+    y_ptr,
+    w_ptr,
+    params_ptr,
+    scale_ptr,
+    g_ptr,
+    g_stride,
+    loss_ptr,
+    lse_ptr,
+    entropy_ptr,
+    num_classes,
+    ACC: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    ZLOSS: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    GRAD: tl.constexpr,
+    ENTROPY: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * x_stride
+    # params: eps, z_loss, softcap, 1 / ln(base), sum of the class weights, eps / V.
+    cap = tl.load(params_ptr + 2).to(ACC)
+    inv_ln_b = tl.load(params_ptr + 3).to(ACC)
+    zero = tl.sum(tl.zeros([1], dtype=ACC), axis=0)
+
+    # Pass 1: online log-sum-exp (and the sums the entropy and smoothing need).
+    m = zero - float("inf")
+    s = zero
+    sz = zero  # sum_c exp(z_c - m) z_c, rescaled with m
+    wz = zero  # sum_c w_c z_c
+    for start in range(0, num_classes, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < num_classes
+        x = tl.load(x_row + cols, mask=mask, other=0.0).to(ACC)
+        z = cap * _tanh(x / cap) if SOFTCAP else x
+        z = tl.where(mask, z, float("-inf"))
+        new_m = tl.maximum(m, tl.max(z, axis=0))
+        # A row whose logits so far are all -inf (a masked vocabulary) has m = -inf:
+        # shift by 0 then, where z - m would be -inf - -inf.
+        shift = tl.where(new_m == float("-inf"), 0.0, new_m)
+        e = tl.exp(z - shift)
+        rescale = tl.exp(m - shift)
+        s = s * rescale + tl.sum(e, axis=0)
+        if ENTROPY:
+            sz = sz * rescale + tl.sum(e * tl.where(e > 0, z, 0.0), axis=0)  # 0 * -inf: 0
+        if SMOOTH:
+            if HAS_WEIGHT:
+                w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(ACC)
+                wz += tl.sum(w * tl.where(mask, z, 0.0), axis=0)
+            else:
+                wz += tl.sum(tl.where(mask, z, 0.0), axis=0)
+        m = new_m
+
+    lse = m + tl.log(s)
+    y = tl.load(y_ptr + row)
+    x_y = tl.load(x_row + y).to(ACC)
+    z_y = cap * _tanh(x_y / cap) if SOFTCAP else x_y
+    w_y = tl.load(w_ptr + y).to(ACC) if HAS_WEIGHT else zero + 1.0
+    eps = tl.load(params_ptr + 0).to(ACC)
+    loss = (1.0 - eps) * w_y * (lse - z_y)
+    if SMOOTH:
+        w_sum = tl.load(params_ptr + 4).to(ACC)
+        eps_per_class = tl.load(params_ptr + 5).to(ACC)
+        loss += eps_per_class * (w_sum * lse - wz)
+    if ZLOSS:
+        zl = tl.load(params_ptr + 1).to(ACC)
+        loss += zl * w_y * lse * lse
+    tl.store(loss_ptr + row, loss * inv_ln_b)
+    tl.store(lse_ptr + row, lse)
+    if ENTROPY:
+        tl.store(entropy_ptr + row, (lse - sz / s) * inv_ln_b)
+
+    # Pass 2: the gradient, in place over the softmax as it is formed.
+    if GRAD:
+        scale = tl.load(scale_ptr + row).to(ACC)  # grad_scale / ln(base)
+        a = w_y
+        if SMOOTH:
+            a = (1.0 - eps) * w_y + eps_per_class * w_sum
+        if ZLOSS:
+            a += 2.0 * zl * w_y * lse
+        p_coef = a * scale
+        target_coef = (1.0 - eps) * w_y * scale
+        g_row = g_ptr + row * g_stride
+        for start in range(0, num_classes, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = cols < num_classes
+            x = tl.load(x_row + cols, mask=mask, other=0.0).to(ACC)
+            if SOFTCAP:
+                t = _tanh(x / cap)
+                z = cap * t
+            else:
+                z = x
+            g = p_coef * tl.exp(z - lse)
+            if SMOOTH:
+                if HAS_WEIGHT:
+                    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(ACC)
+                    g -= eps_per_class * scale * w
+                else:
+                    g -= eps_per_class * scale
+            g = tl.where(cols == y, g - target_coef, g)
+            if SOFTCAP:
+                g = g * (1.0 - t * t)
+            tl.store(g_row + cols, g.to(g_ptr.dtype.element_ty), mask=mask)
+
+
+def _block(num_classes: int) -> tuple[int, int]:
+    """(columns per step, warps) for rows of ``num_classes`` logits."""
+    block = min(MAX_BLOCK, triton.next_power_of_2(max(num_classes, 1)))
+    warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
+    return block, warps
+
+
+def triton_rows(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    weight: torch.Tensor | None,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    base: float,
+    grad_scale: torch.Tensor | float | None,
+    out: torch.Tensor | None,
+    with_entropy: bool,
+) -> RowTerms:
+    """:func:`crossentropy.losses._kernel.cross_entropy_rows` for class-index targets, its
+    arguments checked there; the same :class:`RowTerms`."""
+    n, num_classes = logits.shape
+    device = logits.device
+    acc = accumulation_dtype(logits.dtype)
+    inv_ln_b = 1.0 / math.log(base)
+    want_grad = grad_scale is not None
+    x = logits if logits.stride(1) == 1 else logits.contiguous()
+    y = targets.to(device=device, dtype=torch.long).contiguous()
+    loss = torch.empty(n, dtype=acc, device=device)
+    lse = torch.empty(n, dtype=acc, device=device)
+    entropy = torch.empty(n, dtype=acc, device=device) if with_entropy else None
+    grad = None
+    scale = None
+    if want_grad:
+        if isinstance(grad_scale, torch.Tensor):
+            scale = grad_scale.to(dtype=acc, device=device)
+            if scale.dim() > 1 or (scale.dim() == 1 and scale.shape != (n,)):
+                raise ValueError(
+                    f"`grad_scale` must be a scalar or have shape ({n},); got {tuple(scale.shape)}"
+                )
+            scale = (scale * inv_ln_b).expand(n).contiguous()
+        else:
+            scale = torch.full((n,), float(grad_scale) * inv_ln_b, dtype=acc, device=device)
+        grad = out if out is not None else torch.empty_like(logits)
+    if weight is not None:
+        weight = weight.to(device=device, dtype=acc).contiguous()
+        w_sum = weight.sum().reshape(1)
+    else:
+        w_sum = torch.full((1,), float(num_classes), dtype=acc, device=device)
+    eps = float(label_smoothing)
+    head = torch.tensor(
+        [eps, float(z_loss), 1.0 if softcap is None else float(softcap), inv_ln_b],
+        dtype=acc,
+        device=device,
+    )
+    params = torch.cat([head, w_sum, w_sum.new_full((1,), eps / num_classes)])
+    if n == 0:
+        return RowTerms(loss, lse, entropy, grad)
+    # The gradient is written through a row-major view; a block of any other layout gets
+    # one, copied back after.
+    g = grad if grad is None or grad.stride(1) == 1 else torch.empty_like(x)
+    block, warps = _block(num_classes)
+    _rows_kernel[(n,)](
+        x,
+        x.stride(0),
+        y,
+        x if weight is None else weight,
+        params,
+        loss if scale is None else scale,
+        x if g is None else g,
+        0 if g is None else g.stride(0),
+        loss,
+        lse,
+        loss if entropy is None else entropy,
+        num_classes,
+        ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        HAS_WEIGHT=weight is not None,
+        SMOOTH=eps > 0,
+        ZLOSS=float(z_loss) > 0,
+        SOFTCAP=softcap is not None,
+        GRAD=want_grad,
+        ENTROPY=with_entropy,
+        BLOCK=block,
+        num_warps=warps,
+    )
+    if g is not grad:
+        grad.copy_(g)
+    return RowTerms(loss, lse, entropy, grad)
+
+
+__all__ = ["MAX_BLOCK", "triton_rows"]

@@ -1,0 +1,225 @@
+"""The Triton row kernel (`losses._triton`) against the torch-operation kernel and the loop
+reference. Without a GPU the programs run in Triton's interpreter on the CPU (conftest sets
+TRITON_INTERPRET=1), so these tests check the kernel's arithmetic and masking, not its speed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+    pytest.skip("Triton needs a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+from crossentropy.losses import (
+    _kernel,
+    _triton,
+    cross_entropy,
+    cross_entropy_stats,
+    linear_cross_entropy,
+)
+from crossentropy.losses._kernel import cross_entropy_rows
+from tests.losses.reference_losses import reference_cross_entropy
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+OPTION_SETS = [
+    {},
+    {"label_smoothing": 0.25, "weight": "w"},
+    {"z_loss": 1e-2, "softcap": 3.0, "base": 2.0},
+    {"label_smoothing": 0.1, "z_loss": 1e-3, "softcap": 5.0, "weight": "w", "base": 10.0},
+]
+# (rtol, atol) of the Triton kernel against the torch kernel, per logits dtype: the two
+# sum in different orders (float32: a few ulps of a loss near 10), and bfloat16 gradients
+# are rounded once to 8 bits from float32 values that differ in their last bits.
+TOLERANCES = {
+    torch.float64: (1e-12, 1e-12),
+    torch.float32: (1e-5, 1e-5),
+    torch.bfloat16: (2**-7, 1e-4),
+}
+
+
+def _rows(kernel: str, *args, **kwargs):
+    previous = _kernel.TRITON
+    _kernel.TRITON = kernel
+    try:
+        return cross_entropy_rows(*args, **kwargs)
+    finally:
+        _kernel.TRITON = previous
+
+
+def _case(n, v, seed, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, v, generator=gen, dtype=torch.float64) * 4).to(dtype)
+    targets = torch.randint(0, v, (n,), generator=gen)
+    weight = torch.rand(v, generator=gen, dtype=torch.float64) + 0.1
+    return logits.to(DEVICE), targets.to(DEVICE), weight.to(DEVICE)
+
+
+def _assert_terms_close(got, want, dtype):
+    rtol, atol = TOLERANCES[dtype]
+    for field in ("loss", "logsumexp", "entropy", "grad"):
+        a, b = getattr(got, field), getattr(want, field)
+        assert (a is None) == (b is None), field
+        if a is not None:
+            assert a.dtype == b.dtype, field
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=field)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Programs that visit 16 columns at a time: rows of 50 take four steps, one partial."""
+    monkeypatch.setattr(_triton, "MAX_BLOCK", 16)
+
+
+@pytest.mark.parametrize("options", OPTION_SETS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scale", ["per row", "number", None])
+@pytest.mark.parametrize("num_classes", [13, 50])
+def test_rows_match_the_torch_kernel(small_blocks, options, dtype, scale, num_classes):
+    logits, targets, weight = _case(7, num_classes, num_classes, dtype)
+    options = {k: (weight if v == "w" else v) for k, v in options.items()}
+    grad_scale = {
+        "per row": torch.linspace(-1.0, 2.0, 7, dtype=torch.float64, device=DEVICE),
+        "number": 0.375,
+        None: None,
+    }[scale]
+    kwargs = {"grad_scale": grad_scale, "with_entropy": True, **options}
+    got = _rows("always", logits, targets, **kwargs)
+    want = _rows("never", logits, targets, **kwargs)
+    _assert_terms_close(got, want, dtype)
+    if dtype == torch.float64 and scale == "per row":  # and the loop reference, as math reads
+        ref_options = {
+            k: (v.cpu().numpy() if torch.is_tensor(v) else v) for k, v in options.items()
+        }
+        ref_loss, ref_grad = reference_cross_entropy(
+            logits.cpu().numpy(), targets.cpu().numpy(), reduction="none", **ref_options
+        )
+        np.testing.assert_allclose(got.loss.cpu().numpy(), ref_loss, rtol=0, atol=1e-10)
+        expected = ref_grad * grad_scale.cpu().numpy()[:, None]
+        np.testing.assert_allclose(got.grad.cpu().numpy(), expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_gradient_written_over_the_logits(small_blocks, dtype):
+    logits, targets, _ = _case(5, 50, 3, dtype)
+    want = _rows("never", logits, targets, grad_scale=1.0, label_smoothing=0.1)
+    work = logits.clone()
+    got = _rows("always", work, targets, grad_scale=1.0, label_smoothing=0.1, out=work)
+    assert got.grad.data_ptr() == work.data_ptr()
+    _assert_terms_close(got, want, dtype)
+    # A block whose rows are not contiguous (a column slice) is read as it is, and a
+    # gradient buffer of another layout gets the gradient copied into it.
+    wide = torch.zeros(5, 80, dtype=dtype, device=DEVICE)
+    wide[:, 10:60] = logits
+    column_major = torch.empty(50, 5, dtype=dtype, device=DEVICE).T
+    got = _rows(
+        "always",
+        wide[:, 10:60],
+        targets,
+        grad_scale=1.0,
+        label_smoothing=0.1,
+        out=column_major,
+    )
+    assert got.grad is column_major
+    _assert_terms_close(got, want, dtype)
+
+
+def test_rows_with_masked_vocabulary(small_blocks):
+    # -inf logits (a vocabulary mask) in whole steps and in part of one, the first step
+    # included: the running maximum starts at -inf, and those classes get p = 0.
+    logits, targets, _ = _case(4, 50, 5)
+    logits[:, :20] = float("-inf")
+    logits[1, 30:35] = float("-inf")
+    targets = torch.tensor([20, 25, 49, 40], device=DEVICE)
+    for options in ({}, {"z_loss": 1e-2, "softcap": 4.0}):
+        kwargs = {"grad_scale": 1.0, "with_entropy": True, **options}
+        got = _rows("always", logits, targets, **kwargs)
+        want = _rows("never", logits, targets, **kwargs)
+        _assert_terms_close(got, want, torch.float64)
+        assert torch.isfinite(got.loss).all()
+        if not options:  # soft-capping maps -inf to -cap, a finite logit
+            assert (got.grad[:, :20] == 0).all()
+
+
+def test_empty_block():
+    logits = torch.empty(0, 9, dtype=torch.float32, device=DEVICE)
+    targets = torch.empty(0, dtype=torch.long, device=DEVICE)
+    got = _rows("always", logits, targets, grad_scale=1.0, with_entropy=True)
+    assert got.loss.shape == got.logsumexp.shape == got.entropy.shape == (0,)
+    assert got.grad.shape == (0, 9)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_losses_through_the_triton_kernel(monkeypatch, small_blocks, reduction):
+    # The losses built on the row kernel give the same values and gradients through it:
+    # cross_entropy with ignored tokens, class weights and every option, its stats, and
+    # the fused head (whose chunks the kernel overwrites with their gradient).
+    logits, targets, weight = _case(9, 50, 7)
+    targets[::4] = -100
+    options = {
+        "weight": weight,
+        "label_smoothing": 0.1,
+        "z_loss": 1e-3,
+        "softcap": 6.0,
+        "base": 2.0,
+        "reduction": reduction,
+    }
+    hidden = torch.randn(9, 6, dtype=torch.float64, device=DEVICE)
+    head = torch.randn(50, 6, dtype=torch.float64, device=DEVICE)
+    results = {}
+    for kernel in ("never", "always"):
+        monkeypatch.setattr(_kernel, "TRITON", kernel)
+        x = logits.clone().requires_grad_()
+        loss = cross_entropy(x, targets, **options)
+        loss.backward(torch.ones_like(loss))
+        stats = cross_entropy_stats(
+            logits, targets, **{k: v for k, v in options.items() if k != "reduction"}
+        )
+        h = hidden.clone().requires_grad_()
+        w = head.clone().requires_grad_()
+        fused = linear_cross_entropy(
+            h,
+            w,
+            targets,
+            class_weight=weight,
+            impl="chunked",
+            chunk_size=4,
+            **{k: v for k, v in options.items() if k != "weight"},
+        )
+        fused.backward(torch.ones_like(fused))
+        results[kernel] = [loss, x.grad, *stats, fused, h.grad, w.grad]
+    for got, want in zip(results["always"], results["never"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_probability_targets_stay_on_the_torch_kernel(monkeypatch):
+    monkeypatch.setattr(_kernel, "TRITON", "always")
+    monkeypatch.setattr(_triton, "triton_rows", None)  # calling it would fail
+    logits, _, _ = _case(3, 5, 9)
+    probs = torch.softmax(torch.randn(3, 5, dtype=torch.float64, device=DEVICE), 1)
+    loss = cross_entropy(logits, probs)
+    expected = torch.nn.functional.cross_entropy(logits, probs)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
+
+
+def test_the_switch(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(_kernel, "TRITON", "auto")
+    assert _kernel.use_triton(cpu) is False  # "auto" is for CUDA tensors
+    assert _kernel.use_triton(torch.device("cuda")) is True  # Triton is installed here
+    monkeypatch.setattr(_kernel, "TRITON", "never")
+    assert _kernel.use_triton(torch.device("cuda")) is False
+    monkeypatch.setattr(_kernel, "TRITON", "always")
+    assert _kernel.use_triton(cpu) is True
+    monkeypatch.setattr(_kernel, "triton_installed", lambda: False)
+    with pytest.raises(RuntimeError, match="Triton is not installed"):
+        _kernel.use_triton(cpu)
+    monkeypatch.setattr(_kernel, "TRITON", "auto")
+    assert _kernel.use_triton(torch.device("cuda")) is False
+    monkeypatch.setattr(_kernel, "TRITON", "sometimes")
+    with pytest.raises(ValueError, match="TRITON must be 'auto', 'always' or 'never'"):
+        _kernel.use_triton(cpu)
