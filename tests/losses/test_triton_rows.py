@@ -51,10 +51,14 @@ def _rows(kernel: str, *args, **kwargs):
         _kernel.TRITON = previous
 
 
-def _case(n, v, seed, dtype=torch.float64):
+def _case(n, v, seed, dtype=torch.float64, kind="index"):
     gen = torch.Generator().manual_seed(seed)
     logits = (torch.randn(n, v, generator=gen, dtype=torch.float64) * 4).to(dtype)
-    targets = torch.randint(0, v, (n,), generator=gen)
+    if kind == "index":
+        targets = torch.randint(0, v, (n,), generator=gen)
+    else:  # class probabilities, in the logits' dtype
+        noise = torch.randn(n, v, generator=gen, dtype=torch.float64)
+        targets = torch.softmax(noise, 1).to(dtype)
     weight = torch.rand(v, generator=gen, dtype=torch.float64) + 0.1
     return logits.to(DEVICE), targets.to(DEVICE), weight.to(DEVICE)
 
@@ -79,8 +83,9 @@ def small_blocks(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("scale", ["per row", "number", None])
 @pytest.mark.parametrize("num_classes", [13, 50])
-def test_rows_match_the_torch_kernel(small_blocks, options, dtype, scale, num_classes):
-    logits, targets, weight = _case(7, num_classes, num_classes, dtype)
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_rows_match_the_torch_kernel(small_blocks, options, dtype, scale, num_classes, kind):
+    logits, targets, weight = _case(7, num_classes, num_classes, dtype, kind)
     options = {k: (weight if v == "w" else v) for k, v in options.items()}
     grad_scale = {
         "per row": torch.linspace(-1.0, 2.0, 7, dtype=torch.float64, device=DEVICE),
@@ -154,12 +159,15 @@ def test_empty_block():
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_losses_through_the_triton_kernel(monkeypatch, small_blocks, reduction):
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_losses_through_the_triton_kernel(monkeypatch, small_blocks, reduction, kind):
     # The losses built on the row kernel give the same values and gradients through it:
-    # cross_entropy with ignored tokens, class weights and every option, its stats, and
-    # the fused head (whose chunks the kernel overwrites with their gradient).
-    logits, targets, weight = _case(9, 50, 7)
-    targets[::4] = -100
+    # cross_entropy with ignored tokens (or probability targets, with their gradient),
+    # class weights and every option, its stats, and the fused head (whose chunks the
+    # kernel overwrites with their gradient).
+    logits, targets, weight = _case(9, 50, 7, kind=kind)
+    if kind == "index":
+        targets[::4] = -100
     options = {
         "weight": weight,
         "label_smoothing": 0.1,
@@ -174,7 +182,8 @@ def test_losses_through_the_triton_kernel(monkeypatch, small_blocks, reduction):
     for kernel in ("never", "always"):
         monkeypatch.setattr(_kernel, "TRITON", kernel)
         x = logits.clone().requires_grad_()
-        loss = cross_entropy(x, targets, **options)
+        t = targets.clone().requires_grad_(kind == "probs")
+        loss = cross_entropy(x, t, **options)
         loss.backward(torch.ones_like(loss))
         stats = cross_entropy_stats(
             logits, targets, **{k: v for k, v in options.items() if k != "reduction"}
@@ -191,19 +200,12 @@ def test_losses_through_the_triton_kernel(monkeypatch, small_blocks, reduction):
             **{k: v for k, v in options.items() if k != "weight"},
         )
         fused.backward(torch.ones_like(fused))
-        results[kernel] = [loss, x.grad, *stats, fused, h.grad, w.grad]
+        results[kernel] = [loss, x.grad, t.grad, *stats, fused, h.grad, w.grad]
     for got, want in zip(results["always"], results["never"], strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-
-
-def test_probability_targets_stay_on_the_torch_kernel(monkeypatch):
-    monkeypatch.setattr(_kernel, "TRITON", "always")
-    monkeypatch.setattr(_triton, "triton_rows", None)  # calling it would fail
-    logits, _, _ = _case(3, 5, 9)
-    probs = torch.softmax(torch.randn(3, 5, dtype=torch.float64, device=DEVICE), 1)
-    loss = cross_entropy(logits, probs)
-    expected = torch.nn.functional.cross_entropy(logits, probs)
-    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
+        if want is None:  # no gradient of class indices
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_the_switch(monkeypatch):

@@ -16,9 +16,9 @@ The log-sum-exp comes for free from the softmax: at the row's arg-max the probab
 because that probability is at least ``1 / V``. Half-precision logits are converted to
 float32 one slice at a time; the gradient is written in the logits' dtype.
 
-On CUDA, when Triton is installed, class-index rows go instead to one Triton program per
-row (:mod:`crossentropy.losses._triton`), which reads the logits twice and writes the
-gradient once; ``TRITON`` below says where.
+On CUDA, when Triton is installed, the rows go instead to one Triton program per row
+(:mod:`crossentropy.losses._triton`), which reads the logits twice and writes the gradient
+once; ``TRITON`` below says where.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 
 TRITON = "auto"
-"""Where class-index rows go to the Triton kernel (:mod:`crossentropy.losses._triton`):
+"""Where rows go to the Triton kernel (:mod:`crossentropy.losses._triton`):
 ``"auto"`` (CUDA tensors, when Triton is installed), ``"always"`` (any device: with
 ``TRITON_INTERPRET=1`` Triton's interpreter runs it on the CPU, as the tests do) or
 ``"never"`` (the torch operations below, everywhere)."""
@@ -75,7 +75,7 @@ def triton_installed() -> bool:
 
 
 def use_triton(device: torch.device) -> bool:
-    """Whether rows of class-index targets on ``device`` go to the Triton kernel."""
+    """Whether rows of logits on ``device`` go to the Triton kernel."""
     if TRITON not in ("auto", "always", "never"):
         raise ValueError(f"TRITON must be 'auto', 'always' or 'never'; got {TRITON!r}")
     if TRITON == "never":
@@ -210,7 +210,7 @@ def cross_entropy_rows(
         )
 
     device = logits.device
-    if not probs and use_triton(device):
+    if use_triton(device):
         from crossentropy.losses._triton import triton_rows
 
         return triton_rows(

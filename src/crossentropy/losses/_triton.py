@@ -6,19 +6,22 @@ handles one row in two passes over its logits:
 
 1. an online log-sum-exp: block by block, the running maximum ``m`` and the sum
    ``s = sum_c exp(z_c - m)``, rescaled whenever the maximum grows; with them the
-   entropy's ``sum_c exp(z_c - m) z_c`` and, for label smoothing, ``sum_c w_c z_c``.
-   Then ``lse = m + log s`` and the row's loss, log-sum-exp and entropy;
+   entropy's ``sum_c exp(z_c - m) z_c`` and what the targets need: for class indices
+   with label smoothing ``sum_c w_c z_c``, for class probabilities ``sum_c q_c`` and
+   ``sum_c q_c z_c`` with ``q = w * ((1 - eps) t + eps / V)``. Then ``lse = m + log s``
+   and the row's loss, log-sum-exp and entropy;
 2. the gradient, written in the logits' dtype (over the logits themselves when asked):
-   ``[(a + 2 z_loss w_y lse) p_c - (eps / V) w_c - (1 - eps) w_y [c = y]] * scale / ln b``
-   with ``p_c = exp(z_c - lse)`` and ``a = (1 - eps) w_y + (eps / V) sum_c w_c``, times
-   ``1 - tanh(x_c / cap)**2`` with soft-capping.
+   for class indices ``[(a + 2 z_loss w_y lse) p_c - (eps / V) w_c - (1 - eps) w_y
+   [c = y]] * scale / ln b`` with ``p_c = exp(z_c - lse)`` and ``a = (1 - eps) w_y +
+   (eps / V) sum_c w_c``; for probabilities ``[(sum_c q_c + 2 z_loss lse) p_c - q_c] *
+   scale / ln b``; times ``1 - tanh(x_c / cap)**2`` with soft-capping.
 
-So the logits are read twice and the gradient written once, whatever the options; the
-accumulation is in float32 (float64 for float64 logits). The formulas are those of
-:func:`crossentropy.losses._kernel.cross_entropy_rows`, which dispatches here for class-index
-targets on CUDA when Triton is installed (see ``TRITON`` there). Triton's interpreter
-(``TRITON_INTERPRET=1``) runs the same programs on the CPU, which is how the tests check
-them without a GPU.
+So the logits are read twice and the gradient written once, whatever the options (and
+probability targets read twice); the accumulation is in float32 (float64 for float64
+logits). The formulas are those of :func:`crossentropy.losses._kernel.cross_entropy_rows`,
+which dispatches here on CUDA when Triton is installed (see ``TRITON`` there). Triton's
+interpreter (``TRITON_INTERPRET=1``) runs the same programs on the CPU, which is how the
+tests check them without a GPU.
 
 Scalars reach the programs through a small tensor of the accumulation dtype rather than
 as arguments, which Triton would pass as float32: float64 rows keep every digit.
@@ -54,10 +57,23 @@ def _tanh(a):
 
 
 @triton.jit
+def _target_block(t_row, w_ptr, cols, mask, eps, eps_per_class, ACC, SMOOTH, HAS_WEIGHT):
+    """Class probabilities as the loss weighs them, ``q = w * ((1 - eps) t + eps / V)``,
+    0 past the row's end."""
+    q = tl.load(t_row + cols, mask=mask, other=0.0).to(ACC)
+    if SMOOTH:
+        q = (1.0 - eps) * q + eps_per_class
+    if HAS_WEIGHT:
+        q *= tl.load(w_ptr + cols, mask=mask, other=0.0).to(ACC)
+    return tl.where(mask, q, 0.0)
+
+
+@triton.jit
 def _rows_kernel(
     x_ptr,
     x_stride,
     y_ptr,
+    t_stride,
     w_ptr,
     params_ptr,
     scale_ptr,
@@ -68,6 +84,7 @@ def _rows_kernel(
     entropy_ptr,
     num_classes,
     ACC: tl.constexpr,
+    PROBS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     SMOOTH: tl.constexpr,
     ZLOSS: tl.constexpr,
@@ -76,18 +93,26 @@ def _rows_kernel(
     ENTROPY: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    """One row: ``y_ptr`` holds class indices, or with ``PROBS`` rows of probabilities
+    (``t_stride`` apart)."""
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_stride
+    t_row = y_ptr + row * t_stride
     # params: eps, z_loss, softcap, 1 / ln(base), sum of the class weights, eps / V.
+    eps = tl.load(params_ptr + 0).to(ACC)
+    zl = tl.load(params_ptr + 1).to(ACC)
     cap = tl.load(params_ptr + 2).to(ACC)
     inv_ln_b = tl.load(params_ptr + 3).to(ACC)
+    w_sum = tl.load(params_ptr + 4).to(ACC)
+    eps_per_class = tl.load(params_ptr + 5).to(ACC)
     zero = tl.sum(tl.zeros([1], dtype=ACC), axis=0)
 
-    # Pass 1: online log-sum-exp (and the sums the entropy and smoothing need).
+    # Pass 1: online log-sum-exp, and the sums the entropy and the targets need.
     m = zero - float("inf")
     s = zero
     sz = zero  # sum_c exp(z_c - m) z_c, rescaled with m
-    wz = zero  # sum_c w_c z_c
+    wz = zero  # sum_c w_c z_c (index targets), or sum_c q_c z_c (probabilities)
+    q_sum = zero  # sum_c q_c (probabilities)
     for start in range(0, num_classes, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < num_classes
@@ -103,7 +128,11 @@ def _rows_kernel(
         s = s * rescale + tl.sum(e, axis=0)
         if ENTROPY:
             sz = sz * rescale + tl.sum(e * tl.where(e > 0, z, 0.0), axis=0)  # 0 * -inf: 0
-        if SMOOTH:
+        if PROBS:
+            q = _target_block(t_row, w_ptr, cols, mask, eps, eps_per_class, ACC, SMOOTH, HAS_WEIGHT)
+            q_sum += tl.sum(q, axis=0)
+            wz += tl.sum(q * tl.where(mask, z, 0.0), axis=0)
+        elif SMOOTH:
             if HAS_WEIGHT:
                 w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(ACC)
                 wz += tl.sum(w * tl.where(mask, z, 0.0), axis=0)
@@ -112,18 +141,19 @@ def _rows_kernel(
         m = new_m
 
     lse = m + tl.log(s)
-    y = tl.load(y_ptr + row)
-    x_y = tl.load(x_row + y).to(ACC)
-    z_y = cap * _tanh(x_y / cap) if SOFTCAP else x_y
-    w_y = tl.load(w_ptr + y).to(ACC) if HAS_WEIGHT else zero + 1.0
-    eps = tl.load(params_ptr + 0).to(ACC)
-    loss = (1.0 - eps) * w_y * (lse - z_y)
-    if SMOOTH:
-        w_sum = tl.load(params_ptr + 4).to(ACC)
-        eps_per_class = tl.load(params_ptr + 5).to(ACC)
-        loss += eps_per_class * (w_sum * lse - wz)
+    if PROBS:
+        # sum_c q_c (lse - z_c) = (sum_c q_c) lse - sum_c q_c z_c; the z-loss unweighted.
+        loss = q_sum * lse - wz
+        w_y = zero + 1.0
+    else:
+        y = tl.load(y_ptr + row)
+        x_y = tl.load(x_row + y).to(ACC)
+        z_y = cap * _tanh(x_y / cap) if SOFTCAP else x_y
+        w_y = tl.load(w_ptr + y).to(ACC) if HAS_WEIGHT else zero + 1.0
+        loss = (1.0 - eps) * w_y * (lse - z_y)
+        if SMOOTH:
+            loss += eps_per_class * (w_sum * lse - wz)
     if ZLOSS:
-        zl = tl.load(params_ptr + 1).to(ACC)
         loss += zl * w_y * lse * lse
     tl.store(loss_ptr + row, loss * inv_ln_b)
     tl.store(lse_ptr + row, lse)
@@ -133,9 +163,12 @@ def _rows_kernel(
     # Pass 2: the gradient, in place over the softmax as it is formed.
     if GRAD:
         scale = tl.load(scale_ptr + row).to(ACC)  # grad_scale / ln(base)
-        a = w_y
-        if SMOOTH:
+        if PROBS:
+            a = q_sum
+        elif SMOOTH:
             a = (1.0 - eps) * w_y + eps_per_class * w_sum
+        else:
+            a = w_y
         if ZLOSS:
             a += 2.0 * zl * w_y * lse
         p_coef = a * scale
@@ -151,13 +184,19 @@ def _rows_kernel(
             else:
                 z = x
             g = p_coef * tl.exp(z - lse)
-            if SMOOTH:
-                if HAS_WEIGHT:
-                    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(ACC)
-                    g -= eps_per_class * scale * w
-                else:
-                    g -= eps_per_class * scale
-            g = tl.where(cols == y, g - target_coef, g)
+            if PROBS:
+                q = _target_block(
+                    t_row, w_ptr, cols, mask, eps, eps_per_class, ACC, SMOOTH, HAS_WEIGHT
+                )
+                g -= scale * q
+            else:
+                if SMOOTH:
+                    if HAS_WEIGHT:
+                        w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(ACC)
+                        g -= eps_per_class * scale * w
+                    else:
+                        g -= eps_per_class * scale
+                g = tl.where(cols == y, g - target_coef, g)
             if SOFTCAP:
                 g = g * (1.0 - t * t)
             tl.store(g_row + cols, g.to(g_ptr.dtype.element_ty), mask=mask)
@@ -183,15 +222,19 @@ def triton_rows(
     out: torch.Tensor | None,
     with_entropy: bool,
 ) -> RowTerms:
-    """:func:`crossentropy.losses._kernel.cross_entropy_rows` for class-index targets, its
-    arguments checked there; the same :class:`RowTerms`."""
+    """:func:`crossentropy.losses._kernel.cross_entropy_rows`, its arguments checked there;
+    the same :class:`RowTerms`."""
     n, num_classes = logits.shape
     device = logits.device
     acc = accumulation_dtype(logits.dtype)
     inv_ln_b = 1.0 / math.log(base)
     want_grad = grad_scale is not None
     x = logits if logits.stride(1) == 1 else logits.contiguous()
-    y = targets.to(device=device, dtype=torch.long).contiguous()
+    probs = targets.is_floating_point()
+    if probs:  # rows of class probabilities, read in their own dtype
+        y = targets if targets.stride(-1) == 1 else targets.contiguous()
+    else:
+        y = targets.to(device=device, dtype=torch.long).contiguous()
     loss = torch.empty(n, dtype=acc, device=device)
     lse = torch.empty(n, dtype=acc, device=device)
     entropy = torch.empty(n, dtype=acc, device=device) if with_entropy else None
@@ -230,6 +273,7 @@ def triton_rows(
         x,
         x.stride(0),
         y,
+        y.stride(0) if probs else 0,
         x if weight is None else weight,
         params,
         loss if scale is None else scale,
@@ -240,6 +284,7 @@ def triton_rows(
         loss if entropy is None else entropy,
         num_classes,
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        PROBS=probs,
         HAS_WEIGHT=weight is not None,
         SMOOTH=eps > 0,
         ZLOSS=float(z_loss) > 0,
