@@ -225,3 +225,34 @@ def test_the_switch(monkeypatch):
     monkeypatch.setattr(_kernel, "TRITON", "sometimes")
     with pytest.raises(ValueError, match="TRITON must be 'auto', 'always' or 'never'"):
         _kernel.use_triton(cpu)
+
+
+def test_a_kernel_triton_cannot_build_is_given_up_once(monkeypatch):
+    # Under "auto" a device where Triton fails to build the kernel warns once and computes
+    # with torch operations from then on; under "always" the error reaches the caller.
+    from triton.errors import TritonError
+
+    calls = []
+
+    def unbuildable(*args, **kwargs):
+        calls.append(args)
+        raise TritonError("no kernel for this device")
+
+    logits, targets, _ = _case(4, 9, 11)
+    want = _rows("never", logits, targets, grad_scale=1.0)
+    monkeypatch.setattr(_triton, "triton_rows", unbuildable)
+    monkeypatch.setattr(_kernel, "_TRITON_FAILED", None)
+    monkeypatch.setattr(_kernel, "TRITON", "auto")
+    # The CPU stands in for a CUDA device: the dispatch asks only whether it failed before.
+    monkeypatch.setattr(_kernel, "use_triton", lambda device: _kernel._TRITON_FAILED is None)
+    with pytest.warns(RuntimeWarning, match=r"Triton row kernel failed.*no kernel for this"):
+        got = cross_entropy_rows(logits, targets, grad_scale=1.0)
+    _assert_terms_close(got, want, torch.float64)
+    again = cross_entropy_rows(logits, targets, grad_scale=1.0)  # no second attempt
+    _assert_terms_close(again, want, torch.float64)
+    assert len(calls) == 1
+    assert "TritonError: no kernel for this device" in _kernel._TRITON_FAILED
+    monkeypatch.setattr(_kernel, "_TRITON_FAILED", None)
+    monkeypatch.setattr(_kernel, "TRITON", "always")
+    with pytest.raises(TritonError, match="no kernel for this device"):
+        cross_entropy_rows(logits, targets, grad_scale=1.0)

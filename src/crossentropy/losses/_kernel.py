@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -34,7 +35,12 @@ TRITON = "auto"
 """Where rows go to the Triton kernel (:mod:`crossentropy.losses._triton`):
 ``"auto"`` (CUDA tensors, when Triton is installed), ``"always"`` (any device: with
 ``TRITON_INTERPRET=1`` Triton's interpreter runs it on the CPU, as the tests do) or
-``"never"`` (the torch operations below, everywhere)."""
+``"never"`` (the torch operations below, everywhere). Under ``"auto"``, a device on which
+Triton fails to build or run the kernel gets one warning and the torch operations from
+then on."""
+
+_TRITON_FAILED: str | None = None
+"""Why the Triton kernel was given up under ``"auto"`` (None while it has not been)."""
 
 _SLICE_ELEMENTS = 1 << 20  # 4 MiB of float32 per row slice: stays in the last-level cache
 _DEVICE_SLICE_ELEMENTS = 1 << 26  # on accelerators: large launches, 256 MiB float32 workspace
@@ -84,7 +90,19 @@ def use_triton(device: torch.device) -> bool:
         if not triton_installed():
             raise RuntimeError("TRITON = 'always' but Triton is not installed")
         return True
-    return device.type == "cuda" and triton_installed()
+    return device.type == "cuda" and _TRITON_FAILED is None and triton_installed()
+
+
+def _give_up_triton(error: Exception) -> None:
+    global _TRITON_FAILED
+    _TRITON_FAILED = f"{type(error).__name__}: {error}"
+    warnings.warn(
+        f"crossentropy: the Triton row kernel failed on this device ({_TRITON_FAILED}); the "
+        "losses compute with torch operations from now on (set "
+        "crossentropy.losses._kernel.TRITON = 'never' to skip the attempt)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def default_slice_rows(num_classes: int, device: torch.device | str = "cpu") -> int:
@@ -211,20 +229,25 @@ def cross_entropy_rows(
 
     device = logits.device
     if use_triton(device):
-        from crossentropy.losses._triton import triton_rows
+        from crossentropy.losses import _triton
 
-        return triton_rows(
-            logits,
-            targets,
-            weight=weight,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-            base=base,
-            grad_scale=grad_scale,
-            out=out,
-            with_entropy=with_entropy,
-        )
+        try:
+            return _triton.triton_rows(
+                logits,
+                targets,
+                weight=weight,
+                label_smoothing=label_smoothing,
+                z_loss=z_loss,
+                softcap=softcap,
+                base=base,
+                grad_scale=grad_scale,
+                out=out,
+                with_entropy=with_entropy,
+            )
+        except _triton.KERNEL_ERRORS as error:
+            if TRITON == "always":
+                raise
+            _give_up_triton(error)  # before the launch: nothing was written
     acc = accumulation_dtype(logits.dtype)
     want_grad = grad_scale is not None
     eps = float(label_smoothing)

@@ -34,11 +34,16 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.errors import TritonError
 
 from crossentropy.losses._kernel import RowTerms, accumulation_dtype
 
 MAX_BLOCK = 8192
 """Most columns a program visits at once (a power of two)."""
+
+KERNEL_ERRORS: tuple[type[Exception], ...] = (TritonError,)
+"""What a launch raises when Triton cannot build or run the kernel on this device (a
+compilation or assembler error, too few registers or too little shared memory)."""
 
 
 @triton.jit
@@ -299,4 +304,4 @@ def triton_rows(
     return RowTerms(loss, lse, entropy, grad)
 
 
-__all__ = ["MAX_BLOCK", "triton_rows"]
+__all__ = ["KERNEL_ERRORS", "MAX_BLOCK", "triton_rows"]
