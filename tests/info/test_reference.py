@@ -165,7 +165,7 @@ def test_one_numpy_distribution_gives_a_numpy_scalar(path):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("base", BASES)
-def test_kl_where_p_over_q_overflows(xp, dtype, base):
+def test_kl_where_p_over_q_overflows(xp, dtype, base, path):
     # q's second outcome is the smallest subnormal, so p / q overflows to inf although
     # p (log p - log q) is finite (1074 bits in float64, 149 in float32).
     tiny = np.finfo(dtype).smallest_subnormal
@@ -240,6 +240,42 @@ def test_large_input_takes_the_blocked_path_and_agrees_with_scipy(rng, monkeypat
     # Each of the three calls was answered by the blocked path, not by the fallback.
     assert len(results) == 3
     assert all(result is not None for result in results)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_divergences_take_the_blocked_path_and_equal_the_plain_one(rng, monkeypatch, dtype):
+    # The blocked path forms the same terms block by block and sums each row whole, so
+    # it gives the plain path's numbers exactly: rows far apart, rows within a relative
+    # 1e-7 (the log1p branch), zeros in p, and p / q overflowing, all in one array.
+    scipy_stats = pytest.importorskip("scipy.stats")
+    distance = pytest.importorskip("scipy.spatial.distance")
+    p = distributions(rng, (400, 700), dtype=dtype)
+    p[50] = 1 / 700
+    q = distributions(rng, (400, 700), zero_fraction=0.0, dtype=dtype)
+    q[:50] = p[:50] * (1 + 1e-7 * rng.standard_normal((50, 700)))
+    q[50] = 1 / 699
+    q[50, 0] = np.finfo(dtype).smallest_subnormal  # p / q overflows there
+    q = (q / q.sum(axis=1, keepdims=True)).astype(dtype)
+    assert _blocked.eligible(p, q, axis=1)
+    calls = []
+    original = _blocked.reduce_terms
+
+    def reduce_terms(*args, **kwargs):
+        calls.append(original(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(_blocked, "reduce_terms", reduce_terms)
+    blocked = {name: getattr(info, name)(p, q) for name in ("kl_divergence", "js_divergence")}
+    assert len(calls) == 2
+    assert all(result is not None for result in calls)
+    monkeypatch.setattr(_blocked, "MIN_ELEMENTS", p.size + 1)  # the plain path now
+    for name, result in blocked.items():
+        np.testing.assert_array_equal(result, getattr(info, name)(p, q))
+    assert len(calls) == 2
+    p64, q64 = p.astype(np.float64), q.astype(np.float64)
+    close(blocked["kl_divergence"], scipy_stats.entropy(p64, q64, base=2, axis=1), dtype)
+    expected = distance.jensenshannon(p64, q64, base=2, axis=1) ** 2
+    close(blocked["js_divergence"], expected, dtype)
 
 
 @pytest.mark.parametrize("kind", ["uniform", "skewed"])

@@ -1,4 +1,5 @@
-"""The fast path for large NumPy inputs: entropy and cross-entropy along the last axis.
+"""The fast path for large NumPy inputs: entropy, cross-entropy and divergences along the
+last axis.
 
 It equals the plain path (``-sum(where(p > 0, p * log(q), 0), axis=-1)`` after the checks
 of :mod:`crossentropy.info._validate`) and differs only in how the memory is walked.
@@ -19,6 +20,10 @@ NaN are mended (their logs zeroed where p = 0, while the block is still in cache
 Negative entries fail the per-block minimum of p, or end as NaN (the log of a negative q);
 NaN and inf fail the sum check. Whenever anything is off the function returns ``None``
 and the caller's full check raises the detailed error.
+
+The divergences (:func:`reduce_terms`) take their elementwise terms from the caller, who
+forms them as on the plain path, one block at a time: several passes over a block in
+cache instead of over the whole array in memory.
 """
 
 from __future__ import annotations
@@ -147,11 +152,7 @@ def _run(
     acc = np.empty(rows, dtype=p.dtype)
     sums_p = np.empty(rows, dtype=p.dtype)
     sums_q = np.empty(rows, dtype=p.dtype) if q is not None else None
-    block_rows = max(1, BLOCK_ELEMENTS // n)
-    workers = _threads()
-    blocks = -(-rows // block_rows)
-    task_rows = block_rows * max(1, -(-blocks // (TASKS_PER_THREAD * workers)))
-    starts = list(range(0, rows, task_rows))
+    block_rows, task_rows, starts = _schedule(rows, n)
     row_sums = _row_sums(p.dtype, n)
     row_dots = _row_dots(p.dtype)
     negative = [False] * len(starts)
@@ -194,12 +195,25 @@ def _run(
                     np.copyto(logs, 0.0, where=block_p == 0)
                     row_dots(block_p, logs, dots)
 
-    if workers > 1 and len(starts) > 1:
-        list(_executor().map(task, range(len(starts))))
-    else:
-        for index in range(len(starts)):
-            task(index)
+    _map(task, len(starts))
     return acc, sums_p, sums_q, any(negative)
+
+
+def _schedule(rows: int, n: int) -> tuple[int, int, list[int]]:
+    """(rows per block, rows per task, the first row of each task) for rows of n entries."""
+    block_rows = max(1, BLOCK_ELEMENTS // n)
+    blocks = -(-rows // block_rows)
+    task_rows = block_rows * max(1, -(-blocks // (TASKS_PER_THREAD * _threads())))
+    return block_rows, task_rows, list(range(0, rows, task_rows))
+
+
+def _map(task: Callable[[int], None], count: int) -> None:
+    """Run ``task(0)``, ..., ``task(count - 1)`` on the pool (in this thread if one)."""
+    if _threads() > 1 and count > 1:
+        list(_executor().map(task, range(count)))
+    else:
+        for index in range(count):
+            task(index)
 
 
 def reduce_rows(p: np.ndarray, q: np.ndarray | None, *, base: float) -> np.ndarray | None:
@@ -227,3 +241,53 @@ def reduce_rows(p: np.ndarray, q: np.ndarray | None, *, base: float) -> np.ndarr
     if scale != 1.0:
         result *= scale
     return result.reshape(shape)
+
+
+def reduce_terms(
+    p: np.ndarray, q: np.ndarray, terms: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> np.ndarray | None:
+    """``sum(terms(p, q), axis=-1)``, formed block by block while each block is in cache.
+
+    ``terms`` maps two blocks of rows to the elementwise terms (it runs on the pool's
+    threads, under NumPy's error state ignoring division, invalid and overflow warnings,
+    as the plain path does). Each row is summed whole by NumPy's pairwise sum, as the
+    plain path's ``sum(axis=-1)`` sums it, so the results are the same. Returns ``None``
+    when some entry is negative, not finite, or a row does not sum to 1 (the caller's full
+    check then raises the error). ``p`` and ``q`` must satisfy :func:`eligible`.
+    """
+    shape = p.shape[:-1]
+    n = p.shape[-1]
+    p2 = p.reshape(-1, n)
+    q2 = q.reshape(-1, n)
+    rows = p2.shape[0]
+    out = np.empty(rows, dtype=p.dtype)
+    sums_p = np.empty(rows, dtype=p.dtype)
+    sums_q = np.empty(rows, dtype=p.dtype)
+    block_rows, task_rows, starts = _schedule(rows, n)
+    row_sums = _row_sums(p.dtype, n)
+    negative = [False] * len(starts)
+
+    def task(index: int) -> None:
+        start = starts[index]
+        stop = min(start + task_rows, rows)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for r0 in range(start, stop, block_rows):
+                r1 = min(r0 + block_rows, stop)
+                block_p, block_q = p2[r0:r1], q2[r0:r1]
+                row_sums(block_p, sums_p[r0:r1])
+                row_sums(block_q, sums_q[r0:r1])
+                if not (block_p.min() >= 0 and block_q.min() >= 0):
+                    negative[index] = True
+                    continue
+                np.add.reduce(terms(block_p, block_q), axis=1, out=out[r0:r1])
+
+    _map(task, len(starts))
+    if any(negative):
+        return None
+    tolerance = sum_tolerance(p.dtype)
+    with np.errstate(invalid="ignore"):
+        if not (
+            np.all(np.abs(sums_p - 1) <= tolerance) and np.all(np.abs(sums_q - 1) <= tolerance)
+        ):
+            return None
+    return out.reshape(shape)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
@@ -234,12 +235,11 @@ def cross_entropy(
     b = check_base(base)
     keepdims = check_keepdims(keepdims)
     xp, p_array, q_array = as_float_pair(p, q)
-    if p_array.shape == q_array.shape and p_array.ndim:
-        ax = check_axis(axis, p_array.ndim, subject="`p` and `q` broadcast together")
-        if _blocked.eligible(p_array, q_array, axis=ax):
-            result = _blocked.reduce_rows(p_array, q_array, base=b)
-            if result is not None:
-                return _finish(np.expand_dims(result, ax) if keepdims else result)
+    blocked = _try_blocked(
+        p_array, q_array, axis, keepdims, lambda p, q: _blocked.reduce_rows(p, q, base=b)
+    )
+    if blocked is not None:
+        return blocked
     xp, p_array, q_array, ax = _prepare_pair(p_array, q_array, axis)
     log = log_function(xp, b)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -247,6 +247,24 @@ def cross_entropy(
         logs = log(_where_else_one(xp, present, q_array))
         terms = xp.where(present, p_array * logs, _zero(xp, logs))
         return _finish(0.0 - xp.sum(terms, axis=ax, keepdims=keepdims))
+
+
+def _try_blocked(
+    p: Any, q: Any, axis: Any, keepdims: bool, reduce: Callable[[Any, Any], Any]
+) -> Any:
+    """The blocked path's result for two large NumPy arrays of one shape (see
+    :func:`crossentropy.info._blocked.eligible`), reduced by ``reduce(p, q)`` along the
+    last axis; ``None`` where that path does not apply or finds input to reject (the
+    plain path then checks it and raises the detailed error)."""
+    if p.shape != q.shape or not p.ndim:
+        return None
+    ax = check_axis(axis, p.ndim, subject="`p` and `q` broadcast together")
+    if not _blocked.eligible(p, q, axis=ax):
+        return None
+    result = reduce(p, q)
+    if result is None:
+        return None
+    return _finish(np.expand_dims(result, ax) if keepdims else result)
 
 
 def _where_else_one(xp: Any, present: Any, x: Any) -> Any:
@@ -269,8 +287,9 @@ def _relative_terms(xp: Any, p: Any, q: Any, log: Any, base: float, difference: 
     q_safe = _where_else_one(xp, present, q)
     ratio = p_safe / q_safe
     log_ratio = log(ratio)
-    overflow = xp.isinf(ratio) & (q_safe > 0)
-    if bool(xp.any(overflow)):
+    infinite = xp.isinf(ratio)
+    if bool(xp.any(infinite)):
+        overflow = infinite & (q_safe > 0)
         log_ratio = xp.where(overflow, log(p_safe) - log(q_safe), log_ratio)
     near = (q_safe <= p_safe * 2.0) & (p_safe <= q_safe * 2.0)
     if bool(xp.any(near)):
@@ -298,6 +317,10 @@ def kl_divergence(
     relative error is about 1e-16 / δ when p and q differ by a relative δ (H(P, Q) - H(P)
     would lose about 1e-16 / δ²). Rounding can still leave a value of order -1e-16 where
     the true value is 0.
+
+    Large NumPy inputs of one shape (as for :func:`cross_entropy`) form the same terms
+    block by block on a thread pool, while each block is in cache, and give the same
+    numbers.
 
     Args:
         p: the true distributions along ``axis``, e.g. (N, V).
@@ -327,10 +350,20 @@ def kl_divergence(
     """
     b = check_base(base)
     keepdims = check_keepdims(keepdims)
-    xp, p_array, q_array, ax = _prepare_pair(p, q, axis)
+    xp, p_array, q_array = as_float_pair(p, q)
+    log = log_function(xp, b)
+
+    def terms(p_rows: Any, q_rows: Any) -> Any:
+        return _relative_terms(xp, p_rows, q_rows, log, b)
+
+    blocked = _try_blocked(
+        p_array, q_array, axis, keepdims, lambda p, q: _blocked.reduce_terms(p, q, terms)
+    )
+    if blocked is not None:
+        return blocked
+    xp, p_array, q_array, ax = _prepare_pair(p_array, q_array, axis)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        terms = _relative_terms(xp, p_array, q_array, log_function(xp, b), b)
-        return _finish(xp.sum(terms, axis=ax, keepdims=keepdims))
+        return _finish(xp.sum(terms(p_array, q_array), axis=ax, keepdims=keepdims))
 
 
 def js_divergence(
@@ -342,7 +375,8 @@ def js_divergence(
     in general); 0 exactly when P = Q. This is the divergence itself, not its square root
     (the Jensen-Shannon distance that ``scipy.spatial.distance.jensenshannon`` returns).
     Terms are formed as for :func:`kl_divergence`, with p - q in place of p - m, so
-    small divergences keep their digits too.
+    small divergences keep their digits too; large NumPy inputs take the same blocked
+    path.
 
     Args:
         p: distributions along ``axis``, e.g. (N, V).
@@ -371,19 +405,30 @@ def js_divergence(
     """
     b = check_base(base)
     keepdims = check_keepdims(keepdims)
-    xp, p_array, q_array, ax = _prepare_pair(p, q, axis)
+    xp, p_array, q_array = as_float_pair(p, q)
     log = log_function(xp, b)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+
+    def terms(p_rows: Any, q_rows: Any) -> Any:
         # p log(p / m) with m = (p + q) / 2, written as ½ · 2p log(2p / (p + q)): halving
         # p + q would round the smallest subnormal to 0 (an infinite term where p > 0),
         # while p + q >= p > 0 and doubling is exact.
-        total = p_array + q_array
+        total = p_rows + q_rows
         # 2p - (p + q) is taken as p - q: the rounding of p + q would cost digits.
-        difference = p_array - q_array
-        terms = _relative_terms(xp, p_array * 2.0, total, log, b, difference) + _relative_terms(
-            xp, q_array * 2.0, total, log, b, 0.0 - difference
+        difference = p_rows - q_rows
+        return _relative_terms(xp, p_rows * 2.0, total, log, b, difference) + _relative_terms(
+            xp, q_rows * 2.0, total, log, b, 0.0 - difference
         )
-        return _finish(xp.sum(terms, axis=ax, keepdims=keepdims) * 0.25)
+
+    def reduce(p_rows: Any, q_rows: Any) -> Any:
+        sums = _blocked.reduce_terms(p_rows, q_rows, terms)
+        return None if sums is None else sums * 0.25
+
+    blocked = _try_blocked(p_array, q_array, axis, keepdims, reduce)
+    if blocked is not None:
+        return blocked
+    xp, p_array, q_array, ax = _prepare_pair(p_array, q_array, axis)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return _finish(xp.sum(terms(p_array, q_array), axis=ax, keepdims=keepdims) * 0.25)
 
 
 def binary_entropy(p: Any, *, base: float = 2) -> Any:
