@@ -218,19 +218,25 @@ def test_broadcasting_one_truth_against_many_models(xp, rng):
     )
 
 
+def _record_results(monkeypatch, name: str) -> list:
+    """The results of each call of ``_blocked.<name>`` from now on (None: rejected)."""
+    results = []
+    original = getattr(_blocked, name)
+
+    def recorded(*args, **kwargs):
+        results.append(original(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(_blocked, name, recorded)
+    return results
+
+
 def test_large_input_takes_the_blocked_path_and_agrees_with_scipy(rng, monkeypatch):
     scipy_stats = pytest.importorskip("scipy.stats")
     p = distributions(rng, (300, 1000))
     q = distributions(rng, (300, 1000), zero_fraction=0.0)
     assert _blocked.eligible(p, q, axis=1)
-    results = []
-    original = _blocked.reduce_rows
-
-    def reduce_rows(*args, **kwargs):
-        results.append(original(*args, **kwargs))
-        return results[-1]
-
-    monkeypatch.setattr(_blocked, "reduce_rows", reduce_rows)
+    results = _record_results(monkeypatch, "reduce_rows")
     np.testing.assert_allclose(info.entropy(p), scipy_stats.entropy(p, base=2, axis=1), rtol=1e-12)
     expected = scipy_stats.entropy(p, base=2, axis=1) + scipy_stats.entropy(p, q, base=2, axis=1)
     np.testing.assert_allclose(info.cross_entropy(p, q), expected, rtol=1e-12)
@@ -257,14 +263,7 @@ def test_divergences_take_the_blocked_path_and_equal_the_plain_one(rng, monkeypa
     q[50, 0] = np.finfo(dtype).smallest_subnormal  # p / q overflows there
     q = (q / q.sum(axis=1, keepdims=True)).astype(dtype)
     assert _blocked.eligible(p, q, axis=1)
-    calls = []
-    original = _blocked.reduce_terms
-
-    def reduce_terms(*args, **kwargs):
-        calls.append(original(*args, **kwargs))
-        return calls[-1]
-
-    monkeypatch.setattr(_blocked, "reduce_terms", reduce_terms)
+    calls = _record_results(monkeypatch, "reduce_terms")
     blocked = {name: getattr(info, name)(p, q) for name in ("kl_divergence", "js_divergence")}
     assert len(calls) == 2
     assert all(result is not None for result in calls)

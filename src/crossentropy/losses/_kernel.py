@@ -105,6 +105,26 @@ def _give_up_triton(error: Exception) -> None:
     )
 
 
+def row_scale(
+    grad_scale: torch.Tensor | float,
+    n: int,
+    inv_ln_b: float,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor | float:
+    """``grad_scale / ln(base)`` for each of ``n`` rows: a tensor (a scalar one included)
+    as an (n,) vector of ``dtype``; a Python number stays a number (the same factor for
+    every row, the common case, with no per-row vector to build)."""
+    if not isinstance(grad_scale, torch.Tensor):
+        return float(grad_scale) * inv_ln_b
+    scale = grad_scale.to(dtype=dtype, device=device)
+    if scale.dim() > 1 or (scale.dim() == 1 and scale.shape != (n,)):
+        raise ValueError(
+            f"`grad_scale` must be a scalar or have shape ({n},); got {tuple(scale.shape)}"
+        )
+    return (scale * inv_ln_b).expand(n).contiguous()
+
+
 def default_slice_rows(num_classes: int, device: torch.device | str = "cpu") -> int:
     """Rows processed together for a vocabulary of ``num_classes`` on ``device``.
 
@@ -271,18 +291,9 @@ def cross_entropy_rows(
         w_dot_z = torch.empty(n, dtype=acc, device=device) if eps > 0 else None
     rows = slice_rows or default_slice_rows(num_classes, device)
     if want_grad:
-        # The gradient is of sum_i scale_i * loss_i. A Python number stays one (the same
-        # factor for every row: no per-row vectors to build, the common case); a tensor
-        # becomes an (n,) vector, and so does every coefficient it enters.
-        if isinstance(grad_scale, torch.Tensor):
-            scale = grad_scale.to(dtype=acc, device=device)
-            if scale.dim() > 1 or (scale.dim() == 1 and scale.shape != (n,)):
-                raise ValueError(
-                    f"`grad_scale` must be a scalar or have shape ({n},); got {tuple(scale.shape)}"
-                )
-            scale = (scale * inv_ln_b).expand(n).contiguous()
-        else:
-            scale = float(grad_scale) * inv_ln_b
+        # The gradient is of sum_i scale_i * loss_i; a per-row scale enters every
+        # coefficient below, a number keeps them numbers.
+        scale = row_scale(grad_scale, n, inv_ln_b, acc, device)
         grad = out if out is not None else torch.empty_like(logits)
         if not probs:
             # Coefficients that do not depend on lse, for all rows at once.

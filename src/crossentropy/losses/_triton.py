@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from triton.errors import TritonError
 
-from crossentropy.losses._kernel import RowTerms, accumulation_dtype
+from crossentropy.losses._kernel import RowTerms, accumulation_dtype, row_scale
 
 MAX_BLOCK = 8192
 """Most columns a program visits at once (a power of two)."""
@@ -246,15 +246,9 @@ def triton_rows(
     grad = None
     scale = None
     if want_grad:
-        if isinstance(grad_scale, torch.Tensor):
-            scale = grad_scale.to(dtype=acc, device=device)
-            if scale.dim() > 1 or (scale.dim() == 1 and scale.shape != (n,)):
-                raise ValueError(
-                    f"`grad_scale` must be a scalar or have shape ({n},); got {tuple(scale.shape)}"
-                )
-            scale = (scale * inv_ln_b).expand(n).contiguous()
-        else:
-            scale = torch.full((n,), float(grad_scale) * inv_ln_b, dtype=acc, device=device)
+        scale = row_scale(grad_scale, n, inv_ln_b, acc, device)
+        if not isinstance(scale, torch.Tensor):  # the programs read one factor per row
+            scale = torch.full((n,), scale, dtype=acc, device=device)
         grad = out if out is not None else torch.empty_like(logits)
     if weight is not None:
         weight = weight.to(device=device, dtype=acc).contiguous()
