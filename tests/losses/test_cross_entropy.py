@@ -121,6 +121,27 @@ def test_parity_when_no_token_is_ignored(shape, reduction, weighted, ignore_inde
     torch.testing.assert_close(ours[1], theirs[1], rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize(
+    ("targets", "ignore_index", "facts"),
+    [
+        ([0, 3, 4], -100, (True, True)),  # told by the range
+        ([0, 3, 4], 7, (True, True)),
+        ([0, 1, 4], 2, (True, False)),  # the range cannot rule 2 out: the per-token path
+        ([0, -100, 4], -100, (True, False)),  # told element-wise
+        ([0, 2, 4], 2, (True, False)),
+        ([0, 5, 4], -100, (False, True)),
+        ([-1, 3], -100, (False, True)),
+        ([5, -100], -100, (False, False)),
+        ([], -100, (True, True)),
+    ],
+)
+def test_index_facts(targets, ignore_index, facts):
+    from crossentropy.losses._cross_entropy import _index_facts
+
+    got = _index_facts(torch.tensor(targets, dtype=torch.long), 5, ignore_index)
+    assert got == facts
+
+
 @pytest.mark.parametrize(("shape", "reduction", "weighted", "smoothing"), PROBS_GRID)
 def test_parity_probability_targets(shape, reduction, weighted, smoothing):
     seed = 500 + PROBS_GRID.index((shape, reduction, weighted, smoothing))

@@ -118,12 +118,15 @@ def _prepare(
         targets = targets.long()
     all_counted = probs
     if targets.device.type != "meta":  # meta tensors have shapes, no values
-        # Reading the range costs a device synchronisation, which validation pays anyway;
-        # without it the range is read on the CPU only.
-        if not probs and (validate or (targets.device.type == "cpu" and not plain)):
-            all_counted = _all_counted(targets, num_classes, ignore_index)
-        if validate and (probs or not all_counted):  # else the range shows them valid
-            _check_target_values(targets, probs, num_classes, ignore_index)
+        if probs:
+            if validate:
+                _check_target_values(targets, probs, num_classes, ignore_index)
+        # Reading the targets costs a device synchronisation, which validation pays
+        # anyway; without it they are read on the CPU only.
+        elif validate or (targets.device.type == "cpu" and not plain):
+            valid, all_counted = _index_facts(targets, num_classes, ignore_index)
+            if validate and not valid:
+                _raise_bad_index(targets, num_classes, ignore_index)
 
     return _Prepared(logits, targets, probs, token_shape, all_counted)
 
@@ -153,19 +156,33 @@ def _unflatten(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return grad.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
 
 
-def _class_range(targets: torch.Tensor) -> tuple[int, int]:
-    """The least and the greatest class index, in one reduction (non-empty targets)."""
-    low, high = torch.stack(torch.aminmax(targets)).tolist()
-    return low, high
+def _index_facts(targets: torch.Tensor, num_classes: int, ignore_index: int) -> tuple[bool, bool]:
+    """(every class index is in [0, num_classes) or ``ignore_index``, no index is
+    ``ignore_index``), read from the device once; the second is False also where the range
+    cannot rule ``ignore_index`` out.
 
-
-def _all_counted(targets: torch.Tensor, num_classes: int, ignore_index: int) -> bool:
-    """Whether every class index is in [0, num_classes) and none is ``ignore_index``, read
-    from the range of the targets (False where the range cannot tell)."""
+    On the CPU the range of the targets (one reduction) tells both in the common case of
+    indices all in range; elsewhere, and on the CPU when the range cannot tell, the two
+    element-wise tests travel to the host together.
+    """
     if targets.numel() == 0:
-        return True
-    low, high = _class_range(targets)
-    return low >= 0 and high < num_classes and not low <= ignore_index <= high
+        return True, True
+    if targets.device.type == "cpu":
+        low, high = torch.stack(torch.aminmax(targets)).tolist()
+        if low >= 0 and high < num_classes:
+            return True, not low <= ignore_index <= high
+    ignored = targets == ignore_index
+    bad = ((targets < 0) | (targets >= num_classes)) & ~ignored
+    any_bad, any_ignored = torch.stack([bad.any(), ignored.any()]).tolist()
+    return not any_bad, not any_ignored
+
+
+def _raise_bad_index(targets: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    bad = ((targets < 0) | (targets >= num_classes)) & (targets != ignore_index)
+    raise ValueError(
+        f"`targets` must be class indices in [0, {num_classes}) or ignore_index="
+        f"{ignore_index}; got {targets[bad][0].item()}"
+    )
 
 
 def _check_target_values(
@@ -187,17 +204,9 @@ def _check_target_values(
                 "divide by the sum to normalise them"
             )
         return
-    if targets.numel() == 0:
-        return
-    low, high = _class_range(targets)
-    if low >= 0 and high < num_classes:
-        return  # the common case, told by one reduction
-    bad = ((targets < 0) | (targets >= num_classes)) & (targets != ignore_index)
-    if bool(bad.any()):
-        raise ValueError(
-            f"`targets` must be class indices in [0, {num_classes}) or ignore_index="
-            f"{ignore_index}; got {targets[bad][0].item()}"
-        )
+    valid, _ = _index_facts(targets, num_classes, ignore_index)
+    if not valid:
+        _raise_bad_index(targets, num_classes, ignore_index)
 
 
 # ---------------------------------------------------------------------------------------
