@@ -245,7 +245,7 @@ def triton_rows(
     entropy = torch.empty(n, dtype=acc, device=device) if with_entropy else None
     grad = None
     scale = None
-    if want_grad:
+    if grad_scale is not None:
         scale = row_scale(grad_scale, n, inv_ln_b, acc, device)
         if not isinstance(scale, torch.Tensor):  # the programs read one factor per row
             scale = torch.full((n,), scale, dtype=acc, device=device)
@@ -293,7 +293,7 @@ def triton_rows(
         BLOCK=block,
         num_warps=warps,
     )
-    if g is not grad:
+    if grad is not None and g is not None and g is not grad:
         grad.copy_(g)
     return RowTerms(loss, lse, entropy, grad)
 
