@@ -6,6 +6,9 @@ TRITON_INTERPRET=1), so these tests check the kernel's arithmetic and masking, n
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +259,24 @@ def test_a_kernel_triton_cannot_build_is_given_up_once(monkeypatch):
     monkeypatch.setattr(_kernel, "TRITON", "always")
     with pytest.raises(TritonError, match="no kernel for this device"):
         cross_entropy_rows(logits, targets, grad_scale=1.0)
+
+
+def test_the_kernel_compiles_for_nvidia_gpus(tmp_path):
+    # The interpreter runs the kernel as Python; a GPU compiles it. Triton's compiler and
+    # the ptxas it ships need no GPU: build every variant to a cubin for sm_90 and sm_80.
+    ptxas = Path(_triton.triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip("this Triton has no NVIDIA back end")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # build afresh, not from an earlier cache
+    script = Path(__file__).with_name("_triton_compile.py")
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert done.stdout.count("cubin") == 10

@@ -292,6 +292,8 @@ def triton_rows(
         ENTROPY=with_entropy,
         BLOCK=block,
         num_warps=warps,
+        # No fused multiply-adds: the same roundings as written, on every Triton version.
+        enable_fp_fusion=False,
     )
     if grad is not None and g is not None and g is not grad:
         grad.copy_(g)

@@ -1,0 +1,84 @@
+"""Compile the Triton row kernel for NVIDIA GPUs on a machine without one (run as a script).
+
+Triton's front end and the LLVM and ptxas stages it ships need no GPU, so the kernel is
+built here all the way to a cubin for each target and variant named below; a kernel that
+the interpreter runs but a GPU compiler refuses (a loop-carried value changing type, an
+unsupported construct) fails here. Prints one line per build and exits non-zero on the
+first failure. TRITON_INTERPRET must be unset, so that the kernel is a compilable
+JITFunction.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.compiler import compile as compile_kernel
+
+from crossentropy.losses import _triton
+
+FLAGS = ("PROBS", "HAS_WEIGHT", "SMOOTH", "ZLOSS", "SOFTCAP", "GRAD", "ENTROPY")
+# (logits dtype, accumulation dtype, flags set): the language model's case, every option
+# with probability targets, float64 with every option, a bare forward pass in float16.
+VARIANTS = [
+    ("bf16", "fp32", {"GRAD"}),
+    ("bf16", "fp32", {"HAS_WEIGHT", "SMOOTH", "ZLOSS", "SOFTCAP", "GRAD", "ENTROPY"}),
+    ("fp32", "fp32", set(FLAGS)),
+    ("fp64", "fp64", set(FLAGS) - {"PROBS"}),
+    ("fp16", "fp32", {"PROBS"}),
+]
+TARGETS = [("cuda", 90), ("cuda", 80)]
+
+
+def build(logits: str, acc: str, flags: set[str], arch: tuple[str, int]) -> list[str]:
+    signature = {
+        "x_ptr": f"*{logits}",
+        "x_stride": "i32",
+        "y_ptr": f"*{logits}" if "PROBS" in flags else "*i64",
+        "t_stride": "i32",
+        "w_ptr": f"*{acc}",
+        "params_ptr": f"*{acc}",
+        "scale_ptr": f"*{acc}",
+        "g_ptr": f"*{logits}",
+        "g_stride": "i32",
+        "loss_ptr": f"*{acc}",
+        "lse_ptr": f"*{acc}",
+        "entropy_ptr": f"*{acc}",
+        "num_classes": "i32",
+    }
+    block, warps = _triton._block(128256)
+    constexprs = {"ACC": tl.float64 if acc == "fp64" else tl.float32, "BLOCK": block}
+    constexprs.update({flag: flag in flags for flag in FLAGS})
+    names = [*signature, "ACC", *FLAGS, "BLOCK"]
+    signature.update(dict.fromkeys(constexprs, "constexpr"))
+    source = ASTSource(
+        fn=_triton._rows_kernel,
+        signature={name: signature[name] for name in names},
+        constexprs={(names.index(name),): value for name, value in constexprs.items()},
+    )
+    kernel = compile_kernel(
+        source,
+        target=GPUTarget(arch[0], arch[1], 32),
+        options={"num_warps": warps, "enable_fp_fusion": False},
+    )
+    return sorted(kernel.asm)
+
+
+def main() -> int:
+    if os.environ.get("TRITON_INTERPRET"):
+        print("unset TRITON_INTERPRET to compile", file=sys.stderr)
+        return 2
+    for arch in TARGETS:
+        for logits, acc, flags in VARIANTS:
+            stages = build(logits, acc, flags, arch)
+            print(f"sm_{arch[1]} {logits} {sorted(flags)}: {', '.join(stages)}")
+            if "cubin" not in stages:
+                return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
