@@ -31,6 +31,38 @@ VARIANTS = [
     ("fp16", "fp32", {"PROBS"}),
 ]
 TARGETS = [("cuda", 90), ("cuda", 80)]
+SHARD_FLAGS = ("PROBS", "HAS_WEIGHT", "SMOOTH", "SOFTCAP", "STATS")
+# The vocabulary-parallel kernel: each pass, with every option, for both target kinds.
+SHARD_VARIANTS = [
+    ("bf16", "fp32", {"HAS_WEIGHT", "SMOOTH", "SOFTCAP", "STATS"}),
+    ("bf16", "fp32", {"HAS_WEIGHT", "SMOOTH", "SOFTCAP"}),
+    ("fp32", "fp32", set(SHARD_FLAGS)),
+    ("fp32", "fp32", set(SHARD_FLAGS) - {"STATS"}),
+]
+
+
+def build_shard(logits: str, acc: str, flags: set[str], arch: tuple[str, int]) -> list[str]:
+    signature = {
+        "x_ptr": f"*{logits}",
+        "x_stride": "i32",
+        "y_ptr": f"*{logits}" if "PROBS" in flags else "*i64",
+        "t_stride": "i32",
+        "w_ptr": f"*{acc}",
+        "params_ptr": f"*{acc}",
+        "max_ptr": f"*{acc}",
+        "sums_ptr": f"*{acc}",
+        "lse_ptr": f"*{acc}",
+        "p_coef_ptr": f"*{acc}",
+        "t_coef_ptr": f"*{acc}",
+        "s_coef_ptr": f"*{acc}",
+        "g_ptr": f"*{logits}",
+        "g_stride": "i32",
+        "num_rows": "i32",
+        "shard": "i32",
+        "vocab_start": "i32",
+        "ignore_index": "i32",
+    }
+    return _compile(_triton._shard_kernel, signature, SHARD_FLAGS, acc, flags, arch, 64128)
 
 
 def build(logits: str, acc: str, flags: set[str], arch: tuple[str, int]) -> list[str]:
@@ -49,22 +81,26 @@ def build(logits: str, acc: str, flags: set[str], arch: tuple[str, int]) -> list
         "entropy_ptr": f"*{acc}",
         "num_classes": "i32",
     }
-    block, warps = _triton._block(128256)
+    return _compile(_triton._rows_kernel, signature, FLAGS, acc, flags, arch, 128256)
+
+
+def _compile(kernel, signature, all_flags, acc, flags, arch, num_classes) -> list[str]:
+    block, warps = _triton._block(num_classes)
     constexprs = {"ACC": tl.float64 if acc == "fp64" else tl.float32, "BLOCK": block}
-    constexprs.update({flag: flag in flags for flag in FLAGS})
-    names = [*signature, "ACC", *FLAGS, "BLOCK"]
+    constexprs.update({flag: flag in flags for flag in all_flags})
+    names = [*signature, "ACC", *all_flags, "BLOCK"]
     signature.update(dict.fromkeys(constexprs, "constexpr"))
     source = ASTSource(
-        fn=_triton._rows_kernel,
+        fn=kernel,
         signature={name: signature[name] for name in names},
         constexprs={(names.index(name),): value for name, value in constexprs.items()},
     )
-    kernel = compile_kernel(
+    compiled = compile_kernel(
         source,
         target=GPUTarget(arch[0], arch[1], 32),
         options={"num_warps": warps, "enable_fp_fusion": False},
     )
-    return sorted(kernel.asm)
+    return sorted(compiled.asm)
 
 
 def main() -> int:
@@ -75,6 +111,11 @@ def main() -> int:
         for logits, acc, flags in VARIANTS:
             stages = build(logits, acc, flags, arch)
             print(f"sm_{arch[1]} {logits} {sorted(flags)}: {', '.join(stages)}")
+            if "cubin" not in stages:
+                return 1
+        for logits, acc, flags in SHARD_VARIANTS:
+            stages = build_shard(logits, acc, flags, arch)
+            print(f"sm_{arch[1]} shard {logits} {sorted(flags)}: {', '.join(stages)}")
             if "cubin" not in stages:
                 return 1
     return 0

@@ -9,8 +9,10 @@ for the others, and ``crossentropy.losses.cross_entropy`` where it is available.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
+import os
 
 import pytest
 import torch
@@ -109,6 +111,30 @@ def _ran_cases(world, kind, cases, tmp_path, failures):
             yield case, outcomes[0][1][0], outcomes
 
 
+# Group sizes, each with the torch-operation shard kernels, and 2 ranks again with the
+# Triton ones (run by Triton's interpreter without a GPU).
+ROW_KERNELS = [
+    (2, "torch"),
+    (3, "torch"),
+    pytest.param(
+        2,
+        "triton",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("triton") is None
+            or (os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available()),
+            reason="needs Triton, and its interpreter without a GPU",
+        ),
+    ),
+]
+
+
+def _use_row_kernel(row_kernel: str, monkeypatch) -> None:
+    """The spawned ranks' shard kernels: torch operations, or Triton's."""
+    monkeypatch.setenv(
+        "CROSSENTROPY_TEST_ROW_KERNEL", "always" if row_kernel == "triton" else "never"
+    )
+
+
 def _vocab_cases(world: int) -> list[dict]:
     gen = torch.Generator().manual_seed(1000 + world)
     cases = []
@@ -203,10 +229,11 @@ def _vocab_cases(world: int) -> list[dict]:
     return cases
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_vocab_parallel_matches_single_process(world, tmp_path):
+@pytest.mark.parametrize(("world", "row_kernel"), ROW_KERNELS)
+def test_vocab_parallel_matches_single_process(world, row_kernel, tmp_path, monkeypatch):
     """Loss on every rank and the concatenated local gradients equal the single-process
     loss and gradient, for every option and reduction, float32 (1e-6) and float64."""
+    _use_row_kernel(row_kernel, monkeypatch)
     failures: list[str] = []
     ran = _ran_cases(world, "vocab_parallel", _vocab_cases(world), tmp_path, failures)
     for case, loss, outcomes in ran:
@@ -321,11 +348,14 @@ def _probability_cases(world: int) -> list[dict]:
     return cases
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_vocab_parallel_probability_targets_match_single_process(world, tmp_path):
+@pytest.mark.parametrize(("world", "row_kernel"), ROW_KERNELS)
+def test_vocab_parallel_probability_targets_match_single_process(
+    world, row_kernel, tmp_path, monkeypatch
+):
     """Class-probability targets split by columns like the logits: the loss on every rank
     and the concatenated gradients equal the single-process ones (the formula as the math
     reads; torch's F.cross_entropy for the options it has; losses.cross_entropy)."""
+    _use_row_kernel(row_kernel, monkeypatch)
     failures: list[str] = []
     ran = _ran_cases(world, "vocab_parallel", _probability_cases(world), tmp_path, failures)
     for case, loss, outcomes in ran:

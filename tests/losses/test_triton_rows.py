@@ -279,4 +279,62 @@ def test_the_kernel_compiles_for_nvidia_gpus(tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    assert done.stdout.count("cubin") == 10
+    assert done.stdout.count("cubin") == 18  # 9 variants of the two kernels, 2 targets
+
+
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"label_smoothing": 0.2, "weight": "w"},
+        {"label_smoothing": 0.1, "z_loss": 1e-2, "softcap": 4.0, "weight": "w"},
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_shard_rows_match_the_torch_shard_kernel(monkeypatch, small_blocks, kind, options, dtype):
+    # One rank's columns 20..70 of a vocabulary of 90, targets in and out of the shard
+    # and ignored ones; a group of one (the all-reduces leave the local numbers as they
+    # are), so the two kernels' local statistics and gradients meet directly.
+    from crossentropy.losses import _distributed
+
+    monkeypatch.setattr(_distributed.dist, "all_reduce", lambda *args, **kwargs: None)
+    num_classes, start, shard = 90, 20, 50
+    logits, targets, weight = _case(6, num_classes, 13, dtype, kind)
+    local = logits[:, start : start + shard]
+    weight = weight if options.get("weight") == "w" else None
+    spec = _distributed._Spec(
+        vocab_start=start,
+        num_classes=num_classes,
+        ignore_index=-100,
+        label_smoothing=options.get("label_smoothing", 0.0),
+        z_loss=options.get("z_loss", 0.0),
+        softcap=options.get("softcap"),
+    )
+    if kind == "index":
+        targets = torch.tensor([0, 25, 69, 70, -100, 44], device=DEVICE)
+        shard_rows = _distributed._shard_rows
+    else:
+        targets = targets[:, start : start + shard].contiguous()
+        shard_rows = _distributed._shard_prob_rows
+    scale = torch.linspace(0.5, 1.5, 6, dtype=torch.float64, device=DEVICE)
+    launches = []
+    for name in ("shard_stats", "shard_grad"):
+        original = getattr(_triton, name)
+        monkeypatch.setattr(
+            _triton, name, lambda *a, _f=original, _n=name, **k: launches.append(_n) or _f(*a, **k)
+        )
+    results = {}
+    for kernel in ("never", "always"):
+        monkeypatch.setattr(_kernel, "TRITON", kernel)
+        rows = shard_rows(local, targets, spec, weight=weight, group=None, grad_scale=scale)
+        results[kernel] = rows
+    rtol, atol = TOLERANCES[dtype]
+    got, want = results["always"], results["never"]
+    for field in ("loss", "lse", "grad", "q_sum"):
+        a, b = getattr(got, field), getattr(want, field)
+        assert (a is None) == (b is None), field
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=field)
+    assert got.grad.dtype == dtype
+    assert launches == ["shard_stats", "shard_grad"]  # both passes ran in Triton

@@ -26,7 +26,12 @@ import torch
 import torch.distributed as dist
 
 from crossentropy.losses._composite import first_order_only, functorch_active, graph_kept
-from crossentropy.losses._kernel import accumulation_dtype, default_slice_rows
+from crossentropy.losses._kernel import (
+    accumulation_dtype,
+    default_slice_rows,
+    try_triton,
+    use_triton,
+)
 from crossentropy.losses._linear import (
     AUTO_REFERENCE_ELEMENTS,
     IMPLS,
@@ -434,9 +439,14 @@ def _shard_rows(
             else:
                 torch.mv(zb, w_loc, out=sums[2, r0:r1])
 
+    triton = shard > 0 and n > 0 and use_triton(device)
     loss = None
     if lse is None:
-        row_max, sums = _global_row_sums(z_slice, n, shard, rows, acc, device, group, fill)
+        local = _triton_stats(triton, logits, targets, w_loc, spec)
+        if local is None:
+            row_max, sums = _global_row_sums(z_slice, n, shard, rows, acc, device, group, fill)
+        else:
+            row_max, sums = _reduce_row_sums(*local, group)
         sum_exp, z_target, w_dot_z = sums[0], sums[1], sums[2]
         log_sum_exp = sum_exp.log()
         lse = row_max + log_sum_exp
@@ -458,6 +468,9 @@ def _shard_rows(
     target_coef = (-(1.0 - eps) * w_y * in_shard * scale).unsqueeze(1)
     smooth_coef = counted_f * scale * (eps / num_classes)
     grad = out if out is not None else torch.empty_like(logits)
+    coefs = (p_coef.squeeze(1), target_coef.squeeze(1), smooth_coef.expand(n))
+    if _triton_grad(triton, logits, targets, w_loc, spec, lse, coefs, grad):
+        return _Rows(loss, lse, grad)
     direct = grad.dtype == acc
     p_buf = None if direct else torch.empty(rows, shard, dtype=acc, device=device)
     if shard > 0:
@@ -501,6 +514,13 @@ def _global_row_sums(z_slice, n, shard, rows, acc, device, group, fill):
             torch.sum(exps, 1, out=sums[0, r0:r1])
             fill(r0, r1, zb, sums)
         del p_buf
+    return _reduce_row_sums(local_max, sums, group)
+
+
+def _reduce_row_sums(local_max, sums, group):
+    """The group's row maxima, and its sums of the three per-row numbers once each rank's
+    sums of exponentials are rescaled from its own maximum to the global one."""
+    n = local_max.shape[0]
     row_max = local_max.clone()
     if n > 0:
         dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
@@ -508,6 +528,28 @@ def _global_row_sums(z_slice, n, shard, rows, acc, device, group, fill):
     if n > 0:
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
     return row_max, sums
+
+
+def _triton_stats(triton, logits, targets, w_loc, spec):
+    """The first pass of a shard kernel in Triton, ``(local_max, sums)``, or None where it
+    is not to run (or Triton could not build it)."""
+    if not triton:
+        return None
+    from crossentropy.losses import _triton
+
+    return try_triton(lambda: _triton.shard_stats(logits, targets, w_loc, spec))
+
+
+def _triton_grad(triton, logits, targets, w_loc, spec, lse, coefs, grad) -> bool:
+    """The second pass of a shard kernel in Triton, into ``grad``; whether it ran."""
+    if not triton:
+        return False
+    from crossentropy.losses import _triton
+
+    done = try_triton(
+        lambda: _triton.shard_grad(logits, targets, w_loc, spec, lse, *coefs, grad) or True
+    )
+    return done is not None
 
 
 def _z_slicer(logits: torch.Tensor, cap: float | None, rows: int):
@@ -587,9 +629,14 @@ def _shard_prob_rows(
         torch.sum(qb, 1, out=sums[1, r0:r1])
         torch.linalg.vecdot(qb, zb, out=sums[2, r0:r1])
 
+    triton = shard > 0 and n > 0 and use_triton(device)
     loss = None
     if lse is None:
-        row_max, sums = _global_row_sums(z_slice, n, shard, rows, acc, device, group, fill)
+        local = _triton_stats(triton, logits, targets, w_loc, spec)
+        if local is None:
+            row_max, sums = _global_row_sums(z_slice, n, shard, rows, acc, device, group, fill)
+        else:
+            row_max, sums = _reduce_row_sums(*local, group)
         lse = row_max + sums[0].log()
         q_sum = sums[1]
         loss = q_sum * lse - sums[2]
@@ -601,6 +648,9 @@ def _shard_prob_rows(
     p_coef = q_sum + (2.0 * lam) * lse if lam > 0 else q_sum
     p_coef = (p_coef * scale).unsqueeze(1)
     grad = out if out is not None else torch.empty_like(logits)
+    coefs = (p_coef.squeeze(1), None, scale.contiguous())
+    if _triton_grad(triton, logits, targets, w_loc, spec, lse, coefs, grad):
+        return _Rows(loss, lse, grad, q_sum)
     direct = grad.dtype == acc
     p_buf = None if direct else torch.empty(rows, shard, dtype=acc, device=device)
     if shard > 0:

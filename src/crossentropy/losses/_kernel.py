@@ -27,7 +27,8 @@ import functools
 import math
 import operator
 import warnings
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 import torch
 
@@ -41,6 +42,8 @@ then on."""
 
 _TRITON_FAILED: str | None = None
 """Why the Triton kernel was given up under ``"auto"`` (None while it has not been)."""
+
+T = TypeVar("T")
 
 _SLICE_ELEMENTS = 1 << 20  # 4 MiB of float32 per row slice: stays in the last-level cache
 _DEVICE_SLICE_ELEMENTS = 1 << 26  # on accelerators: large launches, 256 MiB float32 workspace
@@ -103,6 +106,21 @@ def _give_up_triton(error: Exception) -> None:
         RuntimeWarning,
         stacklevel=3,
     )
+
+
+def try_triton(launch: Callable[[], T]) -> T | None:
+    """``launch()`` of a Triton kernel, or None where Triton could not build or run it on
+    this device under ``TRITON = "auto"`` (then given up, with one warning; the error
+    comes before the launch, so nothing was written). Under ``"always"`` it is raised."""
+    from crossentropy.losses import _triton
+
+    try:
+        return launch()
+    except _triton.KERNEL_ERRORS as error:
+        if TRITON == "always":
+            raise
+        _give_up_triton(error)
+        return None
 
 
 def row_scale(
@@ -251,8 +269,8 @@ def cross_entropy_rows(
     if use_triton(device):
         from crossentropy.losses import _triton
 
-        try:
-            return _triton.triton_rows(
+        terms = try_triton(
+            lambda: _triton.triton_rows(
                 logits,
                 targets,
                 weight=weight,
@@ -264,10 +282,9 @@ def cross_entropy_rows(
                 out=out,
                 with_entropy=with_entropy,
             )
-        except _triton.KERNEL_ERRORS as error:
-            if TRITON == "always":
-                raise
-            _give_up_triton(error)  # before the launch: nothing was written
+        )
+        if terms is not None:
+            return terms
     acc = accumulation_dtype(logits.dtype)
     want_grad = grad_scale is not None
     eps = float(label_smoothing)

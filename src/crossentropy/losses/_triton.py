@@ -62,6 +62,20 @@ def _tanh(a):
 
 
 @triton.jit
+def _to_output(g, dtype: tl.constexpr):
+    """``g`` rounded to the nearest ``dtype`` value, ties to even. For bfloat16 the
+    rounding is done on the bits: GPUs round a float32 to bfloat16 so, but Triton's
+    interpreter truncates, and the tests run the interpreter."""
+    if dtype == tl.bfloat16:
+        bits = g.to(tl.float32).to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where(g != g, 0x7FC0, rounded)  # NaN stays NaN
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return g.to(dtype)
+
+
+@triton.jit
 def _target_block(t_row, w_ptr, cols, mask, eps, eps_per_class, ACC, SMOOTH, HAS_WEIGHT):
     """Class probabilities as the loss weighs them, ``q = w * ((1 - eps) t + eps / V)``,
     0 past the row's end."""
@@ -204,7 +218,206 @@ def _rows_kernel(
                 g = tl.where(cols == y, g - target_coef, g)
             if SOFTCAP:
                 g = g * (1.0 - t * t)
-            tl.store(g_row + cols, g.to(g_ptr.dtype.element_ty), mask=mask)
+            tl.store(g_row + cols, _to_output(g, g_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _shard_kernel(
+    x_ptr,
+    x_stride,
+    y_ptr,
+    t_stride,
+    w_ptr,
+    params_ptr,
+    max_ptr,
+    sums_ptr,
+    lse_ptr,
+    p_coef_ptr,
+    t_coef_ptr,
+    s_coef_ptr,
+    g_ptr,
+    g_stride,
+    num_rows,
+    shard,
+    vocab_start,
+    ignore_index,
+    ACC: tl.constexpr,
+    PROBS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    STATS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One row of one rank's columns of a vocabulary-parallel loss.
+
+    ``STATS``: the row's local maximum and, in ``sums`` (3, rows), the sum of
+    ``exp(z - max)`` and the two target sums (index targets: the target logit where the
+    target is in this shard, else 0, and with smoothing ``sum_c w_c z_c``; probabilities:
+    ``sum_c q_c`` and ``sum_c q_c z_c``), all over this rank's columns. Otherwise the
+    gradient given the row's global ``lse`` and its coefficients: ``p_coef * p_c`` plus
+    ``t_coef`` at the target's column and minus ``s_coef * w_c`` (index targets), or minus
+    ``s_coef * q_c`` (probabilities).
+    """
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * x_stride
+    t_row = y_ptr + row * t_stride
+    eps = tl.load(params_ptr + 0).to(ACC)
+    cap = tl.load(params_ptr + 2).to(ACC)
+    eps_per_class = tl.load(params_ptr + 5).to(ACC)
+    zero = tl.sum(tl.zeros([1], dtype=ACC), axis=0)
+    local = zero.to(tl.int64) if PROBS else tl.load(y_ptr + row) - vocab_start
+    if STATS:
+        m = zero - float("inf")
+        s = zero
+        first = zero  # the target logit, or sum_c q_c
+        second = zero  # sum_c w_c z_c, or sum_c q_c z_c
+        for start in range(0, shard, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = cols < shard
+            x = tl.load(x_row + cols, mask=mask, other=0.0).to(ACC)
+            z = cap * _tanh(x / cap) if SOFTCAP else x
+            z = tl.where(mask, z, float("-inf"))
+            new_m = tl.maximum(m, tl.max(z, axis=0))
+            shift = tl.where(new_m == float("-inf"), 0.0, new_m)
+            s = s * tl.exp(m - shift) + tl.sum(tl.exp(z - shift), axis=0)
+            m = new_m
+            if PROBS:
+                q = _target_block(
+                    t_row, w_ptr, cols, mask, eps, eps_per_class, ACC, SMOOTH, HAS_WEIGHT
+                )
+                first += tl.sum(q, axis=0)
+                second += tl.sum(q * tl.where(mask, z, 0.0), axis=0)
+            elif SMOOTH:
+                if HAS_WEIGHT:
+                    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(ACC)
+                    second += tl.sum(w * tl.where(mask, z, 0.0), axis=0)
+                else:
+                    second += tl.sum(tl.where(mask, z, 0.0), axis=0)
+        if not PROBS:
+            y = tl.load(y_ptr + row)
+            in_shard = (y != ignore_index) & (local >= 0) & (local < shard)
+            x_t = tl.load(x_row + tl.where(in_shard, local, 0)).to(ACC)
+            z_t = cap * _tanh(x_t / cap) if SOFTCAP else x_t
+            first = tl.where(in_shard, z_t, 0.0)
+        tl.store(max_ptr + row, m)
+        tl.store(sums_ptr + row, s)
+        tl.store(sums_ptr + num_rows + row, first)
+        tl.store(sums_ptr + 2 * num_rows + row, second)
+    else:
+        lse = tl.load(lse_ptr + row).to(ACC)
+        p_coef = tl.load(p_coef_ptr + row).to(ACC)
+        s_coef = tl.load(s_coef_ptr + row).to(ACC)
+        g_row = g_ptr + row * g_stride
+        for start in range(0, shard, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = cols < shard
+            x = tl.load(x_row + cols, mask=mask, other=0.0).to(ACC)
+            if SOFTCAP:
+                t = _tanh(x / cap)
+                z = cap * t
+            else:
+                z = x
+            g = p_coef * tl.exp(z - lse)
+            if PROBS:
+                q = _target_block(
+                    t_row, w_ptr, cols, mask, eps, eps_per_class, ACC, SMOOTH, HAS_WEIGHT
+                )
+                g -= s_coef * q
+            else:
+                t_coef = tl.load(t_coef_ptr + row).to(ACC)
+                g = tl.where(cols == local, g + t_coef, g)
+                if SMOOTH:
+                    if HAS_WEIGHT:
+                        g -= s_coef * tl.load(w_ptr + cols, mask=mask, other=0.0).to(ACC)
+                    else:
+                        g -= s_coef
+            if SOFTCAP:
+                g = g * (1.0 - t * t)
+            tl.store(g_row + cols, _to_output(g, g_ptr.dtype.element_ty), mask=mask)
+
+
+def _shard_launch(logits, targets, w_loc, spec, *, stats, lse=None, coefs=None, grad=None):
+    """Run :func:`_shard_kernel` over every row of a (n, V_r) block of this rank's logits;
+    returns ``(local_max, sums)`` for ``stats``, else writes ``grad``."""
+    n, shard = logits.shape
+    device = logits.device
+    acc = accumulation_dtype(logits.dtype)
+    probs = targets.is_floating_point()
+    x = logits if logits.stride(1) == 1 else logits.contiguous()
+    if probs:
+        y = targets if targets.stride(-1) == 1 else targets.contiguous()
+    else:
+        y = targets.to(device=device, dtype=torch.long).contiguous()
+    eps = float(spec.label_smoothing)
+    cap = 1.0 if spec.softcap is None else float(spec.softcap)
+    params = torch.tensor(
+        [eps, float(spec.z_loss), cap, 1.0, 0.0, eps / spec.num_classes], dtype=acc, device=device
+    )
+    w = None if w_loc is None else w_loc.to(device=device, dtype=acc).contiguous()
+    local_max = sums = None
+    if stats:
+        local_max = torch.full((n,), float("-inf"), dtype=acc, device=device)
+        sums = torch.zeros(3, n, dtype=acc, device=device)
+    if n == 0 or shard == 0:
+        return local_max, sums
+    p_coef, t_coef, s_coef = coefs if coefs is not None else (None, None, None)
+    g = grad if grad is None or grad.stride(1) == 1 else torch.empty_like(x)
+    block, warps = _block(shard)
+    _shard_kernel[(n,)](
+        x,
+        x.stride(0),
+        y,
+        y.stride(0) if probs else 0,
+        x if w is None else w,
+        params,
+        params if local_max is None else local_max,
+        params if sums is None else sums,
+        params if lse is None else lse.to(acc).contiguous(),
+        params if p_coef is None else p_coef,
+        params if t_coef is None else t_coef,
+        params if s_coef is None else s_coef,
+        x if g is None else g,
+        0 if g is None else g.stride(0),
+        n,
+        shard,
+        spec.vocab_start,
+        spec.ignore_index,
+        ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        PROBS=probs,
+        HAS_WEIGHT=w is not None,
+        SMOOTH=eps > 0,
+        SOFTCAP=spec.softcap is not None,
+        STATS=stats,
+        BLOCK=block,
+        num_warps=warps,
+        enable_fp_fusion=False,
+    )
+    if grad is not None and g is not None and g is not grad:
+        grad.copy_(g)
+    return local_max, sums
+
+
+def shard_stats(logits, targets, w_loc, spec):
+    """``(local_max, sums)`` of the first pass of the shard kernels of
+    :mod:`crossentropy.losses._distributed` (see :func:`_shard_kernel`)."""
+    return _shard_launch(logits, targets, w_loc, spec, stats=True)
+
+
+def shard_grad(logits, targets, w_loc, spec, lse, p_coef, t_coef, s_coef, grad):
+    """Their second pass: the gradient of this rank's columns into ``grad`` (per-row
+    coefficients as (n,) tensors of the accumulation dtype; ``t_coef`` unused for
+    probabilities)."""
+    _shard_launch(
+        logits,
+        targets,
+        w_loc,
+        spec,
+        stats=False,
+        lse=lse,
+        coefs=(p_coef, t_coef, s_coef),
+        grad=grad,
+    )
 
 
 def _block(num_classes: int) -> tuple[int, int]:
@@ -300,4 +513,4 @@ def triton_rows(
     return RowTerms(loss, lse, entropy, grad)
 
 
-__all__ = ["KERNEL_ERRORS", "MAX_BLOCK", "triton_rows"]
+__all__ = ["KERNEL_ERRORS", "MAX_BLOCK", "shard_grad", "shard_stats", "triton_rows"]
