@@ -4,10 +4,10 @@ Losses speak nats by default (``base=math.e``) so that they are drop-in replacem
 the frameworks' own; ``base=2`` gives the loss and its gradient in bits.
 
 On CUDA, where Triton is installed (torch's CUDA wheels bring it), the per-row work of
-``cross_entropy``, ``cross_entropy_stats`` and the linear heads on one process (log-sum-exp,
-loss and gradient of each token's logits) runs as one Triton program per row;
-``crossentropy.losses._kernel.TRITON = "never"`` keeps it on torch operations. The
-vocabulary-parallel losses, whose rows are reduced across ranks, run torch operations.
+every loss (log-sum-exp, loss and gradient of each token's logits; for the
+vocabulary-parallel losses, each rank's share of it on either side of the all-reduces)
+runs as one Triton program per row; ``crossentropy.losses._kernel.TRITON = "never"`` keeps
+it on torch operations.
 """
 
 try:

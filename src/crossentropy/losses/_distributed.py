@@ -406,7 +406,9 @@ def _shard_rows(
     maximum, and one all-reduce sums the three per-row numbers. Pass 2 writes the gradient
     of ``sum_i grad_scale_i * loss_i`` slice by slice into ``out`` (which may be ``logits``
     itself) or a new tensor of the logits' dtype. With ``lse`` given (a recomputation in
-    backward) pass 1 and the collectives are skipped.
+    backward) pass 1 and the collectives are skipped. On CUDA with Triton both passes run
+    as one Triton program per row (:func:`crossentropy.losses._triton.shard_stats` and
+    :func:`~crossentropy.losses._triton.shard_grad`), the collectives between them as here.
     """
     acc = accumulation_dtype(logits.dtype)
     n, shard = logits.shape

@@ -23,6 +23,10 @@ which dispatches here on CUDA when Triton is installed (see ``TRITON`` there). T
 interpreter (``TRITON_INTERPRET=1``) runs the same programs on the CPU, which is how the
 tests check them without a GPU.
 
+The vocabulary-parallel losses split each row across ranks: :func:`_shard_kernel` gives a
+rank's share in the same two passes, its local statistics before the all-reduces (see
+:mod:`crossentropy.losses._distributed`) and its columns of the gradient after them.
+
 Scalars reach the programs through a small tensor of the accumulation dtype rather than
 as arguments, which Triton would pass as float32: float64 rows keep every digit.
 """
