@@ -41,14 +41,21 @@ SHARD_VARIANTS = [
 ]
 
 
-def build_shard(logits: str, acc: str, flags: set[str], arch: tuple[str, int]) -> list[str]:
-    signature = {
+def _leading(logits: str, acc: str, flags: set[str]) -> dict[str, str]:
+    """The types of the arguments both kernels take first (see ``_triton._leading``)."""
+    return {
         "x_ptr": f"*{logits}",
         "x_stride": "i32",
         "y_ptr": f"*{logits}" if "PROBS" in flags else "*i64",
         "t_stride": "i32",
         "w_ptr": f"*{acc}",
         "params_ptr": f"*{acc}",
+    }
+
+
+def build_shard(logits: str, acc: str, flags: set[str], arch: tuple[str, int]) -> list[str]:
+    signature = {
+        **_leading(logits, acc, flags),
         "max_ptr": f"*{acc}",
         "sums_ptr": f"*{acc}",
         "lse_ptr": f"*{acc}",
@@ -67,12 +74,7 @@ def build_shard(logits: str, acc: str, flags: set[str], arch: tuple[str, int]) -
 
 def build(logits: str, acc: str, flags: set[str], arch: tuple[str, int]) -> list[str]:
     signature = {
-        "x_ptr": f"*{logits}",
-        "x_stride": "i32",
-        "y_ptr": f"*{logits}" if "PROBS" in flags else "*i64",
-        "t_stride": "i32",
-        "w_ptr": f"*{acc}",
-        "params_ptr": f"*{acc}",
+        **_leading(logits, acc, flags),
         "scale_ptr": f"*{acc}",
         "g_ptr": f"*{logits}",
         "g_stride": "i32",

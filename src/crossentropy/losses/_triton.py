@@ -92,6 +92,126 @@ def _target_block(t_row, w_ptr, cols, mask, eps, eps_per_class, ACC, SMOOTH, HAS
 
 
 @triton.jit
+def _row_start(x_ptr, x_stride, y_ptr, t_stride, params_ptr, ACC: tl.constexpr):
+    """This program's row, its logits and targets, the parameters every pass reads (eps,
+    the soft-cap, eps / V) and a zero of the accumulation dtype. ``params`` holds eps,
+    z_loss, softcap, 1 / ln(base), the sum of the class weights and eps / V."""
+    row = tl.program_id(0).to(tl.int64)
+    eps = tl.load(params_ptr + 0).to(ACC)
+    cap = tl.load(params_ptr + 2).to(ACC)
+    eps_per_class = tl.load(params_ptr + 5).to(ACC)
+    zero = tl.sum(tl.zeros([1], dtype=ACC), axis=0)
+    return row, x_ptr + row * x_stride, y_ptr + row * t_stride, eps, cap, eps_per_class, zero
+
+
+@triton.jit
+def _stats_pass(
+    x_row,
+    t_row,
+    w_ptr,
+    num_cols,
+    eps,
+    eps_per_class,
+    cap,
+    zero,
+    ACC: tl.constexpr,
+    PROBS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    ENTROPY: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Pass 1 over a row's ``num_cols`` logits, an online log-sum-exp: the maximum ``m``
+    and ``s = sum_c exp(z_c - m)``, rescaled as ``m`` grows; with ``ENTROPY`` also
+    ``sum_c exp(z_c - m) z_c``; with ``PROBS`` ``sum_c q_c`` and ``sum_c q_c z_c``, else with
+    ``SMOOTH`` ``sum_c w_c z_c``. Returns ``(m, s, entropy sum, q sum, weighted z sum)``."""
+    m = zero - float("inf")
+    s = zero
+    sz = zero
+    q_sum = zero
+    wz = zero
+    for start in range(0, num_cols, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < num_cols
+        x = tl.load(x_row + cols, mask=mask, other=0.0).to(ACC)
+        z = cap * _tanh(x / cap) if SOFTCAP else x
+        z = tl.where(mask, z, float("-inf"))
+        new_m = tl.maximum(m, tl.max(z, axis=0))
+        # A row whose logits so far are all -inf (a masked vocabulary) has m = -inf:
+        # shift by 0 then, where z - m would be -inf - -inf.
+        shift = tl.where(new_m == float("-inf"), 0.0, new_m)
+        e = tl.exp(z - shift)
+        rescale = tl.exp(m - shift)
+        s = s * rescale + tl.sum(e, axis=0)
+        if ENTROPY:
+            sz = sz * rescale + tl.sum(e * tl.where(e > 0, z, 0.0), axis=0)  # 0 * -inf: 0
+        if PROBS:
+            q = _target_block(t_row, w_ptr, cols, mask, eps, eps_per_class, ACC, SMOOTH, HAS_WEIGHT)
+            q_sum += tl.sum(q, axis=0)
+            wz += tl.sum(q * tl.where(mask, z, 0.0), axis=0)
+        elif SMOOTH:
+            if HAS_WEIGHT:
+                w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(ACC)
+                wz += tl.sum(w * tl.where(mask, z, 0.0), axis=0)
+            else:
+                wz += tl.sum(tl.where(mask, z, 0.0), axis=0)
+        m = new_m
+    return m, s, sz, q_sum, wz
+
+
+@triton.jit
+def _gradient_pass(
+    x_row,
+    t_row,
+    w_ptr,
+    g_row,
+    num_cols,
+    target,
+    lse,
+    p_coef,
+    t_coef,
+    s_coef,
+    eps,
+    eps_per_class,
+    cap,
+    ACC: tl.constexpr,
+    PROBS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Pass 2, the gradient of a row's ``num_cols`` logits into ``g_row``: ``p_coef *
+    exp(z_c - lse)``, then for probabilities ``- s_coef * q_c``, for class indices ``+
+    t_coef`` at column ``target`` and (with ``SMOOTH``) ``- s_coef * w_c``; times ``1 -
+    tanh(x_c / cap)**2`` with soft-capping."""
+    for start in range(0, num_cols, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < num_cols
+        x = tl.load(x_row + cols, mask=mask, other=0.0).to(ACC)
+        if SOFTCAP:
+            t = _tanh(x / cap)
+            z = cap * t
+        else:
+            z = x
+        g = p_coef * tl.exp(z - lse)
+        if PROBS:
+            q = _target_block(t_row, w_ptr, cols, mask, eps, eps_per_class, ACC, SMOOTH, HAS_WEIGHT)
+            g -= s_coef * q
+        else:
+            g = tl.where(cols == target, g + t_coef, g)
+            if SMOOTH:
+                if HAS_WEIGHT:
+                    g -= s_coef * tl.load(w_ptr + cols, mask=mask, other=0.0).to(ACC)
+                else:
+                    g -= s_coef
+        if SOFTCAP:
+            g = g * (1.0 - t * t)
+        tl.store(g_row + cols, _to_output(g, g_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _rows_kernel(
     x_ptr,
     x_stride,
@@ -118,52 +238,19 @@ def _rows_kernel(
 ):
     """One row: ``y_ptr`` holds class indices, or with ``PROBS`` rows of probabilities
     (``t_stride`` apart)."""
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * x_stride
-    t_row = y_ptr + row * t_stride
-    # params: eps, z_loss, softcap, 1 / ln(base), sum of the class weights, eps / V.
-    eps = tl.load(params_ptr + 0).to(ACC)
+    row, x_row, t_row, eps, cap, eps_per_class, zero = _row_start(
+        x_ptr, x_stride, y_ptr, t_stride, params_ptr, ACC
+    )
     zl = tl.load(params_ptr + 1).to(ACC)
-    cap = tl.load(params_ptr + 2).to(ACC)
     inv_ln_b = tl.load(params_ptr + 3).to(ACC)
     w_sum = tl.load(params_ptr + 4).to(ACC)
-    eps_per_class = tl.load(params_ptr + 5).to(ACC)
-    zero = tl.sum(tl.zeros([1], dtype=ACC), axis=0)
 
-    # Pass 1: online log-sum-exp, and the sums the entropy and the targets need.
-    m = zero - float("inf")
-    s = zero
-    sz = zero  # sum_c exp(z_c - m) z_c, rescaled with m
-    wz = zero  # sum_c w_c z_c (index targets), or sum_c q_c z_c (probabilities)
-    q_sum = zero  # sum_c q_c (probabilities)
-    for start in range(0, num_classes, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        mask = cols < num_classes
-        x = tl.load(x_row + cols, mask=mask, other=0.0).to(ACC)
-        z = cap * _tanh(x / cap) if SOFTCAP else x
-        z = tl.where(mask, z, float("-inf"))
-        new_m = tl.maximum(m, tl.max(z, axis=0))
-        # A row whose logits so far are all -inf (a masked vocabulary) has m = -inf:
-        # shift by 0 then, where z - m would be -inf - -inf.
-        shift = tl.where(new_m == float("-inf"), 0.0, new_m)
-        e = tl.exp(z - shift)
-        rescale = tl.exp(m - shift)
-        s = s * rescale + tl.sum(e, axis=0)
-        if ENTROPY:
-            sz = sz * rescale + tl.sum(e * tl.where(e > 0, z, 0.0), axis=0)  # 0 * -inf: 0
-        if PROBS:
-            q = _target_block(t_row, w_ptr, cols, mask, eps, eps_per_class, ACC, SMOOTH, HAS_WEIGHT)
-            q_sum += tl.sum(q, axis=0)
-            wz += tl.sum(q * tl.where(mask, z, 0.0), axis=0)
-        elif SMOOTH:
-            if HAS_WEIGHT:
-                w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(ACC)
-                wz += tl.sum(w * tl.where(mask, z, 0.0), axis=0)
-            else:
-                wz += tl.sum(tl.where(mask, z, 0.0), axis=0)
-        m = new_m
-
+    m, s, sz, q_sum, wz = _stats_pass(
+        x_row, t_row, w_ptr, num_classes, eps, eps_per_class, cap, zero,
+        ACC, PROBS, HAS_WEIGHT, SMOOTH, SOFTCAP, ENTROPY, BLOCK,
+    )  # fmt: skip
     lse = m + tl.log(s)
+    y = zero.to(tl.int64)
     if PROBS:
         # sum_c q_c (lse - z_c) = (sum_c q_c) lse - sum_c q_c z_c; the z-loss unweighted.
         loss = q_sum * lse - wz
@@ -183,46 +270,23 @@ def _rows_kernel(
     if ENTROPY:
         tl.store(entropy_ptr + row, (lse - sz / s) * inv_ln_b)
 
-    # Pass 2: the gradient, in place over the softmax as it is formed.
     if GRAD:
         scale = tl.load(scale_ptr + row).to(ACC)  # grad_scale / ln(base)
         if PROBS:
             a = q_sum
-        elif SMOOTH:
-            a = (1.0 - eps) * w_y + eps_per_class * w_sum
+            s_coef = scale
         else:
             a = w_y
+            s_coef = eps_per_class * scale
+            if SMOOTH:
+                a = (1.0 - eps) * w_y + eps_per_class * w_sum
         if ZLOSS:
             a += 2.0 * zl * w_y * lse
-        p_coef = a * scale
-        target_coef = (1.0 - eps) * w_y * scale
-        g_row = g_ptr + row * g_stride
-        for start in range(0, num_classes, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            mask = cols < num_classes
-            x = tl.load(x_row + cols, mask=mask, other=0.0).to(ACC)
-            if SOFTCAP:
-                t = _tanh(x / cap)
-                z = cap * t
-            else:
-                z = x
-            g = p_coef * tl.exp(z - lse)
-            if PROBS:
-                q = _target_block(
-                    t_row, w_ptr, cols, mask, eps, eps_per_class, ACC, SMOOTH, HAS_WEIGHT
-                )
-                g -= scale * q
-            else:
-                if SMOOTH:
-                    if HAS_WEIGHT:
-                        w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(ACC)
-                        g -= eps_per_class * scale * w
-                    else:
-                        g -= eps_per_class * scale
-                g = tl.where(cols == y, g - target_coef, g)
-            if SOFTCAP:
-                g = g * (1.0 - t * t)
-            tl.store(g_row + cols, _to_output(g, g_ptr.dtype.element_ty), mask=mask)
+        _gradient_pass(
+            x_row, t_row, w_ptr, g_ptr + row * g_stride, num_classes, y, lse,
+            a * scale, -(1.0 - eps) * w_y * scale, s_coef, eps, eps_per_class, cap,
+            ACC, PROBS, HAS_WEIGHT, SMOOTH, SOFTCAP, BLOCK,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -263,41 +327,16 @@ def _shard_kernel(
     ``t_coef`` at the target's column and minus ``s_coef * w_c`` (index targets), or minus
     ``s_coef * q_c`` (probabilities).
     """
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * x_stride
-    t_row = y_ptr + row * t_stride
-    eps = tl.load(params_ptr + 0).to(ACC)
-    cap = tl.load(params_ptr + 2).to(ACC)
-    eps_per_class = tl.load(params_ptr + 5).to(ACC)
-    zero = tl.sum(tl.zeros([1], dtype=ACC), axis=0)
+    row, x_row, t_row, eps, cap, eps_per_class, zero = _row_start(
+        x_ptr, x_stride, y_ptr, t_stride, params_ptr, ACC
+    )
     local = zero.to(tl.int64) if PROBS else tl.load(y_ptr + row) - vocab_start
     if STATS:
-        m = zero - float("inf")
-        s = zero
-        first = zero  # the target logit, or sum_c q_c
-        second = zero  # sum_c w_c z_c, or sum_c q_c z_c
-        for start in range(0, shard, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            mask = cols < shard
-            x = tl.load(x_row + cols, mask=mask, other=0.0).to(ACC)
-            z = cap * _tanh(x / cap) if SOFTCAP else x
-            z = tl.where(mask, z, float("-inf"))
-            new_m = tl.maximum(m, tl.max(z, axis=0))
-            shift = tl.where(new_m == float("-inf"), 0.0, new_m)
-            s = s * tl.exp(m - shift) + tl.sum(tl.exp(z - shift), axis=0)
-            m = new_m
-            if PROBS:
-                q = _target_block(
-                    t_row, w_ptr, cols, mask, eps, eps_per_class, ACC, SMOOTH, HAS_WEIGHT
-                )
-                first += tl.sum(q, axis=0)
-                second += tl.sum(q * tl.where(mask, z, 0.0), axis=0)
-            elif SMOOTH:
-                if HAS_WEIGHT:
-                    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(ACC)
-                    second += tl.sum(w * tl.where(mask, z, 0.0), axis=0)
-                else:
-                    second += tl.sum(tl.where(mask, z, 0.0), axis=0)
+        m, s, _, q_sum, wz = _stats_pass(
+            x_row, t_row, w_ptr, shard, eps, eps_per_class, cap, zero,
+            ACC, PROBS, HAS_WEIGHT, SMOOTH, SOFTCAP, False, BLOCK,
+        )  # fmt: skip
+        first = q_sum  # sum_c q_c, or the target logit where it is in this shard
         if not PROBS:
             y = tl.load(y_ptr + row)
             in_shard = (y != ignore_index) & (local >= 0) & (local < shard)
@@ -307,38 +346,56 @@ def _shard_kernel(
         tl.store(max_ptr + row, m)
         tl.store(sums_ptr + row, s)
         tl.store(sums_ptr + num_rows + row, first)
-        tl.store(sums_ptr + 2 * num_rows + row, second)
+        tl.store(sums_ptr + 2 * num_rows + row, wz)
     else:
-        lse = tl.load(lse_ptr + row).to(ACC)
-        p_coef = tl.load(p_coef_ptr + row).to(ACC)
-        s_coef = tl.load(s_coef_ptr + row).to(ACC)
-        g_row = g_ptr + row * g_stride
-        for start in range(0, shard, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            mask = cols < shard
-            x = tl.load(x_row + cols, mask=mask, other=0.0).to(ACC)
-            if SOFTCAP:
-                t = _tanh(x / cap)
-                z = cap * t
-            else:
-                z = x
-            g = p_coef * tl.exp(z - lse)
-            if PROBS:
-                q = _target_block(
-                    t_row, w_ptr, cols, mask, eps, eps_per_class, ACC, SMOOTH, HAS_WEIGHT
-                )
-                g -= s_coef * q
-            else:
-                t_coef = tl.load(t_coef_ptr + row).to(ACC)
-                g = tl.where(cols == local, g + t_coef, g)
-                if SMOOTH:
-                    if HAS_WEIGHT:
-                        g -= s_coef * tl.load(w_ptr + cols, mask=mask, other=0.0).to(ACC)
-                    else:
-                        g -= s_coef
-            if SOFTCAP:
-                g = g * (1.0 - t * t)
-            tl.store(g_row + cols, _to_output(g, g_ptr.dtype.element_ty), mask=mask)
+        _gradient_pass(
+            x_row, t_row, w_ptr, g_ptr + row * g_stride, shard, local,
+            tl.load(lse_ptr + row).to(ACC),
+            tl.load(p_coef_ptr + row).to(ACC),
+            zero if PROBS else tl.load(t_coef_ptr + row).to(ACC),
+            tl.load(s_coef_ptr + row).to(ACC),
+            eps, eps_per_class, cap,
+            ACC, PROBS, HAS_WEIGHT, SMOOTH, SOFTCAP, BLOCK,
+        )  # fmt: skip
+
+
+def _operands(logits, targets, grad):
+    """What the programs read and write: the logits with unit column stride, the targets
+    (class indices as int64, or rows of probabilities in their own dtype), whether they
+    are probabilities, and a gradient buffer of unit column stride (``grad`` itself where
+    it is one; otherwise :func:`_written_back` copies it into ``grad``)."""
+    x = logits if logits.stride(1) == 1 else logits.contiguous()
+    probs = targets.is_floating_point()
+    if probs:
+        y = targets if targets.stride(-1) == 1 else targets.contiguous()
+    else:
+        y = targets.to(device=logits.device, dtype=torch.long).contiguous()
+    g = grad if grad is None or grad.stride(1) == 1 else torch.empty_like(x)
+    return x, y, probs, g
+
+
+def _leading(x, y, probs, weight, params) -> tuple:
+    """The arguments both kernels take first: the logits and their row stride, the targets
+    and their row stride (0 for class indices), the class weights (any tensor when there
+    are none: the programs do not read it) and the parameters."""
+    return (x, x.stride(0), y, y.stride(0) if probs else 0, x if weight is None else weight, params)
+
+
+def _written_back(grad, g) -> None:
+    if grad is not None and g is not None and g is not grad:
+        grad.copy_(g)
+
+
+def _options(acc: torch.dtype, num_cols: int) -> dict:
+    """The launch options both kernels share, for rows of ``num_cols`` logits."""
+    block, warps = _block(num_cols)
+    return {
+        "ACC": tl.float64 if acc == torch.float64 else tl.float32,
+        "BLOCK": block,
+        "num_warps": warps,
+        # No fused multiply-adds: the same roundings as written, on every Triton version.
+        "enable_fp_fusion": False,
+    }
 
 
 def _shard_launch(logits, targets, w_loc, spec, *, stats, lse=None, coefs=None, grad=None):
@@ -347,12 +404,7 @@ def _shard_launch(logits, targets, w_loc, spec, *, stats, lse=None, coefs=None, 
     n, shard = logits.shape
     device = logits.device
     acc = accumulation_dtype(logits.dtype)
-    probs = targets.is_floating_point()
-    x = logits if logits.stride(1) == 1 else logits.contiguous()
-    if probs:
-        y = targets if targets.stride(-1) == 1 else targets.contiguous()
-    else:
-        y = targets.to(device=device, dtype=torch.long).contiguous()
+    x, y, probs, g = _operands(logits, targets, grad)
     eps = float(spec.label_smoothing)
     cap = 1.0 if spec.softcap is None else float(spec.softcap)
     params = torch.tensor(
@@ -366,15 +418,8 @@ def _shard_launch(logits, targets, w_loc, spec, *, stats, lse=None, coefs=None, 
     if n == 0 or shard == 0:
         return local_max, sums
     p_coef, t_coef, s_coef = coefs if coefs is not None else (None, None, None)
-    g = grad if grad is None or grad.stride(1) == 1 else torch.empty_like(x)
-    block, warps = _block(shard)
     _shard_kernel[(n,)](
-        x,
-        x.stride(0),
-        y,
-        y.stride(0) if probs else 0,
-        x if w is None else w,
-        params,
+        *_leading(x, y, probs, w, params),
         params if local_max is None else local_max,
         params if sums is None else sums,
         params if lse is None else lse.to(acc).contiguous(),
@@ -387,18 +432,14 @@ def _shard_launch(logits, targets, w_loc, spec, *, stats, lse=None, coefs=None, 
         shard,
         spec.vocab_start,
         spec.ignore_index,
-        ACC=tl.float64 if acc == torch.float64 else tl.float32,
         PROBS=probs,
         HAS_WEIGHT=w is not None,
         SMOOTH=eps > 0,
         SOFTCAP=spec.softcap is not None,
         STATS=stats,
-        BLOCK=block,
-        num_warps=warps,
-        enable_fp_fusion=False,
+        **_options(acc, shard),
     )
-    if grad is not None and g is not None and g is not grad:
-        grad.copy_(g)
+    _written_back(grad, g)
     return local_max, sums
 
 
@@ -451,12 +492,6 @@ def triton_rows(
     acc = accumulation_dtype(logits.dtype)
     inv_ln_b = 1.0 / math.log(base)
     want_grad = grad_scale is not None
-    x = logits if logits.stride(1) == 1 else logits.contiguous()
-    probs = targets.is_floating_point()
-    if probs:  # rows of class probabilities, read in their own dtype
-        y = targets if targets.stride(-1) == 1 else targets.contiguous()
-    else:
-        y = targets.to(device=device, dtype=torch.long).contiguous()
     loss = torch.empty(n, dtype=acc, device=device)
     lse = torch.empty(n, dtype=acc, device=device)
     entropy = torch.empty(n, dtype=acc, device=device) if with_entropy else None
@@ -481,17 +516,9 @@ def triton_rows(
     params = torch.cat([head, w_sum, w_sum.new_full((1,), eps / num_classes)])
     if n == 0:
         return RowTerms(loss, lse, entropy, grad)
-    # The gradient is written through a row-major view; a block of any other layout gets
-    # one, copied back after.
-    g = grad if grad is None or grad.stride(1) == 1 else torch.empty_like(x)
-    block, warps = _block(num_classes)
+    x, y, probs, g = _operands(logits, targets, grad)
     _rows_kernel[(n,)](
-        x,
-        x.stride(0),
-        y,
-        y.stride(0) if probs else 0,
-        x if weight is None else weight,
-        params,
+        *_leading(x, y, probs, weight, params),
         loss if scale is None else scale,
         x if g is None else g,
         0 if g is None else g.stride(0),
@@ -499,7 +526,6 @@ def triton_rows(
         lse,
         loss if entropy is None else entropy,
         num_classes,
-        ACC=tl.float64 if acc == torch.float64 else tl.float32,
         PROBS=probs,
         HAS_WEIGHT=weight is not None,
         SMOOTH=eps > 0,
@@ -507,13 +533,9 @@ def triton_rows(
         SOFTCAP=softcap is not None,
         GRAD=want_grad,
         ENTROPY=with_entropy,
-        BLOCK=block,
-        num_warps=warps,
-        # No fused multiply-adds: the same roundings as written, on every Triton version.
-        enable_fp_fusion=False,
+        **_options(acc, num_classes),
     )
-    if grad is not None and g is not None and g is not grad:
-        grad.copy_(g)
+    _written_back(grad, g)
     return RowTerms(loss, lse, entropy, grad)
 
 
