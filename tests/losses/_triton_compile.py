@@ -1,11 +1,11 @@
-"""Compile the Triton row kernel for NVIDIA GPUs on a machine without one (run as a script).
+"""Compile the Triton kernels for NVIDIA GPUs on a machine without one (run as a script).
 
-Triton's front end and the LLVM and ptxas stages it ships need no GPU, so the kernel is
+Triton's front end and the LLVM and ptxas stages it ships need no GPU, so the kernels are
 built here all the way to a cubin for each target and variant named below; a kernel that
 the interpreter runs but a GPU compiler refuses (a loop-carried value changing type, an
-unsupported construct) fails here. Prints one line per build and exits non-zero on the
-first failure. TRITON_INTERPRET must be unset, so that the kernel is a compilable
-JITFunction.
+unsupported construct) fails here, and so does one whose registers spill to local memory.
+Prints one line per build and exits non-zero on the first failure. TRITON_INTERPRET must
+be unset, so that the kernel is a compilable JITFunction.
 """
 
 from __future__ import annotations
@@ -102,7 +102,10 @@ def _compile(kernel, signature, all_flags, acc, flags, arch, num_classes) -> lis
         target=GPUTarget(arch[0], arch[1], 32),
         options={"num_warps": warps, "enable_fp_fusion": False},
     )
-    return sorted(compiled.asm)
+    stages = sorted(compiled.asm)
+    if any(".local" in line for line in compiled.asm["ptx"].splitlines()):
+        stages.append("SPILLS")  # registers spilled to local memory: a slow kernel
+    return stages
 
 
 def main() -> int:
@@ -113,12 +116,12 @@ def main() -> int:
         for logits, acc, flags in VARIANTS:
             stages = build(logits, acc, flags, arch)
             print(f"sm_{arch[1]} {logits} {sorted(flags)}: {', '.join(stages)}")
-            if "cubin" not in stages:
+            if "cubin" not in stages or "SPILLS" in stages:
                 return 1
         for logits, acc, flags in SHARD_VARIANTS:
             stages = build_shard(logits, acc, flags, arch)
             print(f"sm_{arch[1]} shard {logits} {sorted(flags)}: {', '.join(stages)}")
-            if "cubin" not in stages:
+            if "cubin" not in stages or "SPILLS" in stages:
                 return 1
     return 0
 
