@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
@@ -338,3 +340,36 @@ def test_shard_rows_match_the_torch_shard_kernel(monkeypatch, small_blocks, kind
             torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=field)
     assert got.grad.dtype == dtype
     assert launches == ["shard_stats", "shard_grad"]  # both passes ran in Triton
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 5),
+    num_classes=st.sampled_from([1, 2, 15, 16, 17, 31, 32, 33, 47]),
+    kind=st.sampled_from(["index", "probs"]),
+    smoothing=st.sampled_from([0.0, 0.3]),
+    z_loss=st.sampled_from([0.0, 0.01]),
+    softcap=st.sampled_from([None, 2.5]),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_rows_at_block_edges(n, num_classes, kind, smoothing, z_loss, softcap, weighted, seed):
+    # Rows of 16-column steps (MAX_BLOCK patched below) whose length is below, at and just
+    # past a multiple of the step: the masks of partial steps against the torch kernel.
+    previous = _triton.MAX_BLOCK
+    _triton.MAX_BLOCK = 16
+    try:
+        logits, targets, weight = _case(n, num_classes, seed, kind=kind)
+        options = {
+            "label_smoothing": smoothing,
+            "z_loss": z_loss,
+            "softcap": softcap,
+            "weight": weight if weighted else None,
+        }
+        scale = torch.linspace(-1.0, 1.0, n, dtype=torch.float64, device=DEVICE)
+        kwargs = {"grad_scale": scale, "with_entropy": True, **options}
+        got = _rows("always", logits, targets, **kwargs)
+        want = _rows("never", logits, targets, **kwargs)
+    finally:
+        _triton.MAX_BLOCK = previous
+    _assert_terms_close(got, want, torch.float64)
