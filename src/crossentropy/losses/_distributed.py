@@ -557,27 +557,40 @@ def _triton_grad(triton, logits, targets, w_loc, spec, lse, coefs, grad) -> bool
 def _z_slicer(logits: torch.Tensor, cap: float | None, rows: int):
     """A function of ``(r0, r1)`` giving rows ``r0:r1`` of the (soft-capped) logits in the
     accumulation dtype and their ``tanh(logits / cap)`` (None without capping), in buffers
-    of ``rows`` rows reused from slice to slice."""
+    of ``rows`` rows reused from slice to slice, made at the first call (the Triton
+    kernels, where they run, need none)."""
     acc = accumulation_dtype(logits.dtype)
     shape = (rows, logits.shape[1])
     need_z_buf = cap is not None or logits.dtype != acc
-    z_buf = torch.empty(shape, dtype=acc, device=logits.device) if need_z_buf else None
-    t_buf = torch.empty(shape, dtype=acc, device=logits.device) if cap is not None else None
+    buffers = _LazyBuffers(shape, acc, logits.device)
 
     def z_slice(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         xb = logits[r0:r1]
         if cap is not None:
-            tanh_b = t_buf[: r1 - r0]
+            tanh_b = buffers.get("tanh")[: r1 - r0]
             tanh_b.copy_(xb)
             tanh_b.div_(cap).tanh_()
-            return torch.mul(tanh_b, cap, out=z_buf[: r1 - r0]), tanh_b
+            return torch.mul(tanh_b, cap, out=buffers.get("z")[: r1 - r0]), tanh_b
         if need_z_buf:
-            zb = z_buf[: r1 - r0]
+            zb = buffers.get("z")[: r1 - r0]
             zb.copy_(xb)
             return zb, None
         return xb, None
 
     return z_slice
+
+
+class _LazyBuffers:
+    """Scratch buffers of one shape and dtype, each made at its first request."""
+
+    def __init__(self, shape: tuple[int, int], dtype: torch.dtype, device: torch.device):
+        self.shape, self.dtype, self.device = shape, dtype, device
+        self.made: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.made:
+            self.made[name] = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        return self.made[name]
 
 
 def _shard_prob_rows(
@@ -614,10 +627,10 @@ def _shard_prob_rows(
         w_loc = weight[spec.vocab_start : spec.vocab_start + shard].to(device=device, dtype=acc)
     rows = min(_slice_rows(device, shard), max(n, 1))
     z_slice = _z_slicer(logits, spec.softcap, rows)
-    q_buf = torch.empty(rows, shard, dtype=acc, device=device)
+    q_buf = _LazyBuffers((rows, shard), acc, device)
 
     def q_slice(r0: int, r1: int) -> torch.Tensor:
-        qb = q_buf[: r1 - r0]
+        qb = q_buf.get("q")[: r1 - r0]
         qb.copy_(targets[r0:r1])
         if eps > 0:
             qb.mul_(1.0 - eps).add_(eps / num_classes)
