@@ -373,3 +373,37 @@ def test_rows_at_block_edges(n, num_classes, kind, smoothing, z_loss, softcap, w
     finally:
         _triton.MAX_BLOCK = previous
     _assert_terms_close(got, want, torch.float64)
+
+
+@pytest.mark.parametrize("failing", ["shard_stats", "shard_grad"])
+def test_a_shard_kernel_triton_cannot_build_is_given_up_too(monkeypatch, failing):
+    from triton.errors import TritonError
+
+    from crossentropy.losses import _distributed
+
+    monkeypatch.setattr(_distributed.dist, "all_reduce", lambda *args, **kwargs: None)
+    spec = _distributed._Spec(
+        vocab_start=0, num_classes=9, ignore_index=-100, label_smoothing=0.1, z_loss=0.0,
+        softcap=None,
+    )  # fmt: skip
+    logits, targets, _ = _case(4, 9, 17)
+
+    def rows():
+        return _distributed._shard_rows(
+            logits, targets, spec, weight=None, group=None, grad_scale=1.0
+        )
+
+    monkeypatch.setattr(_kernel, "TRITON", "never")
+    want = rows()
+    monkeypatch.setattr(_kernel, "TRITON", "auto")
+    monkeypatch.setattr(_kernel, "_TRITON_FAILED", None)
+    monkeypatch.setattr(_distributed, "use_triton", lambda device: _kernel._TRITON_FAILED is None)
+
+    def unbuildable(*args, **kwargs):
+        raise TritonError("no shard kernel for this device")
+
+    monkeypatch.setattr(_triton, failing, unbuildable)
+    with pytest.warns(RuntimeWarning, match="no shard kernel for this device"):
+        got = rows()
+    for field in ("loss", "lse", "grad"):
+        torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=0, atol=1e-12)
