@@ -11,6 +11,9 @@
    operations), and, when importable, Liger Kernel's fused linear cross-entropy and Cut
    Cross-Entropy. Peak memory is ``torch.cuda.max_memory_allocated`` above the inputs and
    the gradients.
+3. ``cross_entropy`` alone on bfloat16 logits [8192, 128256], forward + backward: torch's
+   ``F.cross_entropy``, ours with each row kernel, and Liger Kernel's cross-entropy where
+   importable.
 
 Runs in well under 5 minutes on an H100. ``--device cpu --quick`` runs the same steps at a
 tiny size, to check the script itself on a machine without a GPU.
@@ -136,18 +139,22 @@ def check_correctness(device: torch.device, n: int, d: int, v: int) -> dict:
     }
 
 
-def _ours_on(row_kernel: str):
-    """Ours with the row kernel chosen by ``_kernel.TRITON`` (see there)."""
+def _with_row_kernel(row_kernel: str, loss_fn):
+    """``loss_fn`` with the row kernel chosen by ``_kernel.TRITON`` (see there)."""
 
-    def run(h, w, y):
+    def run(*args):
         previous = _kernel.TRITON
         _kernel.TRITON = row_kernel
-        try:  # the fused head forms its gradients in the forward pass, inside this call
-            return losses.linear_cross_entropy(h, w, y, impl="chunked")
+        try:  # the losses form their gradients in the forward pass, inside this call
+            return loss_fn(*args)
         finally:
             _kernel.TRITON = previous
 
     return run
+
+
+def _ours_chunked(h, w, y):
+    return losses.linear_cross_entropy(h, w, y, impl="chunked")
 
 
 def _contenders(device: torch.device) -> tuple[dict, list[str]]:
@@ -155,10 +162,10 @@ def _contenders(device: torch.device) -> tuple[dict, list[str]]:
     notes = []
     contenders = {
         "torch eager": lambda h, w, y: F.cross_entropy(F.linear(h, w), y),
-        "ours": lambda h, w, y: losses.linear_cross_entropy(h, w, y, impl="chunked"),
+        "ours": _ours_chunked,
     }
     if _kernel.use_triton(device):
-        contenders["ours, torch-op row kernel"] = _ours_on("never")
+        contenders["ours, torch-op row kernel"] = _with_row_kernel("never", _ours_chunked)
     try:
         from torch.nn import LinearCrossEntropyOptions
 
@@ -191,19 +198,16 @@ def _peak_bytes(device: torch.device) -> int | None:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
-def bench(device: torch.device, n: int, d: int, v: int, repeat: int) -> dict:
-    g = torch.Generator(device="cpu").manual_seed(1)
-    hidden = torch.randn(n, d, generator=g).to(device, torch.bfloat16).requires_grad_()
-    weight = (torch.randn(v, d, generator=g) / math.sqrt(d)).to(device, torch.bfloat16)
-    weight.requires_grad_()
-    targets = torch.randint(0, v, (n,), generator=g).to(device)
-    grad_bytes = (hidden.numel() + weight.numel()) * hidden.element_size()
-    contenders, notes = _contenders(device)
+def _timed(contenders: dict, leaves: list, inputs: tuple, device, repeat: int, notes) -> dict:
+    """Forward + backward of each contender ``fn(*inputs)``: the best of ``repeat`` calls
+    after a warm-up, the loss, and the peak memory above the inputs and the gradients of
+    ``leaves``. A contender that fails is noted and the others go on."""
+    grad_bytes = sum(t.numel() * t.element_size() for t in leaves)
     results = {}
     for name, fn in contenders.items():
         try:
-            hidden.grad = None
-            weight.grad = None
+            for leaf in leaves:
+                leaf.grad = None
             _sync(device)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -212,11 +216,11 @@ def bench(device: torch.device, n: int, d: int, v: int, repeat: int) -> dict:
             times = []
             loss_value = None
             for i in range(repeat + 1):
-                hidden.grad = None
-                weight.grad = None
+                for leaf in leaves:
+                    leaf.grad = None
                 _sync(device)
                 start = time.perf_counter()
-                loss = fn(hidden, weight, targets)
+                loss = fn(*inputs)
                 loss.backward()
                 _sync(device)
                 if i > 0:  # the first call warms up (Triton compiles, allocator grows)
@@ -232,11 +236,71 @@ def bench(device: torch.device, n: int, d: int, v: int, repeat: int) -> dict:
         except Exception as error:  # a contender failing must not stop the others
             results[name] = {"error": f"{type(error).__name__}: {error}"}
             notes.append(f"{name} failed: {traceback.format_exc(limit=3)}")
+    return results
+
+
+def bench(device: torch.device, n: int, d: int, v: int, repeat: int) -> dict:
+    g = torch.Generator(device="cpu").manual_seed(1)
+    hidden = torch.randn(n, d, generator=g).to(device, torch.bfloat16).requires_grad_()
+    weight = (torch.randn(v, d, generator=g) / math.sqrt(d)).to(device, torch.bfloat16)
+    weight.requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=g).to(device)
+    contenders, notes = _contenders(device)
+    results = _timed(contenders, [hidden, weight], (hidden, weight, targets), device, repeat, notes)
     return {
         "shape": {"N": n, "D": d, "V": v, "dtype": "bfloat16"},
         "results": results,
         "notes": notes,
     }
+
+
+def bench_logits(device: torch.device, n: int, v: int, repeat: int) -> dict:
+    """``cross_entropy`` on bfloat16 logits [n, v] against torch's (and Liger Kernel's,
+    where importable), with our row kernel in Triton and on torch operations."""
+    g = torch.Generator(device="cpu").manual_seed(2)
+    logits = torch.randn(n, v, generator=g).to(device, torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=g).to(device)
+    notes: list[str] = []
+    contenders = {
+        "torch F.cross_entropy": F.cross_entropy,
+        "ours": losses.cross_entropy,
+    }
+    if _kernel.use_triton(device):
+        contenders["ours, torch-op row kernel"] = _with_row_kernel("never", losses.cross_entropy)
+    try:
+        from liger_kernel.transformers.functional import liger_cross_entropy
+
+        if device.type == "cuda":
+            contenders["Liger Kernel"] = liger_cross_entropy
+    except ImportError as error:
+        notes.append(f"Liger Kernel not importable, skipped: {error}")
+    results = _timed(contenders, [logits], (logits, targets), device, repeat, notes)
+    return {"shape": {"N": n, "V": v, "dtype": "bfloat16"}, "results": results, "notes": notes}
+
+
+def _print_results(section: dict, baseline: str, title: str) -> None:
+    """One benchmark's table: time, time over ``baseline``'s, extra memory, loss."""
+    results = section["results"]
+    base = results.get(baseline, {})
+    rows = []
+    for name, r in results.items():
+        if "error" in r:
+            rows.append([name, "error", "-", "-", "-"])
+            continue
+        extra = r["extra_bytes"]
+        rows.append(
+            [
+                name,
+                r["time_s"],
+                r["time_s"] / base["time_s"] if "time_s" in base else "-",
+                "-" if extra is None else f"{extra / 2**20:.0f}",
+                f"{r['loss']:.5f}",
+            ]
+        )
+    print(title)
+    print_table(["impl", "time s", f"x {baseline}", "extra MiB", "loss"], rows)
+    for note in section["notes"]:
+        print(f"note: {note}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,9 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     _kernel.TRITON = args.row_kernel
     device = torch.device(args.device)
     if args.quick:
-        slice_shape, bench_shape = (64, 32, 500), (256, 64, 2000)
+        slice_shape, bench_shape, logits_shape = (64, 32, 500), (256, 64, 2000), (256, 2000)
     else:
         slice_shape, bench_shape = (1024, 4096, 128256), (8192, 4096, 128256)
+        logits_shape = (8192, 128256)
 
     started = time.perf_counter()
     report = {"machine": machine(), "device": str(device), "quick": args.quick}
@@ -268,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     report["benchmark"] = bench(device, *bench_shape, repeat=args.repeat)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    report["benchmark_logits"] = bench_logits(device, *logits_shape, repeat=args.repeat)
     report["seconds"] = time.perf_counter() - started
     from crossentropy.losses import _products
 
@@ -276,27 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     report["weight_grad_method"] = dict(_products._WEIGHT_GRAD_METHOD)
     print(f"weight-gradient accumulation method: {report['weight_grad_method']}")
 
-    results = report["benchmark"]["results"]
-    eager = results.get("torch eager", {})
-    rows = []
-    for name, r in results.items():
-        if "error" in r:
-            rows.append([name, "error", "-", "-", "-"])
-            continue
-        extra = r["extra_bytes"]
-        rows.append(
-            [
-                name,
-                r["time_s"],
-                r["time_s"] / eager["time_s"] if "time_s" in eager else "-",
-                "-" if extra is None else f"{extra / 2**20:.0f}",
-                f"{r['loss']:.5f}",
-            ]
-        )
-    print(f"benchmark {bench_shape} bfloat16 on {report.get('gpu', device)}")
-    print_table(["impl", "time s", "x eager", "extra MiB", "loss"], rows)
-    for note in report["benchmark"]["notes"]:
-        print(f"note: {note}")
+    on = report.get("gpu", device)
+    _print_results(report["benchmark"], "torch eager", f"fused head {bench_shape} bfloat16 on {on}")
+    _print_results(
+        report["benchmark_logits"],
+        "torch F.cross_entropy",
+        f"cross_entropy on logits {logits_shape} bfloat16 on {on}",
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out} in {report['seconds']:.0f} s")

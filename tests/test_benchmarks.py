@@ -124,3 +124,7 @@ def test_gpu_check_runs_its_triton_arm_in_the_interpreter(tmp_path):
     assert "error" not in torch_rows
     assert ours["loss"] == pytest.approx(torch_rows["loss"], rel=1e-5, abs=0)
     assert "row kernel: triton" in done.stdout
+    logits = document["benchmark_logits"]["results"]
+    assert set(logits) >= {"torch F.cross_entropy", "ours", "ours, torch-op row kernel"}
+    losses = [r["loss"] for r in logits.values()]  # bfloat16 losses: equal to the last bit
+    assert all(loss == pytest.approx(losses[0], rel=2**-7, abs=0) for loss in losses)
