@@ -448,7 +448,7 @@ def _shard_rows(
         if local is None:
             row_max, sums = _global_row_sums(z_slice, n, shard, rows, acc, device, group, fill)
         else:
-            row_max, sums = _reduce_row_sums(*local, group)
+            row_max, sums = _reduce_row_sums(local[0], local[1], group)
         sum_exp, z_target, w_dot_z = sums[0], sums[1], sums[2]
         log_sum_exp = sum_exp.log()
         lse = row_max + log_sum_exp
@@ -532,7 +532,7 @@ def _reduce_row_sums(local_max, sums, group):
     return row_max, sums
 
 
-def _triton_stats(triton, logits, targets, w_loc, spec):
+def _triton_stats(triton, logits, targets, w_loc, spec) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The first pass of a shard kernel in Triton, ``(local_max, sums)``, or None where it
     is not to run (or Triton could not build it)."""
     if not triton:
@@ -548,8 +548,12 @@ def _triton_grad(triton, logits, targets, w_loc, spec, lse, coefs, grad) -> bool
         return False
     from crossentropy.losses import _triton
 
+    p_coef, t_coef, s_coef = coefs
     done = try_triton(
-        lambda: _triton.shard_grad(logits, targets, w_loc, spec, lse, *coefs, grad) or True
+        lambda: (
+            _triton.shard_grad(logits, targets, w_loc, spec, lse, p_coef, t_coef, s_coef, grad)
+            or True
+        )
     )
     return done is not None
 
@@ -651,7 +655,7 @@ def _shard_prob_rows(
         if local is None:
             row_max, sums = _global_row_sums(z_slice, n, shard, rows, acc, device, group, fill)
         else:
-            row_max, sums = _reduce_row_sums(*local, group)
+            row_max, sums = _reduce_row_sums(local[0], local[1], group)
         lse = row_max + sums[0].log()
         q_sum = sums[1]
         loss = q_sum * lse - sums[2]
