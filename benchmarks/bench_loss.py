@@ -1,12 +1,13 @@
 """Benchmark: `crossentropy.losses.cross_entropy` vs `torch.nn.functional.cross_entropy`.
 
-Forward + backward of the mean loss on random logits [N, V] with random class targets, in
-float32 and bfloat16. Each (implementation, shape, dtype) case runs in a fresh process
+Forward + backward of the mean loss on random logits [N, V], and [N, C, H, W] as in
+semantic segmentation (21 classes, PASCAL VOC's count, at 256 x 256), with random class
+targets, in float32 and bfloat16. Each (implementation, shape, dtype) case runs in a fresh process
 (`_harness.run_fresh`) so that its peak resident memory belongs to it alone; the time is the
 best of a few repeats after a warm-up. Ratios compare ours with torch measured in the same
 run. Results go to ``benchmarks/results/loss.json``.
 
-    python benchmarks/bench_loss.py            # [128, 1000], [4096, 32000], [4096, 128256]
+    python benchmarks/bench_loss.py  # [128, 1000], [4096, 32000], [4096, 128256], [8, 21, 256, 256]
     python benchmarks/bench_loss.py --quick    # small sizes, seconds
 """
 
@@ -29,10 +30,10 @@ from _harness import (
     write_results,
 )
 
-FULL_SHAPES = [(128, 1000), (4096, 32000), (4096, 128256)]
+FULL_SHAPES = [(128, 1000), (4096, 32000), (4096, 128256), (8, 21, 256, 256)]
 # Shapes below this many logits are timed as loops of calls (a call takes microseconds).
 LOOP_BELOW = 1 << 22
-QUICK_SHAPES = [(512, 8000), (256, 32000)]
+QUICK_SHAPES = [(512, 8000), (256, 32000), (2, 21, 64, 64)]
 DTYPES = ["float32", "bfloat16"]
 IMPLS = ["torch", "ours"]
 
@@ -47,8 +48,9 @@ def best_cpu_time(step, *, repeat: int) -> float:
     return min(times)
 
 
-def run_case(impl: str, n: int, v: int, dtype_name: str, repeat: int, threads: int) -> dict:
-    """One case in this process: time of forward + backward and peak memory."""
+def run_case(impl: str, shape: tuple[int, ...], dtype_name: str, repeat: int, threads: int) -> dict:
+    """One case in this process: time of forward + backward and peak memory, for logits of
+    ``shape`` (N, V) or (N, C, d1, ...), the classes along dimension 1."""
     import torch
     import torch.nn.functional as F
 
@@ -59,17 +61,19 @@ def run_case(impl: str, n: int, v: int, dtype_name: str, repeat: int, threads: i
 
     dtype = getattr(torch, dtype_name)
     gen = torch.Generator().manual_seed(0)
-    # Filled in row chunks so that no float32 copy of a bfloat16 block raises the peak.
-    logits = torch.empty(n, v, dtype=dtype)
-    for start in range(0, n, 256):
-        rows = logits[start : start + 256]
+    n, v = shape[0], shape[1]
+    # Filled in chunks so that no float32 copy of a bfloat16 block raises the peak.
+    logits = torch.empty(shape, dtype=dtype)
+    step = max(1, 256 * 128256 // (logits.numel() // n))
+    for start in range(0, n, step):
+        rows = logits[start : start + step]
         rows.copy_(torch.randn(rows.shape, generator=gen, dtype=torch.float32))
     logits.requires_grad_()
-    targets = torch.randint(0, v, (n,), generator=gen)
+    targets = torch.randint(0, v, (n, *shape[2:]), generator=gen)
     inputs_rss = peak_rss_bytes()
     loss_fn = F.cross_entropy if impl == "torch" else cross_entropy
 
-    calls = max(1, LOOP_BELOW // (n * v))
+    calls = max(1, LOOP_BELOW // logits.numel())
 
     def step() -> None:
         for _ in range(calls):
@@ -82,8 +86,7 @@ def run_case(impl: str, n: int, v: int, dtype_name: str, repeat: int, threads: i
     cpu_seconds = best_cpu_time(step, repeat=repeat) / calls
     return {
         "impl": impl,
-        "n": n,
-        "v": v,
+        "shape": list(shape),
         "dtype": dtype_name,
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
@@ -98,37 +101,50 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--repeat", type=int, default=5, help="timed repeats per case")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--case", nargs=4, metavar=("IMPL", "N", "V", "DTYPE"), help="internal")
+    parser.add_argument(
+        "--case", nargs=3, metavar=("IMPL", "SHAPE", "DTYPE"), help="internal (SHAPE: 8x21x256x256)"
+    )
     args = parser.parse_args()
 
     if args.case:
-        impl, n, v, dtype = args.case
-        print(json.dumps(run_case(impl, int(n), int(v), dtype, args.repeat, args.threads)))
+        impl, shape, dtype = args.case
+        shape = tuple(int(size) for size in shape.split("x"))
+        print(json.dumps(run_case(impl, shape, dtype, args.repeat, args.threads)))
         return
 
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     if SMOKE:
-        shapes, args.repeat = [(64, 500)], 1
+        shapes, args.repeat = [(64, 500), (2, 5, 4, 4)], 1
     cases = []
-    for n, v in shapes:
+    for shape in shapes:
+        label = str(list(shape))
         for dtype in DTYPES:
             for impl in IMPLS:
                 case = run_fresh(
                     Path(__file__),
-                    ["--repeat", str(args.repeat), "--case", impl, str(n), str(v), dtype],
+                    [
+                        "--repeat",
+                        str(args.repeat),
+                        "--case",
+                        impl,
+                        "x".join(str(size) for size in shape),
+                        dtype,
+                    ],
                 )
                 cases.append(case)
                 print(
-                    f"  {impl:5s} [{n}, {v}] {dtype:8s} {case['seconds']:.3f} s "
+                    f"  {impl:5s} {label} {dtype:8s} {case['seconds']:.3f} s "
                     f"peak {case['peak_rss_bytes'] / 1e9:.2f} GB",
                     file=sys.stderr,
                 )
 
     rows = []
     comparisons = []
-    for n, v in shapes:
+    for shape in shapes:
         for dtype in DTYPES:
-            found = {c["impl"]: c for c in cases if (c["n"], c["v"], c["dtype"]) == (n, v, dtype)}
+            found = {
+                c["impl"]: c for c in cases if (tuple(c["shape"]), c["dtype"]) == (shape, dtype)
+            }
             ours, torch_case = found["ours"], found["torch"]
             time_ratio = ours["seconds"] / torch_case["seconds"]
             cpu_ratio = ours["cpu_seconds"] / torch_case["cpu_seconds"]
@@ -137,8 +153,7 @@ def main() -> None:
             extra_torch = torch_case["peak_rss_bytes"] - torch_case["inputs_rss_bytes"]
             comparisons.append(
                 {
-                    "n": n,
-                    "v": v,
+                    "shape": list(shape),
                     "dtype": dtype,
                     "time_ratio": time_ratio,
                     "cpu_time_ratio": cpu_ratio,
@@ -148,7 +163,7 @@ def main() -> None:
             )
             rows.append(
                 [
-                    f"[{n}, {v}]",
+                    str(list(shape)),
                     dtype,
                     torch_case["seconds"],
                     ours["seconds"],
@@ -182,7 +197,7 @@ def main() -> None:
         "loss",
         {
             "description": "forward + backward of the mean cross-entropy on random logits "
-            "[N, V] (requires_grad) and random class targets; best of "
+            "[N, V] or [N, C, H, W] (requires_grad) and random class targets; best of "
             f"{args.repeat} after one warm-up; each case in a fresh process; peak = ru_maxrss "
             "of that process (inputs included); above-inputs = peak minus the RSS after the "
             "inputs were created",

@@ -318,13 +318,17 @@ def gradient_blocks(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_backward_hands_over_the_forward_gradient_without_copy(gradient_blocks, dtype):
+@pytest.mark.parametrize("shape", [(16, 33), (4, 33, 5, 3)])
+def test_backward_hands_over_the_forward_gradient_without_copy(gradient_blocks, dtype, shape):
     # The gradient block computed in forward becomes logits.grad as it is: no second block.
-    logits = torch.randn(16, 33, dtype=dtype, requires_grad=True)
-    targets = torch.randint(0, 33, (16,))
+    # Spatial logits (N, C, H, W) are worked on in their own layout, so this holds for
+    # them too, and their gradient is contiguous like them (not a channels-last view).
+    logits = torch.randn(shape, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, 33, (shape[0], *shape[2:]))
     cross_entropy(logits, targets).backward()
     assert logits.grad.data_ptr() == gradient_blocks[0]
     assert logits.grad.dtype == dtype
+    assert logits.grad.is_contiguous()
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

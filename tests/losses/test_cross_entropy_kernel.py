@@ -141,3 +141,57 @@ def test_default_slice_rows():
     assert default_slice_rows(128256) >= torch.get_num_threads()
     assert default_slice_rows(10) * 10 <= 1 << 20
     assert default_slice_rows(1000, "meta") * 1000 <= 1 << 26
+
+
+@pytest.mark.parametrize("options", OPTION_SETS)
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("slice_rows", [1, None])
+@pytest.mark.parametrize("scale_kind", ["per position", "number"])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_rows_with_inner_positions_equal_the_flattened_rows(
+    options, kind, slice_rows, scale_kind, in_place
+):
+    # Logits (n, V, S), the classes along dimension 1 (an image's (N, C, H * W) view), give
+    # per position what the rows (n * S, V) of the channels-last copy give.
+    n, v, s = 3, 13, 5
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randn(n, v, s, generator=gen, dtype=torch.float64) * 4
+    if kind == "index":
+        targets = torch.randint(0, v, (n, s), generator=gen)
+        flat_targets = targets.reshape(-1)
+    else:
+        targets = torch.softmax(torch.randn(n, v, s, generator=gen, dtype=torch.float64), 1)
+        flat_targets = targets.movedim(1, -1).reshape(-1, v)
+    weight = torch.rand(v, generator=gen, dtype=torch.float64) + 0.1
+    options = {k: (weight if x == "w" else x) for k, x in options.items()}
+    scale = torch.linspace(-1.0, 2.0, n * s, dtype=torch.float64)
+    if scale_kind == "number":
+        scale, flat_scale = -0.75, -0.75
+    else:
+        flat_scale, scale = scale, scale.reshape(n, s)
+    work = logits.clone()
+    terms = cross_entropy_rows(
+        work,
+        targets,
+        grad_scale=scale,
+        out=work if in_place else None,
+        with_entropy=True,
+        slice_rows=slice_rows,
+        **options,
+    )
+    flat = cross_entropy_rows(
+        logits.movedim(1, -1).reshape(-1, v),
+        flat_targets,
+        grad_scale=flat_scale,
+        with_entropy=True,
+        **options,
+    )
+    for field in ("loss", "logsumexp", "entropy"):
+        got = getattr(terms, field)
+        assert got.shape == (n, s)
+        torch.testing.assert_close(got.reshape(-1), getattr(flat, field), rtol=0, atol=TOL)
+    assert terms.grad.shape == (n, v, s)
+    expected_grad = flat.grad.reshape(n, s, v).movedim(-1, 1)
+    torch.testing.assert_close(terms.grad, expected_grad, rtol=0, atol=TOL)
+    if in_place:
+        assert terms.grad.data_ptr() == work.data_ptr()

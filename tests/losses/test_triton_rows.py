@@ -407,3 +407,21 @@ def test_a_shard_kernel_triton_cannot_build_is_given_up_too(monkeypatch, failing
         got = rows()
     for field in ("loss", "lse", "grad"):
         torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=0, atol=1e-12)
+
+
+def test_spatial_logits_through_the_triton_kernel(monkeypatch):
+    # Logits (N, C, H, W): the Triton kernel reads contiguous rows, so they reach it as the
+    # rows of their channels-last copy; the loss and gradient are torch's all the same.
+    gen = torch.Generator().manual_seed(21)
+    logits = torch.randn(2, 7, 3, 4, generator=gen, dtype=torch.float64).to(DEVICE)
+    targets = torch.randint(0, 7, (2, 3, 4), generator=gen).to(DEVICE)
+    targets[0, 0] = 255
+    monkeypatch.setattr(_kernel, "TRITON", "always")
+    x = logits.clone().requires_grad_()
+    loss = cross_entropy(x, targets, ignore_index=255, label_smoothing=0.1)
+    loss.backward()
+    y = logits.clone().requires_grad_()
+    expected = torch.nn.functional.cross_entropy(y, targets, ignore_index=255, label_smoothing=0.1)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(x.grad, y.grad, rtol=0, atol=1e-12)

@@ -22,7 +22,7 @@ from crossentropy.losses._composite import (
     graph_kept,
     traced,
 )
-from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
+from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows, use_triton
 from crossentropy.losses._options import (
     Reduction,
     check_options,
@@ -299,6 +299,10 @@ class _CrossEntropyFunction(torch.autograd.Function):
 
     ``logits`` and ``targets`` come as the caller gave them (any layout); the function
     flattens them itself, so that what it saves are the caller's tensors, not copies.
+    Logits (N, C, d1, ..., dk) with class indices go to the kernel as their (N, C, S)
+    view, the classes kept in place (no channels-last copy of the block, whose gradient
+    then has the logits' own layout), except where the kernel runs in Triton, whose rows
+    are contiguous.
     """
 
     @staticmethod
@@ -313,17 +317,32 @@ class _CrossEntropyFunction(torch.autograd.Function):
         all_counted: bool,
     ) -> torch.Tensor:
         weight, probs, ignore_index = options.weight, options.probs, options.ignore_index
-        flat_logits, flat_targets = _flatten(logits, targets, probs)
+        # (N, C, S): the positions of spatial logits as an inner dimension of each row.
+        inner = (
+            (logits.shape[0], logits.shape[1], math.prod(logits.shape[2:]))
+            if logits.dim() > 2 and not probs and not use_triton(logits.device)
+            else None
+        )
+        if inner is None:
+            kernel_logits, flat_targets = _flatten(logits, targets, probs)
+        else:
+            kernel_logits, flat_targets = logits.reshape(inner), targets.reshape(-1)
         acc = accumulation_dtype(logits.dtype)
         safe, valid, factor = _row_scales(
             flat_targets, probs, weight, ignore_index, reduction, acc, all_counted
         )
         # needs_input_grad is also True under torch.no_grad(): ask grad mode at call time.
         want_grad = ctx.needs_input_grad[0] and track_grad
+        kernel_scale = factor
+        if inner is not None:
+            safe = safe.reshape(inner[0], inner[2])
+            if isinstance(factor, torch.Tensor):
+                kernel_scale = factor.reshape(inner[0], inner[2])
         terms = cross_entropy_rows(
-            flat_logits, safe, **options.rows, grad_scale=factor if want_grad else None
+            kernel_logits, safe, **options.rows, grad_scale=kernel_scale if want_grad else None
         )
-        rows = terms.loss if valid is None else torch.where(valid, terms.loss, 0.0)
+        rows = terms.loss.reshape(-1)
+        rows = rows if valid is None else torch.where(valid, rows, 0.0)
         if reduction == "none":
             loss = rows
         elif reduction == "sum":
@@ -343,6 +362,8 @@ class _CrossEntropyFunction(torch.autograd.Function):
         # Inference tensors (made under torch.inference_mode) have no version counter.
         ctx.logits = (logits, None if logits.is_inference() else logits._version)
         ctx.logits_shape = logits.shape
+        # The layout of the saved gradient: (N, C, S), or rows (M, C) when None.
+        ctx.inner = inner
         saved_logits = logits if ctx.probs_grad else None  # the targets' gradient needs them
         factor_tensor = factor if isinstance(factor, torch.Tensor) else None
         ctx.factor = None if factor_tensor is not None else factor
@@ -383,9 +404,11 @@ class _CrossEntropyFunction(torch.autograd.Function):
             if ctx.reduction == "none":
                 # An ignored token's row is 0 whatever its upstream gradient, NaN and inf
                 # included, as with torch (factor is the mask of counted tokens here).
-                upstream = grad_output.reshape(-1, 1).to(grad.dtype)
+                # Per token, shaped to broadcast over the classes of the gradient block.
+                token = (-1, 1) if ctx.inner is None else (ctx.inner[0], 1, ctx.inner[2])
+                upstream = grad_output.reshape(token).to(grad.dtype)
                 if isinstance(factor, torch.Tensor):  # else every token counts
-                    upstream = torch.where(factor.reshape(-1, 1) > 0, upstream, 0.0)
+                    upstream = torch.where(factor.reshape(token) > 0, upstream, 0.0)
             else:
                 upstream = grad_output.to(grad.dtype)
             if graph_kept():
@@ -399,7 +422,10 @@ class _CrossEntropyFunction(torch.autograd.Function):
                 # The block is released after this pass: scale it in place, on any device
                 # and for any upstream gradient, rather than allocate a second block.
                 grad_logits = grad.mul_(upstream)
-            grad_logits = _unflatten(grad_logits, ctx.logits_shape)
+            if ctx.inner is None:
+                grad_logits = _unflatten(grad_logits, ctx.logits_shape)
+            else:
+                grad_logits = grad_logits.reshape(ctx.logits_shape)
         if ctx.probs_grad:
             flat_logits, _ = _flatten(logits, targets, probs)
             grad_targets = _probability_target_grad(

@@ -125,22 +125,23 @@ def try_triton(launch: Callable[[], T]) -> T | None:
 
 def row_scale(
     grad_scale: torch.Tensor | float,
-    n: int,
+    rows: tuple[int, ...],
     inv_ln_b: float,
     dtype: torch.dtype,
     device: torch.device,
 ) -> torch.Tensor | float:
-    """``grad_scale / ln(base)`` for each of ``n`` rows: a tensor (a scalar one included)
-    as an (n,) vector of ``dtype``; a Python number stays a number (the same factor for
-    every row, the common case, with no per-row vector to build)."""
+    """``grad_scale / ln(base)`` for each row of a block with per-row shape ``rows``: a
+    tensor (a scalar one included) as a tensor of that shape and ``dtype``; a Python
+    number stays a number (the same factor for every row, the common case, with no
+    per-row tensor to build)."""
     if not isinstance(grad_scale, torch.Tensor):
         return float(grad_scale) * inv_ln_b
     scale = grad_scale.to(dtype=dtype, device=device)
-    if scale.dim() > 1 or (scale.dim() == 1 and scale.shape != (n,)):
+    if scale.dim() > 0 and tuple(scale.shape) != rows:
         raise ValueError(
-            f"`grad_scale` must be a scalar or have shape ({n},); got {tuple(scale.shape)}"
+            f"`grad_scale` must be a scalar or have shape {rows}; got {tuple(scale.shape)}"
         )
-    return (scale * inv_ln_b).expand(n).contiguous()
+    return (scale * inv_ln_b).expand(rows).contiguous()
 
 
 def default_slice_rows(num_classes: int, device: torch.device | str = "cpu") -> int:
@@ -164,7 +165,7 @@ def _column(value: torch.Tensor | float, part, rows: int) -> torch.Tensor | floa
     """A slice's ``rows`` rows (``part``) of a per-row factor as a column that broadcasts
     over the slice; a Python number (the same factor for every row) as it is."""
     if isinstance(value, torch.Tensor):
-        return part(value).reshape(rows, 1)
+        return part(value).unsqueeze(1)
     return value
 
 
@@ -245,9 +246,13 @@ def cross_entropy_rows(
         >>> bool(torch.allclose(terms.grad, torch.softmax(logits, 1) - torch.tensor([1, 0, 0])))
         True
     """
-    if logits.dim() != 2:
-        raise ValueError(f"`logits` must be 2-D (n, V); got shape {tuple(logits.shape)}")
-    n, num_classes = logits.shape
+    if logits.dim() not in (2, 3):
+        raise ValueError(
+            f"`logits` must be 2-D (n, V) or 3-D (n, V, S); got shape {tuple(logits.shape)}"
+        )
+    n, num_classes = logits.shape[:2]
+    inner = tuple(logits.shape[2:])  # () for rows, (S,) for S positions per row
+    rows_shape = (n, *inner)
     probs = targets.is_floating_point()
     if probs:
         if targets.shape != logits.shape:
@@ -255,8 +260,8 @@ def cross_entropy_rows(
                 f"`targets` (probabilities) must have the logits' shape {tuple(logits.shape)}; "
                 f"got {tuple(targets.shape)}"
             )
-    elif targets.shape != (n,):
-        raise ValueError(f"`targets` must have shape ({n},); got {tuple(targets.shape)}")
+    elif tuple(targets.shape) != rows_shape:
+        raise ValueError(f"`targets` must have shape {rows_shape}; got {tuple(targets.shape)}")
     if weight is not None and weight.shape != (num_classes,):
         raise ValueError(f"`weight` must have shape ({num_classes},); got {tuple(weight.shape)}")
     if out is not None and (out.shape != logits.shape or out.dtype != logits.dtype):
@@ -266,7 +271,7 @@ def cross_entropy_rows(
         )
 
     device = logits.device
-    if use_triton(device):
+    if not inner and use_triton(device):
         from crossentropy.losses import _triton
 
         terms = try_triton(
@@ -291,26 +296,29 @@ def cross_entropy_rows(
     zl = float(z_loss)
     inv_ln_b = 1.0 / math.log(base)
     logits = logits if logits.is_contiguous() else logits.contiguous()
+    w_class = None  # the class weights, shaped to broadcast along the class dimension
     if weight is not None:
         weight = weight.to(device=device, dtype=acc)
+        w_class = weight.reshape(num_classes, *(1 for _ in inner))
 
     # Per-row results, filled slice by slice.
-    row_max = torch.empty(n, dtype=acc, device=device)
-    neg_log_pmax = torch.empty(n, dtype=acc, device=device)  # log sum_c exp(z_c - m) >= 0
-    entropy = torch.empty(n, dtype=acc, device=device) if with_entropy else None
+    row_max = torch.empty(rows_shape, dtype=acc, device=device)
+    # log sum_c exp(z_c - m) >= 0
+    neg_log_pmax = torch.empty(rows_shape, dtype=acc, device=device)
+    entropy = torch.empty(rows_shape, dtype=acc, device=device) if with_entropy else None
     if probs:
-        q_sum = torch.empty(n, dtype=acc, device=device)  # sum_c q_c
-        q_dot_z = torch.empty(n, dtype=acc, device=device)  # sum_c q_c z_c
+        q_sum = torch.empty(rows_shape, dtype=acc, device=device)  # sum_c q_c
+        q_dot_z = torch.empty(rows_shape, dtype=acc, device=device)  # sum_c q_c z_c
     else:
         y = targets.to(device=device, dtype=torch.long)
-        z_target = torch.empty(n, dtype=acc, device=device)
+        z_target = torch.empty(rows_shape, dtype=acc, device=device)
         w_target = weight[y] if weight is not None else None
-        w_dot_z = torch.empty(n, dtype=acc, device=device) if eps > 0 else None
-    rows = slice_rows or default_slice_rows(num_classes, device)
+        w_dot_z = torch.empty(rows_shape, dtype=acc, device=device) if eps > 0 else None
+    rows = slice_rows or default_slice_rows(num_classes * math.prod(inner), device)
     if want_grad:
         # The gradient is of sum_i scale_i * loss_i; a per-row scale enters every
         # coefficient below, a number keeps them numbers.
-        scale = row_scale(grad_scale, n, inv_ln_b, acc, device)
+        scale = row_scale(grad_scale, rows_shape, inv_ln_b, acc, device)
         grad = out if out is not None else torch.empty_like(logits)
         if not probs:
             # Coefficients that do not depend on lse, for all rows at once.
@@ -325,7 +333,7 @@ def cross_entropy_rows(
             # scatter_add_ takes a tensor: a per-row column, or for a Python number a
             # column as tall as a slice, made below.
             per_row_target = isinstance(target_coef, torch.Tensor)
-            neg_target_coef = (-target_coef).reshape(n, 1) if per_row_target else -target_coef
+            neg_target_coef = (-target_coef).unsqueeze(1) if per_row_target else -target_coef
             smooth_coef = (eps / num_classes) * scale
     else:
         grad = None
@@ -341,17 +349,19 @@ def cross_entropy_rows(
         and not (need_z_buf or need_p_buf or probs or with_entropy)
     ):
         rows = max(n, 1)  # no workspace to bound: one launch per operation over the block
-    width = (min(rows, n), num_classes)
+    width = (min(rows, n), num_classes, *inner)
     z_buf = torch.empty(width, dtype=acc, device=device) if need_z_buf else None
     t_buf = torch.empty(width, dtype=acc, device=device) if softcap is not None else None
     p_buf = torch.empty(width, dtype=acc, device=device) if need_p_buf else None
     q_buf = torch.empty(width, dtype=acc, device=device) if probs else None
     e_buf = torch.empty(width, dtype=acc, device=device) if with_entropy else None
     if want_grad and not probs and not per_row_target:
-        neg_target_coef = torch.full((width[0], 1), neg_target_coef, dtype=acc, device=device)
+        neg_target_coef = torch.full(
+            (width[0], 1, *inner), neg_target_coef, dtype=acc, device=device
+        )
 
-    y_col = None if probs else y.reshape(n, 1)
-    z_target_col = None if probs else z_target.reshape(n, 1)
+    y_col = None if probs else y.unsqueeze(1)
+    z_target_col = None if probs else z_target.unsqueeze(1)
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
         b = r1 - r0
@@ -381,16 +391,18 @@ def cross_entropy_rows(
             qb.copy_(part(targets))
             if eps > 0:
                 qb.mul_(1.0 - eps).add_(eps / num_classes)
-            if weight is not None:
-                qb.mul_(weight)
+            if w_class is not None:
+                qb.mul_(w_class)
             torch.sum(qb, 1, out=part(q_sum))
-            torch.linalg.vecdot(qb, zb, out=part(q_dot_z))
+            torch.linalg.vecdot(qb, zb, dim=1, out=part(q_dot_z))
         else:
             yb = part(y_col)
             torch.gather(zb, 1, yb, out=part(z_target_col))
             if w_dot_z is not None:
                 if weight is None:
                     torch.sum(zb, 1, out=part(w_dot_z))
+                elif inner:
+                    torch.matmul(weight, zb, out=part(w_dot_z))  # (V) @ (b, V, S): (b, S)
                 else:
                     torch.mv(zb, weight, out=part(w_dot_z))
         torch.softmax(zb, 1, out=pb)
@@ -404,16 +416,16 @@ def cross_entropy_rows(
         # Gradient of the slice, in place over the softmax.
         scale_b = _column(scale, part, b)
         if probs:
-            coef = part(q_sum).reshape(b, 1)
+            coef = part(q_sum).unsqueeze(1)
             if zl > 0:
-                coef = coef + (2.0 * zl) * (max_b + pmax).reshape(b, 1)
+                coef = coef + (2.0 * zl) * (max_b + pmax).unsqueeze(1)
             pb.mul_(coef * scale_b)
             qb.mul_(scale_b)
             pb.sub_(qb)
         else:
             coef = _column(p_coef, part, b)
             if zl > 0:
-                coef = coef + _column(z_coef, part, b) * (max_b + pmax).reshape(b, 1)
+                coef = coef + _column(z_coef, part, b) * (max_b + pmax).unsqueeze(1)
             if isinstance(coef, torch.Tensor) or coef != 1.0:
                 pb.mul_(coef)
             pb.scatter_add_(
@@ -421,12 +433,12 @@ def cross_entropy_rows(
             )
             if eps > 0:
                 smooth_b = _column(smooth_coef, part, b)
-                if weight is None:
+                if w_class is None:
                     pb.sub_(smooth_b)
                 elif isinstance(smooth_b, torch.Tensor):
-                    pb.addr_(smooth_b.reshape(b), weight, alpha=-1.0)
+                    pb.addcmul_(smooth_b, w_class, value=-1.0)
                 else:
-                    pb.add_(weight, alpha=-smooth_b)
+                    pb.add_(w_class, alpha=-smooth_b)
         if softcap is not None:
             tanh_b.mul_(tanh_b)
             pb.addcmul_(pb, tanh_b, value=-1.0)

@@ -498,7 +498,7 @@ def triton_rows(
     grad = None
     scale = None
     if grad_scale is not None:
-        scale = row_scale(grad_scale, n, inv_ln_b, acc, device)
+        scale = row_scale(grad_scale, (n,), inv_ln_b, acc, device)
         if not isinstance(scale, torch.Tensor):  # the programs read one factor per row
             scale = torch.full((n,), scale, dtype=acc, device=device)
         grad = out if out is not None else torch.empty_like(logits)
