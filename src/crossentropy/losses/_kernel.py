@@ -53,12 +53,13 @@ class RowTerms(NamedTuple):
     """What :func:`cross_entropy_rows` returns; ``entropy`` and ``grad`` may be None.
 
     Attributes:
-        loss: (n,) per-row loss in units of ``base`` (float32; float64 for float64 logits).
+        loss: (n,) per-row loss in units of ``base`` (float32; float64 for float64 logits);
+            (n, S) for logits (n, V, S), as every per-row result.
         logsumexp: (n,) per-row ``log(sum_c exp(z_c))`` of the (soft-capped) logits, in nats,
             same dtype as ``loss``.
         entropy: (n,) entropy of ``softmax(z)`` per row in units of ``base``, or None when not
             requested.
-        grad: (n, V) gradient of ``sum_i grad_scale_i * loss_i`` with respect to the logits,
+        grad: Gradient of ``sum_i grad_scale_i * loss_i`` with respect to the logits,
             in the logits' dtype, or None when ``grad_scale`` is None.
     """
 
@@ -211,9 +212,12 @@ def cross_entropy_rows(
     and discard their loss, as :func:`crossentropy.losses.cross_entropy` does.
 
     Args:
-        logits: (n, V) floating-point logits (float64, float32, bfloat16 or float16).
+        logits: (n, V) floating-point logits (float64, float32, bfloat16 or float16); or
+            (n, V, S), the classes along dimension 1 and S positions per row (an image's
+            (N, C, H * W) view), each position a row of its own. Per-row shapes below are
+            then (n, S).
         targets: (n,) integer class indices in [0, V), or (n, V) floating-point class
-            probabilities.
+            probabilities (the logits' shape).
         weight: (V,) nonnegative class weights, or None.
         label_smoothing: Smoothing ``eps`` in [0, 1].
         z_loss: Coefficient of the per-row ``lse**2`` penalty, >= 0.
@@ -221,8 +225,8 @@ def cross_entropy_rows(
         base: Logarithm base of ``loss``, ``entropy`` and ``grad`` (``math.e``: nats).
         grad_scale: None for no gradient; else a scalar or an (n,) tensor of per-row factors
             ``s_i``: the gradient returned is that of ``sum_i s_i * loss_i``.
-        out: Optional (n, V) tensor of the logits' dtype to write the gradient into; it may
-            be ``logits`` itself, whose values are then overwritten by the gradient (the
+        out: Optional tensor of the logits' shape and dtype to write the gradient into; it
+            may be ``logits`` itself, whose values are then overwritten by the gradient (the
             memory of one block instead of two). Without it a new tensor is allocated.
         with_entropy: Also return the entropy of ``softmax(z)`` per row.
         slice_rows: Rows processed together (default :func:`default_slice_rows`).
@@ -233,7 +237,7 @@ def cross_entropy_rows(
         logits), the gradient in the logits' dtype.
 
     Raises:
-        ValueError: ``logits`` not 2-D, or ``targets``/``weight``/``grad_scale``/``out`` of a
+        ValueError: ``logits`` not 2-D or 3-D, or ``targets``/``weight``/``grad_scale``/``out`` of a
             shape that does not match it.
 
     Examples:
