@@ -31,6 +31,22 @@ def _case(n, v, kind, seed):
     return logits, targets, weight
 
 
+def _rows_on_a_copy(logits, targets, scale, in_place, slice_rows, options):
+    """The kernel, with the entropy, on a copy of ``logits`` (its gradient written over the
+    copy when ``in_place``): the terms and the copy."""
+    work = logits.clone()
+    terms = cross_entropy_rows(
+        work,
+        targets,
+        grad_scale=scale,
+        out=work if in_place else None,
+        with_entropy=True,
+        slice_rows=slice_rows,
+        **options,
+    )
+    return terms, work
+
+
 @pytest.mark.parametrize("options", OPTION_SETS)
 @pytest.mark.parametrize("kind", ["index", "probs"])
 @pytest.mark.parametrize("slice_rows", [1, 3, None])
@@ -42,16 +58,7 @@ def test_rows_match_reference(options, kind, slice_rows, in_place):
     if options.get("weight") == "w":
         options["weight"] = weight
     scale = torch.linspace(-1.0, 2.0, n, dtype=torch.float64)  # per-row factors
-    work = logits.clone()
-    terms = cross_entropy_rows(
-        work,
-        targets,
-        grad_scale=scale,
-        out=work if in_place else None,
-        with_entropy=True,
-        slice_rows=slice_rows,
-        **options,
-    )
+    terms, work = _rows_on_a_copy(logits, targets, scale, in_place, slice_rows, options)
     ref_options = {k: (v.numpy() if torch.is_tensor(v) else v) for k, v in options.items()}
     ref_loss, ref_grad_rows = reference_cross_entropy(
         logits.numpy(), targets.numpy(), reduction="none", **ref_options
@@ -169,16 +176,7 @@ def test_rows_with_inner_positions_equal_the_flattened_rows(
         scale, flat_scale = -0.75, -0.75
     else:
         flat_scale, scale = scale, scale.reshape(n, s)
-    work = logits.clone()
-    terms = cross_entropy_rows(
-        work,
-        targets,
-        grad_scale=scale,
-        out=work if in_place else None,
-        with_entropy=True,
-        slice_rows=slice_rows,
-        **options,
-    )
+    terms, work = _rows_on_a_copy(logits, targets, scale, in_place, slice_rows, options)
     flat = cross_entropy_rows(
         logits.movedim(1, -1).reshape(-1, v),
         flat_targets,
