@@ -299,10 +299,10 @@ class _CrossEntropyFunction(torch.autograd.Function):
 
     ``logits`` and ``targets`` come as the caller gave them (any layout); the function
     flattens them itself, so that what it saves are the caller's tensors, not copies.
-    Logits (N, C, d1, ..., dk) with class indices go to the kernel as their (N, C, S)
-    view, the classes kept in place (no channels-last copy of the block, whose gradient
-    then has the logits' own layout), except where the kernel runs in Triton, whose rows
-    are contiguous.
+    Logits (N, C, d1, ..., dk) go to the kernel as their (N, C, S) view (with targets of
+    the matching layout), the classes kept in place: no channels-last copy of the block,
+    whose gradient then has the logits' own layout; except where the kernel runs in
+    Triton, whose rows are contiguous.
     """
 
     @staticmethod
@@ -320,21 +320,28 @@ class _CrossEntropyFunction(torch.autograd.Function):
         # (N, C, S): the positions of spatial logits as an inner dimension of each row.
         inner = (
             (logits.shape[0], logits.shape[1], math.prod(logits.shape[2:]))
-            if logits.dim() > 2 and not probs and not use_triton(logits.device)
+            if logits.dim() > 2 and not use_triton(logits.device)
             else None
         )
+        acc = accumulation_dtype(logits.dtype)
         if inner is None:
             kernel_logits, flat_targets = _flatten(logits, targets, probs)
+        elif probs:  # every token counts: only the number of tokens enters the factor
+            kernel_logits, flat_targets = logits.reshape(inner), targets.reshape(inner)
         else:
             kernel_logits, flat_targets = logits.reshape(inner), targets.reshape(-1)
-        acc = accumulation_dtype(logits.dtype)
-        safe, valid, factor = _row_scales(
-            flat_targets, probs, weight, ignore_index, reduction, acc, all_counted
-        )
+        if inner is not None and probs:
+            tokens = inner[0] * inner[2]
+            safe, valid = flat_targets, None
+            factor = (1.0 / tokens if tokens else 0.0) if reduction == "mean" else 1.0
+        else:
+            safe, valid, factor = _row_scales(
+                flat_targets, probs, weight, ignore_index, reduction, acc, all_counted
+            )
         # needs_input_grad is also True under torch.no_grad(): ask grad mode at call time.
         want_grad = ctx.needs_input_grad[0] and track_grad
         kernel_scale = factor
-        if inner is not None:
+        if inner is not None and not probs:
             safe = safe.reshape(inner[0], inner[2])
             if isinstance(factor, torch.Tensor):
                 kernel_scale = factor.reshape(inner[0], inner[2])
