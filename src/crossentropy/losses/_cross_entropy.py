@@ -213,6 +213,14 @@ def _check_target_values(
 # The autograd function.
 
 
+def _uniform_factor(tokens: int, reduction: str) -> float:
+    """The factor of every token when all count alike: ``1 / tokens`` for ``"mean"`` (0 for
+    an empty batch, whose mean is 0), else 1."""
+    if reduction == "mean":
+        return 1.0 / tokens if tokens else 0.0
+    return 1.0
+
+
 def _row_scales(
     targets: torch.Tensor,
     probs: bool,
@@ -231,9 +239,7 @@ def _row_scales(
     n = targets.shape[0]
     device = targets.device
     if all_counted and (probs or weight is None):
-        if reduction == "mean":
-            return targets, None, 1.0 / n if n else 0.0
-        return targets, None, 1.0
+        return targets, None, _uniform_factor(n, reduction)
     if probs:
         valid = None
         safe = targets
@@ -326,25 +332,24 @@ class _CrossEntropyFunction(torch.autograd.Function):
         acc = accumulation_dtype(logits.dtype)
         if inner is None:
             kernel_logits, flat_targets = _flatten(logits, targets, probs)
-        elif probs:  # every token counts: only the number of tokens enters the factor
-            kernel_logits, flat_targets = logits.reshape(inner), targets.reshape(inner)
-        else:
-            kernel_logits, flat_targets = logits.reshape(inner), targets.reshape(-1)
-        if inner is not None and probs:
-            tokens = inner[0] * inner[2]
-            safe, valid = flat_targets, None
-            factor = (1.0 / tokens if tokens else 0.0) if reduction == "mean" else 1.0
-        else:
             safe, valid, factor = _row_scales(
                 flat_targets, probs, weight, ignore_index, reduction, acc, all_counted
             )
-        # needs_input_grad is also True under torch.no_grad(): ask grad mode at call time.
-        want_grad = ctx.needs_input_grad[0] and track_grad
-        kernel_scale = factor
-        if inner is not None and not probs:
+            kernel_scale = factor
+        elif probs:  # every token counts: only the number of tokens enters the factor
+            kernel_logits, safe, valid = logits.reshape(inner), targets.reshape(inner), None
+            factor = kernel_scale = _uniform_factor(inner[0] * inner[2], reduction)
+        else:  # the per-token targets and factor as (N, S), like the kernel's rows
+            kernel_logits = logits.reshape(inner)
+            safe, valid, factor = _row_scales(
+                targets.reshape(-1), probs, weight, ignore_index, reduction, acc, all_counted
+            )
             safe = safe.reshape(inner[0], inner[2])
+            kernel_scale = factor
             if isinstance(factor, torch.Tensor):
                 kernel_scale = factor.reshape(inner[0], inner[2])
+        # needs_input_grad is also True under torch.no_grad(): ask grad mode at call time.
+        want_grad = ctx.needs_input_grad[0] and track_grad
         terms = cross_entropy_rows(
             kernel_logits, safe, **options.rows, grad_scale=kernel_scale if want_grad else None
         )
