@@ -137,3 +137,59 @@ def test_gradients_stay_finite_where_outcomes_never_happen():
     b = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64, requires_grad=True)
     info.binary_entropy(b).sum().backward()
     assert torch.isfinite(b.grad).all()
+
+
+def _js_masked_reference(p, q):
+    """JS in bits as the math reads, each p log(p / m) term masked with torch.where where
+    the weight is 0 (the function's own convention), in float64."""
+    m = (p + q) / 2
+
+    def term(x):
+        present = x > 0
+        x_safe = torch.where(present, x, torch.ones_like(x))
+        m_safe = torch.where(present, m, torch.ones_like(m))
+        return torch.where(present, x * torch.log2(x_safe / m_safe), torch.zeros_like(x))
+
+    return ((term(p) + term(q)) / 2).sum(-1)
+
+
+@pytest.mark.parametrize(
+    ("p", "q"),
+    [
+        ([0.0, 1.0], [1.0, 0.0]),  # one side 0, the other exactly 1, at both outcomes
+        ([1.0, 0.0], [0.0, 1.0]),
+        ([0.0, 0.3, 0.7], [1.0, 0.0, 0.0]),
+        ([0.2, 0.0, 0.8], [0.0, 1.0, 0.0]),
+        ([[0.0, 1.0], [0.5, 0.5]], [[1.0, 0.0], [0.25, 0.75]]),
+    ],
+)
+def test_js_gradient_is_finite_where_one_side_is_zero_and_the_other_one(p, q):
+    # The p - q handed to the near-branch was not masked where p = 0: log1p(-1) = -inf in
+    # the dropped branch, and backward gave 0 · inf = NaN for every entry.
+    p_ours = torch.tensor(p, dtype=torch.float64, requires_grad=True)
+    q_ours = torch.tensor(q, dtype=torch.float64, requires_grad=True)
+    p_ref = p_ours.detach().clone().requires_grad_(True)
+    q_ref = q_ours.detach().clone().requires_grad_(True)
+    value = info.js_divergence(p_ours, q_ours)
+    value.sum().backward()
+    expected = _js_masked_reference(p_ref, q_ref)
+    expected.sum().backward()
+    torch.testing.assert_close(value, expected, rtol=1e-15, atol=1e-15)
+    assert torch.isfinite(p_ours.grad).all()
+    assert torch.isfinite(q_ours.grad).all()
+    torch.testing.assert_close(p_ours.grad, p_ref.grad, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(q_ours.grad, q_ref.grad, rtol=1e-13, atol=1e-15)
+
+
+def test_js_gradient_through_a_saturated_softmax_is_finite():
+    # softmax of logits +-400 is exactly one-hot in float64: disjoint supports.
+    x = torch.tensor([[-400.0, 400.0], [1.0, -2.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([[400.0, -400.0], [0.5, 0.5]], dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y_ref = y.detach().clone().requires_grad_(True)
+    info.js_divergence(x.softmax(-1), y.softmax(-1)).sum().backward()
+    _js_masked_reference(x_ref.softmax(-1), y_ref.softmax(-1)).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert torch.isfinite(y.grad).all()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(y.grad, y_ref.grad, rtol=1e-12, atol=1e-15)

@@ -294,8 +294,10 @@ def _relative_terms(xp: Any, p: Any, q: Any, log: Any, base: float, difference: 
     near = (q_safe <= p_safe * 2.0) & (p_safe <= q_safe * 2.0)
     if bool(xp.any(near)):
         zero = _zero(xp, ratio)
-        if difference is None:
-            difference = p_safe - q_safe
+        # A given p - q is masked as p and q are: where p = 0 (p_safe = q_safe = 1) an
+        # unmasked p - q = -1 would make log1p(-1) = -inf in the branch ``where`` drops,
+        # and its gradient 0 · inf = NaN.
+        difference = p_safe - q_safe if difference is None else xp.where(present, difference, zero)
         step = xp.where(near, difference / q_safe, zero)
         log1p = xp.log1p(step)
         if base != math.e:
