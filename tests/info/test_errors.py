@@ -348,3 +348,44 @@ def test_a_repeated_bad_entry_is_reported_as_itself(xp, p, message):
             getattr(info, name)(xp.asarray(p), xp.asarray(GOOD))
         assert "repeated" not in str(error.value)
         assert "same number of outcomes" not in str(error.value)
+
+
+def _rounded_oracle(weights: np.ndarray, dtype) -> np.ndarray:
+    """x / Σ x in float64 (exact for these weights to far below a half ulp), then rounded."""
+    wide = weights.astype(np.float64)
+    return (wide / wide.sum(axis=-1, keepdims=True)).astype(dtype)
+
+
+@pytest.mark.parametrize("n", [100_000, 70_000, 5])
+def test_normalize_in_float16_never_gives_zeros(xp, rng, n):
+    # The float16 total of 100000 ones overflows (max 65504); it used to give x / inf = 0
+    # everywhere, and a rescale by the maximum overflowed again.
+    for weights in (np.ones((2, n)), rng.random((2, n)) * 4):
+        weights = weights.astype(np.float16)
+        got = xp.to_numpy(info.normalize(xp.asarray(weights, np.float16)))
+        assert got.dtype == np.float16
+        expected = _rounded_oracle(weights, np.float16)
+        # Divided in float32, then rounded: the oracle's float16 or a neighbour (an ulp of
+        # float16, or its smallest subnormal 2**-24 below 2**-14).
+        np.testing.assert_allclose(
+            got.astype(np.float64), expected.astype(np.float64), rtol=2**-10, atol=2**-24
+        )
+        assert abs(got.astype(np.float64).sum(axis=-1) - 1).max() < 0.01
+    ones = xp.to_numpy(info.normalize(xp.asarray(np.ones(n, np.float16), np.float16)))
+    assert (ones == np.float16(1 / n)).all()
+
+
+def test_normalize_in_bfloat16_stays_right():
+    torch = pytest.importorskip("torch")
+    generator = torch.Generator().manual_seed(1)
+    for weights in (
+        torch.ones(2, 100_000, dtype=torch.bfloat16),
+        (torch.rand(3, 1000, generator=generator) * 4).to(torch.bfloat16),
+        # a total past float32's range too: rescaled by the row's maximum
+        torch.tensor([[3e38, 3e38, 1e38], [1.0, 2.0, 1.0]], dtype=torch.bfloat16),
+    ):
+        got = info.normalize(weights)
+        assert got.dtype == torch.bfloat16
+        wide = weights.double()
+        expected = (wide / wide.sum(-1, keepdim=True)).to(torch.bfloat16)
+        torch.testing.assert_close(got.double(), expected.double(), rtol=2**-7, atol=0)

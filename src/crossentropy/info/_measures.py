@@ -510,7 +510,10 @@ def normalize(x: Any, *, axis: int = -1) -> Any:
     """Scale non-negative weights ``x`` along ``axis`` so that they sum to 1: x / Σ x.
 
     The explicit way to turn counts or weights into a distribution; the measures never do
-    it silently. Integer counts are converted to the default float.
+    it silently. Integer counts are converted to the default float. Half-precision
+    weights (float16, bfloat16) are summed and divided in float32 and the result is
+    rounded back, so a total beyond float16's range (65504) still gives the right
+    distribution.
 
     Args:
         x: finite, non-negative weights, with a positive sum along ``axis``.
@@ -538,8 +541,11 @@ def normalize(x: Any, *, axis: int = -1) -> Any:
             f"`x` must have at least one entry along axis {axis}; got shape {tuple(array.shape)}"
         )
     _check_entries(xp, array, "x", upper=None)
+    # Half-precision weights are summed and divided in float32: a float16 total overflows
+    # past 65504 (ones over 2**16 outcomes), and it would round away the small weights.
+    work = xp.astype(array, xp.float32) if _is_half(array.dtype) else array
     with np.errstate(over="ignore"):
-        totals = xp.sum(array, axis=ax, keepdims=True)
+        totals = xp.sum(work, axis=ax, keepdims=True)
     if math.prod(array.shape) and not bool(xp.all(totals > 0)):
         zero_at = np.argwhere(~(_to_numpy(totals) > 0))[0]
         index = tuple(int(i) for n, i in enumerate(zero_at) if n != ax)
@@ -549,6 +555,12 @@ def normalize(x: Any, *, axis: int = -1) -> Any:
             f"weight); got all zeros{where}"
         )
     if math.prod(array.shape) and bool(xp.any(xp.isinf(totals))):  # the sum overflowed
-        array = array / xp.max(array, axis=ax, keepdims=True)
-        totals = xp.sum(array, axis=ax, keepdims=True)
-    return array / totals
+        work = work / xp.max(work, axis=ax, keepdims=True)
+        totals = xp.sum(work, axis=ax, keepdims=True)
+    result = work / totals
+    return result if work is array else xp.astype(result, array.dtype)
+
+
+def _is_half(dtype: Any) -> bool:
+    """Whether ``dtype`` is float16 or bfloat16 (NumPy's or torch's, by name)."""
+    return str(dtype).rsplit(".", 1)[-1] in ("float16", "bfloat16")
