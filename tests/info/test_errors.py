@@ -240,6 +240,40 @@ def test_non_numeric_input(bad, message):
         info.cross_entropy(bad, GOOD)
 
 
+# Every measure with its argument names; the second of a pair is q.
+ARGUMENTS = {
+    "information": ("p",),
+    "entropy": ("p",),
+    "cross_entropy": ("p", "q"),
+    "kl_divergence": ("p", "q"),
+    "js_divergence": ("p", "q"),
+    "binary_entropy": ("p",),
+    "perplexity": ("p",),
+    "normalize": ("x",),
+}
+
+
+@pytest.mark.parametrize("name", list(ARGUMENTS))
+def test_masked_arrays_are_refused_by_name(name):
+    # The checks honoured the mask while the measure dropped it: entropy([.5, .5, --])
+    # with a hidden 9 gave -8 bits.
+    masked = np.ma.array([0.5, 0.5, 9.0], mask=[0, 0, 1])
+    plain = np.array([0.5, 0.5, 0.0])
+    arguments = ARGUMENTS[name]
+    for position, argument in enumerate(arguments):
+        values = [plain] * len(arguments)
+        values[position] = masked
+        with pytest.raises(
+            TypeError,
+            match=rf"^`{argument}` must be a plain array: NumPy masked arrays are not "
+            rf"supported; got a masked array of dtype float64; pass `{argument}\.filled\(0\)`"
+            rf" to count the masked entries as 0, or `{argument}\.compressed\(\)` to drop them$",
+        ):
+            getattr(info, name)(*values)
+    with pytest.raises(TypeError, match=r"^`targets` must be a plain array: NumPy masked"):
+        check_distribution(masked, "targets")
+
+
 def test_ragged_sequence():
     with pytest.raises(
         ValueError,

@@ -96,11 +96,20 @@ def as_float_array(x: Any, name: str, *, like: Any = None) -> tuple[Any, Any]:
     default dtype for torch).
 
     Raises:
-        TypeError: ``x`` is not made of real numbers (strings, objects, complex numbers).
+        TypeError: ``x`` is not made of real numbers (strings, objects, complex numbers),
+            or is a NumPy masked array (its mask would be lost).
         ValueError: ``x`` is a ragged sequence.
     """
     if isinstance(x, (str, bytes)):
         raise TypeError(f"`{name}` must be an array of real numbers; got {_describe(x)}")
+    if isinstance(x, np.ma.MaskedArray):
+        # Some NumPy functions honour the mask and others drop it: the checks and the
+        # measure would not see the same numbers.
+        raise TypeError(
+            f"`{name}` must be a plain array: NumPy masked arrays are not supported; got a "
+            f"masked array of dtype {x.dtype}; pass `{name}.filled(0)` to count the masked "
+            f"entries as 0, or `{name}.compressed()` to drop them"
+        )
     if isinstance(x, np.ndarray) and x.dtype.kind == "O":  # an object array of Fractions
         xp = array_api_compat.array_namespace(x)
         array = _from_sequence(x, name)
