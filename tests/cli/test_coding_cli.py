@@ -8,8 +8,10 @@ import json
 import lzma
 import math
 import os
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -357,3 +359,133 @@ def test_entropy_table_cells_are_the_json_values(run, tmp_path, capsys):
     cells = capsys.readouterr().out.splitlines()[2].split()
     columns = ["entropy", "huffman", *coding.MODELS, "gzip", "bz2", "xz"]
     assert cells == [str(tmp_path / "f"), str(len(DATA))] + [f"{report[c]:.3f}" for c in columns]
+
+
+# -- OUT that is not a regular file: written into, never replaced -----------------------
+
+
+def _read_fifo_in_background(fifo: Path) -> tuple[threading.Thread, list[bytes]]:
+    received: list[bytes] = []
+
+    def reader() -> None:
+        with open(fifo, "rb") as handle:
+            received.append(handle.read())
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    return thread, received
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_fifo_output_is_written_into_not_replaced(run, tmp_path, force):
+    # It said "fifo exists; pass --force", and with --force replaced the FIFO by a regular
+    # file that no reader ever saw.
+    (tmp_path / "in").write_bytes(DATA)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    thread, received = _read_fifo_in_background(fifo)
+    assert run(["compress", str(tmp_path / "in"), str(fifo), *force]) == 0
+    thread.join(timeout=30)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert coding.decompress(received[0]) == DATA
+    (tmp_path / "c").write_bytes(received[0])
+    thread, received = _read_fifo_in_background(fifo)
+    assert run(["decompress", str(tmp_path / "c"), str(fifo), *force]) == 0
+    thread.join(timeout=30)
+    assert received == [DATA]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "fifo", "in"]  # no temp file
+
+
+def test_forced_output_through_a_symlink_replaces_its_target_not_the_link(run, tmp_path, capsys):
+    (tmp_path / "in").write_bytes(DATA)
+    (tmp_path / "sub").mkdir()
+    target = tmp_path / "sub" / "target"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    link = tmp_path / "link"
+    link.symlink_to(Path("sub") / "target")  # relative, as `ln -s` makes them
+    assert run(["compress", str(tmp_path / "in"), str(link)]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert target.read_bytes() == b"old"
+    assert run(["compress", str(tmp_path / "in"), str(link), "--force"]) == 0
+    assert link.is_symlink()
+    assert os.readlink(link) == str(Path("sub") / "target")
+    assert coding.decompress(target.read_bytes()) == DATA
+    assert target.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["target"]
+    # A link to the input is the input.
+    (tmp_path / "to-in").symlink_to(tmp_path / "in")
+    assert run(["compress", str(tmp_path / "in"), str(tmp_path / "to-in"), "--force"]) == 1
+    assert "OUT must differ from IN" in capsys.readouterr().err
+    assert (tmp_path / "in").read_bytes() == DATA
+
+
+def test_dangling_symlink_output_needs_force_and_creates_its_target(run, tmp_path, capsys):
+    (tmp_path / "in").write_bytes(DATA)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "new")
+    assert run(["compress", str(tmp_path / "in"), str(link)]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert run(["compress", str(tmp_path / "in"), str(link), "--force"]) == 0
+    assert link.is_symlink()
+    assert coding.decompress((tmp_path / "new").read_bytes()) == DATA
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert run(["compress", str(tmp_path / "in"), str(loop), "--force"]) == 1
+    assert "loop of symbolic links" in capsys.readouterr().err
+    assert loop.is_symlink()
+
+
+def test_output_to_an_open_descriptor(tmp_path):
+    # /dev/stdout and /dev/fd/N name open descriptors: written into, --force or not (they
+    # said "exists; pass --force", then failed on a temporary name beside them).
+    packed = _command("compress", "-", "/dev/stdout", data=DATA)
+    assert packed.returncode == 0, packed.stderr
+    assert coding.decompress(packed.stdout) == DATA
+    (tmp_path / "c").write_bytes(packed.stdout)
+    read, write = os.pipe()
+    with open(read, "rb") as reader:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "crossentropy",
+                "decompress",
+                str(tmp_path / "c"),
+                f"/dev/fd/{write}",
+                "--force",
+            ],
+            pass_fds=(write,),
+            stderr=subprocess.PIPE,
+        )
+        os.close(write)
+        restored = reader.read()
+        assert process.wait(timeout=120) == 0, process.stderr.read()
+        process.stderr.close()
+    assert restored == DATA
+
+
+# -- a closed output pipe ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["decompress", "measure"])
+def test_closed_output_pipe_is_quiet_exit_141(tmp_path, command):
+    # `decompress big - | head -c 10` exited 0 after writing 64 KiB of 2 MB (the short
+    # write went unchecked), and `| true` printed "error: [Errno 32] Broken pipe".
+    if command == "decompress":
+        data = np.random.default_rng(0).integers(0, 256, 1 << 21, dtype=np.uint8).tobytes()
+        (tmp_path / "c").write_bytes(coding.compress(data))
+        argv = ["decompress", str(tmp_path / "c"), "-"]
+    else:
+        argv = ["measure", ",".join(["1/5000"] * 5000)]  # an outcome table of 5000 rows
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crossentropy", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout.read(10)
+    process.stdout.close()
+    assert process.wait(timeout=120) == 141
+    assert process.stderr.read() == b""
+    process.stderr.close()

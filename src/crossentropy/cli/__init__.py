@@ -1,6 +1,8 @@
 """The ``crossentropy`` command. It contains no logic: every subcommand calls the public API.
 
-Exit codes: 0 success, 1 bad data (one line on stderr, no traceback), 2 usage.
+Exit codes: 0 success, 1 bad data (one line on stderr, no traceback), 2 usage, 141
+(128 + SIGPIPE, quietly, as a shell reports ``cat``) when the reader of the output
+closes it early (``crossentropy decompress big.cez - | head``).
 Each subcommand lives in its own module exposing ``register(subparsers)``, which adds
 its parser and sets ``func`` to a callable taking the parsed namespace and returning
 an exit code.
@@ -9,12 +11,27 @@ an exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 
 from crossentropy import __version__
 
 _SUBCOMMAND_MODULES = ("_tour", "_measure", "_coding")
+
+
+#: The exit status of a command whose output pipe was closed: 128 + SIGPIPE.
+_BROKEN_PIPE = 141
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit finds no
+    closed pipe to complain about (the Python docs' "Note on SIGPIPE")."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return _BROKEN_PIPE
     except (ValueError, TypeError, OSError, ImportError) as error:
         print(f"crossentropy {args.command}: error: {error}", file=sys.stderr)
         return 1

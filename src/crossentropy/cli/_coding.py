@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
+import re
+import stat
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from crossentropy import coding
 
@@ -30,7 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", choices=coding.MODELS, default="order0", help="entropy model (default: order0)"
     )
-    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUT if it is an existing file (through a symbolic link: the file it "
+        "names); a FIFO or a device is written into without it",
+    )
     parser.set_defaults(func=_compress)
 
     parser = subparsers.add_parser(
@@ -40,7 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", metavar="IN", help="container to read, or '-' for stdin")
     parser.add_argument("output", metavar="OUT", help="file to write, or '-' for stdout")
-    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUT if it is an existing file (through a symbolic link: the file it "
+        "names); a FIFO or a device is written into without it",
+    )
     parser.set_defaults(func=_decompress)
 
     parser = subparsers.add_parser(
@@ -64,23 +79,100 @@ def _read(name: str) -> bytes:
     return Path(name).read_bytes()
 
 
+# /proc/<pid>/fd, /proc/self/fd, /proc/<pid>/task/<tid>/fd: their entries are open
+# descriptors (/dev/fd/N, /dev/stdout), not files to replace.
+_DESCRIPTOR_FOLDER = re.compile(r"/proc/(?:[^/]+/)*fd")
+_MAX_LINKS = 40
+
+
+class _Output(NamedTuple):
+    """Where OUT's bytes go: ``path`` replaced atomically (a regular file, or none yet),
+    or written straight into (``stream``: a FIFO, a device, an open descriptor)."""
+
+    path: Path
+    stream: bool
+
+
+def _output(name: str, *, force: bool, source: str) -> _Output:
+    """How to write OUT; refuses a directory, a missing folder, OUT == IN, and an
+    existing regular file (or a link to one) without ``force``.
+
+    A symbolic link is followed to the file it names (and that file is replaced, never
+    the link). A FIFO, a device or an open descriptor (/dev/stdout, /dev/fd/N) is
+    written into as it is, like a pipe, with or without ``force``.
+    """
+    path = os.path.abspath(name)
+    for _ in range(_MAX_LINKS):
+        folder = os.path.realpath(os.path.dirname(path))
+        if _DESCRIPTOR_FOLDER.fullmatch(folder):
+            return _Output(Path(path), stream=True)
+        path = os.path.join(folder, os.path.basename(path))
+        if not os.path.islink(path):
+            break
+        path = os.path.normpath(os.path.join(folder, os.readlink(path)))
+    else:
+        raise ValueError(f"OUT must not be a loop of symbolic links; got {name}")
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise ValueError(f"OUT must be in an existing directory; {target.parent} does not exist")
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise ValueError(f"OUT must be a file, not a directory; got {name}")
+    if mode is not None and not stat.S_ISREG(mode):
+        return _Output(target, stream=True)
+    if source != "-" and mode is not None and _same_file(target, source):
+        raise ValueError(f"OUT must differ from IN; both are {name}")
+    if (mode is not None or os.path.lexists(name)) and not force:
+        raise ValueError(f"{name} exists; pass --force to overwrite it")
+    return _Output(target, stream=False)
+
+
+def _same_file(target: Path, source: str) -> bool:
+    try:
+        return os.path.samefile(target, source)
+    except OSError:
+        return False
+
+
+def _write_all(write: Callable[[memoryview], int | None], data: bytes) -> None:
+    """``write`` until every byte of ``data`` is written; a write that makes no progress
+    is an error (a short write must never pass for success)."""
+    view = memoryview(data)
+    while view:
+        written = write(view)
+        if not written:
+            raise OSError(errno.EIO, f"the write stopped with {len(view)} bytes left")
+        view = view[written:]
+
+
 def _write(name: str, data: bytes, *, force: bool, source: str) -> None:
-    """Write ``data`` to ``name`` atomically (temporary file in the same folder, renamed)."""
+    """Write ``data`` to OUT: stdout, straight into a FIFO, device or descriptor, or
+    atomically to a regular file (a temporary file in the same folder, renamed)."""
     if name == "-":
-        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        _write_all(sys.stdout.buffer.write, data)
         sys.stdout.buffer.flush()
         return
-    target = Path(name)
-    _check_target(target, name)
-    if source != "-" and target.exists() and target.resolve() == Path(source).resolve():
-        raise ValueError(f"OUT must differ from IN; both are {name}")
-    if target.exists() and not force:
-        raise ValueError(f"{name} exists; pass --force to overwrite it")
-    folder = target.parent if str(target.parent) else Path(".")
-    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".part")
+    output = _output(name, force=force, source=source)
+    if output.stream:
+        # No O_CREAT, no O_TRUNC: it exists and is not a regular file, or it is an open
+        # descriptor (/dev/stdout), whose file the shell truncated or opened to append.
+        descriptor = os.open(output.path, os.O_WRONLY | os.O_APPEND | os.O_NOCTTY)
+        try:
+            _write_all(lambda view: os.write(descriptor, view), data)
+        finally:
+            os.close(descriptor)
+        return
+    target = output.path
+    descriptor, temporary = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+    )
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
+            _write_all(handle.write, data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, _new_file_mode(target))
@@ -126,20 +218,8 @@ def _decompress(args: argparse.Namespace) -> int:
 
 def _check_output(args: argparse.Namespace) -> None:
     # Refuse before the (possibly long) work, and again when writing.
-    if args.output == "-":
-        return
-    _check_target(Path(args.output), args.output)
-    if Path(args.output).exists() and not args.force:
-        raise ValueError(f"{args.output} exists; pass --force to overwrite it")
-
-
-def _check_target(target: Path, name: str) -> None:
-    """OUT must name a file in an existing folder (not a folder, not a missing folder)."""
-    if target.is_dir():
-        raise ValueError(f"OUT must be a file, not a directory; got {name}")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise ValueError(f"OUT must be in an existing directory; {folder} does not exist")
+    if args.output != "-":
+        _output(args.output, force=args.force, source=args.input)
 
 
 def _bar(fraction: float) -> str:
