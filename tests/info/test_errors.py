@@ -144,6 +144,47 @@ def test_bad_base(xp, base):
             call()
 
 
+BASE_TAKERS = ["information", "entropy", "cross_entropy", "kl_divergence", "js_divergence"]
+BASE_TAKERS += ["binary_entropy"]
+
+
+def _base_scalars():
+    """0-d arrays of real dtypes that mean base 2 or base 4, with the expected value."""
+    values = [(np.array(2.0), 2.0), (np.array(4), 4.0), (np.array(2.0, np.float32), 2.0)]
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is in the test environment
+        return values
+    return [*values, (torch.tensor(2.0), 2.0), (torch.tensor(4), 4.0)]
+
+
+@pytest.mark.parametrize(("base", "value"), _base_scalars(), ids=repr)
+def test_a_zero_dimensional_array_is_a_base(xp, base, value):
+    p = xp.asarray([0.5, 0.25, 0.25])
+    for name in BASE_TAKERS:
+        arguments = (p, p) if name in ("cross_entropy", "kl_divergence", "js_divergence") else (p,)
+        got = xp.to_numpy(getattr(info, name)(*arguments, base=base))
+        expected = xp.to_numpy(getattr(info, name)(*arguments, base=value))
+        np.testing.assert_array_equal(got, expected)
+    # The oracle: H = 1.5 bits, 0.75 in base 4.
+    assert float(xp.to_numpy(info.entropy(p, base=base))) == 1.5 / math.log2(value)
+
+
+def test_a_zero_dimensional_base_is_checked_as_a_number(xp):
+    p = xp.asarray(GOOD)
+    for bad in (np.array(1.0), np.array(0), np.array(-2.0), np.array(math.nan)):
+        for base in (bad, xp.asarray(bad)):
+            with pytest.raises(ValueError, match=r"`base` must be a finite number > 0 and != 1"):
+                info.entropy(p, base=base)
+    for bad, seen in (
+        (np.array(True), "dtype bool"),
+        (np.array(2 + 0j), "dtype complex"),
+        (np.array([2.0]), r"dtype float64 of shape \(1,\)$"),
+    ):
+        with pytest.raises(TypeError, match=rf"`base` must be a real number .*; got .*{seen}"):
+            info.entropy(p, base=bad)
+
+
 # The measures that take each option, and whether they take a pair (p, q).
 TAKES = {
     "base": {

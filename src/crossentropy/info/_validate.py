@@ -8,6 +8,7 @@ normalised behind the caller's back.
 
 from __future__ import annotations
 
+import contextlib
 import decimal
 import math
 import numbers
@@ -244,13 +245,24 @@ def check_keepdims(keepdims: Any) -> bool:
 def check_base(base: Any) -> float:
     """Return ``base`` as a float after checking it is finite, positive and not 1.
 
+    A Python or NumPy real number, or a 0-d array of a real dtype (NumPy, torch, any
+    array-API library; read with ``float()``).
+
     Raises:
-        TypeError: ``base`` is not a real number.
+        TypeError: ``base`` is not a real number (a bool, a complex number, an array with
+            dimensions).
         ValueError: ``base <= 0``, ``base == 1``, or ``base`` is not finite.
     """
+    if _is_real_scalar_array(base):
+        # A tensor on the meta device has no value: it stays, and is refused below.
+        with contextlib.suppress(RuntimeError, TypeError, ValueError):
+            base = float(base)
     if isinstance(base, (str, bytes, bool)) or not isinstance(base, numbers.Real):
+        shape = getattr(base, "shape", None)
+        shown = f" of shape {tuple(shape)}" if shape else ""
         raise TypeError(
-            f"`base` must be a real number (2 for bits, math.e for nats); got {_describe(base)}"
+            f"`base` must be a real number (2 for bits, math.e for nats); got "
+            f"{_describe(base)}{shown}"
         )
     value = float(base)
     if not (math.isfinite(value) and value > 0 and value != 1):
@@ -259,6 +271,19 @@ def check_base(base: Any) -> float:
             f"got {base!r}"
         )
     return value
+
+
+def _is_real_scalar_array(x: Any) -> bool:
+    """Whether ``x`` is a 0-d array (not a NumPy scalar) of an integer or real floating dtype."""
+    if isinstance(x, np.generic) or not array_api_compat.is_array_api_obj(x):
+        return False
+    if getattr(x, "ndim", None) != 0:
+        return False
+    try:
+        xp = array_api_compat.array_namespace(x)
+        return bool(xp.isdtype(x.dtype, ("integral", "real floating")))
+    except (TypeError, ValueError):
+        return False
 
 
 def log_function(xp: Any, base: float) -> Callable[[Any], Any]:
