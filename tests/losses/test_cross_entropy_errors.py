@@ -153,7 +153,7 @@ PROBS = torch.full((3, 4), 0.25)
         (
             {"targets": PROBS, "ignore_index": 0},
             ValueError,
-            r"`ignore_index` must be left at -100 with class-probability targets",
+            r"`ignore_index` must be negative with class-probability targets",
         ),
     ],
 )

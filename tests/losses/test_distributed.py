@@ -1092,6 +1092,28 @@ def test_group_of_one_probability_targets_equal_the_formula(
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
 
 
+def test_group_of_one_masked_classes_and_zero_rows(group_of_one):
+    """Probability targets with a row of zeros and classes masked to -inf that they give no
+    mass: the single-process loss (finite, torch's value on the unmasked classes), and a
+    negative ignore_index has no effect."""
+    from crossentropy.losses import cross_entropy, vocab_parallel_cross_entropy
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 6, dtype=torch.float64, generator=gen)
+    logits[:, 2] = -math.inf
+    probs = torch.softmax(torch.randn(5, 6, dtype=torch.float64, generator=gen), -1)
+    probs[:, 2] = 0.0
+    probs /= probs.sum(1, keepdim=True)
+    probs[3] = 0.0
+    expected = cross_entropy(logits, probs, reduction="none")
+    assert torch.isfinite(expected).all()
+    assert expected[3] == 0
+    got = vocab_parallel_cross_entropy(
+        logits, probs, vocab_start=0, reduction="none", ignore_index=-1
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+
+
 def test_group_of_one_probability_target_errors(group_of_one):
     """Probability targets: the shape of the local logits, ignore_index left alone, no
     gradient required (for the sharded head too); each is a clear error."""
@@ -1101,7 +1123,7 @@ def test_group_of_one_probability_target_errors(group_of_one):
     probs = torch.softmax(torch.randn(3, 5), -1)
     with pytest.raises(ValueError, match="must have the shape of `local_logits`, \\(3, 5\\)"):
         vocab_parallel_cross_entropy(logits, probs[:, :4], vocab_start=0)
-    with pytest.raises(ValueError, match="`ignore_index` must be left at -100"):
+    with pytest.raises(ValueError, match="`ignore_index` must be negative"):
         vocab_parallel_cross_entropy(logits, probs, vocab_start=0, ignore_index=0)
     with pytest.raises(ValueError, match="must not require a gradient"):
         vocab_parallel_cross_entropy(logits, probs.requires_grad_(True), vocab_start=0)

@@ -450,7 +450,7 @@ def _bad_inputs():
         ((h.long(), w.long(), y), {}, TypeError, "`hidden` must be float64, float32"),
         ((h, w, y.float()), {}, ValueError, r"shape \(4, 5\) for class probabilities"),
         ((h, w, y.bool()), {}, TypeError, "`targets` must hold integer class indices"),
-        ((h, w, torch.full((4, 5), 0.2)), {"ignore_index": 0}, ValueError, "left at -100"),
+        ((h, w, torch.full((4, 5), 0.2)), {"ignore_index": 0}, ValueError, "must be negative"),
         ((h, w, torch.full((4, 5), 0.3)), {}, ValueError, "sum to 1 over the class dimension"),
         ((h, w, torch.full((4, 5), -0.2)), {}, ValueError, "finite and >= 0"),
         ((h, w.reshape(15), y), {}, ValueError, r"`weight` must be 2-D \(V, D\)"),

@@ -91,7 +91,10 @@ def composite_rows(
             q = (1.0 - eps) * q + eps / num_classes
         if w is not None:
             q = q * w
-        loss = -(q * log_p).sum(1)
+        # A class of no target mass adds 0 even at a logit of -inf (0 * -inf: 0), in the
+        # value and in the derivatives: log p is masked only where it is -inf.
+        masked = (q == 0) & (log_p == -math.inf)
+        loss = -(q * torch.where(masked, 0.0, log_p)).sum(1)
         if z_loss > 0:
             loss = loss + z_loss * lse.square()
     else:

@@ -19,18 +19,22 @@ from torch import nn
 from crossentropy.losses._composite import (
     composite_rows,
     differentiate,
+    functorch_active,
     graph_kept,
     traced,
 )
 from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows, use_triton
 from crossentropy.losses._options import (
+    ZERO_ROW_NOTE,
     Reduction,
     check_options,
     check_probability_ignore_index,
     check_probability_values,
+    legacy_reduction,
     loss_dtype,
     probability_sum_message,
     probability_sum_tolerance,
+    probability_sums_off,
 )
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -100,7 +104,9 @@ def _prepare(
                 f"got shape {tuple(targets.shape)} of dtype {targets.dtype}"
             )
         check_probability_ignore_index(ignore_index)
-    elif targets.shape != token_shape:
+    elif logits.dim() == 1 and targets.shape == (1,):
+        targets = targets.reshape(())  # torch takes a (1,) index for (C) logits too
+    if not probs and targets.shape != token_shape:
         raise ValueError(
             f"`targets` must have shape {token_shape} for class indices, or the logits' "
             f"shape {tuple(logits.shape)} for class probabilities; got shape "
@@ -188,20 +194,22 @@ def _raise_bad_index(targets: torch.Tensor, num_classes: int, ignore_index: int)
 def _check_target_values(
     targets: torch.Tensor, probs: bool, num_classes: int, ignore_index: int
 ) -> None:
+    if targets.device.type == "meta":  # meta tensors have shapes, no values
+        return
     if probs:
         if targets.numel() == 0:
             return
         class_dim = 0 if targets.dim() == 1 else 1
         check_probability_values(targets)
         sums = targets.sum(class_dim, dtype=accumulation_dtype(targets.dtype))
-        tol = probability_sum_tolerance(targets.dtype)
-        off = (sums - 1).abs() > tol
+        off = probability_sums_off(sums, targets.dtype)
         if bool(off.any()):
+            tol = probability_sum_tolerance(targets.dtype)
             raise ValueError(
                 "`targets` must be class probabilities that sum to 1 over the class dimension "
                 f"(dim {class_dim}, tolerance {tol:.2g}); got a sum of "
                 f"{probability_sum_message(sums[off][0].item(), targets.dtype)}; "
-                "divide by the sum to normalise them"
+                f"divide by the sum to normalise them ({ZERO_ROW_NOTE})"
             )
         return
     valid, _ = _index_facts(targets, num_classes, ignore_index)
@@ -528,11 +536,13 @@ def _probability_target_grad(
 def cross_entropy(
     logits: torch.Tensor,
     targets: torch.Tensor,
-    *,
     weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
     ignore_index: int = -100,
+    reduce: bool | None = None,
     reduction: Reduction = "mean",
     label_smoothing: float = 0.0,
+    *,
     z_loss: float = 0.0,
     softcap: float | None = None,
     base: float = math.e,
@@ -570,11 +580,14 @@ def cross_entropy(
     targets wider than the logits (float64 targets with float32 logits give torch a
     float64 loss, this function a float32 one).
 
-    Two further deliberate differences from torch, both checks: with ``validate=True``
+    A further deliberate difference from torch, a check: with ``validate=True``
     probability targets must be finite, >= 0 and sum to 1 over the classes (torch takes
-    any values), and ``ignore_index`` must stay at -100 with probability targets (torch
-    raises for any other value there too). Integer targets of any integer dtype are
-    accepted (torch takes int64 and uint8 only).
+    any values). A row of zeros is accepted, as torch takes it (a token without a target,
+    a common mask for padding): its cross-entropy term is 0, while label smoothing and
+    z-loss apply to it as to every row and ``"mean"`` counts it. With probability targets
+    ``ignore_index`` must be negative (it has no effect; torch raises for a value >= 0
+    too). Integer targets of any integer dtype are accepted (torch takes int64 and uint8
+    only).
 
     The gradient is computed in the forward pass when the logits require it and grad mode
     is on (never under ``torch.no_grad()``), and it is the one new block kept for backward,
@@ -607,7 +620,10 @@ def cross_entropy(
         weight: Class weights, shape (C,), finite and >= 0; None for ones. Weights that
             require a gradient get one (torch gives it for probability targets only),
             through the plain-torch formulas.
+        size_average: Deprecated, as in torch (use ``reduction``): with ``reduce``, when
+            either is given, it sets the reduction as torch's does, with a FutureWarning.
         ignore_index: Target value to skip (class-index targets only).
+        reduce: Deprecated, as in torch (use ``reduction``); see ``size_average``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per token, shaped like the
             targets without the class dimension; ignored tokens give 0).
         label_smoothing: Smoothing in [0, 1].
@@ -627,7 +643,7 @@ def cross_entropy(
         ValueError: Targets out of range (and not ``ignore_index``), probability targets
             negative, non-finite or not summing to 1, shapes that do not match, 0-d logits
             or zero classes, targets on another device, a weight of the wrong length or
-            with a negative or non-finite entry, ``ignore_index`` other than -100 with
+            with a negative or non-finite entry, ``ignore_index`` >= 0 with
             probability targets, or a bad option (``label_smoothing`` outside [0, 1],
             ``softcap <= 0``, an unknown ``reduction``, ``base`` <= 0 or 1,
             ``z_loss < 0``).
@@ -656,7 +672,9 @@ def cross_entropy(
         Szegedy et al. (2016), label smoothing; Chowdhery et al. (2022), PaLM, z-loss;
         Gemma Team (2024), Gemma 2, logit soft-capping.
     """
+    reduction = legacy_reduction(size_average, reduce, reduction)
     num_classes = _num_classes(logits)
+    checked = validate and not functorch_active()  # a transform cannot read values
     check_options(
         reduction=reduction,
         label_smoothing=label_smoothing,
@@ -666,10 +684,11 @@ def cross_entropy(
         weight=weight,
         num_classes=num_classes,
         ignore_index=ignore_index,
-        validate=validate,
+        validate=checked,
+        device=logits.device if isinstance(logits, torch.Tensor) else None,
     )
     plain = traced(logits, targets, constants=(weight,))  # see _composite.traced
-    prepared = _prepare(logits, targets, ignore_index, validate and not plain, plain)
+    prepared = _prepare(logits, targets, ignore_index, checked, plain)
     options = _options(weight, prepared.probs, ignore_index, label_smoothing, z_loss, softcap, base)
     out_dtype = loss_dtype(logits.dtype, logits.device)
     if plain:
@@ -741,6 +760,7 @@ def cross_entropy_stats(
         True
     """
     num_classes = _num_classes(logits)
+    checked = validate and not functorch_active()  # a transform cannot read values
     check_options(
         reduction="none",
         label_smoothing=label_smoothing,
@@ -750,10 +770,11 @@ def cross_entropy_stats(
         weight=weight,
         num_classes=num_classes,
         ignore_index=ignore_index,
-        validate=validate,
+        validate=checked,
+        device=logits.device if isinstance(logits, torch.Tensor) else None,
     )
     plain = traced(logits, targets, constants=(weight,))  # see _composite.traced
-    prepared = _prepare(logits, targets, ignore_index, validate and not plain, plain)
+    prepared = _prepare(logits, targets, ignore_index, checked, plain)
     options = _options(weight, prepared.probs, ignore_index, label_smoothing, z_loss, softcap, base)
     out_dtype = loss_dtype(logits.dtype, logits.device)
     if plain:
@@ -875,12 +896,15 @@ def _num_classes(logits: object) -> int:
 class CrossEntropyLoss(nn.Module):
     """Softmax cross-entropy as a module: a thin wrapper over :func:`cross_entropy`.
 
-    Takes the same options as :func:`cross_entropy`; ``weight`` is kept as a buffer so that
-    ``.to(device)`` moves it with the module.
+    Takes the same options as :func:`cross_entropy`, the first six in the order of
+    ``torch.nn.CrossEntropyLoss``; ``weight`` is kept as a buffer so that ``.to(device)``
+    moves it with the module.
 
     Args:
         weight: Class weights, shape (C,), or None.
+        size_average: Deprecated, as in torch (use ``reduction``); see :func:`cross_entropy`.
         ignore_index: Target value to skip.
+        reduce: Deprecated, as in torch (use ``reduction``); see :func:`cross_entropy`.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         label_smoothing: Smoothing in [0, 1].
         z_loss: Coefficient of ``lse**2`` per token.
@@ -906,16 +930,19 @@ class CrossEntropyLoss(nn.Module):
     def __init__(
         self,
         weight: torch.Tensor | None = None,
-        *,
+        size_average: bool | None = None,
         ignore_index: int = -100,
+        reduce: bool | None = None,
         reduction: Reduction = "mean",
         label_smoothing: float = 0.0,
+        *,
         z_loss: float = 0.0,
         softcap: float | None = None,
         base: float = math.e,
         validate: bool = True,
     ) -> None:
         super().__init__()
+        reduction = legacy_reduction(size_average, reduce, reduction)
         if isinstance(weight, torch.Tensor) and weight.dim() != 1:
             raise ValueError(
                 f"`weight` must be 1-D, one entry per class; got shape {tuple(weight.shape)}"

@@ -29,6 +29,7 @@ from crossentropy.losses._composite import first_order_only, functorch_active, g
 from crossentropy.losses._kernel import (
     accumulation_dtype,
     default_slice_rows,
+    target_dot,
     try_triton,
     use_triton,
 )
@@ -44,6 +45,7 @@ from crossentropy.losses._linear import (
 )
 from crossentropy.losses._options import (
     REDUCTIONS,
+    ZERO_ROW_NOTE,
     Reduction,
     autocast_inputs,
     check_class_weight,
@@ -53,6 +55,7 @@ from crossentropy.losses._options import (
     loss_dtype,
     probability_sum_message,
     probability_sum_tolerance,
+    probability_sums_off,
     without_autocast,
 )
 from crossentropy.losses._products import ChunkProducts, choose_engine
@@ -267,15 +270,15 @@ def _check_probability_sums(targets: torch.Tensor, group: dist.ProcessGroup | No
     if sums.numel() == 0:
         return
     dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
-    tol = probability_sum_tolerance(targets.dtype)
-    off = (sums - 1).abs() > tol
+    off = probability_sums_off(sums, targets.dtype)
     if bool(off.any()):
+        tol = probability_sum_tolerance(targets.dtype)
         token = int(off.nonzero()[0, 0])
         raise ValueError(
             "`targets` must be class probabilities that sum to 1 over the whole vocabulary "
             f"(every rank's columns together; tolerance {tol:.2g}); token {token} sums to "
             f"{probability_sum_message(float(sums[token]), targets.dtype)}; "
-            "divide by the all-reduced sum to normalise them"
+            f"divide by the all-reduced sum to normalise them ({ZERO_ROW_NOTE})"
         )
 
 
@@ -646,7 +649,7 @@ def _shard_prob_rows(
         """Q = sum_c q_c and sum_c q_c z_c over this rank's columns."""
         qb = q_slice(r0, r1)
         torch.sum(qb, 1, out=sums[1, r0:r1])
-        torch.linalg.vecdot(qb, zb, out=sums[2, r0:r1])
+        target_dot(qb, zb, sums[2, r0:r1])
 
     triton = shard > 0 and n > 0 and use_triton(device)
     loss = None
@@ -917,7 +920,7 @@ def vocab_parallel_cross_entropy(
             point, an option of the wrong type.
         ValueError: Shapes or options that differ between ranks (the message lists each
             rank's value), shards that overlap or leave gaps, targets out of range,
-            probabilities that are negative, not finite or do not sum to 1 over the ranks,
+            probabilities that are negative, not finite or do not sum to 1 (or 0) over the ranks,
             class weights that require a gradient in grad mode, and the option errors of
             :func:`crossentropy.losses.cross_entropy`.
 
@@ -1412,7 +1415,7 @@ def sharded_linear_cross_entropy(
         impl: ``"auto"``, ``"chunked"`` or ``"reference"``.
         group: Process group the vocabulary is split across; None for the default group.
         validate: Check that class indices are in range and identical on every rank, or that
-            probabilities are finite, >= 0 and sum to 1 over the ranks (reads tensor
+            probabilities are finite, >= 0 and sum to 1 (or 0) over the ranks (reads tensor
             values). Shape, dtype and option checks always run.
 
     Returns:

@@ -158,6 +158,17 @@ def default_slice_rows(num_classes: int, device: torch.device | str = "cpu") -> 
     return max(1, _DEVICE_SLICE_ELEMENTS // max(num_classes, 1))
 
 
+def target_dot(q: torch.Tensor, z: torch.Tensor, out: torch.Tensor, dim: int = -1) -> None:
+    """``out = sum_c q_c z_c`` along ``dim``, with a class of no target mass adding 0 whatever
+    its logit: 0 * -inf is 0 there (a masked class, logit -inf, that the target gives no
+    probability), not NaN. A NaN logit still makes the row's log-sum-exp, and so its loss,
+    NaN. On the CPU the masked product is formed only for a slice whose plain product is
+    NaN; elsewhere always (no synchronisation)."""
+    torch.linalg.vecdot(q, z, dim=dim, out=out)
+    if out.device.type != "cpu" or bool(out.isnan().any()):
+        torch.linalg.vecdot(q, torch.where(q == 0, 0.0, z), dim=dim, out=out)
+
+
 def _whole(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
@@ -398,7 +409,7 @@ def cross_entropy_rows(
             if w_class is not None:
                 qb.mul_(w_class)
             torch.sum(qb, 1, out=part(q_sum))
-            torch.linalg.vecdot(qb, zb, dim=1, out=part(q_dot_z))
+            target_dot(qb, zb, part(q_dot_z), dim=1)
         else:
             yb = part(y_col)
             torch.gather(zb, 1, yb, out=part(z_target_col))
@@ -474,4 +485,10 @@ def cross_entropy_rows(
     return RowTerms(loss, lse, entropy, grad)
 
 
-__all__ = ["RowTerms", "accumulation_dtype", "cross_entropy_rows", "default_slice_rows"]
+__all__ = [
+    "RowTerms",
+    "accumulation_dtype",
+    "cross_entropy_rows",
+    "default_slice_rows",
+    "target_dot",
+]

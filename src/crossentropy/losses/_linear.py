@@ -34,7 +34,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from crossentropy.losses._composite import differentiate, traced
+from crossentropy.losses._composite import differentiate, functorch_active, traced
 from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
 from crossentropy.losses._options import (
     Reduction,
@@ -236,6 +236,13 @@ def _check_inputs(
                 f"`bias` must have shape ({num_classes},), one entry per row of `weight`; "
                 f"got {tuple(bias.shape)}"
             )
+    tensors = (hidden, weight, targets, bias, class_weight)
+    devices = {t.device for t in tensors if isinstance(t, torch.Tensor)}
+    if len(devices) > 1:
+        raise ValueError(
+            f"`hidden`, `weight`, `targets`, `bias` and `class_weight` must be on one device; "
+            f"got {sorted(str(d) for d in devices)}"
+        )
     if class_weight is not None:
         check_class_weight(
             class_weight,
@@ -243,13 +250,6 @@ def _check_inputs(
             validate=validate,
             name="class_weight",
             per="one entry per row of `weight`",
-        )
-    tensors = (hidden, weight, targets, bias, class_weight)
-    devices = {t.device for t in tensors if t is not None}
-    if len(devices) > 1:
-        raise ValueError(
-            f"`hidden`, `weight`, `targets`, `bias` and `class_weight` must be on one device; "
-            f"got {sorted(str(d) for d in devices)}"
         )
     check_options(
         reduction=reduction,
@@ -604,11 +604,10 @@ def linear_cross_entropy(
     targets ``"mean"`` divides by the number of tokens that count (with ``class_weight``,
     by the sum of their targets' weights, torch's weighted mean), and an all-ignored batch
     (or a zero total weight) gives 0 with zero gradients; ``"none"`` gives 0 at ignored
-    tokens. Class-
-    probability targets (distillation from a teacher's distribution), shaped like
-    ``hidden`` with V in place of D, count every token; they must sum to 1 per token and,
-    on the fused path, carry no gradient (``impl="reference"`` gives the gradient with
-    respect to them too).
+    tokens. Class-probability targets (distillation from a teacher's distribution), shaped
+    like ``hidden`` with V in place of D, count every token; they must sum to 1 per token
+    (or be a row of zeros, as with :func:`cross_entropy`) and, on the fused path, carry no
+    gradient (``impl="reference"`` gives the gradient with respect to them too).
 
     Precision: float64 runs in float64. float32 runs in float32. bfloat16 and float16 run
     their matrix products in float32 on CPU (half products are emulated there) and in their
@@ -631,9 +630,11 @@ def linear_cross_entropy(
     ``impl``: ``"chunked"`` is the fused path; ``"reference"`` the plain unfused
     ``cross_entropy(F.linear(hidden, weight, bias), targets)``, kept as the executable spec;
     ``"auto"`` takes the reference when N·V <= 65536 (256 KiB of float32 logits, nothing
-    worth saving) and the fused path otherwise. Both give gradients of gradients
-    (``create_graph=True``: gradient penalties, Hessian-vector products); the fused path
-    forms them from the unfused computation, so that second-order pass holds the logits.
+    worth saving) or when probability targets require a gradient (that gradient is itself
+    (N, V), and only the reference forms it), and the fused path otherwise. Both give
+    gradients of gradients (``create_graph=True``: gradient penalties, Hessian-vector
+    products); the fused path forms them from the unfused computation, so that
+    second-order pass holds the logits.
 
     Args:
         hidden: (..., D) floating-point hidden states (float64, float32, bfloat16, float16).
@@ -677,7 +678,7 @@ def linear_cross_entropy(
         ValueError: Shapes that do not fit together, inputs on more than one device, a
             target outside [0, V) that is not ``ignore_index``, probability targets
             negative, non-finite or not summing to 1, or requiring a gradient on the fused
-            path, ``ignore_index`` other than -100 with probability targets, class weights
+            path, ``ignore_index`` >= 0 with probability targets, class weights
             negative or non-finite, an unknown ``impl`` or ``reduction``,
             ``chunk_size <= 0``, ``shift < 0`` or not below the sequence length, or a bad
             option value.
@@ -741,18 +742,23 @@ def linear_cross_entropy(
         base=base,
         chunk_size=chunk_size,
         impl=impl,
-        validate=validate and not plain,
+        validate=validate and not functorch_active(),  # a transform cannot read values
         class_weight=class_weight,
     )
     num_classes, hidden_dim = weight.shape
     probs = targets.is_floating_point()
     token_shape = hidden.shape[:-1]
-    if plain:
-        impl = "reference"  # plain torch operations, which the transforms can trace
+    target_grad = probs and targets.requires_grad and torch.is_grad_enabled()
+    if plain or hidden.device.type == "meta":
+        # Plain torch operations, which the transforms can trace; meta tensors have shapes
+        # only, and the reference path propagates them without reading values.
+        impl = "reference"
     if impl == "auto":
         tiny = hidden.numel() // max(hidden_dim, 1) * num_classes <= AUTO_REFERENCE_ELEMENTS
-        impl = "reference" if tiny else "chunked"
-    if impl == "chunked" and probs and targets.requires_grad and torch.is_grad_enabled():
+        # Probability targets that require a gradient take the reference path at any size:
+        # their gradient is itself (N, V), and the fused path does not form it.
+        impl = "reference" if tiny or target_grad else "chunked"
+    if impl == "chunked" and target_grad:
         raise ValueError(
             "`targets` (class probabilities) must not require a gradient on the fused path "
             "(impl='chunked'): pass targets.detach(), or impl='reference' for the gradient "
@@ -934,7 +940,7 @@ def linear_cross_entropy_stats(
         base=base,
         chunk_size=chunk_size,
         impl="chunked",
-        validate=validate and not plain,
+        validate=validate and not functorch_active(),  # a transform cannot read values
         class_weight=class_weight,
     )
     num_classes, hidden_dim = weight.shape

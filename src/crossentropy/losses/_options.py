@@ -14,6 +14,7 @@ import contextlib
 import functools
 import math
 import numbers
+import warnings
 from typing import Literal, get_args
 
 import numpy as np
@@ -29,6 +30,43 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def legacy_reduction(size_average: object, reduce: object, reduction: Reduction) -> Reduction:
+    """The reduction, given torch's deprecated ``size_average`` and ``reduce`` arguments.
+
+    When either is given they decide it as in torch (both true or unset: ``"mean"``,
+    ``reduce`` true with ``size_average`` false: ``"sum"``, ``reduce`` false: ``"none"``),
+    with a ``FutureWarning`` naming the ``reduction=`` that replaces them; otherwise
+    ``reduction`` stands.
+
+    Examples:
+        >>> legacy_reduction(None, None, "sum")
+        'sum'
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     legacy_reduction(False, None, "mean"), legacy_reduction(None, False, "mean")
+        ('sum', 'none')
+    """
+    if size_average is None and reduce is None:
+        return reduction
+    for name, value in (("size_average", size_average), ("reduce", reduce)):
+        if value is not None and not isinstance(value, numbers.Integral):
+            raise TypeError(
+                f"`{name}` must be None or a bool (deprecated: pass `reduction` instead); "
+                f"got {type(value).__name__}"
+            )
+    average = True if size_average is None else bool(size_average)
+    keep = True if reduce is None else bool(reduce)
+    chosen: Reduction = "mean" if average and keep else ("sum" if keep else "none")
+    warnings.warn(
+        f"`size_average` and `reduce` are deprecated, as in torch; pass reduction={chosen!r} "
+        "instead",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return chosen
+
+
 def check_options(
     *,
     reduction: str,
@@ -40,6 +78,7 @@ def check_options(
     num_classes: int,
     ignore_index: int,
     validate: bool = True,
+    device: torch.device | None = None,
 ) -> None:
     """Check the shared loss options; return nothing or raise naming the option.
 
@@ -65,6 +104,7 @@ def check_options(
         num_classes: V, the number of classes (size of the class dimension of the logits).
         ignore_index: Target value whose tokens are skipped.
         validate: Whether to run the value check on ``weight`` that reads tensor values.
+        device: The device ``weight`` must be on (the logits'), or None not to check.
 
     Raises:
         ValueError: An option with a bad value or a weight of the wrong shape, with a message
@@ -119,7 +159,7 @@ def check_options(
         raise TypeError(f"`ignore_index` must be an int; got {type(ignore_index).__name__}")
 
     if weight is not None:
-        check_class_weight(weight, num_classes, validate=validate)
+        check_class_weight(weight, num_classes, validate=validate, device=device)
 
 
 def check_class_weight(
@@ -129,15 +169,18 @@ def check_class_weight(
     validate: bool,
     name: str = "weight",
     per: str = "one entry per class",
+    device: torch.device | None = None,
 ) -> None:
-    """Check a (V,) class-weight tensor: a floating-point tensor of shape (num_classes,)
-    and, with ``validate`` (which reads its values), finite and nonnegative entries.
+    """Check a (V,) class-weight tensor: a floating-point tensor of shape (num_classes,),
+    on ``device`` when one is given (the logits'), and, with ``validate`` (which reads its
+    values), finite and nonnegative entries.
 
     ``name`` is the argument's name in the messages and ``per`` says what one entry is for.
 
     Raises:
         TypeError: Not a tensor, or not floating point.
-        ValueError: The wrong shape, or (with ``validate``) a negative or non-finite entry.
+        ValueError: The wrong shape or device, or (with ``validate``) a negative or
+            non-finite entry.
     """
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"`{name}` must be None or a torch.Tensor; got {type(weight).__name__}")
@@ -147,6 +190,8 @@ def check_class_weight(
         raise ValueError(
             f"`{name}` must have shape ({num_classes},), {per}; got shape {tuple(weight.shape)}"
         )
+    if device is not None and weight.device != device:
+        raise ValueError(f"`{name}` must be on the logits' device {device}; got {weight.device}")
     if validate and weight.device.type != "meta":  # meta tensors have shapes, no values
         good = torch.isfinite(weight) & (weight >= 0)
         if not bool(good.all()):
@@ -157,13 +202,26 @@ def check_class_weight(
 
 
 def check_probability_ignore_index(ignore_index: int) -> None:
-    """Class-probability targets have no class index to ignore: ``ignore_index`` stays at
-    its default, -100."""
-    if ignore_index != -100:
+    """Class-probability targets have no class index to ignore: ``ignore_index`` must not
+    name a class. Any negative value (the default -100, a project-wide -1) is accepted and
+    has no effect, as with torch, which raises for a value >= 0."""
+    if ignore_index >= 0:
         raise ValueError(
-            "`ignore_index` must be left at -100 with class-probability targets (there is "
-            f"no class index to ignore); got {ignore_index}"
+            "`ignore_index` must be negative with class-probability targets (there is no "
+            f"class index to ignore; a negative value has no effect); got {ignore_index}"
         )
+
+
+ZERO_ROW_NOTE = "a row of zeros is accepted too, as a token without a target"
+"""The exception to "class probabilities sum to 1", for the messages of every loss."""
+
+
+def probability_sums_off(sums: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Which tokens' probability sums break the rule: farther from 1 than the tolerance of
+    ``dtype`` (:func:`probability_sum_tolerance`) and not exactly 0. A row of zeros is
+    accepted as torch takes it: its cross-entropy term is 0 (label smoothing and z-loss
+    still apply to it, and ``"mean"`` counts it)."""
+    return ((sums - 1).abs() > probability_sum_tolerance(dtype)) & (sums != 0)
 
 
 def check_probability_values(targets: torch.Tensor) -> None:
@@ -281,6 +339,7 @@ def autocast_enabled(device: torch.device) -> bool:
 
 __all__ = [
     "REDUCTIONS",
+    "ZERO_ROW_NOTE",
     "Reduction",
     "autocast_enabled",
     "autocast_inputs",
@@ -288,8 +347,10 @@ __all__ = [
     "check_options",
     "check_probability_ignore_index",
     "check_probability_values",
+    "legacy_reduction",
     "loss_dtype",
     "no_autocast",
     "probability_sum_message",
     "probability_sum_tolerance",
+    "probability_sums_off",
 ]

@@ -149,7 +149,7 @@ def _stats_pass(
         if PROBS:
             q = _target_block(t_row, w_ptr, cols, mask, eps, eps_per_class, ACC, SMOOTH, HAS_WEIGHT)
             q_sum += tl.sum(q, axis=0)
-            wz += tl.sum(q * tl.where(mask, z, 0.0), axis=0)
+            wz += tl.sum(q * tl.where(q == 0, 0.0, z), axis=0)  # 0 * -inf: 0
         elif SMOOTH:
             if HAS_WEIGHT:
                 w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(ACC)
