@@ -112,8 +112,18 @@ def test_entropy_json_matches_the_api(run, tmp_path, capsys):
     for report, data in zip(reports, files.values(), strict=True):
         size = len(data)
         assert report["size"] == size
+        sizes = {model: len(coding.compress(data, model=model)) for model in coding.MODELS}
+        sizes["gzip"] = len(gzip.compress(data, 9, mtime=0))
+        sizes["bz2"] = len(bz2.compress(data, 9))
+        sizes["xz"] = len(lzma.compress(data, preset=9))
+        for coder, n_bytes in sizes.items():
+            assert report[f"{coder}_bytes"] == n_bytes, coder
         if not size:
-            assert report["entropy"] == report["gzip"] == 0.0
+            # Bits per byte are undefined (they were all 0.0, although a container of
+            # b"" is 80 bytes and gzip's 20); the sizes are there.
+            for key in ["entropy", "huffman", *sizes]:
+                assert report[key] is None, key
+            assert report["huffman_bits"] == 0
             continue
         counts = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)
         entropy = -sum(c / size * math.log2(c / size) for c in counts if c)
@@ -489,3 +499,15 @@ def test_closed_output_pipe_is_quiet_exit_141(tmp_path, command):
     assert process.wait(timeout=120) == 141
     assert process.stderr.read() == b""
     process.stderr.close()
+
+
+def test_entropy_table_of_an_empty_file_says_n_a(run, tmp_path, capsys):
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "f").write_bytes(DATA)
+    assert run(["entropy", str(tmp_path / "empty"), str(tmp_path / "f")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "n/a: an empty file" in lines[0]
+    assert lines[2].split() == [str(tmp_path / "empty"), "0"] + ["n/a"] * (5 + len(coding.MODELS))
+    assert "n/a" not in lines[3]
+    assert run(["entropy", str(tmp_path / "f")]) == 0
+    assert "n/a" not in capsys.readouterr().out

@@ -37,12 +37,26 @@ def test_report_matches_its_sources(data: bytes) -> None:
     assert report["bz2"] == len(bz2.compress(data, compresslevel=9)) * 8 / len(data)
     assert report["xz"] == len(lzma.compress(data, preset=9)) * 8 / len(data)
     assert steps == ["entropy", *coding.MODELS, "gzip", "bz2", "xz"]
+    for coder in [*coding.MODELS, "gzip", "bz2", "xz"]:
+        assert report[coder] == report[f"{coder}_bytes"] * 8 / len(data)
+    code = coding.huffman_code({b: c / len(data) for b, c in Counter(data).items()})
+    assert report["huffman_bits"] == len(code.encode(list(data)))
+    assert report["huffman"] == pytest.approx(report["huffman_bits"] / len(data), rel=1e-12)
 
 
-def test_report_of_empty_input_is_all_zero_per_byte() -> None:
+def test_report_of_empty_input_has_sizes_and_no_bits_per_byte() -> None:
+    # Bits per byte of b"" are undefined: they were all 0.0, although each coder spends
+    # bytes on it (gzip 20, our containers their headers).
     report = coding.entropy_report(b"")
     assert report["size"] == 0
-    assert all(report[key] == 0.0 for key in report if key != "size")
+    per_byte = ["entropy", "huffman", *coding.MODELS, "gzip", "bz2", "xz"]
+    assert all(report[key] is None for key in per_byte)
+    assert report["huffman_bits"] == 0
+    for model in coding.MODELS:
+        assert report[f"{model}_bytes"] == len(coding.compress(b"", model=model)) > 0
+    assert report["gzip_bytes"] == len(gzip.compress(b"", compresslevel=9, mtime=0)) == 20
+    assert report["bz2_bytes"] == len(bz2.compress(b"", compresslevel=9))
+    assert report["xz_bytes"] == len(lzma.compress(b"", preset=9))
 
 
 def test_report_names_data_of_the_wrong_type() -> None:

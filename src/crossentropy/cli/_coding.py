@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="bits per byte of files: entropy, Huffman, our coders, gzip/bz2/xz",
         description=(
             "For each file: size, order-0 entropy, Huffman and our coders' measured sizes "
-            "in bits per byte, beside gzip -9, bz2 -9 and xz -9."
+            "in bits per byte, beside gzip -9, bz2 -9 and xz -9 (n/a for an empty file, "
+            "where bits per byte are undefined; --json also gives every size in bytes)."
         ),
     )
     parser.add_argument(
@@ -283,6 +284,11 @@ class _Progress:
             _clear_line(len(self.name) + 40)
 
 
+def _per_byte(value: float | None) -> str:
+    """A bits-per-byte cell: ``n/a`` where it is undefined (an empty file)."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _entropy(args: argparse.Namespace) -> int:
     reports = []
     if args.files.count("-") > 1:
@@ -309,9 +315,14 @@ def _entropy(args: argparse.Namespace) -> int:
         "bz2 -9",
         "xz -9",
     ]
-    rows = [[r["file"]] + [str(r["size"])] + [f"{r[c]:.3f}" for c in columns[1:]] for r in reports]
+    rows = [[r["file"], str(r["size"]), *(_per_byte(r[c]) for c in columns[1:])] for r in reports]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    print("bits per byte (sizes of our coders and gzip/bz2/xz include their headers)")
+    empty = (
+        "; n/a: an empty file, --json gives the sizes"
+        if any(not r["size"] for r in reports)
+        else ""
+    )
+    print(f"bits per byte (sizes of our coders and gzip/bz2/xz include their headers{empty})")
     print(
         "  ".join(
             h.ljust(w) if i == 0 else h.rjust(w)

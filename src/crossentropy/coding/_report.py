@@ -29,11 +29,20 @@ def entropy_report(
         A dict: ``size`` (bytes), ``entropy`` (order-0 entropy, bits/byte), ``huffman``
         (a Huffman code of the byte frequencies, bits/byte, code table not counted), one
         key per model of :data:`MODELS` (the container's real size, header
-        included, in bits/byte), and ``gzip``, ``bz2``, ``xz`` (level 9, bits/byte). An
-        empty input gives 0 for every per-byte figure.
+        included, in bits/byte), and ``gzip``, ``bz2``, ``xz`` (level 9, bits/byte);
+        then the sizes themselves: ``huffman_bits`` (the Huffman-coded data, in bits),
+        and ``<coder>_bytes`` for each model and for gzip, bz2 and xz (in bytes, headers
+        included). Bits per byte are undefined for an empty input: every per-byte figure
+        is then ``None``, while the sizes are still given (gzip's header alone is 20
+        bytes).
 
     Raises:
         TypeError: ``data`` is not bytes-like.
+
+    Examples:
+        >>> report = entropy_report(b"")
+        >>> report["order0"], report["gzip_bytes"], report["order0_bytes"] > 0
+        (None, 20, True)
     """
     from crossentropy import info
 
@@ -48,8 +57,8 @@ def entropy_report(
         if progress is not None:
             progress(name)
 
-    def per_byte(n_bytes: int) -> float:
-        return 8 * n_bytes / size if size else 0.0
+    def per_byte(n_bytes: int) -> float | None:
+        return 8 * n_bytes / size if size else None
 
     step("entropy")
     if size:
@@ -58,16 +67,21 @@ def entropy_report(
         present = {int(b): float(p[b]) for b in np.flatnonzero(counts)}
         code = huffman_code(present)
         report["huffman"] = code.expected_length(present)
+        huffman_bits = sum(int(counts[b]) * len(code.codewords[b]) for b in present)
     else:
-        report["entropy"] = 0.0
-        report["huffman"] = 0.0
+        report["entropy"] = report["huffman"] = None
+        huffman_bits = 0
+    sizes: dict[str, int] = {}
     for model in MODELS:
         step(model)
-        report[model] = per_byte(len(compress(data, model=model)))
+        sizes[model] = len(compress(data, model=model))
     step("gzip")
-    report["gzip"] = per_byte(len(gzip.compress(data, compresslevel=9, mtime=0)))
+    sizes["gzip"] = len(gzip.compress(data, compresslevel=9, mtime=0))
     step("bz2")
-    report["bz2"] = per_byte(len(bz2.compress(data, compresslevel=9)))
+    sizes["bz2"] = len(bz2.compress(data, compresslevel=9))
     step("xz")
-    report["xz"] = per_byte(len(lzma.compress(data, preset=9)))
+    sizes["xz"] = len(lzma.compress(data, preset=9))
+    report.update({name: per_byte(n_bytes) for name, n_bytes in sizes.items()})
+    report["huffman_bits"] = huffman_bits
+    report.update({f"{name}_bytes": n_bytes for name, n_bytes in sizes.items()})
     return report
