@@ -464,3 +464,57 @@ def test_normalize_in_bfloat16_stays_right():
         wide = weights.double()
         expected = (wide / wide.sum(-1, keepdim=True)).to(torch.bfloat16)
         torch.testing.assert_close(got.double(), expected.double(), rtol=2**-7, atol=0)
+
+
+def _in_dtype(xp, values, dtype):
+    """``values`` as an array of ``xp``'s kind in ``dtype`` ("bfloat16": a torch tensor)."""
+    if dtype == "bfloat16":
+        import torch
+
+        return torch.tensor(np.asarray(values, np.float64)).to(torch.bfloat16)
+    return xp.asarray(values, dtype)
+
+
+def _wide(value) -> np.ndarray:
+    """A NumPy float64 copy of an array of either kind (bfloat16 too)."""
+    if hasattr(value, "detach"):
+        return value.detach().double().cpu().numpy()
+    return np.asarray(value, np.float64)
+
+
+@pytest.mark.parametrize("low", [np.float16, np.float32, "bfloat16"])
+def test_each_argument_is_held_to_its_own_dtype_tolerance(xp, low):
+    # A softmax rounded to float16 sums to 1 + 6.7e-6: fine for float16 (tolerance 0.031)
+    # and float32, but once promoted beside float64 targets it was held to 1.5e-8, and the
+    # message named float64, a dtype the caller never gave it.
+    if low == "bfloat16" and xp.name != "torch":
+        pytest.skip("NumPy has no bfloat16")
+    x = np.random.default_rng(0).normal(size=50)
+    # Off 1 by 1e-5 besides the rounding: a float32 sum of a rounded softmax can be closer.
+    rounded = _in_dtype(xp, np.exp(x) / np.exp(x).sum() * (1 + 1e-5), low)
+    rounded_wide = _wide(rounded)
+    assert abs(rounded_wide.sum() - 1) > 1.5e-8  # off by more than float64 allows
+    uniform = np.full(50, 1 / 50)
+    wide = xp.asarray(uniform, np.float64)
+    oracle = {
+        "cross_entropy": lambda a, b: -np.sum(a * np.log2(b)),
+        "kl_divergence": lambda a, b: np.sum(a * np.log2(a / b)),
+        "js_divergence": lambda a, b: (
+            (np.sum(a * np.log2(2 * a / (a + b))) + np.sum(b * np.log2(2 * b / (a + b)))) / 2
+        ),
+    }
+    for name, formula in oracle.items():
+        for got, expected in (
+            (getattr(info, name)(rounded, wide), formula(rounded_wide, uniform)),
+            (getattr(info, name)(wide, rounded), formula(uniform, rounded_wide)),
+        ):
+            assert float(_wide(got)) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    # Beyond its own tolerance it is still refused, and the message names its own dtype.
+    bad = _in_dtype(xp, [0.5, 0.375], low)
+    two = xp.asarray([0.5, 0.5], np.float64)
+    own = "bfloat16" if low == "bfloat16" else np.dtype(low).name
+    for name in oracle:
+        with pytest.raises(ValueError, match=rf"^`p` must sum to 1 .*for {own}\); got a sum of"):
+            getattr(info, name)(bad, two)
+        with pytest.raises(ValueError, match=rf"^`q` must sum to 1 .*for {own}\); got a sum of"):
+            getattr(info, name)(two, bad)

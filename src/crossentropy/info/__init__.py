@@ -33,12 +33,14 @@ Units: bits by default (``base=2``); ``base=math.e`` gives nats, the unit of the
 frameworks' losses (:mod:`crossentropy.losses` speaks nats by default).
 
 Bad input raises an error that names the argument, the rule and what was seen: negative,
-NaN or infinite entries, sums off 1 beyond the dtype's tolerance (``sqrt(eps)``: 1.5e-8 in
-float64, 3.5e-4 in float32), shapes that don't broadcast, no outcomes, an invalid ``base``
-or ``axis`` (``ValueError``); input that is not real numbers, a NumPy masked array (pass
-``p.filled(0)`` or ``p.compressed()``), an ``axis`` that is not an integer, a ``base`` that
-is not a real number (``TypeError``). Nothing is
-normalised silently: :func:`normalize` is the explicit way.
+NaN or infinite entries, sums off 1 beyond the tolerance of the argument's own dtype
+(``sqrt(eps)``: 1.5e-8 in float64, 3.5e-4 in float32; a float16 ``p`` beside a float64
+``q`` is checked as float16, and the two are then computed in float64), shapes that
+don't broadcast, no outcomes, an invalid ``base`` or ``axis`` (``ValueError``); input
+that is not real numbers, a NumPy masked array (pass ``p.filled(0)`` or
+``p.compressed()``), an ``axis`` that is not an integer, a ``base`` that is not a real
+number (``TypeError``). Nothing is normalised silently: :func:`normalize` is the explicit
+way.
 
 Examples:
     The seed's numbers (``SEED.md``):

@@ -20,6 +20,7 @@ from crossentropy.info._validate import (
     check_base,
     check_keepdims,
     log_function,
+    promote_pair,
     validate_distribution,
 )
 
@@ -51,9 +52,18 @@ def _device(x: Any) -> Any:
     return array_api_compat.device(x)
 
 
-def _prepare_pair(p: Any, q: Any, axis: Any) -> tuple[Any, Any, Any, int]:
-    """Convert and check two distributions reduced along ``axis`` of their broadcast shape."""
-    xp, p, q = as_float_pair(p, q)
+def _as_pair(p: Any, q: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """``(xp, p, q, p_common, q_common)``: both inputs as floating arrays of one kind, each
+    in its own dtype (for its checks) and both in their common dtype (for the measure)."""
+    xp, p_own, q_own = as_float_pair(p, q, promote=False)
+    return (xp, p_own, q_own, *promote_pair(xp, p_own, q_own))
+
+
+def _prepare_pair(xp: Any, p: Any, q: Any, axis: Any) -> int:
+    """Check two distributions reduced along ``axis`` of their broadcast shape; returns the
+    axis as a non-negative index. Each is checked in its own dtype, against that dtype's
+    tolerance: a float16 model output beside float64 targets is held to float16's rule,
+    and its message names float16."""
     shape = broadcast_shape(p, q)
     ax = check_axis(axis, len(shape), subject="`p` and `q` broadcast together")
     for name, array in (("p", p), ("q", q)):
@@ -75,7 +85,7 @@ def _prepare_pair(p: Any, q: Any, axis: Any) -> tuple[Any, Any, Any, int]:
                 f"{tuple(array.shape)} has one outcome along axis {axis}, repeated to the "
                 f"{shape[ax]} outcomes of `{other}`; give both the same number of outcomes"
             ) from None
-    return xp, p, q, ax
+    return ax
 
 
 def information(p: Any, *, base: float = 2) -> Any:
@@ -234,13 +244,13 @@ def cross_entropy(
     """
     b = check_base(base)
     keepdims = check_keepdims(keepdims)
-    xp, p_array, q_array = as_float_pair(p, q)
+    xp, p_own, q_own, p_array, q_array = _as_pair(p, q)
     blocked = _try_blocked(
         p_array, q_array, axis, keepdims, lambda p, q: _blocked.reduce_rows(p, q, base=b)
     )
     if blocked is not None:
         return blocked
-    xp, p_array, q_array, ax = _prepare_pair(p_array, q_array, axis)
+    ax = _prepare_pair(xp, p_own, q_own, axis)
     log = log_function(xp, b)
     with np.errstate(divide="ignore", invalid="ignore"):
         present = p_array > 0
@@ -352,7 +362,7 @@ def kl_divergence(
     """
     b = check_base(base)
     keepdims = check_keepdims(keepdims)
-    xp, p_array, q_array = as_float_pair(p, q)
+    xp, p_own, q_own, p_array, q_array = _as_pair(p, q)
     log = log_function(xp, b)
 
     def terms(p_rows: Any, q_rows: Any) -> Any:
@@ -363,7 +373,7 @@ def kl_divergence(
     )
     if blocked is not None:
         return blocked
-    xp, p_array, q_array, ax = _prepare_pair(p_array, q_array, axis)
+    ax = _prepare_pair(xp, p_own, q_own, axis)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return _finish(xp.sum(terms(p_array, q_array), axis=ax, keepdims=keepdims))
 
@@ -407,7 +417,7 @@ def js_divergence(
     """
     b = check_base(base)
     keepdims = check_keepdims(keepdims)
-    xp, p_array, q_array = as_float_pair(p, q)
+    xp, p_own, q_own, p_array, q_array = _as_pair(p, q)
     log = log_function(xp, b)
 
     def terms(p_rows: Any, q_rows: Any) -> Any:
@@ -428,7 +438,7 @@ def js_divergence(
     blocked = _try_blocked(p_array, q_array, axis, keepdims, reduce)
     if blocked is not None:
         return blocked
-    xp, p_array, q_array, ax = _prepare_pair(p_array, q_array, axis)
+    ax = _prepare_pair(xp, p_own, q_own, axis)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return _finish(xp.sum(terms(p_array, q_array), axis=ax, keepdims=keepdims) * 0.25)
 

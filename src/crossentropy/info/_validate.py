@@ -28,6 +28,7 @@ __all__ = [
     "check_keepdims",
     "check_probabilities",
     "log_function",
+    "promote_pair",
     "sum_tolerance",
 ]
 
@@ -167,11 +168,15 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (numbers.Real, decimal.Decimal))
 
 
-def as_float_pair(p: Any, q: Any, names: tuple[str, str] = ("p", "q")) -> tuple[Any, Any, Any]:
+def as_float_pair(
+    p: Any, q: Any, names: tuple[str, str] = ("p", "q"), *, promote: bool = True
+) -> tuple[Any, Any, Any]:
     """Convert two inputs to floating arrays of one kind and one dtype: ``(xp, p, q)``.
 
     Python sequences take the kind of the other argument when it is an array. Two arrays
     of different kinds (a NumPy array and a torch tensor) are rejected rather than moved.
+    With ``promote=False`` each keeps its own floating dtype (so that each can be checked
+    against its own dtype's tolerance; :func:`promote_pair` then gives the common one).
     """
     p_is_array = array_api_compat.is_array_api_obj(p)
     q_is_array = array_api_compat.is_array_api_obj(q)
@@ -188,11 +193,17 @@ def as_float_pair(p: Any, q: Any, names: tuple[str, str] = ("p", "q")) -> tuple[
             f"{type(q_array).__module__}.{type(q_array).__name__}; convert one to the other's"
             " kind first"
         )
-    if p_array.dtype != q_array.dtype:
-        common = xp.result_type(p_array.dtype, q_array.dtype)
-        p_array = xp.astype(p_array, common)
-        q_array = xp.astype(q_array, common)
+    if promote:
+        p_array, q_array = promote_pair(xp, p_array, q_array)
     return xp, p_array, q_array
+
+
+def promote_pair(xp: Any, p: Any, q: Any) -> tuple[Any, Any]:
+    """``p`` and ``q`` in their common floating dtype (unchanged where they share one)."""
+    if p.dtype == q.dtype:
+        return p, q
+    common = xp.result_type(p.dtype, q.dtype)
+    return xp.astype(p, common), xp.astype(q, common)
 
 
 def broadcast_shape(p: Any, q: Any, names: tuple[str, str] = ("p", "q")) -> tuple[int, ...]:
