@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import re
+from fractions import Fraction
 
 import pytest
 
@@ -46,7 +47,9 @@ def test_table_in_bits(capsys):
     }
     assert set(rows) == set(expected)
     for key, value in expected.items():
-        assert rows[key] == f"{value:.6f}", key
+        # 6 decimals from 0.1 up, 7 significant digits below.
+        assert rows[key] == (f"{value:.6f}" if value >= 0.1 else f"{value:.7g}"), key
+    assert rows["JS(P,Q)"] == "0.05860874"
     assert rows["H(P)"] == "1.760964"  # SEED.md: H = 1.7609640474436812
     assert rows["H(P,Q)"] == "2.000000"  # SEED.md: Q uniform gives 2.0
 
@@ -176,14 +179,66 @@ def test_a_rounding_negative_divergence_prints_as_zero(capsys):
     )
     assert run_alone([p, q]) == 0
     out = capsys.readouterr().out
-    assert "-0.000000" not in out
+    assert "-0" not in out
     rows = dict(line.split() for line in out.splitlines() if line.startswith(("D(", "JS")))
-    assert rows == {"D(P||Q)": "0.000000", "D(Q||P)": "0.000000", "JS(P,Q)": "0.000000"}
+    assert rows["D(P||Q)"] == "0"
+    assert all(abs(float(value)) < 1e-16 for value in rows.values())
+
+
+@pytest.mark.parametrize(
+    ("argv", "rows"),
+    [
+        # Fixed 6 decimals printed these as 0.000000.
+        (["0.5000001,0.4999999", "0.5,0.5"], {"D(P||Q)": 2.9e-14, "JS(P,Q)": 7.2e-15}),
+        (["1e-9,0.999999999"], {"H(P)": 3.1e-08}),
+    ],
+)
+def test_small_measures_keep_their_significant_digits(capsys, argv, rows):
+    assert run_alone(argv) == 0
+    out = capsys.readouterr().out
+    printed = dict(line.split() for line in out.splitlines() if line.startswith(("H(", "D(", "JS")))
+    p = [float(v) for v in argv[0].split(",")]
+    q = [float(v) for v in argv[1].split(",")] if len(argv) > 1 else None
+    computed = {
+        "H(P)": info.entropy(p),
+        "D(P||Q)": q and info.kl_divergence(p, q),
+        "JS(P,Q)": q and info.js_divergence(p, q),
+    }
+    for key, value in rows.items():
+        assert printed[key] == f"{computed[key]:.7g}", key
+        assert float(printed[key]) == pytest.approx(value, rel=0.05, abs=0), key
+        assert len(printed[key].split("e")[0].replace(".", "")) == 7  # significant digits
+
+
+def test_probabilities_print_as_they_read_back(capsys):
+    # %g printed 0.5000001 and 0.4999999 as 0.5 and 0.5.
+    values = [0.5000001, 0.4999999]
+    assert run_alone([",".join(map(repr, values)), "1/3,2/3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for k in range(2):
+        _, p, q, *_ = lines[3 + k].split()
+        assert float(p) == values[k]
+        assert float(q) == float(Fraction(k + 1, 3))
+    assert lines[3].split()[1:3] == ["0.5000001", "0.3333333333333333"]
+
+
+@pytest.mark.parametrize("argv", [["-0.5,1.5"], [P, "-0.5,0.5,0.5,0.5"], ["-1/2,3/2", "--json"]])
+def test_a_list_starting_with_a_minus_sign_is_a_value(capsys, argv):
+    # argparse read "-0.5,1.5" as an unknown option: "the following arguments are
+    # required: P".
+    from crossentropy.cli import main
+
+    assert main(["measure", *argv]) == 1
+    captured = capsys.readouterr()
+    name = "Q" if len(argv) > 1 and argv[1] != "--json" else "P"
+    assert captured.err.startswith(f"crossentropy measure: error: `{name}` must be non-negative")
+    assert "-0.5" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
 
 
 def test_outcome_table_columns(capsys):
     """The outcome table lists p(x), q(x), then the information of each under its own
-    distribution, every cell as printed: probabilities with %g, bits to 6 places."""
+    distribution, every cell as printed: probabilities as they read back, bits to 6 places."""
     p, q = [0.5, 0.2, 0.2, 0.1], [0.1, 0.2, 0.2, 0.5]
     assert run_alone([",".join(map(str, p)), ",".join(map(str, q))]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -191,8 +246,8 @@ def test_outcome_table_columns(capsys):
     for k in range(4):
         assert lines[3 + k].split() == [
             str(k + 1),
-            f"{p[k]:g}",
-            f"{q[k]:g}",
+            repr(p[k]),
+            repr(q[k]),
             f"{reference.information(p[k]):.6f}",
             f"{reference.information(q[k]):.6f}",
         ]

@@ -8,11 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from fractions import Fraction
 from typing import Any
 
 from crossentropy import info
 from crossentropy.info._validate import check_base, check_distribution
+
+#: An argument that starts with a minus sign and then a number, inf or nan is a value.
+_NEGATIVE_LIST = re.compile(r"-(?:\.?\d|inf|nan)", re.IGNORECASE)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,11 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "that sum to 1, e.g. 0.5,0.2,0.2,0.1 (fractions such as 1/3 are accepted); "
             "--normalize accepts counts or weights instead."
         ),
-        epilog=(
-            "example: crossentropy measure 0.5,0.2,0.2,0.1 0.25,0.25,0.25,0.25 "
-            "(put a list that starts with '-' after '--')"
-        ),
+        epilog="example: crossentropy measure 0.5,0.2,0.2,0.1 0.25,0.25,0.25,0.25",
     )
+    # A list that starts with a minus sign (-0.5,1.5) is P or Q, not an unknown option:
+    # argparse's own test reads only a single number such as -0.5 as a value.
+    parser._negative_number_matcher = _NEGATIVE_LIST
     parser.add_argument("p", metavar="P", help="the true distribution, e.g. 0.5,0.2,0.2,0.1")
     parser.add_argument(
         "q", metavar="Q", nargs="?", default=None, help="a model distribution of the same length"
@@ -125,11 +129,20 @@ def _unit(base: float) -> tuple[str, str]:
 
 
 def _number(value: float) -> str:
+    """A measure in the table: 6 decimals from 0.1 up, 7 significant digits below (so that
+    2.9e-14 does not read as 0). Every measure printed is >= 0: a negative value is
+    rounding where the true value is 0 or nearly (-1.3e-17 for a one-ulp D(P||Q)), and
+    prints as 0."""
     if math.isinf(value):
         return "inf"
-    text = f"{value:.6f}"
-    # A divergence of order -1e-17 (rounding, where the true value is 0) prints as 0.
-    return "0.000000" if text == "-0.000000" else text
+    if value <= 0:
+        return "0"
+    return f"{value:.6f}" if 0.1 <= value < 1e15 else f"{value:.7g}"
+
+
+def _probability(value: float) -> str:
+    """p(x) as the shortest text that reads back as the same float."""
+    return repr(float(value))
 
 
 def _json_number(value: float) -> float | str:
@@ -183,12 +196,12 @@ def _run(args: argparse.Namespace) -> int:
     headers = ["outcome", "p(x)", f"-{log} p(x)"]
     columns = [
         [str(i + 1) for i in range(len(p))],
-        [f"{v:g}" for v in p],
+        [_probability(v) for v in p],
         [_number(v) for v in measures["information_p"]],
     ]
     if q is not None:
         headers[2:2] = ["q(x)"]
-        columns[2:2] = [[f"{v:g}" for v in q]]
+        columns[2:2] = [[_probability(v) for v in q]]
         headers.append(f"-{log} q(x)")
         columns.append([_number(v) for v in measures["information_q"]])
     print(f"information of each outcome ({unit})")
