@@ -310,3 +310,52 @@ def test_masked_classes_through_the_triton_kernel(monkeypatch):
     loss = losses.cross_entropy(logits.to(device), probs.to(device), reduction="none")
     expected = _masked_reference(logits, probs)
     torch.testing.assert_close(loss.cpu(), expected, rtol=1e-12, atol=0)
+
+
+# ---------------------------------------------------------------------------------------
+# Fake tensors (FakeTensorMode) and torch.export.
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_fake_tensors_give_shapes(validate):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        logits = torch.randn(4, 5, requires_grad=True)
+        index = torch.randint(0, 5, (4,))
+        probs = torch.softmax(torch.randn(4, 5), 1)
+        loss = losses.cross_entropy(logits, index, validate=validate)
+        loss.backward()
+        assert loss.shape == ()
+        assert logits.grad.shape == (4, 5)
+        assert losses.cross_entropy(logits, probs, reduction="none", validate=validate).shape == (
+            4,
+        )
+        hidden, head = torch.randn(4, 3), torch.randn(5, 3)
+        fused = losses.linear_cross_entropy(hidden, head, index, impl="chunked", validate=validate)
+        assert fused.shape == ()
+
+
+class _Head(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(_logits(7, 3, seed=12).float())
+
+    def forward(self, hidden, targets):
+        logits = hidden @ self.weight.T
+        return (
+            losses.cross_entropy(logits, targets, label_smoothing=0.1, z_loss=1e-3),
+            losses.linear_cross_entropy(hidden, self.weight, targets, softcap=5.0),
+        )
+
+
+def test_torch_export_computes_what_eager_does():
+    model = _Head()
+    example = (torch.randn(4, 3), torch.randint(0, 7, (4,)))
+    program = torch.export.export(model, example)
+    hidden = _logits(4, 3, seed=13).float()  # the example's shape: export specialises it
+    targets = torch.tensor([0, 6, 5, -100])
+    for exported, eager in zip(
+        program.module()(hidden, targets), model(hidden, targets), strict=True
+    ):
+        torch.testing.assert_close(exported, eager.detach(), rtol=1e-5, atol=1e-6)

@@ -35,6 +35,7 @@ from typing import NamedTuple
 import torch
 
 from crossentropy.losses._kernel import accumulation_dtype
+from crossentropy.losses._options import without_values
 
 
 class CompositeRows(NamedTuple):
@@ -163,8 +164,14 @@ def traced(*tensors: object, constants: tuple[object, ...] = ()) -> bool:
     ``torch.func`` transform, when an input carries a forward-mode tangent
     (``torch.autograd.forward_ad``), which the autograd functions do not propagate, or
     when one of ``constants`` (the class weights, which the autograd functions treat as
-    constants) requires a gradient while grad mode is on."""
+    constants) requires a gradient while grad mode is on, or for fake tensors
+    (``FakeTensorMode``, ``torch.export``), whose values the autograd functions would read."""
     if functorch_active():
+        return True
+    if any(
+        isinstance(t, torch.Tensor) and type(t) is not torch.Tensor and without_values(t)
+        for t in tensors
+    ):
         return True
     if torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in constants

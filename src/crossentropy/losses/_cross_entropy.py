@@ -35,6 +35,7 @@ from crossentropy.losses._options import (
     probability_sum_message,
     probability_sum_tolerance,
     probability_sums_off,
+    without_values,
 )
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -123,7 +124,7 @@ def _prepare(
         # Compare with ignore_index in int64: uint8 targets would wrap -100 to 156.
         targets = targets.long()
     all_counted = probs
-    if targets.device.type != "meta":  # meta tensors have shapes, no values
+    if not without_values(targets):
         if probs:
             if validate:
                 _check_target_values(targets, probs, num_classes, ignore_index)
@@ -194,7 +195,7 @@ def _raise_bad_index(targets: torch.Tensor, num_classes: int, ignore_index: int)
 def _check_target_values(
     targets: torch.Tensor, probs: bool, num_classes: int, ignore_index: int
 ) -> None:
-    if targets.device.type == "meta":  # meta tensors have shapes, no values
+    if without_values(targets):
         return
     if probs:
         if targets.numel() == 0:

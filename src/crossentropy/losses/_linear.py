@@ -45,6 +45,7 @@ from crossentropy.losses._options import (
     loss_dtype,
     no_autocast,
     without_autocast,
+    without_values,
 )
 from crossentropy.losses._products import ChunkProducts, choose_engine
 
@@ -749,7 +750,7 @@ def linear_cross_entropy(
     probs = targets.is_floating_point()
     token_shape = hidden.shape[:-1]
     target_grad = probs and targets.requires_grad and torch.is_grad_enabled()
-    if plain or hidden.device.type == "meta":
+    if plain or without_values(hidden):
         # Plain torch operations, which the transforms can trace; meta tensors have shapes
         # only, and the reference path propagates them without reading values.
         impl = "reference"

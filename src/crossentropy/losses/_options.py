@@ -30,6 +30,23 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+try:  # torch's fake tensors (FakeTensorMode, torch.export): shapes without values
+    from torch._subclasses.fake_tensor import is_fake as _is_fake
+except ImportError:  # pragma: no cover - a torch without them
+
+    def _is_fake(tensor: torch.Tensor) -> bool:
+        return False
+
+
+def without_values(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` has a shape but no values to read: a meta tensor, or a fake one
+    (``FakeTensorMode``, as ``torch.export`` traces). Value checks are skipped for them and
+    the losses take their plain torch operations, which need no values."""
+    if tensor.device.type == "meta":
+        return True
+    return type(tensor) is not torch.Tensor and bool(_is_fake(tensor))
+
+
 def legacy_reduction(size_average: object, reduce: object, reduction: Reduction) -> Reduction:
     """The reduction, given torch's deprecated ``size_average`` and ``reduce`` arguments.
 
@@ -192,7 +209,7 @@ def check_class_weight(
         )
     if device is not None and weight.device != device:
         raise ValueError(f"`{name}` must be on the logits' device {device}; got {weight.device}")
-    if validate and weight.device.type != "meta":  # meta tensors have shapes, no values
+    if validate and not without_values(weight):
         good = torch.isfinite(weight) & (weight >= 0)
         if not bool(good.all()):
             raise ValueError(
@@ -353,4 +370,5 @@ __all__ = [
     "probability_sum_message",
     "probability_sum_tolerance",
     "probability_sums_off",
+    "without_values",
 ]
