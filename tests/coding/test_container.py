@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import gzip
 import math
 import pathlib
@@ -388,10 +389,48 @@ def test_forged_length_is_a_decode_error_not_an_allocation(length):
 
 
 @pytest.mark.parametrize("model", [["order0"], None, 0, b"order0"])
-def test_model_of_another_type_is_named(model):
-    # An unhashable model raised "unhashable type: 'list'".
-    with pytest.raises(ValueError, match="`model` must be one of"):
+def test_model_of_another_type_is_a_type_error(model):
+    # An unhashable model raised "unhashable type: 'list'"; then None and the others
+    # raised ValueError, although their type is what is wrong.
+    with pytest.raises(
+        TypeError, match=r"`model` must be a str, one of \['order0', 'context'\]; got "
+    ):
         coding.compress(b"x", model=model)
+
+
+BYTES_LIKE = [
+    bytearray(b"abracadabra"),
+    memoryview(b"abracadabra"),
+    np.frombuffer(b"abracadabra", dtype=np.uint8),
+    array.array("B", b"abracadabra"),
+]
+
+
+@pytest.mark.parametrize("data", BYTES_LIKE, ids=lambda d: type(d).__name__)
+def test_any_bytes_like_object_is_accepted(data):
+    # A NumPy uint8 array raised "`data` must be bytes; got ndarray", while a memoryview
+    # of any array was taken.
+    blob = coding.compress(data)
+    assert blob == coding.compress(b"abracadabra")
+    assert coding.decompress(np.frombuffer(blob, dtype=np.uint8)) == b"abracadabra"
+    assert coding.decompress(memoryview(bytearray(blob))) == b"abracadabra"
+
+
+def test_wider_items_give_their_raw_bytes():
+    """The rule for items wider than a byte: the buffer's raw memory, as zlib reads it."""
+    values = np.arange(6, dtype="<i4")
+    for data in [values, memoryview(values), values.reshape(2, 3), array.array("i", range(6))]:
+        assert coding.decompress(coding.compress(data)) == values.tobytes()
+    strided = values[::2]  # not contiguous: its items in order, as memoryview.tobytes()
+    assert coding.decompress(coding.compress(strided)) == strided.tobytes()
+
+
+@pytest.mark.parametrize("data", ["text", [1, 2, 3], None, 7])
+def test_data_without_a_buffer_is_a_type_error(data):
+    with pytest.raises(TypeError, match="`data` must be bytes or another bytes-like object"):
+        coding.compress(data)
+    with pytest.raises(TypeError, match="`blob` must be bytes or another bytes-like object"):
+        coding.decompress(data)
 
 
 def _order0_params(present: dict[int, int]) -> bytes:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from crossentropy._errors import DecodeError
+from crossentropy.coding._bytes import as_bytes
 
 __all__ = ["arithmetic_decode", "arithmetic_encode", "information_content"]
 
@@ -223,7 +224,7 @@ def arithmetic_decode(data: bytes, model: Any, n: int) -> np.ndarray:
     message (see the examples). ``n`` must be known (:func:`compress` stores it).
 
     Args:
-        data: the coded bytes.
+        data: the coded bytes (any bytes-like object, as for :func:`compress`).
         model: the same model as for encoding, shape (V,) or (n, V).
         n: the number of symbols to decode.
 
@@ -257,8 +258,7 @@ damaged data)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"`n` must be a non-negative integer; got {n!r}")
     n = int(n)
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"`data` must be bytes; got {type(data).__name__}")
+    data = as_bytes(data, "data")
     table = _check_model(model, n)
     if n == 0 or table.shape[-1] == 1:
         if len(data):
@@ -289,7 +289,7 @@ damaged data)
         again = _encode(out.astype(np.int32), table)
     except ValueError:  # a decoded symbol has probability 0: not from the encoder
         again = None
-    if again != bytes(data):
+    if again != data:
         raise DecodeError(
             f"`data` is not the encoding of {n} symbols under `model`: re-encoding the "
             "decoded symbols gives other bytes (a wrong `n` or model, or damaged data)"
@@ -314,8 +314,7 @@ def _words_to_bytes(words: np.ndarray) -> bytes:
 
 
 def _bytes_to_words(data: bytes) -> np.ndarray:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"`data` must be bytes; got {type(data).__name__}")
+    data = as_bytes(data, "data")
     if len(data) % 4:
         raise DecodeError(f"`data` must be whole 32-bit words; got {len(data)} bytes (truncated?)")
-    return np.frombuffer(bytes(data), dtype="<u4").astype(np.uint32)
+    return np.frombuffer(data, dtype="<u4").astype(np.uint32)

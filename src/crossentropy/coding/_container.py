@@ -32,6 +32,7 @@ import numpy as np
 
 from crossentropy._errors import DecodeError
 from crossentropy.coding import _context, _order0
+from crossentropy.coding._bytes import as_bytes
 
 __all__ = ["MODELS", "compress", "decompress"]
 
@@ -85,7 +86,11 @@ def compress(
     """Compress bytes with an entropy model and a range coder, into a checked container.
 
     Args:
-        data: the bytes to compress (any length, the empty string included).
+        data: the bytes to compress (any length, the empty string included): bytes or
+            any bytes-like object (bytearray, memoryview, array.array, a NumPy array),
+            whose raw memory is taken as it is, ``memoryview(data).tobytes()``: a uint8
+            array gives its values, a wider array all the bytes of each item (as
+            ``zlib.compress`` reads it).
         model: one of :data:`MODELS`. ``"order0"`` codes each byte with the file's own
             byte frequencies (stored in the header), reaching the order-0 entropy;
             ``"context"`` predicts each bit from the preceding 1, 2, 4 and 6 bytes
@@ -99,7 +104,8 @@ def compress(
         The container bytes (see the module docstring for the layout).
 
     Raises:
-        TypeError: ``data`` is not bytes-like, or ``progress`` is not callable.
+        TypeError: ``data`` is not bytes-like, ``model`` is not a str, or ``progress``
+            is not callable.
         ValueError: ``model`` is not one of :data:`MODELS`.
 
     Examples:
@@ -110,11 +116,14 @@ def compress(
         >>> len(compress(text, model="context")) < len(compress(text)) < len(text)
         True
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"`data` must be bytes; got {type(data).__name__}")
-    if not isinstance(model, str) or model not in _ENCODERS:
-        raise ValueError(f"`model` must be one of {list(MODELS)}; got {model!r}")
-    raw = bytes(data)
+    raw = as_bytes(data, "data")
+    if not isinstance(model, str):
+        raise TypeError(
+            f"`model` must be a str, one of {list(MODELS)}; got {type(model).__name__}: "
+            f"{model!r:.80}"
+        )
+    if model not in _ENCODERS:
+        raise ValueError(f"`model` must be one of {list(MODELS)}; got {model!r:.80}")
     report = _Report(progress, len(raw))
     report(0)
     array = np.frombuffer(raw, dtype=np.uint8)
@@ -156,7 +165,7 @@ def decompress(blob: bytes, *, progress: Callable[[int, int], object] | None = N
     """The original bytes of a container made by :func:`compress`, checked.
 
     Args:
-        blob: the container bytes.
+        blob: the container bytes (any bytes-like object, as for :func:`compress`).
         progress: None, or a callable ``progress(done, total)`` told the original bytes
             decoded so far and their total (read from the header, once its checksums
             pass): ``(0, total)`` first, ``(total, total)`` last, increasing in between
@@ -180,10 +189,8 @@ def decompress(blob: bytes, *, progress: Callable[[int, int], object] | None = N
         crossentropy._errors.DecodeError: not a crossentropy container: the magic is \
 b'PK\\x03\\x04', expected b'\\x89CEZ'
     """
-    if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise TypeError(f"`blob` must be bytes; got {type(blob).__name__}")
+    blob = as_bytes(blob, "blob")
     report = _Report(progress, 0)
-    blob = bytes(blob)
     reader = _Reader(blob)
     if len(blob) < len(MAGIC):
         raise DecodeError(

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from crossentropy.coding._bytes import as_bytes
 from crossentropy.coding._container import MODELS, compress
 from crossentropy.coding._prefix import huffman_code
 
@@ -22,7 +23,7 @@ def entropy_report(
     """Bits per byte of ``data`` under each measure and coder.
 
     Args:
-        data: the bytes to measure.
+        data: the bytes to measure (any bytes-like object, as for :func:`compress`).
         progress: an optional callable ``progress(step_name)`` called before each step.
 
     Returns:
@@ -46,9 +47,7 @@ def entropy_report(
     """
     from crossentropy import info
 
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"`data` must be bytes; got {type(data).__name__}")
-    data = bytes(data)
+    data = as_bytes(data, "data")
     size = len(data)
     report: dict[str, Any] = {"size": size}
     counts = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)
