@@ -42,6 +42,13 @@ that is not real numbers, a NumPy masked array (pass ``p.filled(0)`` or
 number (``TypeError``). Nothing is normalised silently: :func:`normalize` is the explicit
 way.
 
+The value checks (signs, NaN, sums) read the values on the host. ``validate=False`` skips
+them, for ``torch.func.vmap``, ``torch.compile(fullgraph=True)`` and
+``torch.autograd.gradcheck`` on raw inputs, while the checks of shapes, ``axis``, ``base``
+and dtype still run; invalid values then give undefined numbers. Torch meta tensors have
+no values: they get the shape checks only and a meta result. Sparse torch tensors are
+refused (``TypeError``; pass ``p.to_dense()``).
+
 Examples:
     The seed's numbers (``SEED.md``):
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,10 @@ from crossentropy.info._validate import (
     broadcast_shape,
     check_axis,
     check_base,
+    check_flag,
     check_keepdims,
+    check_outcomes,
+    has_values,
     log_function,
     promote_pair,
     validate_distribution,
@@ -48,8 +52,23 @@ def _zero(xp: Any, like: Any) -> Any:
     return xp.zeros((), dtype=like.dtype, device=_device(like))
 
 
+def _quiet(array: Any, **ignore: str) -> contextlib.AbstractContextManager[Any]:
+    """NumPy's ``errstate(**ignore)`` for a NumPy array; nothing for other kinds (whose
+    libraries do not warn, and whose tracers, torch.compile's among them, cannot enter
+    NumPy's error state)."""
+    if isinstance(array, (np.ndarray, np.generic)):
+        return np.errstate(**ignore)
+    return contextlib.nullcontext()
+
+
 def _device(x: Any) -> Any:
     return array_api_compat.device(x)
+
+
+def _checks_values(validate: Any, *arrays: Any) -> bool:
+    """Whether to check the values: ``validate`` (a bool) and every array has values to
+    read (a torch meta tensor has none: shapes only)."""
+    return check_flag(validate, "validate") and all(has_values(a) for a in arrays)
 
 
 def _as_pair(p: Any, q: Any) -> tuple[Any, Any, Any, Any, Any]:
@@ -59,15 +78,19 @@ def _as_pair(p: Any, q: Any) -> tuple[Any, Any, Any, Any, Any]:
     return (xp, p_own, q_own, *promote_pair(xp, p_own, q_own))
 
 
-def _prepare_pair(xp: Any, p: Any, q: Any, axis: Any) -> int:
+def _prepare_pair(xp: Any, p: Any, q: Any, axis: Any, *, values: bool) -> int:
     """Check two distributions reduced along ``axis`` of their broadcast shape; returns the
     axis as a non-negative index. Each is checked in its own dtype, against that dtype's
     tolerance: a float16 model output beside float64 targets is held to float16's rule,
-    and its message names float16."""
+    and its message names float16. ``values=False`` checks the shapes only."""
     shape = broadcast_shape(p, q)
     ax = check_axis(axis, len(shape), subject="`p` and `q` broadcast together")
     for name, array in (("p", p), ("q", q)):
         own = ax - (len(shape) - array.ndim)
+        if not values:
+            if own >= 0:
+                check_outcomes(array, name, own, axis_label=axis)
+            continue
         if own >= 0 and array.shape[own] == shape[ax]:
             validate_distribution(xp, array, name, own, axis_label=axis)
             continue
@@ -88,7 +111,7 @@ def _prepare_pair(xp: Any, p: Any, q: Any, axis: Any) -> int:
     return ax
 
 
-def information(p: Any, *, base: float = 2) -> Any:
+def information(p: Any, *, base: float = 2, validate: bool = True) -> Any:
     """Information (surprisal) of events with probabilities ``p``: ``-log_base p``, elementwise.
 
     The number of bits (for ``base=2``) that an ideal code spends on an event of
@@ -99,6 +122,12 @@ def information(p: Any, *, base: float = 2) -> Any:
         p: probabilities in [0, 1], any shape; a NumPy array, a torch tensor, any array-API
             array, or a Python number or sequence.
         base: the logarithm's base: 2 for bits (default), ``math.e`` for nats.
+        validate: check the values (entries finite and >= 0, at most 1). ``False`` skips
+            these checks, and with them every read of the values on the host, so that
+            ``torch.func.vmap``, ``torch.compile(fullgraph=True)`` and
+            ``torch.autograd.gradcheck`` on raw inputs work; the checks of shapes, ``base``
+            and dtype still run. Invalid values then give undefined numbers. Torch meta
+            tensors skip the value checks on their own (shapes only) and give a meta result.
 
     Returns:
         An array of ``p``'s shape, kind and device (a NumPy scalar for a 0-d NumPy result):
@@ -126,12 +155,15 @@ def information(p: Any, *, base: float = 2) -> Any:
     """
     b = check_base(base)
     xp, array = as_float_array(p, "p")
-    _check_entries(xp, array, "p", upper=1.0)
-    with np.errstate(divide="ignore"):
+    if _checks_values(validate, array):
+        _check_entries(xp, array, "p", upper=1.0)
+    with _quiet(array, divide="ignore", invalid="ignore"):  # invalid: unchecked values
         return _finish(0.0 - log_function(xp, b)(array))
 
 
-def entropy(p: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False) -> Any:
+def entropy(
+    p: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False, validate: bool = True
+) -> Any:
     """Shannon entropy H(P) = -Σ p(x) log_base p(x) along ``axis``, with 0 · log 0 = 0.
 
     The expected information of an outcome drawn from P, and the least average number of
@@ -148,6 +180,13 @@ def entropy(p: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False) 
         axis: the axis of outcomes.
         base: the logarithm's base: 2 for bits (default), ``math.e`` for nats.
         keepdims: keep the reduced axis with length 1.
+        validate: check the values (entries finite and >= 0, sums within the dtype's
+            tolerance of 1). ``False`` skips these checks, and with them every read of the
+            values on the host, so that ``torch.func.vmap``,
+            ``torch.compile(fullgraph=True)`` and ``torch.autograd.gradcheck`` on raw inputs
+            work; the checks of shapes, ``axis``, ``base`` and dtype still run. Invalid
+            values then give undefined numbers. Torch meta tensors skip the value checks on
+            their own (shapes only) and give a meta result.
 
     Returns:
         The entropy in bits (or units of ``base``), of ``p``'s kind, device and floating
@@ -179,13 +218,17 @@ def entropy(p: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False) 
     keepdims = check_keepdims(keepdims)
     xp, array = as_float_array(p, "p")
     ax = check_axis(axis, array.ndim, "p")
+    values = _checks_values(validate, array)
     if _blocked.eligible(array, axis=ax):
         result = _blocked.reduce_rows(array, None, base=b)
         if result is not None:
             return _finish(np.expand_dims(result, ax) if keepdims else result)
-    validate_distribution(xp, array, "p", ax, axis_label=axis)
+    if values:
+        validate_distribution(xp, array, "p", ax, axis_label=axis)
+    else:
+        check_outcomes(array, "p", ax, axis_label=axis)
     log = log_function(xp, b)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with _quiet(array, divide="ignore", invalid="ignore"):
         present = array > 0
         logs = log(_where_else_one(xp, present, array))
         terms = xp.where(present, array * logs, _zero(xp, logs))
@@ -193,7 +236,13 @@ def entropy(p: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False) 
 
 
 def cross_entropy(
-    p: Any, q: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False
+    p: Any,
+    q: Any,
+    *,
+    axis: int = -1,
+    base: float = 2,
+    keepdims: bool = False,
+    validate: bool = True,
 ) -> Any:
     """Cross-entropy H(P, Q) = -Σ p(x) log_base q(x) along ``axis``; math order: P is the truth.
 
@@ -213,6 +262,13 @@ def cross_entropy(
         axis: the axis of outcomes in the broadcast shape.
         base: the logarithm's base: 2 for bits (default), ``math.e`` for nats.
         keepdims: keep the reduced axis with length 1.
+        validate: check the values (entries finite and >= 0, each sum within its dtype's
+            tolerance of 1). ``False`` skips these checks, and with them every
+            read of the values on the host, so that ``torch.func.vmap``,
+            ``torch.compile(fullgraph=True)`` and ``torch.autograd.gradcheck`` on raw inputs
+            work; the checks of shapes, ``axis``, ``base`` and dtype still run. Invalid
+            values then give undefined numbers. Torch meta tensors skip the value checks on
+            their own (shapes only) and give a meta result.
 
     Returns:
         H(P, Q) in bits (or units of ``base``) with ``axis`` removed from the broadcast
@@ -245,14 +301,15 @@ def cross_entropy(
     b = check_base(base)
     keepdims = check_keepdims(keepdims)
     xp, p_own, q_own, p_array, q_array = _as_pair(p, q)
+    values = _checks_values(validate, p_own, q_own)
     blocked = _try_blocked(
         p_array, q_array, axis, keepdims, lambda p, q: _blocked.reduce_rows(p, q, base=b)
     )
     if blocked is not None:
         return blocked
-    ax = _prepare_pair(xp, p_own, q_own, axis)
+    ax = _prepare_pair(xp, p_own, q_own, axis, values=values)
     log = log_function(xp, b)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with _quiet(p_array, divide="ignore", invalid="ignore"):
         present = p_array > 0
         logs = log(_where_else_one(xp, present, q_array))
         terms = xp.where(present, p_array * logs, _zero(xp, logs))
@@ -284,13 +341,24 @@ def _where_else_one(xp: Any, present: Any, x: Any) -> Any:
     return xp.where(present, x, xp.ones((), dtype=x.dtype, device=_device(x)))
 
 
-def _relative_terms(xp: Any, p: Any, q: Any, log: Any, base: float, difference: Any = None) -> Any:
+def _relative_terms(
+    xp: Any,
+    p: Any,
+    q: Any,
+    log: Any,
+    base: float,
+    difference: Any = None,
+    *,
+    branches: bool = True,
+) -> Any:
     """Elementwise p · log(p / q), 0 where p = 0, +inf where p > 0 = q (no overflow in p/q).
 
     Where p and q are within a factor 2 of each other the log is taken as
     log1p((p - q) / q), with p - q exact there (Sterbenz's lemma) or given as
     ``difference``: log(p / q) would round the ratio to a float next to 1 and lose the
-    digits of a small divergence.
+    digits of a small divergence. ``branches=True`` skips each mend that no entry needs
+    (one read of the values on the host each); ``False`` applies both everywhere, with
+    the same numbers, for tracing (vmap, torch.compile) and meta tensors.
     """
     present = p > 0
     p_safe = _where_else_one(xp, present, p)
@@ -298,11 +366,11 @@ def _relative_terms(xp: Any, p: Any, q: Any, log: Any, base: float, difference: 
     ratio = p_safe / q_safe
     log_ratio = log(ratio)
     infinite = xp.isinf(ratio)
-    if bool(xp.any(infinite)):
+    if not branches or bool(xp.any(infinite)):
         overflow = infinite & (q_safe > 0)
         log_ratio = xp.where(overflow, log(p_safe) - log(q_safe), log_ratio)
     near = (q_safe <= p_safe * 2.0) & (p_safe <= q_safe * 2.0)
-    if bool(xp.any(near)):
+    if not branches or bool(xp.any(near)):
         zero = _zero(xp, ratio)
         # A given p - q is masked as p and q are: where p = 0 (p_safe = q_safe = 1) an
         # unmasked p - q = -1 would make log1p(-1) = -inf in the branch ``where`` drops,
@@ -317,7 +385,13 @@ def _relative_terms(xp: Any, p: Any, q: Any, log: Any, base: float, difference: 
 
 
 def kl_divergence(
-    p: Any, q: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False
+    p: Any,
+    q: Any,
+    *,
+    axis: int = -1,
+    base: float = 2,
+    keepdims: bool = False,
+    validate: bool = True,
 ) -> Any:
     """Kullback-Leibler divergence D(P‖Q) = Σ p(x) log_base(p(x) / q(x)) along ``axis``.
 
@@ -340,6 +414,13 @@ def kl_divergence(
         axis: the axis of outcomes in the broadcast shape.
         base: the logarithm's base: 2 for bits (default), ``math.e`` for nats.
         keepdims: keep the reduced axis with length 1.
+        validate: check the values (entries finite and >= 0, each sum within its dtype's
+            tolerance of 1). ``False`` skips these checks, and with them every
+            read of the values on the host, so that ``torch.func.vmap``,
+            ``torch.compile(fullgraph=True)`` and ``torch.autograd.gradcheck`` on raw inputs
+            work; the checks of shapes, ``axis``, ``base`` and dtype still run. Invalid
+            values then give undefined numbers. Torch meta tensors skip the value checks on
+            their own (shapes only) and give a meta result.
 
     Returns:
         D(P‖Q) in bits (or units of ``base``), ``axis`` removed from the broadcast shape.
@@ -363,23 +444,30 @@ def kl_divergence(
     b = check_base(base)
     keepdims = check_keepdims(keepdims)
     xp, p_own, q_own, p_array, q_array = _as_pair(p, q)
+    values = _checks_values(validate, p_own, q_own)
     log = log_function(xp, b)
 
     def terms(p_rows: Any, q_rows: Any) -> Any:
-        return _relative_terms(xp, p_rows, q_rows, log, b)
+        return _relative_terms(xp, p_rows, q_rows, log, b, branches=values)
 
     blocked = _try_blocked(
         p_array, q_array, axis, keepdims, lambda p, q: _blocked.reduce_terms(p, q, terms)
     )
     if blocked is not None:
         return blocked
-    ax = _prepare_pair(xp, p_own, q_own, axis)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    ax = _prepare_pair(xp, p_own, q_own, axis, values=values)
+    with _quiet(p_array, divide="ignore", invalid="ignore", over="ignore"):
         return _finish(xp.sum(terms(p_array, q_array), axis=ax, keepdims=keepdims))
 
 
 def js_divergence(
-    p: Any, q: Any, *, axis: int = -1, base: float = 2, keepdims: bool = False
+    p: Any,
+    q: Any,
+    *,
+    axis: int = -1,
+    base: float = 2,
+    keepdims: bool = False,
+    validate: bool = True,
 ) -> Any:
     """Jensen-Shannon divergence ½ D(P‖M) + ½ D(Q‖M) with M = (P + Q) / 2, along ``axis``.
 
@@ -396,6 +484,13 @@ def js_divergence(
         axis: the axis of outcomes in the broadcast shape.
         base: the logarithm's base: 2 for bits (default), ``math.e`` for nats.
         keepdims: keep the reduced axis with length 1.
+        validate: check the values (entries finite and >= 0, each sum within its dtype's
+            tolerance of 1). ``False`` skips these checks, and with them every
+            read of the values on the host, so that ``torch.func.vmap``,
+            ``torch.compile(fullgraph=True)`` and ``torch.autograd.gradcheck`` on raw inputs
+            work; the checks of shapes, ``axis``, ``base`` and dtype still run. Invalid
+            values then give undefined numbers. Torch meta tensors skip the value checks on
+            their own (shapes only) and give a meta result.
 
     Returns:
         JS(P, Q) in bits (or units of ``base``), ``axis`` removed from the broadcast shape.
@@ -418,6 +513,7 @@ def js_divergence(
     b = check_base(base)
     keepdims = check_keepdims(keepdims)
     xp, p_own, q_own, p_array, q_array = _as_pair(p, q)
+    values = _checks_values(validate, p_own, q_own)
     log = log_function(xp, b)
 
     def terms(p_rows: Any, q_rows: Any) -> Any:
@@ -427,9 +523,9 @@ def js_divergence(
         total = p_rows + q_rows
         # 2p - (p + q) is taken as p - q: the rounding of p + q would cost digits.
         difference = p_rows - q_rows
-        return _relative_terms(xp, p_rows * 2.0, total, log, b, difference) + _relative_terms(
-            xp, q_rows * 2.0, total, log, b, 0.0 - difference
-        )
+        return _relative_terms(
+            xp, p_rows * 2.0, total, log, b, difference, branches=values
+        ) + _relative_terms(xp, q_rows * 2.0, total, log, b, 0.0 - difference, branches=values)
 
     def reduce(p_rows: Any, q_rows: Any) -> Any:
         sums = _blocked.reduce_terms(p_rows, q_rows, terms)
@@ -438,12 +534,12 @@ def js_divergence(
     blocked = _try_blocked(p_array, q_array, axis, keepdims, reduce)
     if blocked is not None:
         return blocked
-    ax = _prepare_pair(xp, p_own, q_own, axis)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    ax = _prepare_pair(xp, p_own, q_own, axis, values=values)
+    with _quiet(p_array, divide="ignore", invalid="ignore", over="ignore"):
         return _finish(xp.sum(terms(p_array, q_array), axis=ax, keepdims=keepdims) * 0.25)
 
 
-def binary_entropy(p: Any, *, base: float = 2) -> Any:
+def binary_entropy(p: Any, *, base: float = 2, validate: bool = True) -> Any:
     """Binary entropy h(p) = -p log_base p - (1 - p) log_base(1 - p), elementwise.
 
     The entropy of a coin that shows heads with probability p: 0 at p = 0 and p = 1,
@@ -454,6 +550,12 @@ def binary_entropy(p: Any, *, base: float = 2) -> Any:
     Args:
         p: probabilities in [0, 1], any shape.
         base: the logarithm's base: 2 for bits (default), ``math.e`` for nats.
+        validate: check the values (entries finite and >= 0, at most 1). ``False`` skips
+            these checks, and with them every read of the values on the host, so that
+            ``torch.func.vmap``, ``torch.compile(fullgraph=True)`` and
+            ``torch.autograd.gradcheck`` on raw inputs work; the checks of shapes, ``base``
+            and dtype still run. Invalid values then give undefined numbers. Torch meta
+            tensors skip the value checks on their own (shapes only) and give a meta result.
 
     Returns:
         h(p) in bits (or units of ``base``), of ``p``'s shape, kind and device.
@@ -474,9 +576,10 @@ def binary_entropy(p: Any, *, base: float = 2) -> Any:
     """
     b = check_base(base)
     xp, array = as_float_array(p, "p")
-    _check_entries(xp, array, "p", upper=1.0)
+    if _checks_values(validate, array):
+        _check_entries(xp, array, "p", upper=1.0)
     zero = _zero(xp, array)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with _quiet(array, divide="ignore", invalid="ignore"):
         heads = xp.where(array > 0, array * xp.log(_where_else_one(xp, array > 0, array)), zero)
         rest = 1.0 - array
         tails = xp.where(rest > 0, rest * xp.log1p(-xp.where(rest > 0, array, zero)), zero)
@@ -485,7 +588,7 @@ def binary_entropy(p: Any, *, base: float = 2) -> Any:
     return _finish(result)
 
 
-def perplexity(p: Any, *, axis: int = -1) -> Any:
+def perplexity(p: Any, *, axis: int = -1, validate: bool = True) -> Any:
     """Perplexity 2 ** H(P) (in bits; the same in every base): the effective number of outcomes.
 
     A distribution with perplexity k is as hard to predict as k equally likely outcomes:
@@ -494,6 +597,13 @@ def perplexity(p: Any, *, axis: int = -1) -> Any:
     Args:
         p: distributions along ``axis``, e.g. (N, V).
         axis: the axis of outcomes.
+        validate: check the values (entries finite and >= 0, sums within the dtype's
+            tolerance of 1). ``False`` skips these checks, and with them every read of the
+            values on the host, so that ``torch.func.vmap``,
+            ``torch.compile(fullgraph=True)`` and ``torch.autograd.gradcheck`` on raw inputs
+            work; the checks of shapes, ``axis`` and dtype still run. Invalid values then
+            give undefined numbers. Torch meta tensors skip the value checks on their own
+            (shapes only) and give a meta result.
 
     Returns:
         The perplexity (a count, no unit), ``axis`` removed, of ``p``'s kind and dtype.
@@ -513,10 +623,10 @@ def perplexity(p: Any, *, axis: int = -1) -> Any:
         F. Jelinek, R. L. Mercer, L. R. Bahl and J. K. Baker, "Perplexity - a measure of the
         difficulty of speech recognition tasks", JASA 62 (1977).
     """
-    return _finish(2.0 ** entropy(p, axis=axis, base=2))
+    return _finish(2.0 ** entropy(p, axis=axis, base=2, validate=validate))
 
 
-def normalize(x: Any, *, axis: int = -1) -> Any:
+def normalize(x: Any, *, axis: int = -1, validate: bool = True) -> Any:
     """Scale non-negative weights ``x`` along ``axis`` so that they sum to 1: x / Σ x.
 
     The explicit way to turn counts or weights into a distribution; the measures never do
@@ -528,6 +638,11 @@ def normalize(x: Any, *, axis: int = -1) -> Any:
     Args:
         x: finite, non-negative weights, with a positive sum along ``axis``.
         axis: the axis of outcomes.
+        validate: check the values (entries finite and >= 0, a positive sum along ``axis``).
+            ``False`` skips these checks, and with them every read of the values on the host
+            (``torch.func.vmap``, ``torch.compile(fullgraph=True)``); the checks of shapes,
+            ``axis`` and dtype still run. Invalid values then give undefined numbers. Torch
+            meta tensors skip the value checks on their own.
 
     Returns:
         Distributions of ``x``'s shape, kind and device (floating).
@@ -550,13 +665,15 @@ def normalize(x: Any, *, axis: int = -1) -> Any:
         raise ValueError(
             f"`x` must have at least one entry along axis {axis}; got shape {tuple(array.shape)}"
         )
-    _check_entries(xp, array, "x", upper=None)
+    values = _checks_values(validate, array)
+    if values:
+        _check_entries(xp, array, "x", upper=None)
     # Half-precision weights are summed and divided in float32: a float16 total overflows
     # past 65504 (ones over 2**16 outcomes), and it would round away the small weights.
     work = xp.astype(array, xp.float32) if _is_half(array.dtype) else array
-    with np.errstate(over="ignore"):
+    with _quiet(work, over="ignore"):
         totals = xp.sum(work, axis=ax, keepdims=True)
-    if math.prod(array.shape) and not bool(xp.all(totals > 0)):
+    if values and math.prod(array.shape) and not bool(xp.all(totals > 0)):
         zero_at = np.argwhere(~(_to_numpy(totals) > 0))[0]
         index = tuple(int(i) for n, i in enumerate(zero_at) if n != ax)
         where = f" at index {index}" if index else ""
@@ -564,10 +681,18 @@ def normalize(x: Any, *, axis: int = -1) -> Any:
             f"`x` must have a positive sum along axis {axis} (a distribution needs some "
             f"weight); got all zeros{where}"
         )
-    if math.prod(array.shape) and bool(xp.any(xp.isinf(totals))):  # the sum overflowed
+    if not values and math.prod(array.shape):
+        # The same mend without reading the values: rows whose sum overflowed are scaled
+        # by their maximum first (the rest by 1).
+        overflowed = xp.isinf(totals)
+        one = xp.ones((), dtype=work.dtype, device=_device(work))
+        work = work / xp.where(overflowed, xp.max(work, axis=ax, keepdims=True), one)
+        totals = xp.sum(work, axis=ax, keepdims=True)
+    elif math.prod(array.shape) and bool(xp.any(xp.isinf(totals))):  # the sum overflowed
         work = work / xp.max(work, axis=ax, keepdims=True)
         totals = xp.sum(work, axis=ax, keepdims=True)
-    result = work / totals
+    with _quiet(work, divide="ignore", invalid="ignore"):  # unchecked values only
+        result = work / totals
     return result if work is array else xp.astype(result, array.dtype)
 
 

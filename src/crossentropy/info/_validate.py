@@ -25,8 +25,11 @@ __all__ = [
     "check_axis",
     "check_base",
     "check_distribution",
+    "check_flag",
     "check_keepdims",
+    "check_outcomes",
     "check_probabilities",
+    "has_values",
     "log_function",
     "promote_pair",
     "sum_tolerance",
@@ -99,11 +102,16 @@ def as_float_array(x: Any, name: str, *, like: Any = None) -> tuple[Any, Any]:
 
     Raises:
         TypeError: ``x`` is not made of real numbers (strings, objects, complex numbers),
-            or is a NumPy masked array (its mask would be lost).
+            is a NumPy masked array (its mask would be lost), or is a sparse torch tensor.
         ValueError: ``x`` is a ragged sequence.
     """
     if isinstance(x, (str, bytes)):
         raise TypeError(f"`{name}` must be an array of real numbers; got {_describe(x)}")
+    if array_api_compat.is_torch_array(x) and str(getattr(x, "layout", "")) != "torch.strided":
+        raise TypeError(
+            f"`{name}` must be a dense tensor; got a sparse tensor (layout {x.layout}); "
+            f"pass `{name}.to_dense()`"
+        )
     if isinstance(x, np.ma.MaskedArray):
         # Some NumPy functions honour the mask and others drop it: the checks and the
         # measure would not see the same numbers.
@@ -248,9 +256,25 @@ def check_keepdims(keepdims: Any) -> bool:
     Raises:
         TypeError: ``keepdims`` is not a bool (a string such as ``"no"`` would be truthy).
     """
-    if not isinstance(keepdims, (bool, np.bool_)):
-        raise TypeError(f"`keepdims` must be True or False; got {_describe(keepdims)}")
-    return bool(keepdims)
+    return check_flag(keepdims, "keepdims")
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """Return the option ``name`` as a bool after checking it is one (``True``/``False``).
+
+    Raises:
+        TypeError: ``value`` is not a bool (a string such as ``"no"`` would be truthy).
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False; got {_describe(value)}")
+    return bool(value)
+
+
+def has_values(array: Any) -> bool:
+    """Whether the entries of ``array`` can be read: not for a torch tensor on the meta
+    device, which has a shape and a dtype only (its value checks are skipped)."""
+    device = getattr(array, "device", None)
+    return getattr(device, "type", None) != "meta"
 
 
 def check_base(base: Any) -> float:
@@ -415,16 +439,22 @@ def check_distribution(p: Any, name: str = "p", axis: int = -1) -> Any:
     return array
 
 
+def check_outcomes(array: Any, name: str, axis: int, *, axis_label: int | None = None) -> None:
+    """The shape rule of a distribution: at least one outcome along ``axis`` (non-negative)."""
+    if array.shape[axis] == 0:
+        label = axis - array.ndim if axis_label is None else axis_label
+        raise ValueError(
+            f"`{name}` must have at least one outcome along axis {label}; got shape "
+            f"{tuple(array.shape)}"
+        )
+
+
 def validate_distribution(
     xp: Any, array: Any, name: str, axis: int, *, axis_label: int | None = None
 ) -> None:
     """:func:`check_distribution` on an already converted array and a non-negative ``axis``."""
     label = axis - array.ndim if axis_label is None else axis_label
-    if array.shape[axis] == 0:
-        raise ValueError(
-            f"`{name}` must have at least one outcome along axis {label}; got shape "
-            f"{tuple(array.shape)}"
-        )
+    check_outcomes(array, name, axis, axis_label=label)
     if math.prod(array.shape) == 0:
         return
     _check_entries(xp, array, name, upper=None)
