@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crossentropy import coding
+from crossentropy import coding, info
 from crossentropy.coding import DecodeError
 
 P = np.array([0.5, 0.2, 0.2, 0.1])  # SEED.md
@@ -318,3 +318,103 @@ def test_coded_bytes_are_the_range_coders_words_little_endian():
     encoder.encode(symbols, constriction.stream.model.Categorical(P, perfect=False))
     words = encoder.get_compressed()
     assert data == b"".join(int(word).to_bytes(4, "little") for word in words)
+
+
+# -- what the coder really spends: the 24-bit quantised model -------------------------
+
+
+def _decode_first_symbol(table: np.ndarray, left: int, per_position: bool) -> int:
+    """The symbol a range decoder reads first from a stream whose top 24 bits are
+    ``left``: the symbol whose quantised interval holds that point."""
+    constriction = pytest.importorskip("constriction")
+    words = np.array([(left << 8) & 0xFFFFFFFF, 0], dtype=np.uint32)
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    if per_position:
+        model = constriction.stream.model.Categorical(perfect=False)
+        return int(decoder.decode(model, table[None, :])[0])
+    model = constriction.stream.model.Categorical(table, perfect=False)
+    return int(decoder.decode(model, 1)[0])
+
+
+@pytest.mark.parametrize("per_position", [False, True])
+def test_quantized_model_is_the_coders_own(per_position):
+    """Each quantised interval starts exactly where the decoder starts reading its symbol."""
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        size = int(rng.integers(2, 40))
+        p = rng.dirichlet(np.full(size, 0.3))
+        p[rng.random(size) < 0.3] *= 1e-9  # below 2^-24: raised to the smallest step
+        p /= p.sum()
+        q = coding.quantized_model(p)
+        assert q.sum() == 1.0
+        assert np.all(q >= 2.0**-24)
+        assert np.all(q * 2**24 == np.round(q * 2**24))
+        left = np.concatenate([[0], np.cumsum(np.round(q * 2**24).astype(np.int64))[:-1]])
+        for symbol in range(size):
+            assert _decode_first_symbol(p, int(left[symbol]), per_position) == symbol
+            if symbol:
+                assert _decode_first_symbol(p, int(left[symbol]) - 1, per_position) == symbol - 1
+
+
+def test_coded_size_is_the_quantized_information_plus_under_64_bits():
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        size = int(rng.integers(2, 200))
+        n = int(rng.integers(1, 2000))
+        p = rng.dirichlet(np.full(size, 0.2))
+        p[rng.random(size) < 0.3] = 1e-12
+        p /= p.sum()
+        model = p if rng.random() < 0.5 else rng.dirichlet(np.full(size, 0.5), size=n)
+        rows = np.broadcast_to(model, (n, size))
+        symbols = np.array([rng.choice(size, p=row / row.sum()) for row in rows])
+        bits = 8 * len(coding.arithmetic_encode(symbols, model))
+        spent = coding.information_content(symbols, model, quantized=True)
+        assert 0 <= bits - spent < 64
+
+
+def test_many_tiny_probabilities_cost_the_documented_excess():
+    # The docstring said "the information content plus a few bytes": here the message
+    # has 0.14 bits of information and costs 8896 bits.
+    size = 1_000_000
+    p = np.full(size, 1e-12)
+    p[0] = 1 - (size - 1) * 1e-12
+    symbols = np.zeros(100_000, dtype=np.int64)
+    bits = 8 * len(coding.arithmetic_encode(symbols, p))
+    assert coding.information_content(symbols, p) < 1
+    bound = symbols.size * -np.log2(1 - size * 2.0**-24)  # the documented excess per symbol
+    spent = coding.information_content(symbols, p, quantized=True)
+    assert spent <= coding.information_content(symbols, p) + bound
+    assert spent == pytest.approx(bound, rel=1e-3)
+    assert 0 <= bits - spent < 64
+    # Rare symbols cost at most 24 bits each: below their information content.
+    rare = [1 - 1e-12, 1e-12]
+    assert coding.information_content([1] * 4, rare) > 159
+    assert coding.information_content([1] * 4, rare, quantized=True) == 4 * 24 - 4
+    assert 8 * len(coding.arithmetic_encode([1] * 4, rare)) == 96
+
+
+def test_quantized_information_keeps_impossible_symbols_impossible():
+    assert coding.information_content([2], [0.5, 0.5, 0.0], quantized=True) == math.inf
+    assert coding.information_content([0, 0], [1.0], quantized=True) == 0.0
+    with pytest.raises(TypeError, match="`quantized` must be a bool"):
+        coding.information_content([0], [0.5, 0.5], quantized="yes")
+
+
+@pytest.mark.parametrize(
+    ("model", "dtype"),
+    [
+        (np.full(3000, (1 + 5e-5) / 3000), "float64"),  # accepted with a sum of 1.00005
+        ([0.5, 0.5 + 1e-7], "float64"),
+        (np.array([0.5, 0.5 + 1e-3], dtype=np.float32), "float32"),
+    ],
+)
+def test_model_sum_tolerance_is_infos(model, dtype):
+    # Looser than `crossentropy.info` (up to 1e-6 sqrt(V)), and constriction then
+    # renormalised silently.
+    with pytest.raises(ValueError, match=rf"must sum to 1 over its last axis \(within .* {dtype}"):
+        coding.arithmetic_encode([0], model)
+    with pytest.raises(ValueError, match="must sum to 1"):
+        info.entropy(model)
+    ok = np.array([0.5, 0.5 + 1e-4], dtype=np.float32)  # within float32's 3.5e-4
+    assert info.entropy(ok) > 0
+    assert coding.arithmetic_decode(coding.arithmetic_encode([0, 1], ok), ok, 2).tolist() == [0, 1]

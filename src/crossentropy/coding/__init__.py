@@ -11,8 +11,12 @@ Kullback–Leibler divergence is the price of the wrong model, in bits.
 
 - :func:`huffman_code`, :func:`fixed_length_code`, :class:`PrefixCode`, :func:`kraft_sum`,
   :func:`is_prefix_free`, :func:`find_ambiguity`: symbol codes, checked.
-- :func:`arithmetic_encode`, :func:`arithmetic_decode`, :func:`information_content`:
-  range coding through constriction with a fixed or a per-position model.
+- :func:`arithmetic_encode`, :func:`arithmetic_decode`, :func:`information_content`,
+  :func:`quantized_model`: range coding through constriction with a fixed or a
+  per-position model. The coder rounds the model to multiples of 2^-24 (every symbol at
+  least 2^-24), so it spends the information content under that quantised model plus
+  less than 64 bits; for an alphabet of V symbols that is at most −log2(1 − V · 2^-24)
+  bits per symbol above −log2 Q (negligible for bytes).
 - :func:`compress`, :func:`decompress`, :data:`MODELS`: a self-describing container for
   bytes, with an order-0 model and an adaptive context model (orders 1-6 blended).
 - :func:`entropy_report`: a byte string's bits per byte under every measure and coder,
@@ -39,6 +43,7 @@ from crossentropy.coding._arithmetic import (
     arithmetic_decode,
     arithmetic_encode,
     information_content,
+    quantized_model,
 )
 from crossentropy.coding._container import MODELS, compress, decompress
 from crossentropy.coding._prefix import (
@@ -68,4 +73,5 @@ __all__ = [
     "information_content",
     "is_prefix_free",
     "kraft_sum",
+    "quantized_model",
 ]
