@@ -329,3 +329,67 @@ def test_blocked_path_with_rows_longer_than_a_block(rng, shape):
     np.testing.assert_allclose(info.entropy(p), expected, rtol=1e-12)
     expected = expected + scipy_stats.entropy(p, q, base=2, axis=-1)
     np.testing.assert_allclose(info.cross_entropy(p, q), expected, rtol=1e-12)
+
+
+def _perplexity_oracle(p) -> float:
+    """2 ** H(P) as the math reads, in float64 with a correctly rounded sum."""
+    return 2.0 ** -math.fsum(x * math.log2(x) for x in map(float, p) if x > 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_perplexity_in_narrow_dtypes_is_the_oracle_rounded_once(xp, rng, dtype):
+    # 2 ** H computed in float32 was off by up to 20 ulps (2.4e-6 relative); computed in
+    # float64 and rounded once it is the correctly rounded value, so a uniform float32
+    # distribution over 10 outcomes gives exactly 10.
+    cases = [np.full(n, 1 / n, dtype) for n in range(1, 300)]
+    for n in rng.integers(2, 3000, 40):
+        cases.append(rng.dirichlet(np.ones(int(n)) * 0.3).astype(dtype))
+    tolerance = math.sqrt(np.finfo(dtype).eps)
+    cases = [p for p in cases if abs(math.fsum(map(float, p)) - 1) <= tolerance]
+    assert len(cases) > 250
+    for p in cases:
+        got = xp.to_numpy(info.perplexity(xp.asarray(p, dtype)))
+        assert got.dtype == dtype
+        assert got == dtype(_perplexity_oracle(p)), (len(p), got, _perplexity_oracle(p))
+    assert float(xp.to_numpy(info.perplexity(xp.asarray(np.full(10, 0.1), np.float32)))) == 10.0
+
+
+def test_perplexity_in_bfloat16_is_the_oracle_rounded_once():
+    torch = pytest.importorskip("torch")
+    for n in (3, 10, 100, 1000):
+        p = torch.full((n,), 1 / n, dtype=torch.bfloat16)
+        if abs(p.double().sum().item() - 1) > 2**-3.5:
+            continue
+        expected = torch.tensor(_perplexity_oracle(p.double().tolist()), dtype=torch.float64)
+        assert info.perplexity(p).item() == expected.to(torch.bfloat16).item()
+
+
+def test_perplexity_in_float64_is_within_a_few_ulps(xp):
+    for n in range(1, 200):
+        got = float(xp.to_numpy(info.perplexity(xp.asarray(np.full(n, 1 / n)))))
+        tolerance = 8e-16 * max(1.0, math.log(n))  # a few ulps of H, times H
+        assert got == pytest.approx(_perplexity_oracle([1 / n] * n), rel=tolerance)
+
+
+def test_perplexity_past_the_float16_range_is_inf_without_a_warning(xp):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        big = info.perplexity(xp.asarray(np.full(2**16, 2.0**-16), np.float16))
+        fits = info.perplexity(xp.asarray(np.full(2**15, 2.0**-15), np.float16))
+    assert float(xp.to_numpy(big)) == math.inf  # 65536 > 65504, float16's largest number
+    assert float(xp.to_numpy(fits)) == 32768.0
+
+
+def test_perplexity_keepdims(xp, rng):
+    for axis in (0, 1, -1):
+        p = distributions(rng, (3, 4, 5), axis=axis)
+        plain = xp.to_numpy(info.perplexity(xp.asarray(p), axis=axis))
+        kept = xp.to_numpy(info.perplexity(xp.asarray(p), axis=axis, keepdims=True))
+        assert kept.shape == tuple(np.expand_dims(plain, axis).shape)
+        np.testing.assert_array_equal(kept, np.expand_dims(plain, axis))
+        entropy_kept = xp.to_numpy(info.entropy(xp.asarray(p), axis=axis, keepdims=True))
+        assert kept.shape == entropy_kept.shape
+    with pytest.raises(TypeError, match=r"`keepdims` must be True or False; got str"):
+        info.perplexity(xp.asarray(p), keepdims="yes")

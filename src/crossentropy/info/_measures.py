@@ -588,15 +588,20 @@ def binary_entropy(p: Any, *, base: float = 2, validate: bool = True) -> Any:
     return _finish(result)
 
 
-def perplexity(p: Any, *, axis: int = -1, validate: bool = True) -> Any:
+def perplexity(p: Any, *, axis: int = -1, keepdims: bool = False, validate: bool = True) -> Any:
     """Perplexity 2 ** H(P) (in bits; the same in every base): the effective number of outcomes.
 
     A distribution with perplexity k is as hard to predict as k equally likely outcomes:
-    n for the uniform distribution over n, 1 for a certain outcome.
+    n for the uniform distribution over n, 1 for a certain outcome. NumPy and torch input
+    in float32, float16 or bfloat16 is computed in float64 and rounded once to its dtype
+    (correctly rounded in practice: a uniform float32 distribution over 10 outcomes gives
+    exactly 10); float64 input is computed in float64, within a few ulps (so
+    ``perplexity([0.1] * 10)`` is 9.999999999999998).
 
     Args:
         p: distributions along ``axis``, e.g. (N, V).
         axis: the axis of outcomes.
+        keepdims: keep the reduced axis with length 1.
         validate: check the values (entries finite and >= 0, sums within the dtype's
             tolerance of 1). ``False`` skips these checks, and with them every read of the
             values on the host, so that ``torch.func.vmap``,
@@ -606,7 +611,8 @@ def perplexity(p: Any, *, axis: int = -1, validate: bool = True) -> Any:
             (shapes only) and give a meta result.
 
     Returns:
-        The perplexity (a count, no unit), ``axis`` removed, of ``p``'s kind and dtype.
+        The perplexity (a count, no unit), ``axis`` removed, of ``p``'s kind and dtype
+        (+inf in float16 above its largest number, 65504).
 
     Raises:
         ValueError: as :func:`entropy`.
@@ -623,7 +629,31 @@ def perplexity(p: Any, *, axis: int = -1, validate: bool = True) -> Any:
         F. Jelinek, R. L. Mercer, L. R. Bahl and J. K. Baker, "Perplexity - a measure of the
         difficulty of speech recognition tasks", JASA 62 (1977).
     """
-    return _finish(2.0 ** entropy(p, axis=axis, base=2, validate=validate))
+    keepdims = check_keepdims(keepdims)
+    xp, array = as_float_array(p, "p")
+    ax = check_axis(axis, array.ndim, "p")
+    if _checks_values(validate, array):
+        validate_distribution(xp, array, "p", ax, axis_label=axis)
+    wide = _widened(xp, array)
+    # Checked above in p's own dtype: the entropy of the widened copy needs no second check.
+    bits = entropy(wide, axis=axis, base=2, keepdims=keepdims, validate=False)
+    with _quiet(bits, over="ignore"):  # 2 ** 16 outcomes overflow float16: +inf
+        result = 2.0**bits
+        if wide is not array:
+            result = xp.astype(result, array.dtype)
+    return _finish(result)
+
+
+def _widened(xp: Any, array: Any) -> Any:
+    """``array`` in float64 where it is a narrower NumPy array or torch tensor (not on
+    Apple's MPS, which has no float64); else ``array`` itself."""
+    if not _is_half(array.dtype) and str(array.dtype).rsplit(".", 1)[-1] != "float32":
+        return array
+    if isinstance(array, np.ndarray) or (
+        array_api_compat.is_torch_array(array) and array.device.type != "mps"
+    ):
+        return xp.astype(array, xp.float64)
+    return array
 
 
 def normalize(x: Any, *, axis: int = -1, validate: bool = True) -> Any:
