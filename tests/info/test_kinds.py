@@ -193,3 +193,26 @@ def test_js_gradient_through_a_saturated_softmax_is_finite():
     assert torch.isfinite(y.grad).all()
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(y.grad, y_ref.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_the_documented_gradient_convention_at_p_zero():
+    # The package docstring: masked terms give gradient 0 at p(x) = 0; binary_entropy keeps
+    # the gradient of its other term there, +-1/ln(base).
+    ln2 = math.log(2)
+    p = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    info.entropy(p).backward()
+    torch.testing.assert_close(p.grad, torch.tensor([-1 / ln2, 0.0], dtype=torch.float64))
+    p = torch.tensor([0.0, 0.5, 0.5], dtype=torch.float64, requires_grad=True)
+    q = torch.tensor([0.25, 0.25, 0.5], dtype=torch.float64, requires_grad=True)
+    info.cross_entropy(p, q).backward()
+    expected_p = torch.tensor([0.0, 2.0, 1.0], dtype=torch.float64)  # -log2 q where p > 0
+    expected_q = torch.tensor([0.0, -2 / ln2, -1 / ln2], dtype=torch.float64)  # -p / (q ln 2)
+    torch.testing.assert_close(p.grad, expected_p)
+    torch.testing.assert_close(q.grad, expected_q)
+    p.grad = q.grad = None
+    info.kl_divergence(p, q).backward()
+    assert p.grad[0].item() == 0.0
+    assert q.grad[0].item() == 0.0
+    b = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    info.binary_entropy(b).sum().backward()
+    torch.testing.assert_close(b.grad, torch.tensor([1 / ln2, -1 / ln2], dtype=torch.float64))

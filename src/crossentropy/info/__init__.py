@@ -42,6 +42,16 @@ that is not real numbers, a NumPy masked array (pass ``p.filled(0)`` or
 number (``TypeError``). Nothing is normalised silently: :func:`normalize` is the explicit
 way.
 
+Gradients (torch autograd) follow the convention 0 · log 0 = 0 as written: a term whose
+weight p(x) is 0 is masked with ``where`` and contributes neither value nor gradient. So
+at p(x) = 0 the gradient with respect to p(x) is 0 in :func:`entropy`,
+:func:`cross_entropy` and :func:`kl_divergence` (the one-sided derivative is +inf for
+the entropy term, -inf for the KL term, -log q(x) for cross-entropy), and nothing flows to
+q(x) from an outcome with p(x) = 0. In :func:`js_divergence` the terms of P at p(x) = 0
+are masked and those of Q keep their gradient. :func:`binary_entropy` at p = 0 (p = 1)
+keeps the gradient of its other term, 1/ln(base) (-1/ln(base)), where the derivative
+is +inf (-inf). Gradients are finite wherever the value is.
+
 The value checks (signs, NaN, sums) read the values on the host. ``validate=False`` skips
 them, for ``torch.func.vmap``, ``torch.compile(fullgraph=True)`` and
 ``torch.autograd.gradcheck`` on raw inputs, while the checks of shapes, ``axis``, ``base``
