@@ -35,12 +35,13 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-try:  # torch's fake tensors (FakeTensorMode, torch.export): shapes without values
-    from torch._subclasses.fake_tensor import is_fake as _is_fake
-except ImportError:  # pragma: no cover - a torch without them
-
-    def _is_fake(tensor: torch.Tensor) -> bool:
+def _is_fake(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is one of torch's fake tensors (FakeTensorMode, torch.export)."""
+    try:
+        from torch._subclasses.fake_tensor import is_fake
+    except ImportError:  # pragma: no cover - a torch without them
         return False
+    return bool(is_fake(tensor))
 
 
 def without_values(tensor: torch.Tensor) -> bool:
