@@ -200,9 +200,10 @@ def block_probabilities(
             keys = spread[node]
             keys ^= base
             p[level] = _blend_order(keys, bits[level], p[level], blend[j], time, index)
-    if any(level is None for level in p):  # pragma: no cover - orders is never empty
+    blended = [level for level in p if level is not None]
+    if len(blended) != len(p):  # pragma: no cover - orders is never empty
         raise ValueError("`orders` must name at least one order")
-    return bits.T.ravel(), np.stack(p, axis=1).ravel()
+    return bits.T.ravel(), np.stack(blended, axis=1).ravel()
 
 
 def encode(data: np.ndarray, report: Callable[[int], object] = _quiet) -> tuple[bytes, bytes]:
@@ -288,13 +289,17 @@ def decode(
         if method == _STORED and length == stop - start:
             out[start:stop] = np.frombuffer(chunk, dtype=np.uint8)
         elif method == _CODED:
+
+            def progress(done: int, start: int = start) -> object:
+                return report(start + done)
+
             out[start:stop] = _decode_block(
                 _bytes_to_words(chunk),
                 stop - start,
                 orders,
                 alphas,
                 _block_table_bits(stop - start, table_bits, slack_bits),
-                lambda done, start=start: report(start + done),
+                progress,
             )
         else:
             raise DecodeError(f"corrupt context payload: block method {method}, {length} bytes")

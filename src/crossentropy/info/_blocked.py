@@ -183,6 +183,7 @@ def _run(
                     block_q = q[r0:r1]
                     if not block_p.min() >= 0:
                         negative[index] = True
+                    assert sums_q is not None  # allocated whenever q is given
                     row_sums(block_q, sums_q[r0:r1])
                 log(block_q, out=logs)
                 dots = acc[r0:r1]

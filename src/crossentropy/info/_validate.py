@@ -13,6 +13,7 @@ import decimal
 import math
 import numbers
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import array_api_compat
@@ -88,7 +89,7 @@ def _default_float(xp: Any, x: Any) -> Any:
         return xp.float64
 
 
-def as_float_array(x: Any, name: str, *, like: Any = None) -> tuple[Any, Any]:
+def as_float_array(x: Any, name: str, *, like: Any = None) -> tuple[ModuleType, Any]:
     """Convert ``x`` to a real floating array of its own kind; returns ``(namespace, array)``.
 
     Arrays (NumPy, torch, any array-API library) keep their kind, device and floating

@@ -132,7 +132,9 @@ def differentiate(
     ``inputs`` whose ``needs`` flag is set, as a graph (``create_graph=True``); None for the
     others."""
     wanted = [
-        i for i, (x, need) in enumerate(zip(inputs, needs, strict=True)) if need and x is not None
+        (i, x)
+        for i, (x, need) in enumerate(zip(inputs, needs, strict=True))
+        if need and x is not None
     ]
     result: list[torch.Tensor | None] = [None] * len(inputs)
     pairs = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if g is not None]
@@ -140,13 +142,13 @@ def differentiate(
         return result
     grads = torch.autograd.grad(
         [o for o, _ in pairs],
-        [inputs[i] for i in wanted],
+        [x for _, x in wanted],
         [g for _, g in pairs],
         create_graph=True,
         allow_unused=True,
     )
-    for i, g in zip(wanted, grads, strict=True):
-        result[i] = g if g is not None else torch.zeros_like(inputs[i])
+    for (i, x), g in zip(wanted, grads, strict=True):
+        result[i] = g if g is not None else torch.zeros_like(x)
     return result
 
 

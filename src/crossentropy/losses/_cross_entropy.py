@@ -806,6 +806,7 @@ class _StatsFunction(torch.autograd.Function):
         acc = accumulation_dtype(logits.dtype)
         safe, valid, _ = _row_scales(flat_targets, probs, weight, ignore_index, "none", acc)
         terms = cross_entropy_rows(flat_logits, safe, **options.rows, with_entropy=True)
+        assert terms.entropy is not None  # asked for with with_entropy=True
         loss = terms.loss if valid is None else torch.where(valid, terms.loss, 0.0)
         ctx.options = options
         ctx.save_for_backward(logits, targets, terms.entropy)

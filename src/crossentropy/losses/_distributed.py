@@ -426,7 +426,7 @@ def _shard_rows(
     w_loc = None
     if weight is not None:
         w_loc = weight[spec.vocab_start : spec.vocab_start + shard].to(device=device, dtype=acc)
-        total_w = weight.to(acc).sum()
+        total_w: torch.Tensor | float = weight.to(acc).sum()
     else:
         total_w = float(num_classes)
     w_y = _target_weights(targets, counted, weight, acc)
@@ -483,7 +483,7 @@ def _shard_rows(
         for r0 in range(0, n, rows):
             r1 = min(r0 + rows, n)
             zb, tanh_b = z_slice(r0, r1)
-            pb = grad[r0:r1] if direct else p_buf[: r1 - r0]
+            pb = grad[r0:r1] if p_buf is None else p_buf[: r1 - r0]
             torch.sub(zb, lse[r0:r1].unsqueeze(1), out=pb).exp_()
             pb.mul_(p_coef[r0:r1])
             pb.scatter_add_(1, t_index[r0:r1], target_coef[r0:r1])
@@ -667,6 +667,7 @@ def _shard_prob_rows(
     if grad_scale is None:
         return _Rows(loss, lse, None, q_sum)
     scale = torch.as_tensor(grad_scale, dtype=acc, device=device).expand(n)
+    assert q_sum is not None  # given with lse, or summed above
     p_coef = q_sum + (2.0 * lam) * lse if lam > 0 else q_sum
     p_coef = (p_coef * scale).unsqueeze(1)
     grad = out if out is not None else torch.empty_like(logits)
@@ -679,7 +680,7 @@ def _shard_prob_rows(
         for r0 in range(0, n, rows):
             r1 = min(r0 + rows, n)
             zb, tanh_b = z_slice(r0, r1)
-            pb = grad[r0:r1] if direct else p_buf[: r1 - r0]
+            pb = grad[r0:r1] if p_buf is None else p_buf[: r1 - r0]
             torch.sub(zb, lse[r0:r1].unsqueeze(1), out=pb).exp_()
             pb.mul_(p_coef[r0:r1])
             pb.sub_(q_slice(r0, r1).mul_(scale[r0:r1].unsqueeze(1)))
@@ -1136,18 +1137,20 @@ def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, gr
         rows = _chunk_rows(
             z, y_kept[start:stop], plan, grad_scale=grad_scale if grads else None, out=z
         )
+        assert rows.loss is not None  # no lse passed: the loss is formed
         loss[start:stop] = rows.loss
         lse[start:stop] = rows.lse
         if q_sum is not None:
+            assert rows.q_sum is not None  # probability targets
             q_sum[start:stop] = rows.q_sum
         if not grads:
             continue
         g = z  # the chunk's logits were overwritten by their gradient
-        if want_h:
+        if dh is not None:  # want_h
             dh[start:stop] = products.hidden_grad(g)
-        if want_w:
+        if dw is not None:  # want_w
             products.add_weight_grad(dw, g, h_c, first=False)
-        if want_b:
+        if db is not None:  # want_b
             db.add_(g.sum(0, dtype=acc))
     return loss, lse, q_sum, dh, dw, db
 
@@ -1561,14 +1564,6 @@ def sharded_linear_cross_entropy(
 
     if impl == "auto":
         impl = "reference" if tokens * num_classes <= AUTO_REFERENCE_ELEMENTS else "chunked"
-    options = {
-        "ignore_index": ignore_index,
-        "reduction": reduction,
-        "label_smoothing": label_smoothing,
-        "z_loss": z_loss,
-        "softcap": softcap,
-        "base": base,
-    }
     if impl == "reference":
         if values["hidden_grad"]:
             hidden = _SumGradOverRanks.apply(hidden, group)
@@ -1579,8 +1574,13 @@ def sharded_linear_cross_entropy(
             vocab_start=vocab_start,
             group=group,
             weight=class_weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            base=base,
             validate=False,
-            **options,
         )
 
     hidden_dim = weight.shape[1]

@@ -330,7 +330,7 @@ def cross_entropy_rows(
         w_target = weight[y] if weight is not None else None
         w_dot_z = torch.empty(rows_shape, dtype=acc, device=device) if eps > 0 else None
     rows = slice_rows or default_slice_rows(num_classes * math.prod(inner), device)
-    if want_grad:
+    if grad_scale is not None:
         # The gradient is of sum_i scale_i * loss_i; a per-row scale enters every
         # coefficient below, a number keeps them numbers.
         scale = row_scale(grad_scale, rows_shape, inv_ln_b, acc, device)
@@ -342,13 +342,18 @@ def cross_entropy_rows(
                 target_coef = (1.0 - eps) * scale
                 z_coef = (2.0 * zl) * scale
             else:
+                assert w_target is not None  # weight[y]
                 p_coef = ((1.0 - eps) * w_target + (eps / num_classes) * weight.sum()) * scale
                 target_coef = (1.0 - eps) * w_target * scale
                 z_coef = (2.0 * zl) * w_target * scale
             # scatter_add_ takes a tensor: a per-row column, or for a Python number a
             # column as tall as a slice, made below.
             per_row_target = isinstance(target_coef, torch.Tensor)
-            neg_target_coef = (-target_coef).unsqueeze(1) if per_row_target else -target_coef
+            neg_target_coef = (
+                (-target_coef).unsqueeze(1)
+                if isinstance(target_coef, torch.Tensor)
+                else -target_coef
+            )
             smooth_coef = (eps / num_classes) * scale
     else:
         grad = None
@@ -357,7 +362,7 @@ def cross_entropy_rows(
     # returned to the system and faulted in again each time. Half-precision logits are
     # converted into a float32 slice buffer.
     need_z_buf = softcap is not None or logits.dtype != acc
-    need_p_buf = not want_grad or grad.dtype != acc
+    need_p_buf = grad is None or grad.dtype != acc
     if (
         slice_rows is None
         and device.type != "cpu"
@@ -370,7 +375,7 @@ def cross_entropy_rows(
     p_buf = torch.empty(width, dtype=acc, device=device) if need_p_buf else None
     q_buf = torch.empty(width, dtype=acc, device=device) if probs else None
     e_buf = torch.empty(width, dtype=acc, device=device) if with_entropy else None
-    if want_grad and not probs and not per_row_target:
+    if want_grad and not probs and not isinstance(neg_target_coef, torch.Tensor):
         neg_target_coef = torch.full(
             (width[0], 1, *inner), neg_target_coef, dtype=acc, device=device
         )
@@ -388,20 +393,27 @@ def cross_entropy_rows(
         xb = part(logits)
         # z: the logits after soft-capping, in the accumulation dtype.
         if softcap is not None:
+            assert t_buf is not None  # both allocated for a softcap
+            assert z_buf is not None
             tanh_b = head(t_buf)
             tanh_b.copy_(xb)
             tanh_b.div_(softcap).tanh_()
             zb = torch.mul(tanh_b, softcap, out=head(z_buf))
-        elif need_z_buf:
+        elif z_buf is not None:
             zb = head(z_buf)
             zb.copy_(xb)
         else:
             zb = xb
-        pb = head(p_buf) if need_p_buf else part(grad)
+        if p_buf is not None:
+            pb = head(p_buf)
+        else:
+            assert grad is not None  # no buffer: the softmax is formed in the gradient
+            pb = part(grad)
         # Vectorised max-reductions (torch.max with indices is not vectorised on CPU).
         max_b = part(row_max)
         torch.amax(zb, 1, out=max_b)
         if probs:
+            assert q_buf is not None
             qb = head(q_buf)
             qb.copy_(part(targets))
             if eps > 0:
@@ -411,6 +423,8 @@ def cross_entropy_rows(
             torch.sum(qb, 1, out=part(q_sum))
             target_dot(qb, zb, part(q_dot_z), dim=1)
         else:
+            assert y_col is not None
+            assert z_target_col is not None
             yb = part(y_col)
             torch.gather(zb, 1, yb, out=part(z_target_col))
             if w_dot_z is not None:
@@ -425,8 +439,9 @@ def cross_entropy_rows(
         torch.amax(pb, 1, out=pmax)  # max_c p_c = exp(m - lse) = 1 / sum_c exp(z_c - m)
         pmax.log_().neg_()
         if entropy is not None:
+            assert e_buf is not None
             torch.sum(torch.special.entr(pb, out=head(e_buf)), 1, out=part(entropy))
-        if not want_grad:
+        if grad is None:
             continue
         # Gradient of the slice, in place over the softmax.
         scale_b = _column(scale, part, b)
@@ -443,6 +458,7 @@ def cross_entropy_rows(
                 coef = coef + _column(z_coef, part, b) * (max_b + pmax).unsqueeze(1)
             if isinstance(coef, torch.Tensor) or coef != 1.0:
                 pb.mul_(coef)
+            assert isinstance(neg_target_coef, torch.Tensor)  # made a column above
             pb.scatter_add_(
                 1, yb, part(neg_target_coef) if per_row_target else head(neg_target_coef)
             )
@@ -470,7 +486,7 @@ def cross_entropy_rows(
         nll = (row_max - z_target) + neg_log_pmax  # lse - z_y, without cancellation
         w_y = w_target
         loss = nll * w_y if w_y is not None else nll
-        if eps > 0:
+        if w_dot_z is not None:  # eps > 0
             loss = (1.0 - eps) * loss
             total_w = weight.sum() if weight is not None else float(num_classes)
             # sum_c w_c (lse - z_c) = W lse - sum_c w_c z_c

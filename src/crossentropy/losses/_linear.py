@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Literal, get_args
+from typing import Literal, TypedDict, get_args
 
 import torch
 from torch import nn
@@ -160,10 +160,10 @@ def _check_chunk_size(chunk_size: object) -> None:
 
 
 def _check_inputs(
-    hidden: object,
-    weight: object,
-    targets: object,
-    bias: object,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None,
     *,
     ignore_index: int,
     reduction: str,
@@ -174,7 +174,7 @@ def _check_inputs(
     chunk_size: object,
     impl: object,
     validate: bool,
-    class_weight: object = None,
+    class_weight: torch.Tensor | None = None,
 ) -> None:
     for name, value in (("hidden", hidden), ("weight", weight), ("targets", targets)):
         if not isinstance(value, torch.Tensor):
@@ -306,7 +306,31 @@ def _slice_rows(rows: int, num_classes: int, device: torch.device, *, in_place: 
     return max(torch.get_num_threads(), SLICE_BYTES // (4 * num_classes), 1)
 
 
-def _kernel_options(opts: dict) -> dict:
+class _LinearOptions(TypedDict):
+    """The loss options of one fused call, as :func:`linear_cross_entropy` normalises them."""
+
+    ignore_index: int
+    class_weight: torch.Tensor | None
+    reduction: Reduction
+    label_smoothing: float
+    z_loss: float
+    softcap: float | None
+    base: float
+    out_dtype: torch.dtype
+
+
+class _KernelOptions(TypedDict, total=False):
+    """The keyword options a sweep passes to :func:`cross_entropy_rows`."""
+
+    weight: torch.Tensor | None
+    label_smoothing: float
+    z_loss: float
+    softcap: float | None
+    base: float
+    slice_rows: int
+
+
+def _kernel_options(opts: _LinearOptions) -> _KernelOptions:
     return {
         "weight": opts["class_weight"],
         "label_smoothing": opts["label_smoothing"],
@@ -322,7 +346,7 @@ def _fused_pass(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     targets: torch.Tensor,
-    opts: dict,
+    opts: _LinearOptions,
     rows: int | None,
     *,
     grad_scale: torch.Tensor | float | None,
@@ -381,8 +405,7 @@ def _fused_pass(
     if n == 0:
         return loss, grad_hidden, grad_weight, grad_bias
 
-    per_token_scale = isinstance(grad_scale, torch.Tensor)
-    if per_token_scale and index is not None:
+    if isinstance(grad_scale, torch.Tensor) and index is not None:
         grad_scale = grad_scale.index_select(0, index)
 
     w_c = weight if weight.dtype == cdt else weight.to(cdt)
@@ -408,7 +431,7 @@ def _fused_pass(
             h_c = h_c.to(cdt)
         z = logits[: stop - start]
         products.logits(h_c, z)
-        scale = grad_scale[start:stop] if per_token_scale else grad_scale
+        scale = grad_scale[start:stop] if isinstance(grad_scale, torch.Tensor) else grad_scale
         terms = cross_entropy_rows(
             z, y_kept[start:stop], grad_scale=scale, out=z if grads else None, **kernel_opts
         )
@@ -416,15 +439,15 @@ def _fused_pass(
         if not grads:
             continue
         g = z  # the kernel wrote the gradient over the logits
-        if want_h:
+        if grad_hidden is not None:  # want_h
             dh = products.hidden_grad(g)
             if index is None:
                 grad_hidden[start:stop].copy_(dh)
             else:
                 grad_hidden.index_copy_(0, index[start:stop], dh.to(grad_hidden.dtype))
-        if want_w:
+        if grad_weight is not None:  # want_w
             products.add_weight_grad(grad_weight, g, h_c, first=start == 0)
-        if want_b:
+        if grad_bias is not None:  # want_b
             grad_bias.add_(g.sum(0, dtype=acc))
 
     if index is not None:
@@ -579,7 +602,7 @@ def linear_cross_entropy(
     base: float = math.e,
     chunk_size: int | None = None,
     impl: Impl = "auto",
-    group: object = None,
+    group: torch.distributed.ProcessGroup | None = None,
     validate: bool = True,
     shift: int = 0,
 ) -> torch.Tensor:
@@ -779,7 +802,7 @@ def linear_cross_entropy(
             softcap=softcap,
             base=base,
         )
-    opts = {
+    opts: _LinearOptions = {
         "ignore_index": int(ignore_index),
         "class_weight": None if class_weight is None else class_weight.detach(),
         "reduction": reduction,
@@ -822,7 +845,7 @@ def _check_shift(shift: object) -> None:
         raise ValueError(f"`shift` must be an int >= 0; got {shift}")
 
 
-def _shifted_targets(hidden: object, targets: object, shift: object, ignore_index: int):
+def _shifted_targets(hidden: object, targets: object, shift: int, ignore_index: int):
     """``targets`` moved ``shift`` positions back along the sequence (their last
     dimension), the freed positions set to ``ignore_index``."""
     _check_shift(shift)
@@ -990,7 +1013,7 @@ def linear_cross_entropy_stats(
             rows = min(rows, n)
             logits = torch.empty(rows, num_classes, dtype=cdt, device=device)
             products = ChunkProducts(w_c, b_c, rows, choose_engine(cdt, device))
-            kernel_opts = {
+            kernel_opts: _KernelOptions = {
                 "weight": class_weight,
                 "label_smoothing": float(label_smoothing),
                 "z_loss": float(z_loss),
@@ -1002,6 +1025,7 @@ def linear_cross_entropy_stats(
                 z = logits[: stop - start]
                 products.logits(h2[start:stop].to(cdt), z)
                 terms = cross_entropy_rows(z, y_safe[start:stop], with_entropy=True, **kernel_opts)
+                assert terms.entropy is not None  # asked for with with_entropy=True
                 loss[start:stop] = terms.loss
                 lse[start:stop] = terms.logsumexp
                 entropy[start:stop] = terms.entropy
@@ -1046,6 +1070,8 @@ class LinearCrossEntropyLoss(nn.Module):
         True
     """
 
+    class_weight: torch.Tensor | None
+
     def __init__(
         self,
         *,
@@ -1058,7 +1084,7 @@ class LinearCrossEntropyLoss(nn.Module):
         base: float = math.e,
         chunk_size: int | None = None,
         impl: Impl = "auto",
-        group: object = None,
+        group: torch.distributed.ProcessGroup | None = None,
         validate: bool = True,
         shift: int = 0,
     ):

@@ -15,10 +15,15 @@ import functools
 import math
 import numbers
 import warnings
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, cast, get_args
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # read by type checkers only (typing has these from Python 3.11)
+    from typing_extensions import TypeVarTuple, Unpack
+
+    _Ts = TypeVarTuple("_Ts")
 
 Reduction = Literal["mean", "sum", "none"]
 """The reductions every loss accepts: ``"mean"``, ``"sum"`` or ``"none"`` (per token)."""
@@ -30,12 +35,13 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-try:  # torch's fake tensors (FakeTensorMode, torch.export): shapes without values
-    from torch._subclasses.fake_tensor import is_fake as _is_fake
-except ImportError:  # pragma: no cover - a torch without them
-
-    def _is_fake(tensor: torch.Tensor) -> bool:
+def _is_fake(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is one of torch's fake tensors (FakeTensorMode, torch.export)."""
+    try:
+        from torch._subclasses.fake_tensor import is_fake
+    except ImportError:  # pragma: no cover - a torch without them
         return False
+    return bool(is_fake(tensor))
 
 
 def without_values(tensor: torch.Tensor) -> bool:
@@ -298,7 +304,7 @@ def loss_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     return torch.float32 if half and autocast_enabled(device) else dtype
 
 
-def autocast_inputs(*tensors: object) -> tuple[object, ...]:
+def autocast_inputs(*tensors: Unpack[_Ts]) -> tuple[Unpack[_Ts]]:
     """The head's inputs as ``F.linear`` would take them under autocast.
 
     When ``torch.autocast`` is enabled for the first tensor's device, floating tensors
@@ -317,8 +323,13 @@ def autocast_inputs(*tensors: object) -> tuple[object, ...]:
     except AttributeError:  # torch < 2.4
         cpu = first.device.type == "cpu"
         dtype = torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()
-    return tuple(
-        t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors
+    # A tensor comes back as a tensor and anything else as it is, each in its place.
+    return cast(
+        "tuple[Unpack[_Ts]]",
+        tuple(
+            t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+            for t in tensors
+        ),
     )
 
 

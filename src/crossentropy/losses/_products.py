@@ -185,6 +185,7 @@ class ChunkProducts:
         """``out = h @ W.T + b`` for a chunk ``h`` (c, D), into ``out`` (c, V)."""
         w, b = self.weight, self.bias
         if self.engine == "onednn":
+            assert self._linear is not None  # set whenever engine == "onednn"
             h = h.contiguous()
             step = BLOCK_ROWS if self._blocked_logits else w.shape[0]
             for v0 in range(0, w.shape[0], step):
@@ -224,6 +225,7 @@ class ChunkProducts:
         """
         w = self.weight
         if self.engine == "onednn":
+            assert self._linear is not None
             return self._linear(g, w.T, None, "none", [], "")
         if self._dh_scratch is None:
             return torch.matmul(g, w)
@@ -242,6 +244,7 @@ class ChunkProducts:
         """``grad_weight += g.T @ h`` (or ``=`` when ``first``), ``grad_weight`` (V, D) in the
         accumulation dtype (float32, or float64 for float64)."""
         if self.engine == "onednn" and grad_weight.dtype == g.dtype:
+            assert self._linear is not None
             h_t = h.T.contiguous()
             step = self._grad_block
             for v0 in range(0, grad_weight.shape[0], step):

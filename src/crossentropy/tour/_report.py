@@ -163,20 +163,20 @@ class Tour:
             ValueError: a row's length differs from the number of headers.
         """
         headers = tuple(headers)
-        rows = tuple(tuple(row) for row in rows)
-        for cell in headers + tuple(cell for row in rows for cell in row):
+        cells = tuple(tuple(row) for row in rows)
+        for cell in headers + tuple(cell for row in cells for cell in row):
             if not isinstance(cell, str):
                 raise TypeError(
                     f"table cells must be strings formatted by the caller; got {cell!r}"
                 )
-        for row in rows:
+        for row in cells:
             if len(row) != len(headers):
                 raise ValueError(
                     f"each table row must have {len(headers)} cells like the headers; "
                     f"got {len(row)} in {row!r}"
                 )
-        self._current().blocks.append(Table(headers, rows, title))
-        self._print_table(headers, rows, title)
+        self._current().blocks.append(Table(headers, cells, title))
+        self._print_table(headers, cells, title)
 
     def erratum(self, seed_says: str, correct: str) -> None:
         """Mark a correction: what the seed says, and the right statement beside it."""
@@ -273,13 +273,12 @@ class Tour:
         figures = self.figures()
         if not figures:
             return
-        rows = [
-            [figure.path.name, section.title]
+        rows = tuple(
+            (figure.path.name, section.title)
             for section in self.sections
             for figure in section.blocks
             if isinstance(figure, Figure)
-        ]
-        rows = tuple(tuple(row) for row in rows)
+        )
         self._print_table(("figure", "section"), rows, f"Figures in {self.out}/")
 
     # -- internals -----------------------------------------------------------------------
@@ -316,6 +315,7 @@ class Tour:
 
     def _rich_print(self, *objects) -> None:
         if not self.quiet:
+            assert self._console is not None  # called only on the rich path
             self._console.print(*objects)
 
     def __iter__(self) -> Iterator[Section]:
