@@ -52,7 +52,7 @@ def _zero(xp: Any, like: Any) -> Any:
     return xp.zeros((), dtype=like.dtype, device=_device(like))
 
 
-def _quiet(array: Any, **ignore: str) -> contextlib.AbstractContextManager[Any]:
+def _quiet(array: Any, **ignore: Any) -> contextlib.AbstractContextManager[Any]:
     """NumPy's ``errstate(**ignore)`` for a NumPy array; nothing for other kinds (whose
     libraries do not warn, and whose tracers, torch.compile's among them, cannot enter
     NumPy's error state)."""
