@@ -47,6 +47,33 @@ def test_vmap_with_validate_false_matches_the_loop(name):
     torch.testing.assert_close(mapped, looped, rtol=1e-15, atol=1e-15)
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_vmap_with_the_default_skips_the_value_checks(name):
+    """Inside a transform the values cannot be read: the checks step aside on their own, as
+    the losses' do, and the numbers are the loop's."""
+    p, q = _batch()
+    function = getattr(info, name)
+    if name in PAIRS:
+        mapped = torch.func.vmap(function)(p, q)
+        looped = torch.stack([function(a, b) for a, b in zip(p, q, strict=True)])
+    else:
+        mapped = torch.func.vmap(function)(p)
+        looped = torch.stack([function(a) for a in p])
+    torch.testing.assert_close(mapped, looped, rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_fake_tensors_give_shapes(name):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    function = getattr(info, name)
+    with FakeTensorMode():
+        p = torch.softmax(torch.randn(3, 4, dtype=torch.float64), -1)
+        result = function(*_arguments(name, p, p))
+        expected = (3, 4) if name in ELEMENTWISE else (3,)
+        assert tuple(result.shape) == expected
+
+
 def test_vmap_over_the_second_argument_only():
     p, q = _batch()
     mapped = torch.func.vmap(lambda b: info.kl_divergence(p[2], b, validate=False))(q)

@@ -55,9 +55,11 @@ is +inf (-inf). Gradients are finite wherever the value is.
 The value checks (signs, NaN, sums) read the values on the host. ``validate=False`` skips
 them, for ``torch.func.vmap``, ``torch.compile(fullgraph=True)`` and
 ``torch.autograd.gradcheck`` on raw inputs, while the checks of shapes, ``axis``, ``base``
-and dtype still run; invalid values then give undefined numbers. Torch meta tensors have
-no values: they get the shape checks only and a meta result. Sparse torch tensors are
-refused (``TypeError``; pass ``p.to_dense()``).
+and dtype still run; invalid values then give undefined numbers. Torch tensors whose
+values cannot be read skip the value checks on their own: meta tensors (shape checks only,
+and a meta result), fake tensors (``FakeTensorMode``, ``torch.export``) and tensors inside
+a ``torch.func`` transform (``vmap``, ``grad``), as the losses do. Sparse torch tensors
+are refused (``TypeError``; pass ``p.to_dense()``).
 
 Examples:
     The seed's numbers (``SEED.md``):

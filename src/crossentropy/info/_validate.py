@@ -19,6 +19,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from crossentropy._tensors import readable
+
 __all__ = [
     "as_float_array",
     "as_float_pair",
@@ -272,10 +274,11 @@ def check_flag(value: Any, name: str) -> bool:
 
 
 def has_values(array: Any) -> bool:
-    """Whether the entries of ``array`` can be read: not for a torch tensor on the meta
-    device, which has a shape and a dtype only (its value checks are skipped)."""
-    device = getattr(array, "device", None)
-    return getattr(device, "type", None) != "meta"
+    """Whether the entries of ``array`` can be read (else its value checks are skipped):
+    not for a torch tensor on the meta device or a fake one (``FakeTensorMode``,
+    ``torch.export``), which have a shape and a dtype only, nor for a torch tensor inside a
+    ``torch.func`` transform (``vmap``), whose values the transform does not hand out."""
+    return readable(array)
 
 
 def check_base(base: Any) -> float:

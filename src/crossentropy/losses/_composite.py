@@ -34,8 +34,8 @@ from typing import NamedTuple
 
 import torch
 
+from crossentropy._tensors import functorch_active, without_values
 from crossentropy.losses._kernel import accumulation_dtype
-from crossentropy.losses._options import without_values
 
 
 class CompositeRows(NamedTuple):
@@ -150,15 +150,6 @@ def differentiate(
     for (i, x), g in zip(wanted, grads, strict=True):
         result[i] = g if g is not None else torch.zeros_like(x)
     return result
-
-
-def functorch_active() -> bool:
-    """Whether a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ``jvp``...) is
-    running: the losses then compute through :func:`composite_rows`, which the transforms
-    can trace, instead of their autograd functions, which they cannot."""
-    functorch = getattr(torch._C, "_functorch", None)
-    peek = getattr(functorch, "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
 
 
 def traced(*tensors: object, constants: tuple[object, ...] = ()) -> bool:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Literal, cast, get_args
 import numpy as np
 import torch
 
+from crossentropy._tensors import without_values
+
 if TYPE_CHECKING:  # read by type checkers only (typing has these from Python 3.11)
     from typing_extensions import TypeVarTuple, Unpack
 
@@ -33,24 +35,6 @@ REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 
 def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_fake(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is one of torch's fake tensors (FakeTensorMode, torch.export)."""
-    try:
-        from torch._subclasses.fake_tensor import is_fake
-    except ImportError:  # pragma: no cover - a torch without them
-        return False
-    return bool(is_fake(tensor))
-
-
-def without_values(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` has a shape but no values to read: a meta tensor, or a fake one
-    (``FakeTensorMode``, as ``torch.export`` traces). Value checks are skipped for them and
-    the losses take their plain torch operations, which need no values."""
-    if tensor.device.type == "meta":
-        return True
-    return type(tensor) is not torch.Tensor and bool(_is_fake(tensor))
 
 
 def legacy_reduction(size_average: object, reduce: object, reduction: Reduction) -> Reduction:
