@@ -10,7 +10,9 @@ operations that need none.
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -23,21 +25,30 @@ def functorch_active() -> bool:
     return peek is not None and peek() is not None
 
 
-def _is_fake(tensor: Any) -> bool:
+@functools.cache
+def _fake_test() -> Callable[[Any], bool] | None:
+    """torch's test for fake tensors (a private module: None where it is missing, and then
+    no tensor counts as fake, so that export fails as before instead of anything worse)."""
     try:
         from torch._subclasses.fake_tensor import is_fake
     except ImportError:  # pragma: no cover - a torch without them
+        return None
+    return is_fake
+
+
+def is_fake(tensor: Any) -> bool:
+    """Whether ``tensor`` (a torch tensor) is a fake one (``FakeTensorMode``,
+    ``torch.export``). Plain tensors are told apart by their type alone."""
+    if type(tensor) is sys.modules["torch"].Tensor:
         return False
-    return bool(is_fake(tensor))
+    test = _fake_test()
+    return test is not None and bool(test(tensor))
 
 
 def without_values(tensor: Any) -> bool:
     """Whether ``tensor`` (a torch tensor) has a shape but no values to read: a meta tensor,
-    or a fake one (``FakeTensorMode``, ``torch.export``)."""
-    if tensor.device.type == "meta":
-        return True
-    torch = sys.modules["torch"]
-    return type(tensor) is not torch.Tensor and _is_fake(tensor)
+    or a fake one."""
+    return tensor.device.type == "meta" or is_fake(tensor)
 
 
 def readable(array: Any) -> bool:

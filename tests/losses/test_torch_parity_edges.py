@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -84,9 +85,15 @@ def test_deprecated_size_average_and_reduce_as_torch(size_average, reduce, reduc
     assert module.reduction == reduction
 
 
-def test_deprecated_arguments_of_the_wrong_type():
-    with pytest.raises(TypeError, match="`size_average` must be None or a bool"):
-        losses.cross_entropy(_logits(2, 3), torch.tensor([0, 1]), size_average="yes")
+@pytest.mark.parametrize("value", [np.False_, torch.tensor(False), 0, 0.0])
+def test_deprecated_arguments_read_by_truth_value_as_torch(value):
+    logits, targets = _logits(3, 4), torch.tensor([0, 3, 1])
+    with pytest.warns(FutureWarning, match="pass reduction='sum' instead"):
+        ours = losses.cross_entropy(logits, targets, size_average=value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = F.cross_entropy(logits, targets, size_average=value)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
 
 
 def test_no_warning_without_deprecated_arguments():

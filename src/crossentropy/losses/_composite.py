@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import torch
 
-from crossentropy._tensors import functorch_active, without_values
+from crossentropy._tensors import functorch_active, is_fake
 from crossentropy.losses._kernel import accumulation_dtype
 
 
@@ -161,10 +161,7 @@ def traced(*tensors: object, constants: tuple[object, ...] = ()) -> bool:
     (``FakeTensorMode``, ``torch.export``), whose values the autograd functions would read."""
     if functorch_active():
         return True
-    if any(
-        isinstance(t, torch.Tensor) and type(t) is not torch.Tensor and without_values(t)
-        for t in tensors
-    ):
+    if any(isinstance(t, torch.Tensor) and is_fake(t) for t in tensors):
         return True
     if torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in constants

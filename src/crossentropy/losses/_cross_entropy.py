@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from crossentropy._tensors import without_values
 from crossentropy.losses._composite import (
     composite_rows,
     differentiate,
@@ -35,7 +36,6 @@ from crossentropy.losses._options import (
     probability_sum_message,
     probability_sum_tolerance,
     probability_sums_off,
-    without_values,
 )
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -642,9 +642,9 @@ def cross_entropy(
 
     Raises:
         ValueError: Targets out of range (and not ``ignore_index``), probability targets
-            negative, non-finite or not summing to 1, shapes that do not match, 0-d logits
-            or zero classes, targets on another device, a weight of the wrong length or
-            with a negative or non-finite entry, ``ignore_index`` >= 0 with
+            negative, non-finite or not summing to 1 (nor 0), shapes that do not match,
+            0-d logits or zero classes, targets or a weight on another device, a weight of
+            the wrong length or with a negative or non-finite entry, ``ignore_index`` >= 0 with
             probability targets, or a bad option (``label_smoothing`` outside [0, 1],
             ``softcap <= 0``, an unknown ``reduction``, ``base`` <= 0 or 1,
             ``z_loss < 0``).

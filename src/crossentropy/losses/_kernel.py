@@ -164,9 +164,11 @@ def target_dot(q: torch.Tensor, z: torch.Tensor, out: torch.Tensor, dim: int = -
     probability), not NaN. A NaN logit still makes the row's log-sum-exp, and so its loss,
     NaN. On the CPU the masked product is formed only for a slice whose plain product is
     NaN; elsewhere always (no synchronisation)."""
-    torch.linalg.vecdot(q, z, dim=dim, out=out)
-    if out.device.type != "cpu" or bool(out.isnan().any()):
-        torch.linalg.vecdot(q, torch.where(q == 0, 0.0, z), dim=dim, out=out)
+    if out.device.type == "cpu":
+        torch.linalg.vecdot(q, z, dim=dim, out=out)
+        if not bool(out.isnan().any()):
+            return
+    torch.linalg.vecdot(q, torch.where(q == 0, 0.0, z), dim=dim, out=out)
 
 
 def _whole(tensor: torch.Tensor) -> torch.Tensor:

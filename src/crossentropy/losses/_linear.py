@@ -34,6 +34,7 @@ from typing import Literal, TypedDict, get_args
 import torch
 from torch import nn
 
+from crossentropy._tensors import without_values
 from crossentropy.losses._composite import differentiate, functorch_active, traced
 from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
 from crossentropy.losses._options import (
@@ -45,7 +46,6 @@ from crossentropy.losses._options import (
     loss_dtype,
     no_autocast,
     without_autocast,
-    without_values,
 )
 from crossentropy.losses._products import ChunkProducts, choose_engine
 
