@@ -433,6 +433,38 @@ def test_data_without_a_buffer_is_a_type_error(data):
         coding.decompress(data)
 
 
+OBJECTS_OR_TEXT = {
+    "object": np.array([None, 1], dtype=object),
+    "str_": np.array(["ab", "c"]),
+    "object view": memoryview(np.array([None, 1], dtype=object)),
+    "str_ view": memoryview(np.array(["ab", "c"])),
+    "field of objects": np.zeros(2, dtype=[("a", "<i4"), ("b", "O")]),
+    "field of text": np.zeros(2, dtype=[("a", "<i4"), ("b", "U2")]),
+    "subarray of text": np.zeros(2, dtype=[("a", "U1", (2,))]),
+}
+
+
+@pytest.mark.parametrize("data", OBJECTS_OR_TEXT.values(), ids=OBJECTS_OR_TEXT.keys())
+def test_buffers_of_objects_or_text_are_a_type_error(data):
+    # An object array was coded as its PyObject pointers (decompress gave back heap
+    # addresses), a str_ array as UCS-4.
+    with pytest.raises(TypeError, match="`data` must be a buffer of plain data") as caught:
+        coding.compress(data)
+    assert "text.encode()" in str(caught.value)
+    with pytest.raises(TypeError, match="`blob` must be a buffer of plain data"):
+        coding.decompress(data)
+    with pytest.raises(TypeError, match="`data` must be a buffer of plain data"):
+        coding.entropy_report(data)
+
+
+def test_plain_structured_buffers_are_still_bytes():
+    # Field names that look like the format codes of objects or text are only names.
+    data = np.zeros(3, dtype=[("Ow", "<i4"), ("uU", "<f8")])
+    for value in (data, memoryview(data)):
+        assert coding.decompress(coding.compress(value)) == data.tobytes()
+    assert coding.decompress(coding.compress(np.array([b"ab", b"c"]))) == b"abc\0"
+
+
 def _order0_params(present: dict[int, int]) -> bytes:
     """The order0 parameters: the bitmap of the byte values present, then their counts
     as LEB128 varints (written out here byte by byte)."""

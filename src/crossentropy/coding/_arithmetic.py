@@ -67,10 +67,13 @@ def _check_model(model: Any, n: int | None) -> np.ndarray:
             f"24-bit precision); got {table.shape[-1]}"
         )
     sums = table.sum(axis=-1)
-    # The rule of `crossentropy.info`: within the square root of the epsilon of the
-    # model's own dtype (float64 for integers), 1.5e-8 for float64 and 3.5e-4 for float32.
+    # The rule of `crossentropy.info` (the square root of the epsilon of the model's own
+    # dtype, float64 for integers) with the floor the losses use: never less than
+    # float32's, 3.45e-4, so that the usual `softmax(logits_f32).astype(np.float64)`
+    # passes (its sums are off by up to ~2e-7). The coder needs no tighter rule:
+    # constriction divides every row by its sum anyway, as `quantized_model` does.
     precision = raw.dtype if raw.dtype.kind == "f" else np.dtype(np.float64)
-    tolerance = sum_tolerance(precision)
+    tolerance = max(sum_tolerance(precision), sum_tolerance(np.dtype(np.float32)))
     off = np.abs(sums - 1.0) > tolerance
     if np.any(off):
         where = int(np.argmax(off)) if table.ndim == 2 else None
@@ -78,8 +81,9 @@ def _check_model(model: Any, n: int | None) -> np.ndarray:
         at = f" in row {where}" if where is not None else ""
         raise ValueError(
             f"`model` must sum to 1 over its last axis (within {tolerance:.3g} for "
-            f"{precision}, the square root of its epsilon); got sum {seen!r}{at}; "
-            "normalise with `crossentropy.info.normalize(model)`"
+            f"{precision}: the square root of its epsilon, never less than float32's); "
+            f"got sum {seen!r}{at}; normalise it explicitly with "
+            "`crossentropy.info.normalize(model)`"
         )
     return table
 
@@ -168,7 +172,8 @@ def information_content(symbols: Any, model: Any, *, quantized: bool = False) ->
     Args:
         symbols: N integers in ``0 .. V-1``.
         model: one distribution (V,) for every position, or one per position (N, V).
-        quantized: measure under the coder's 24-bit quantised model instead of ``model``.
+        quantized: measure under the coder's 24-bit quantised model instead of ``model``
+            (a bool or a NumPy bool).
 
     Returns:
         Bits (float).
@@ -176,7 +181,8 @@ def information_content(symbols: Any, model: Any, *, quantized: bool = False) ->
     Raises:
         ValueError: the model is not a distribution, a symbol is outside the alphabet,
             or the shapes disagree.
-        TypeError: the symbols are not integers, or the model is not made of real numbers.
+        TypeError: the symbols are not integers, the model is not made of real numbers,
+            or ``quantized`` is not a bool.
 
     Examples:
         >>> round(information_content([0, 1, 2, 0, 0, 3, 0, 1, 2, 0], [.5, .2, .2, .1]), 6)
@@ -187,8 +193,15 @@ def information_content(symbols: Any, model: Any, *, quantized: bool = False) ->
         >>> information_content([1, 1, 1, 1], p, quantized=True)
         92.0
     """
-    if not isinstance(quantized, bool):
-        raise TypeError(f"`quantized` must be a bool; got {type(quantized).__name__}")
+    if not isinstance(quantized, (bool, np.bool_)):
+        kind = type(quantized)
+        named = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
+        raise TypeError(f"`quantized` must be True or False (a bool or numpy.bool_); got {named}")
+    quantized = bool(quantized)
     table = _check_model(model, None)
     array = _check_symbols(symbols, table.shape[-1])
     if table.ndim == 2 and table.shape[0] != array.shape[0]:
@@ -220,8 +233,11 @@ def arithmetic_encode(symbols: Any, model: Any) -> bytes:
         symbols: N integers in ``0 .. V-1`` (N may be 0).
         model: probabilities, shape (V,) for every position or (N, V) one row per
             position (as a context model or a language model gives). Each row must sum
-            to 1. Tiny probabilities are raised to the coder's smallest step, so every
-            symbol of positive probability stays encodable.
+            to 1 within the square root of its dtype's epsilon, and never less than
+            float32's (3.45e-4), so float32 probabilities cast to float64 pass; normalise
+            others with :func:`crossentropy.info.normalize`. Tiny probabilities are
+            raised to the coder's smallest step, so every symbol of positive
+            probability stays encodable.
 
     Returns:
         The coded bytes (little-endian 32-bit words); ``b""`` for N = 0.

@@ -90,7 +90,8 @@ def compress(
             any bytes-like object (bytearray, memoryview, array.array, a NumPy array),
             whose raw memory is taken as it is, ``memoryview(data).tobytes()``: a uint8
             array gives its values, a wider array all the bytes of each item (as
-            ``zlib.compress`` reads it).
+            ``zlib.compress`` reads it). Plain data only: a buffer of Python objects
+            (a NumPy array of dtype object) or of text (dtype ``str_``) is refused.
         model: one of :data:`MODELS`. ``"order0"`` codes each byte with the file's own
             byte frequencies (stored in the header), reaching the order-0 entropy;
             ``"context"`` predicts each bit from the preceding 1, 2, 4 and 6 bytes
@@ -104,8 +105,8 @@ def compress(
         The container bytes (see the module docstring for the layout).
 
     Raises:
-        TypeError: ``data`` is not bytes-like, ``model`` is not a str, or ``progress``
-            is not callable.
+        TypeError: ``data`` is not bytes-like or holds objects or text, ``model`` is not
+            a str, or ``progress`` is not callable.
         ValueError: ``model`` is not one of :data:`MODELS`.
 
     Examples:
