@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from crossentropy import cli, coding
+from crossentropy.cli import _coding
 
 DATA = Path(coding.__file__).with_name("_prefix.py").read_bytes()[:5000]
 
@@ -424,6 +425,27 @@ def test_forced_output_through_a_symlink_replaces_its_target_not_the_link(run, t
     assert coding.decompress(target.read_bytes()) == DATA
     assert target.stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["target"]
+    # `..` after a linked folder is the parent of the folder it links to, as for the
+    # kernel: `out -> linkdir/../victim` with `linkdir -> real/deep` names real/victim.
+    # (The link text was normalised lexically, and ./victim, another file, replaced.)
+    (tmp_path / "real" / "deep").mkdir(parents=True)
+    (tmp_path / "linkdir").symlink_to(Path("real") / "deep")
+    (tmp_path / "real" / "victim").write_bytes(b"named")
+    (tmp_path / "victim").write_bytes(b"unrelated")
+    (tmp_path / "out").symlink_to(Path("linkdir") / ".." / "victim")
+    assert (tmp_path / "out").resolve() == tmp_path / "real" / "victim"
+    assert run(["compress", str(tmp_path / "in"), str(tmp_path / "out"), "--force"]) == 0
+    assert coding.decompress((tmp_path / "real" / "victim").read_bytes()) == DATA
+    assert (tmp_path / "victim").read_bytes() == b"unrelated"
+    assert (tmp_path / "out").is_symlink()
+    # The same path given as OUT itself, no link in front of it.
+    (tmp_path / "real" / "victim").write_bytes(b"named")
+    named = str(tmp_path / "linkdir" / ".." / "victim")
+    assert run(["compress", str(tmp_path / "in"), named]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert run(["compress", str(tmp_path / "in"), named, "--force"]) == 0
+    assert coding.decompress((tmp_path / "real" / "victim").read_bytes()) == DATA
+    assert (tmp_path / "victim").read_bytes() == b"unrelated"
     # A link to the input is the input.
     (tmp_path / "to-in").symlink_to(tmp_path / "in")
     assert run(["compress", str(tmp_path / "in"), str(tmp_path / "to-in"), "--force"]) == 1
@@ -447,10 +469,11 @@ def test_dangling_symlink_output_needs_force_and_creates_its_target(run, tmp_pat
     assert loop.is_symlink()
 
 
-def test_output_to_an_open_descriptor(tmp_path):
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_output_to_an_open_descriptor(tmp_path, force):
     # /dev/stdout and /dev/fd/N name open descriptors: written into, --force or not (they
     # said "exists; pass --force", then failed on a temporary name beside them).
-    packed = _command("compress", "-", "/dev/stdout", data=DATA)
+    packed = _command("compress", "-", "/dev/stdout", *force, data=DATA)
     assert packed.returncode == 0, packed.stderr
     assert coding.decompress(packed.stdout) == DATA
     (tmp_path / "c").write_bytes(packed.stdout)
@@ -464,7 +487,7 @@ def test_output_to_an_open_descriptor(tmp_path):
                 "decompress",
                 str(tmp_path / "c"),
                 f"/dev/fd/{write}",
-                "--force",
+                *force,
             ],
             pass_fds=(write,),
             stderr=subprocess.PIPE,
@@ -511,3 +534,166 @@ def test_entropy_table_of_an_empty_file_says_n_a(run, tmp_path, capsys):
     assert "n/a" not in lines[3]
     assert run(["entropy", str(tmp_path / "f")]) == 0
     assert "n/a" not in capsys.readouterr().out
+
+
+# -- OUT == IN, whatever OUT is ---------------------------------------------------------
+
+
+def test_descriptor_output_open_on_the_input_is_refused(tmp_path):
+    # `decompress same.cez /dev/stdout >> same.cez` appended the data to its own input
+    # (the OUT == IN check was skipped for descriptors, FIFOs and devices).
+    packed = tmp_path / "same.cez"
+    packed.write_bytes(coding.compress(DATA))
+    size = packed.stat().st_size
+    for argv in (["decompress", str(packed), "/dev/stdout"], ["decompress", "-", "/dev/stdout"]):
+        with open(packed, "ab") as append, open(packed, "rb") as stdin:
+            process = subprocess.run(
+                [sys.executable, "-m", "crossentropy", *argv],
+                stdin=stdin,
+                stdout=append,
+                stderr=subprocess.PIPE,
+                check=False,
+                timeout=120,
+            )
+        assert process.returncode == 1, argv
+        assert process.stderr.decode().splitlines() == [
+            "crossentropy decompress: error: OUT must differ from IN; /dev/stdout is open on IN"
+        ]
+        assert packed.stat().st_size == size
+    # Through /dev/fd/N as well.
+    descriptor = os.open(packed, os.O_WRONLY | os.O_APPEND)
+    try:
+        process = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "crossentropy",
+                "decompress",
+                str(packed),
+                f"/dev/fd/{descriptor}",
+            ],
+            pass_fds=(descriptor,),
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
+    finally:
+        os.close(descriptor)
+    assert process.returncode == 1
+    assert b"OUT must differ from IN" in process.stderr
+    assert packed.stat().st_size == size
+
+
+def test_fifo_that_is_both_input_and_output_is_refused_at_once(tmp_path):
+    # `compress f f` on a FIFO hung for ever: it read the FIFO (waiting for a writer),
+    # then blocked opening it for writing. No writer here: it must not even read.
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    for command in ("compress", "decompress"):
+        process = _command(command, str(fifo), str(fifo))  # times out (fails) if it hangs
+        assert process.returncode == 1
+        assert process.stderr.decode().splitlines() == [
+            f"crossentropy {command}: error: OUT must differ from IN; both are {fifo}"
+        ]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_terminal_or_null_device_as_input_and_output_is_no_conflict(run, tmp_path):
+    # Reading a character device and writing to it loses nothing (a terminal:
+    # `compress /dev/stdin /dev/stdout`); only /dev/null is used here.
+    assert run(["compress", os.devnull, os.devnull]) == 0
+
+
+# -- block devices: only with --force ---------------------------------------------------
+
+
+def test_block_devices_are_classified_by_their_mode():
+    assert _coding._is_block_device(stat.S_IFBLK | 0o660)
+    for kind in (stat.S_IFCHR, stat.S_IFIFO, stat.S_IFREG, stat.S_IFSOCK):
+        assert not _coding._is_block_device(kind | 0o660)
+
+
+def test_block_device_output_needs_force(run, tmp_path, capsys, monkeypatch):
+    # `decompress backup.cez /dev/sdb` wrote into the disk with no --force. No device is
+    # touched here: a FIFO stands for the block device.
+    (tmp_path / "in").write_bytes(DATA)
+    device = tmp_path / "disk"
+    os.mkfifo(device)
+    monkeypatch.setattr(_coding, "_is_block_device", stat.S_ISFIFO)
+    opened: list[int] = []
+    real_open = os.open
+
+    def recording_open(path, flags, *args, **kwargs):
+        if os.fspath(path) == str(device):
+            opened.append(flags)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(_coding.os, "open", recording_open)
+    for command in ("compress", "decompress"):
+        assert run([command, str(tmp_path / "in"), str(device)]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"crossentropy {command}: error: {device} is a block device; pass --force to write "
+            "into it"
+        ]
+    assert opened == []
+    thread, received = _read_fifo_in_background(device)
+    assert run(["compress", str(tmp_path / "in"), str(device), "--force"]) == 0
+    thread.join(timeout=30)
+    assert coding.decompress(received[0]) == DATA
+    assert len(opened) == 1
+    assert not opened[0] & os.O_APPEND  # from its start: O_APPEND would begin at its end
+    assert not opened[0] & (os.O_CREAT | os.O_TRUNC)
+    assert stat.S_ISFIFO(os.lstat(device).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "in"]  # no temp file
+
+
+def test_force_help_is_shared_and_names_block_devices(run, capsys):
+    helps = []
+    for command in ("compress", "decompress"):
+        with pytest.raises(SystemExit):
+            run([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        helps.append(text[text.rindex("--force") :])
+        assert "block device" in helps[-1]
+        assert "FIFO" in helps[-1]
+    assert helps[0] == helps[1]
+
+
+# -- a closed stdout (`>&-`) ------------------------------------------------------------
+
+
+def _with_stdout_closed(*args: str) -> subprocess.CompletedProcess:
+    """The command run as the shell runs `crossentropy ARGS >&-`: fd 1 not open."""
+    return subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "crossentropy", *args],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_closed_stdout_is_no_error_for_a_command_that_writes_a_file(tmp_path):
+    # `decompress x.cez out >&-` wrote the file, then failed with a traceback
+    # ('NoneType' object has no attribute 'flush').
+    (tmp_path / "in").write_bytes(DATA)
+    packed = _with_stdout_closed("compress", str(tmp_path / "in"), str(tmp_path / "c"))
+    assert (packed.returncode, packed.stderr) == (0, b"")
+    restored = _with_stdout_closed("decompress", str(tmp_path / "c"), str(tmp_path / "out"))
+    assert (restored.returncode, restored.stderr) == (0, b"")
+    assert (tmp_path / "out").read_bytes() == DATA
+
+
+@pytest.mark.parametrize(
+    "argv", [["measure", "0.5,0.5"], ["entropy", "IN"], ["compress", "IN", "-"]]
+)
+def test_closed_stdout_is_one_line_exit_1_for_a_command_that_writes_to_it(tmp_path, argv):
+    # As `gzip -c f >&-`: the output has nowhere to go.
+    (tmp_path / "in").write_bytes(DATA)
+    argv = [str(tmp_path / "in") if a == "IN" else a for a in argv]
+    process = _with_stdout_closed(*argv)
+    assert process.returncode == 1
+    assert process.stderr.decode().splitlines() == [
+        f"crossentropy {argv[0]}: error: [Errno 9] stdout is closed (`>&-`); nowhere to "
+        "write the output"
+    ]

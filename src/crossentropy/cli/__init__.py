@@ -3,6 +3,10 @@
 Exit codes: 0 success, 1 bad data (one line on stderr, no traceback), 2 usage, 141
 (128 + SIGPIPE, quietly, as a shell reports ``cat``) when the reader of the output
 closes it early (``crossentropy decompress big.cez - | head``).
+A closed stdout (``>&-``: fd 1 not open, ``sys.stdout`` is None) is no error for a
+command that writes nothing to it (``decompress x.cez out >&-`` exits 0); a command
+whose output goes to stdout (``measure``, ``entropy``, ``compress IN -``) fails as
+``gzip -c >&-`` does: one line on stderr, exit 1.
 Each subcommand lives in its own module exposing ``register(subparsers)``, which adds
 its parser and sets ``func`` to a callable taking the parsed namespace and returning
 an exit code.
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -25,9 +31,23 @@ _SUBCOMMAND_MODULES = ("_tour", "_measure", "_coding")
 _BROKEN_PIPE = 141
 
 
+class _ClosedStdout(io.TextIOBase):
+    """``sys.stdout`` while a command runs with fd 1 closed (Python sets it to None):
+    flushing does nothing, writing (text, or bytes through ``buffer``) raises EBADF."""
+
+    def write(self, text: object) -> int:
+        raise OSError(errno.EBADF, "stdout is closed (`>&-`); nowhere to write the output")
+
+    @property
+    def buffer(self) -> _ClosedStdout:
+        return self
+
+
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so that the interpreter's flush at exit finds no
     closed pipe to complain about (the Python docs' "Note on SIGPIPE")."""
+    if sys.stdout is None:
+        return
     with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -53,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    closed = sys.stdout is None
+    if closed:
+        sys.stdout = _ClosedStdout()
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
@@ -69,3 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"crossentropy {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if closed:
+            sys.stdout = None  # type: ignore[assignment]

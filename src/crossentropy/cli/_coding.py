@@ -14,13 +14,21 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TextIO
 
 from crossentropy import coding
 
 __all__ = ["register"]
 
 _PROGRESS_BYTES = 1 << 20
+
+#: The --force help of ``compress`` and ``decompress``.
+_FORCE_HELP = (
+    "replace OUT if it is an existing file (through a symbolic link: the file the link "
+    "resolves to), or write into OUT if it is a block device (a disk); a FIFO, a "
+    "character device or an open descriptor (/dev/stdout, /dev/fd/N) is written into "
+    "without it"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,12 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", choices=coding.MODELS, default="order0", help="entropy model (default: order0)"
     )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="replace OUT if it is an existing file (through a symbolic link: the file it "
-        "names); a FIFO or a device is written into without it",
-    )
+    parser.add_argument("--force", action="store_true", help=_FORCE_HELP)
     parser.set_defaults(func=_compress)
 
     parser = subparsers.add_parser(
@@ -50,12 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", metavar="IN", help="container to read, or '-' for stdin")
     parser.add_argument("output", metavar="OUT", help="file to write, or '-' for stdout")
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="replace OUT if it is an existing file (through a symbolic link: the file it "
-        "names); a FIFO or a device is written into without it",
-    )
+    parser.add_argument("--force", action="store_true", help=_FORCE_HELP)
     parser.set_defaults(func=_decompress)
 
     parser = subparsers.add_parser(
@@ -88,32 +86,57 @@ _MAX_LINKS = 40
 
 class _Output(NamedTuple):
     """Where OUT's bytes go: ``path`` replaced atomically (a regular file, or none yet),
-    or written straight into (``stream``: a FIFO, a device, an open descriptor)."""
+    or written straight into (``stream``: a FIFO, a device, an open descriptor; a block
+    device from its start, the others appended to, as the shell's ``>>`` would)."""
 
     path: Path
     stream: bool
+    block: bool = False
 
 
-def _output(name: str, *, force: bool, source: str) -> _Output:
-    """How to write OUT; refuses a directory, a missing folder, OUT == IN, and an
-    existing regular file (or a link to one) without ``force``.
+def _is_block_device(mode: int) -> bool:
+    """Whether an OUT of this ``st_mode`` is a block device (a disk, a partition): written
+    into only with ``--force``, where a FIFO or a character device needs none."""
+    return stat.S_ISBLK(mode)
 
-    A symbolic link is followed to the file it names (and that file is replaced, never
-    the link). A FIFO, a device or an open descriptor (/dev/stdout, /dev/fd/N) is
-    written into as it is, like a pipe, with or without ``force``.
+
+def _resolved(name: str) -> tuple[str, bool]:
+    """OUT's path after following its symbolic links as the kernel does, and whether it
+    names an open descriptor (an entry of /proc/<pid>/fd: /dev/stdout, /dev/fd/N), which
+    is not followed further (its "link" names the open file, maybe a pipe).
+
+    Nothing is normalised lexically: ``a/../b`` where ``a`` is a link to a folder means
+    the parent of that folder, as for the kernel. Each folder is resolved with
+    :func:`os.path.realpath`, and each link's text is joined to its folder unnormalised,
+    so its own ``..`` are resolved by the next folder's realpath.
     """
-    path = os.path.abspath(name)
+    path = os.path.join(os.getcwd(), name)  # not abspath: it would collapse `..`
     for _ in range(_MAX_LINKS):
         folder = os.path.realpath(os.path.dirname(path))
         if _DESCRIPTOR_FOLDER.fullmatch(folder):
-            return _Output(Path(path), stream=True)
+            return os.path.join(folder, os.path.basename(path)), True
         path = os.path.join(folder, os.path.basename(path))
         if not os.path.islink(path):
-            break
-        path = os.path.normpath(os.path.join(folder, os.readlink(path)))
-    else:
-        raise ValueError(f"OUT must not be a loop of symbolic links; got {name}")
+            return path, False
+        path = os.path.join(folder, os.readlink(path))
+    raise ValueError(f"OUT must not be a loop of symbolic links; got {name}")
+
+
+def _output(name: str, *, force: bool, source: str) -> _Output:
+    """How to write OUT; refuses a directory, a missing folder, OUT == IN (whatever OUT
+    is: a file, a FIFO, an open descriptor such as /dev/stdout), an existing regular file
+    (or a link to one) and a block device without ``force``.
+
+    A symbolic link is followed to the file it resolves to (and that file is replaced,
+    never the link). A FIFO, a character device or an open descriptor (/dev/stdout,
+    /dev/fd/N) is written into as it is, like a pipe, with or without ``force``.
+    """
+    path, descriptor = _resolved(name)
     target = Path(path)
+    if descriptor:
+        if _same_file(target, source):
+            raise ValueError(f"OUT must differ from IN; {name} is open on IN")
+        return _Output(target, stream=True)
     if not target.parent.is_dir():
         raise ValueError(f"OUT must be in an existing directory; {target.parent} does not exist")
     try:
@@ -122,20 +145,33 @@ def _output(name: str, *, force: bool, source: str) -> _Output:
         mode = None
     if mode is not None and stat.S_ISDIR(mode):
         raise ValueError(f"OUT must be a file, not a directory; got {name}")
+    if mode is not None and _same_file(target, source):
+        raise ValueError(f"OUT must differ from IN; both are {name}")
+    if mode is not None and _is_block_device(mode):
+        if not force:
+            raise ValueError(f"{name} is a block device; pass --force to write into it")
+        return _Output(target, stream=True, block=True)
     if mode is not None and not stat.S_ISREG(mode):
         return _Output(target, stream=True)
-    if source != "-" and mode is not None and _same_file(target, source):
-        raise ValueError(f"OUT must differ from IN; both are {name}")
     if (mode is not None or os.path.lexists(name)) and not force:
         raise ValueError(f"{name} exists; pass --force to overwrite it")
     return _Output(target, stream=False)
 
 
 def _same_file(target: Path, source: str) -> bool:
+    """Whether OUT is IN: the same file, FIFO, device or descriptor's file (for IN '-',
+    stdin's). A character device or a socket is never "the same": reading a terminal, or
+    a connection, and writing to it loses nothing (``compress /dev/stdin /dev/stdout``)."""
     try:
-        return os.path.samefile(target, source)
+        if source == "-":
+            mine, theirs = os.stat(target), os.fstat(0)
+            same = (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
+        else:
+            mine = os.stat(target)
+            same = os.path.samefile(target, source)
     except OSError:
         return False
+    return same and not (stat.S_ISCHR(mine.st_mode) or stat.S_ISSOCK(mine.st_mode))
 
 
 def _write_all(write: Callable[[memoryview], int | None], data: bytes) -> None:
@@ -153,15 +189,18 @@ def _write(name: str, data: bytes, *, force: bool, source: str) -> None:
     """Write ``data`` to OUT: stdout, straight into a FIFO, device or descriptor, or
     atomically to a regular file (a temporary file in the same folder, renamed)."""
     if name == "-":
-        sys.stdout.flush()
-        _write_all(sys.stdout.buffer.write, data)
-        sys.stdout.buffer.flush()
+        stdout = _stdout()
+        stdout.flush()
+        _write_all(stdout.buffer.write, data)
+        stdout.buffer.flush()
         return
     output = _output(name, force=force, source=source)
     if output.stream:
         # No O_CREAT, no O_TRUNC: it exists and is not a regular file, or it is an open
         # descriptor (/dev/stdout), whose file the shell truncated or opened to append.
-        descriptor = os.open(output.path, os.O_WRONLY | os.O_APPEND | os.O_NOCTTY)
+        # A block device is written from its start (O_APPEND would start at its end).
+        flags = os.O_WRONLY | os.O_NOCTTY | (0 if output.block else os.O_APPEND)
+        descriptor = os.open(output.path, flags)
         try:
             _write_all(lambda view: os.write(descriptor, view), data)
         finally:
@@ -184,6 +223,13 @@ def _write(name: str, data: bytes, *, force: bool, source: str) -> None:
         raise
 
 
+def _stdout() -> TextIO:
+    """``sys.stdout``, or an OSError where there is none (fd 1 closed: ``>&-``)."""
+    if sys.stdout is None:
+        raise OSError(errno.EBADF, "stdout is closed (`>&-`); nowhere to write OUT '-'")
+    return sys.stdout
+
+
 def _new_file_mode(target: Path) -> int:
     """The mode a plain ``open(target, "wb")`` would give (kept when overwriting)."""
     if target.exists():
@@ -194,8 +240,8 @@ def _new_file_mode(target: Path) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    data = _read(args.input)
     _check_output(args)
+    data = _read(args.input)
     progress = _ByteProgress(args.input, "compressing")
     try:
         blob = coding.compress(data, model=args.model, progress=progress)
@@ -206,8 +252,8 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _decompress(args: argparse.Namespace) -> int:
-    blob = _read(args.input)
     _check_output(args)
+    blob = _read(args.input)
     progress = _ByteProgress(args.input, "decompressing")
     try:
         data = coding.decompress(blob, progress=progress)
@@ -218,7 +264,8 @@ def _decompress(args: argparse.Namespace) -> int:
 
 
 def _check_output(args: argparse.Namespace) -> None:
-    # Refuse before the (possibly long) work, and again when writing.
+    # Refuse before reading IN (a FIFO that is OUT too would block the read for ever)
+    # and the (possibly long) work, and again when writing.
     if args.output != "-":
         _output(args.output, force=args.force, source=args.input)
 
