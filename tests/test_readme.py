@@ -33,6 +33,8 @@ def block_with(language: str, marker: str) -> str:
 
 def split_comment(line: str) -> tuple[str, str]:
     """``(code, comment)`` of one line of Python (the comment without its ``#``)."""
+    if line.lstrip().startswith("#"):  # a line of comment only
+        return "", line.lstrip()[1:].strip()
     code, _, comment = line.partition("  #")
     return code.strip(), comment.strip()
 

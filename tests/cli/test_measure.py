@@ -251,3 +251,20 @@ def test_outcome_table_columns(capsys):
             f"{reference.information(p[k]):.6f}",
             f"{reference.information(q[k]):.6f}",
         ]
+
+
+def test_a_base_below_one_prints_the_negative_measures(capsys):
+    """Below 1 the log of a probability is >= 0, so every measure is <= 0: printed with its
+    sign, to the digits shown (not as 0)."""
+    assert run_alone(["0.5,0.25,0.25", "0.25,0.25,0.5", "--base", "0.5"]) == 0
+    out = capsys.readouterr().out
+    rows = dict(line.split() for line in out.splitlines() if line.startswith(("H(", "D(", "JS")))
+    p, q = [0.5, 0.25, 0.25], [0.25, 0.25, 0.5]
+    expected = {
+        "H(P)": -reference.entropy(p),
+        "H(P,Q)": -reference.cross_entropy(p, q),
+        "D(P||Q)": -reference.kl_divergence(p, q),
+    }
+    for key, value in expected.items():
+        assert rows[key] == f"{value:.6f}"
+    assert "-1.000000" in out  # -log_0.5 of 0.5

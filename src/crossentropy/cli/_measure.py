@@ -128,16 +128,20 @@ def _unit(base: float) -> tuple[str, str]:
     return f"base-{base:g} units", f"log_{base:g}"
 
 
-def _number(value: float) -> str:
+def _number(value: float, base: float) -> str:
     """A measure in the table: 6 decimals from 0.1 up, 7 significant digits below (so that
-    2.9e-14 does not read as 0). Every measure printed is >= 0: a negative value is
-    rounding where the true value is 0 or nearly (-1.3e-17 for a one-ulp D(P||Q)), and
-    prints as 0."""
+    2.9e-14 does not read as 0), in magnitude. Every measure has the sign of ``log(base)``:
+    >= 0 for a base above 1, <= 0 for a base below 1 (where the log of a probability is
+    >= 0). A value of the other sign is rounding where the true value is 0 or nearly
+    (-1.3e-17 for a one-ulp D(P||Q)), and prints as 0."""
+    sign = 1.0 if base > 1 else -1.0
     if math.isinf(value):
-        return "inf"
-    if value <= 0:
+        return "inf" if value > 0 else "-inf"
+    if value * sign <= 0:
         return "0"
-    return f"{value:.6f}" if 0.1 <= value < 1e15 else f"{value:.7g}"
+    size = abs(value)
+    text = f"{size:.6f}" if 0.1 <= size < 1e15 else f"{size:.7g}"
+    return text if sign > 0 else f"-{text}"
 
 
 def _probability(value: float) -> str:
@@ -197,18 +201,18 @@ def _run(args: argparse.Namespace) -> int:
     columns = [
         [str(i + 1) for i in range(len(p))],
         [_probability(v) for v in p],
-        [_number(v) for v in measures["information_p"]],
+        [_number(v, args.base) for v in measures["information_p"]],
     ]
     if q is not None:
         headers[2:2] = ["q(x)"]
         columns[2:2] = [[_probability(v) for v in q]]
         headers.append(f"-{log} q(x)")
-        columns.append([_number(v) for v in measures["information_q"]])
+        columns.append([_number(v, args.base) for v in measures["information_q"]])
     print(f"information of each outcome ({unit})")
     _table(headers, [list(row) for row in zip(*columns, strict=True)])
     print()
     rows = [
-        [key, _number(value)]
+        [key, _number(value, args.base)]
         for key, value in measures.items()
         if not key.startswith("information")
     ]
