@@ -150,6 +150,7 @@ def plot_entropy_terms(
     *,
     path: str | pathlib.Path,
     outcome_labels: Sequence[str] | None = None,
+    outcome_name: str = "outcome",
 ) -> pathlib.Path:
     """Draw each distribution's entropy terms −p log2 p as bars, with H(P) in the legend.
 
@@ -157,6 +158,7 @@ def plot_entropy_terms(
         boxes: named distributions, each of the same length K.
         path: where to save the PNG.
         outcome_labels: K outcome names for the x axis.
+        outcome_name: what the outcomes are (the x axis's label).
 
     Returns:
         The path written.
@@ -190,7 +192,12 @@ def plot_entropy_terms(
                 fontsize=8,
             )
     axes.set_xticks(np.arange(k), labels)
-    axes.set(ylim=(0, 0.72), ylabel="−p log₂ p (bits)", title="Each outcome's share of the entropy")
+    axes.set(
+        ylim=(0, 0.72),
+        xlabel=outcome_name,
+        ylabel="−p log₂ p (bits)",
+        title="Each outcome's share of the entropy",
+    )
     axes.legend(loc="upper left")
     axes.grid(axis="y", alpha=0.3)
     return _save(figure, path)
@@ -332,14 +339,18 @@ def plot_predictions(
         bits_after = float(info.information(float(q_after[label])))
         image_axes.set_title(f"true class {label}\nCE after = {bits_after:.3f} bits", fontsize=10)
         classes = np.arange(len(q_after))
-        bar_axes.bar(classes - 0.2, q_before, width=0.4, color=_GREY, label="before")
+        bar_axes.bar(classes - 0.2, q_before, width=0.4, color=_GREY)
         colours = [_ACCENT if c == label else _BLUE for c in classes]
-        bar_axes.bar(classes + 0.2, q_after, width=0.4, color=colours, label="after")
+        bar_axes.bar(classes + 0.2, q_after, width=0.4, color=colours)
         bar_axes.set_xticks(classes)
         bar_axes.set(ylim=(0, 1.05), xlabel="class")
         if column == 0:
+            from matplotlib.patches import Patch
+
             bar_axes.set_ylabel("predicted probability")
-            bar_axes.legend(loc="upper left", fontsize=8)
+            keys = [(_GREY, "before"), (_BLUE, "after"), (_ACCENT, "after, true class")]
+            handles = [Patch(color=colour, label=text) for colour, text in keys]
+            bar_axes.legend(handles=handles, loc="upper left", fontsize=8)
     figure.suptitle(
         "Three test images: predictions before (grey) and after training (true class in red)",
         fontsize=11,

@@ -356,13 +356,16 @@ def _is_number(cell: str) -> bool:
 
 
 def _wrap(text: str, *, subsequent: str = "") -> str:
-    paragraphs = text.split("\n")
+    """``text`` filled to the tour's width, paragraph by paragraph; a number and its unit
+    ("20 %") stay on one line (a no-break space while filling: textwrap breaks only at
+    ASCII whitespace)."""
+    paragraphs = text.replace(" %", "\u00a0%").split("\n")
     return "\n".join(
         textwrap.fill(paragraph, width=_WIDTH, subsequent_indent=subsequent, break_on_hyphens=False)
         if paragraph
         else ""
         for paragraph in paragraphs
-    )
+    ).replace("\u00a0", " ")
 
 
 def _escape(text: str) -> str:

@@ -91,7 +91,9 @@ def information_section(tour) -> None:
         tour.value(f"information.uniform.{word}", bits)
         rows.append([word, f"{p:g}", f"{bits:.1f}", f"{bits:.6f}"])
     tour.table(
-        ["word", "p", "information (bits)", "exact"], rows, title="Uniform words: I = −log2 0.25"
+        ["word", "p", "information (bits)", "6 decimals"],
+        rows,
+        title="Uniform words: I = −log2 0.25",
     )
     tour.text(
         "But people say A far more often than D. With the observed frequencies the "
@@ -103,7 +105,7 @@ def information_section(tour) -> None:
         tour.value(f"information.skewed.{word}", bits)
         rows.append([word, f"{p:g}", f"{bits:.1f}", f"{bits:.6f}"])
     tour.table(
-        ["word", "p", "information (bits)", "exact"],
+        ["word", "p", "information (bits)", "6 decimals"],
         rows,
         title=(
             f"Observed frequencies: A {tour.values['information.skewed.A']:.0f} bit, "
@@ -196,8 +198,9 @@ def term_section(tour) -> None:
     at_one = tour.value("term.at_one", _term(1.0))
     at_zero = tour.value("term.at_zero", _term(0.0))
     tour.text(
-        "Entropy adds one term −p log2 p per outcome. As a function of p on [0, 1] it is "
-        "0 at both ends and peaks where its derivative −log2 x − log2 e is 0, at x = 1/e:"
+        "Entropy adds one term −p log2 p per outcome. As a function −x log2 x of the "
+        "probability x on [0, 1] it is 0 at both ends and peaks where its derivative "
+        "−log2 x − log2 e is 0, at x = 1/e:"
     )
     tour.table(
         ["x", "−x log2 x (bits)", "how"],
@@ -271,6 +274,7 @@ def entropy_tables_section(tour) -> None:
         {"box A": BOX_A, "box B": BOX_B},
         path=tour.figure("box_entropy_terms"),
         outcome_labels=PRIZES,
+        outcome_name="prize",
     )
 
 
