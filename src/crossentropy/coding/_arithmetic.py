@@ -39,6 +39,20 @@ def _categorical(probabilities: np.ndarray | None = None) -> Any:
     return constriction.stream.model.Categorical(probabilities, perfect=False)
 
 
+def model_sum_tolerance(dtype: np.dtype) -> tuple[np.dtype, float]:
+    """``(precision, tolerance)``: how far from 1 the probabilities of a model of ``dtype``
+    may sum, for the range coder. The rule of :mod:`crossentropy.info` (the square root of the
+    epsilon of the model's own dtype, float64 for integers) with the floor the losses
+    use: never less than float32's, 3.45e-4, so that the usual
+    ``softmax(logits_f32).astype(np.float64)`` passes (its sums are off by up to ~2e-7).
+    The range coder needs no tighter rule: constriction divides every row by its sum
+    anyway, as :func:`quantized_model` does. (Huffman's ``expected_length`` multiplies by
+    the probabilities as given, so :func:`huffman_code` keeps :mod:`crossentropy.info`'s
+    rule.)"""
+    precision = dtype if dtype.kind == "f" else np.dtype(np.float64)
+    return precision, max(sum_tolerance(precision), sum_tolerance(np.dtype(np.float32)))
+
+
 def _check_model(model: Any, n: int | None) -> np.ndarray:
     """The model as a float64 array of shape (V,) or (n, V), validated."""
     try:
@@ -67,13 +81,7 @@ def _check_model(model: Any, n: int | None) -> np.ndarray:
             f"24-bit precision); got {table.shape[-1]}"
         )
     sums = table.sum(axis=-1)
-    # The rule of `crossentropy.info` (the square root of the epsilon of the model's own
-    # dtype, float64 for integers) with the floor the losses use: never less than
-    # float32's, 3.45e-4, so that the usual `softmax(logits_f32).astype(np.float64)`
-    # passes (its sums are off by up to ~2e-7). The coder needs no tighter rule:
-    # constriction divides every row by its sum anyway, as `quantized_model` does.
-    precision = raw.dtype if raw.dtype.kind == "f" else np.dtype(np.float64)
-    tolerance = max(sum_tolerance(precision), sum_tolerance(np.dtype(np.float32)))
+    precision, tolerance = model_sum_tolerance(raw.dtype)
     off = np.abs(sums - 1.0) > tolerance
     if np.any(off):
         where = int(np.argmax(off)) if table.ndim == 2 else None
