@@ -393,3 +393,136 @@ def test_perplexity_keepdims(xp, rng):
         assert kept.shape == entropy_kept.shape
     with pytest.raises(TypeError, match=r"`keepdims` must be True or False; got str"):
         info.perplexity(xp.asarray(p), keepdims="yes")
+
+
+def _float32_rounded(rng, shape) -> np.ndarray:
+    """float32 distributions with rows normalised in float32, whose sums are then off 1 by
+    about 1e-7: within float32's tolerance, beyond float64's (1.5e-8)."""
+    p = distributions(rng, shape, dtype=np.float32)
+    p /= p.sum(axis=-1, keepdims=True)
+    off = np.abs(p.astype(np.float64).sum(axis=-1) - 1)
+    assert off.max() > 1.5e-8
+    return p
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_perplexity_of_a_large_narrow_array_takes_the_blocked_path(rng, monkeypatch, dtype):
+    # Each block is widened to float64 in turn (no float64 copy of the whole array), and
+    # its rows are summed pairwise: the numbers of the plain path on a float64 copy, to
+    # the bit, and so the float64 oracle rounded once, as for small inputs.
+    p = _float32_rounded(rng, (16, 1 << 14)).astype(dtype)
+    p[3] = 0.0
+    p[3, :64] = 1 / 64  # a uniform row, exact in both dtypes
+    assert _blocked.eligible(p, axis=1, widen=True)
+    calls = _record_results(monkeypatch, "reduce_rows")
+    blocked = info.perplexity(p)
+    kept = info.perplexity(p, keepdims=True)
+    unchecked = info.perplexity(p, validate=False)
+    assert len(calls) == 3
+    assert all(result is not None for result in calls)
+    assert blocked.dtype == dtype
+    assert blocked[3] == 64
+    np.testing.assert_array_equal(kept, blocked[:, None])
+    np.testing.assert_array_equal(unchecked, blocked)
+    monkeypatch.setattr(_blocked, "MIN_ELEMENTS", p.size + 1)  # the plain path now
+    np.testing.assert_array_equal(info.perplexity(p), blocked)
+    if dtype == np.float32:  # the oracle is slow: one dtype
+        expected = [dtype(_perplexity_oracle(row)) for row in p]
+        np.testing.assert_array_equal(blocked, expected)
+
+
+def test_perplexity_of_a_large_float16_array_past_its_range_is_inf(monkeypatch):
+    import warnings
+
+    p = np.full((4, 1 << 16), 2.0**-16, dtype=np.float16)
+    calls = _record_results(monkeypatch, "reduce_rows")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = info.perplexity(p)
+    assert calls
+    assert calls[0] is not None
+    assert result.dtype == np.float16
+    assert np.all(result == np.inf)  # 65536 > 65504
+
+
+def test_unvalidated_rows_off_one_take_the_blocked_path(rng, monkeypatch):
+    # validate=False is meant for sums that are off (here float32-rounded rows held in
+    # float64); the blocked path then skips its sum check instead of falling back to the
+    # plain path after a full pass (which built several full-size temporaries).
+    p = _float32_rounded(rng, (300, 1000)).astype(np.float64)
+    q = positive_distributions(rng, (300, 1000), dtype=np.float32).astype(np.float64)
+    assert _blocked.eligible(p, q, axis=1)
+    rows = _record_results(monkeypatch, "reduce_rows")
+    terms = _record_results(monkeypatch, "reduce_terms")
+    names = ("entropy", "cross_entropy", "kl_divergence", "js_divergence")
+    results = {
+        name: getattr(info, name)(*((p,) if name == "entropy" else (p, q)), validate=False)
+        for name in names
+    }
+    assert len(rows) == 2
+    assert len(terms) == 2
+    assert all(result is not None for result in rows + terms)
+    with pytest.raises(ValueError, match="must sum to 1"):
+        info.entropy(p)  # the check is still made where asked for
+    assert rows[-1] is None
+    monkeypatch.setattr(_blocked, "MIN_ELEMENTS", p.size + 1)  # the plain path now
+    for name in names:
+        args = (p,) if name == "entropy" else (p, q)
+        plain = getattr(info, name)(*args, validate=False)
+        if name in ("kl_divergence", "js_divergence"):
+            np.testing.assert_array_equal(results[name], plain)
+        else:  # a SIMD dot per row on the blocked path, a pairwise sum on the plain one
+            np.testing.assert_allclose(results[name], plain, rtol=1e-13)
+
+
+def test_a_float32_input_beside_a_float64_one_takes_the_blocked_path(rng, monkeypatch):
+    # Each input is checked in its own dtype, against its own tolerance, before the
+    # blocked path (which sees both promoted to float64) skips the sums.
+    p = _float32_rounded(rng, (300, 1000))
+    q = positive_distributions(rng, (300, 1000))
+    rows = _record_results(monkeypatch, "reduce_rows")
+    terms = _record_results(monkeypatch, "reduce_terms")
+    results = [info.cross_entropy(p, q), info.kl_divergence(q, p)]
+    assert all(result is not None for result in rows + terms)
+    assert len(rows + terms) == 2
+    monkeypatch.setattr(_blocked, "MIN_ELEMENTS", p.size + 1)  # the plain path now
+    np.testing.assert_allclose(results[0], info.cross_entropy(p, q), rtol=1e-13)
+    np.testing.assert_array_equal(results[1], info.kl_divergence(q, p))
+    bad = p.copy()
+    bad[7] *= 1.01
+    with pytest.raises(ValueError, match=r"`p` must sum to 1 .*float32"):
+        info.cross_entropy(bad, q)
+
+
+def test_float64_rows_longer_than_a_blas_dot_equal_the_plain_path(rng, monkeypatch):
+    # Rows of more than DOT_ELEMENTS outcomes are summed pairwise, not by a BLAS dot (which
+    # OpenBLAS splits across threads that fight the pool's): the plain path's numbers.
+    n = 3 * _blocked.DOT_ELEMENTS
+    p = distributions(rng, (_blocked.MIN_ELEMENTS // n + 1, n))
+    q = positive_distributions(rng, p.shape)
+    assert p.shape[-1] > _blocked.DOT_ELEMENTS
+    assert _blocked.eligible(p, q, axis=1)
+    calls = _record_results(monkeypatch, "reduce_rows")
+    blocked = [info.entropy(p), info.cross_entropy(p, q)]
+    assert len(calls) == 2
+    assert all(result is not None for result in calls)
+    monkeypatch.setattr(_blocked, "MIN_ELEMENTS", p.size + 1)  # the plain path now
+    np.testing.assert_array_equal(blocked[0], info.entropy(p))
+    np.testing.assert_array_equal(blocked[1], info.cross_entropy(p, q))
+
+
+def test_perplexity_of_a_large_float32_array_allocates_no_float64_copy(rng):
+    import tracemalloc
+
+    p = rng.random((500, 20_000), dtype=np.float32)
+    p /= p.sum(axis=1, keepdims=True)
+    expected = info.perplexity(p[:, :2000] / p[:, :2000].sum(axis=1, keepdims=True))
+    assert expected.shape == (500,)  # warms the pool and its buffers
+    tracemalloc.start()
+    try:
+        info.perplexity(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # NumPy reports its allocations to tracemalloc; a float64 copy would be twice p.
+    assert peak < p.nbytes / 8, (peak, p.nbytes)

@@ -4,11 +4,16 @@ last axis.
 It equals the plain path (``-sum(where(p > 0, p * log(q), 0), axis=-1)`` after the checks
 of :mod:`crossentropy.info._validate`) and differs only in how the memory is walked.
 The rows are cut into blocks that fit in the L2 cache; for each block one pass sums the
-rows (the check that they add to 1), one takes the minimum (no negative entry), one takes
-the logarithm into a reused buffer, and one ``vecdot`` forms the weighted sum of each row
-(in float32 a product and NumPy's pairwise sum, which keeps long rows accurate).
-Blocks run on a small thread pool (NumPy releases the GIL inside its loops), so the work
-uses every core.
+rows (the check that they add to 1, skipped with ``check=False`` where the caller has
+checked already or ``validate=False`` asked for no check), one takes the minimum (no
+negative entry), one takes the logarithm into a reused buffer, and one ``vecdot`` forms
+the weighted sum of each row (in float32 a product and NumPy's pairwise sum, which keeps
+long rows accurate). With ``widen`` (the perplexity of float32 and float16 input) each
+block is first copied into a float64 buffer, the logarithm is taken there and the
+products are summed pairwise: the plain path's numbers on a float64 copy of the whole
+array, to the bit, without the copy (a widened p > 0 is at least 2**-149, so p + tiny is
+p). Blocks run on a small thread pool (NumPy releases the GIL inside its loops), so the
+work uses every core.
 
 The convention 0 · log 0 = 0 needs no mask pass. In the entropy, a block whose minimum is
 0 takes the log of p + tiny (tiny: the smallest normal number). At 0 the term becomes
@@ -19,7 +24,8 @@ p · log(1 + tiny / p) <= tiny, far under the rounding of the sum. In the cross-
 NaN are mended (their logs zeroed where p = 0, while the block is still in cache).
 Negative entries fail the per-block minimum of p, or end as NaN (the log of a negative q);
 NaN and inf fail the sum check. Whenever anything is off the function returns ``None``
-and the caller's full check raises the detailed error.
+(the first task to see it stops the others) and the caller's full check raises the
+detailed error.
 
 The divergences (:func:`reduce_terms`) take their elementwise terms from the caller, who
 forms them as on the plain path, one block at a time: several passes over a block in
@@ -44,6 +50,10 @@ MIN_ELEMENTS = 1 << 18
 BLOCK_ELEMENTS = 1 << 15
 # Scratch buffers up to this many elements stay allocated per thread between calls.
 KEEP_ELEMENTS = 1 << 20
+# Rows longer than this are not handed to a BLAS dot: OpenBLAS splits a ddot of more than
+# 10,000 entries across its own threads, which then fight the pool's (10x slower, and
+# seconds on a loaded machine); they are summed pairwise as float32 rows are.
+DOT_ELEMENTS = 10_000
 # Tasks per thread: a few, so that a thread slowed by other work does not hold up the rest.
 TASKS_PER_THREAD = 4
 
@@ -71,13 +81,15 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def eligible(*arrays: object, axis: int) -> bool:
+def eligible(*arrays: object, axis: int, widen: bool = False) -> bool:
     """Whether the blocked path applies: large C-contiguous float32/float64 NumPy arrays of
-    one shape and dtype, reduced along their last axis."""
+    one shape and dtype, reduced along their last axis (float16 too with ``widen``, whose
+    blocks are computed in float64)."""
     first = arrays[0]
     if not isinstance(first, np.ndarray):
         return False
-    if first.dtype not in (np.float64, np.float32) or first.ndim == 0:
+    dtypes = (np.float64, np.float32, np.float16) if widen else (np.float64, np.float32)
+    if first.dtype not in dtypes or first.ndim == 0:
         return False
     if axis != first.ndim - 1 or first.size < MIN_ELEMENTS or first.shape[-1] == 0:
         return False
@@ -115,89 +127,127 @@ def _logarithm(base: float) -> tuple[Callable[..., np.ndarray], float]:
     return np.log, 1.0 / math.log(base)
 
 
-def _row_dots(dtype: np.dtype) -> Callable[[np.ndarray, np.ndarray, np.ndarray], object]:
+def _row_dots(
+    dtype: np.dtype, *, pairwise: bool = False
+) -> Callable[[np.ndarray, np.ndarray, np.ndarray], object]:
     """The weighted sum of each row: NumPy 2's vecdot (SIMD dot per row) in float64; in
     float32 the products go to a scratch buffer and NumPy's pairwise sum adds them, as a
-    running float32 dot drifts on long rows (by 1e-4 relative over 4e6 outcomes)."""
-    if dtype == np.float64 and hasattr(np, "vecdot"):
+    running float32 dot drifts on long rows (by 1e-4 relative over 4e6 outcomes).
+    ``pairwise`` takes the second way in float64 too: the plain path's sum, to the bit
+    (and no BLAS dot, for rows longer than ``DOT_ELEMENTS``)."""
+    if dtype == np.float64 and hasattr(np, "vecdot") and not pairwise:
         return lambda a, b, out: np.vecdot(a, b, out=out)
-    if dtype == np.float64:  # pragma: no cover - NumPy < 2
+    if dtype == np.float64 and not pairwise:  # pragma: no cover - NumPy < 2
         return lambda a, b, out: np.einsum("ij,ij->i", a, b, out=out)
 
-    def pairwise(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    def summed(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         products = _buffer(a.size, a.dtype, "products")[: a.size].reshape(a.shape)
         np.multiply(a, b, out=products)
         np.add.reduce(products, axis=1, out=out)
 
-    return pairwise
+    return summed
 
 
 def _row_sums(dtype: np.dtype, n: int) -> Callable[[np.ndarray, np.ndarray], object]:
     """Row sums for the check that rows add to 1: a dot with ones in float64 (cheaper than
     ``add.reduce``), NumPy's pairwise sum in float32 (a plain float32 dot could drift by more
-    than the tolerance on very long rows)."""
-    if dtype == np.float64 and hasattr(np, "vecdot"):
+    than the tolerance on very long rows) and for rows longer than ``DOT_ELEMENTS``."""
+    if dtype == np.float64 and hasattr(np, "vecdot") and n <= DOT_ELEMENTS:
         ones = np.ones(n, dtype=dtype)
         return lambda block, out: np.vecdot(block, ones, out=out)
     return lambda block, out: np.add.reduce(block, axis=1, out=out)
 
 
+def _sums_off(tolerance: float, *sums: np.ndarray | None) -> bool:
+    """Whether a row sum in ``sums`` (arrays, or None: not taken) is farther than
+    ``tolerance`` from 1; a NaN or an infinite entry makes its row's sum fail too."""
+    with np.errstate(invalid="ignore"):
+        return any(s is not None and not np.all(np.abs(s - 1) <= tolerance) for s in sums)
+
+
 def _run(
-    p: np.ndarray, q: np.ndarray | None, base: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
-    """Sum over each row of ``p * log(q or p)`` with 0 · log 0 = 0; also the row sums of
-    ``p`` (and of ``q``), and whether a negative entry was seen."""
+    p: np.ndarray, q: np.ndarray | None, base: float, *, check: bool, widen: bool
+) -> np.ndarray | None:
+    """Sum over each row of ``p * log(q or p)`` with 0 · log 0 = 0, or ``None`` where an
+    entry is negative (or NaN) or, with ``check``, a row of ``p`` or ``q`` does not sum to
+    1 within its dtype's tolerance: the first task that sees one stops the others.
+
+    The sums and the minimum are taken in the inputs' own dtype, as the full check of
+    :mod:`crossentropy.info._validate` takes them. With ``widen`` the rest is computed in
+    float64, each block widened into a scratch buffer, and each row summed pairwise: the
+    plain path's numbers on a float64 copy of the whole array, with memory for a block.
+    """
     rows, n = p.shape
     log, _ = _logarithm(base)
-    acc = np.empty(rows, dtype=p.dtype)
-    sums_p = np.empty(rows, dtype=p.dtype)
-    sums_q = np.empty(rows, dtype=p.dtype) if q is not None else None
+    work = np.dtype(np.float64) if widen else p.dtype
+    widened = work != p.dtype
+    acc = np.empty(rows, dtype=work)
     block_rows, task_rows, starts = _schedule(rows, n)
     row_sums = _row_sums(p.dtype, n)
-    row_dots = _row_dots(p.dtype)
-    negative = [False] * len(starts)
+    # Widened blocks are summed pairwise: the numbers of the plain path on a float64 copy
+    # (which perplexity took before). So are rows too long for the BLAS dot.
+    row_dots = _row_dots(work, pairwise=widened or n > DOT_ELEMENTS)
+    tolerance = sum_tolerance(p.dtype)
+    rejected = threading.Event()
 
     def task(index: int) -> None:
         start = starts[index]
         stop = min(start + task_rows, rows)
-        scratch = _buffer(block_rows * n, p.dtype)
-        tiny = np.finfo(p.dtype).tiny
+        scratch = _buffer(block_rows * n, work)
+        wide_p = _buffer(block_rows * n, work, "wide p") if widened else None
+        wide_q = _buffer(block_rows * n, work, "wide q") if widened and q is not None else None
+        # The task's row sums, checked once at its end (per block would cost more calls).
+        sums_p = np.empty(stop - start, dtype=p.dtype) if check else None
+        sums_q = np.empty(stop - start, dtype=p.dtype) if check and q is not None else None
+        tiny = np.finfo(work).tiny
         with np.errstate(divide="ignore", invalid="ignore"):
             for r0 in range(start, stop, block_rows):
+                if rejected.is_set():
+                    return
                 r1 = min(r0 + block_rows, stop)
-                block_p = p[r0:r1]
-                logs = scratch[: (r1 - r0) * n].reshape(r1 - r0, n)
-                row_sums(block_p, sums_p[r0:r1])
-                if q is None:
+                size = (r1 - r0) * n
+                own_p = p[r0:r1]
+                own_q = None if q is None else q[r0:r1]
+                if sums_p is not None:
+                    row_sums(own_p, sums_p[r0 - start : r1 - start])
+                if sums_q is not None and own_q is not None:
+                    row_sums(own_q, sums_q[r0 - start : r1 - start])
+                lowest = own_p.min()
+                if not lowest >= 0:  # a negative entry, or NaN
+                    rejected.set()
+                    return
+                block_p = own_p
+                if wide_p is not None:
+                    block_p = wide_p[:size].reshape(r1 - r0, n)
+                    np.copyto(block_p, own_p)
+                logs = scratch[:size].reshape(r1 - r0, n)
+                if own_q is None:
                     block_q = block_p
-                    lowest = block_p.min()
-                    if not lowest >= 0:  # a negative entry (or NaN, which the sums catch)
-                        negative[index] = True
-                        continue
                     if lowest == 0:
                         # log(p + tiny) is log p for every normal p > 0 and finite at 0,
                         # where p * log(tiny) = 0: the convention without a mask.
                         np.add(block_p, tiny, out=logs)
                         block_q = logs
+                elif wide_q is not None:
+                    block_q = wide_q[:size].reshape(r1 - r0, n)
+                    np.copyto(block_q, own_q)
                 else:
-                    block_q = q[r0:r1]
-                    if not block_p.min() >= 0:
-                        negative[index] = True
-                    assert sums_q is not None  # allocated whenever q is given
-                    row_sums(block_q, sums_q[r0:r1])
+                    block_q = own_q
                 log(block_q, out=logs)
                 dots = acc[r0:r1]
                 row_dots(block_p, logs, dots)
                 if q is not None and math.isnan(np.add.reduce(dots)):
                     # 0 * log 0 (or the log of a negative q) made a NaN: mend it in cache.
                     if not block_q.min() >= 0:
-                        negative[index] = True
-                        continue
+                        rejected.set()
+                        return
                     np.copyto(logs, 0.0, where=block_p == 0)
                     row_dots(block_p, logs, dots)
+        if _sums_off(tolerance, sums_p, sums_q):
+            rejected.set()
 
     _map(task, len(starts))
-    return acc, sums_p, sums_q, any(negative)
+    return None if rejected.is_set() else acc
 
 
 def _schedule(rows: int, n: int) -> tuple[int, int, list[int]]:
@@ -217,26 +267,31 @@ def _map(task: Callable[[int], None], count: int) -> None:
             task(index)
 
 
-def reduce_rows(p: np.ndarray, q: np.ndarray | None, *, base: float) -> np.ndarray | None:
+def reduce_rows(
+    p: np.ndarray,
+    q: np.ndarray | None,
+    *,
+    base: float,
+    check: bool = True,
+    widen: bool = False,
+) -> np.ndarray | None:
     """``-sum(p * log_base(q), axis=-1)`` (``q = p`` when ``None``) with 0 · log 0 = 0.
 
     Returns the result of shape ``p.shape[:-1]``, or ``None`` when some input breaks a
-    rule (the caller's full check then raises the error). ``p`` and ``q`` must satisfy
-    :func:`eligible`.
+    rule (the caller's full check then raises the error). ``check=False`` skips the check
+    that rows sum to 1, for a caller that has checked them already or was told not to
+    (``validate=False``: rows off 1 are then reduced as they are); negative and NaN entries
+    are still refused. ``widen`` computes in float64 (the result's dtype), one block at a
+    time, what a float64 copy of float32 or float16 input would give. ``p`` and ``q`` must
+    satisfy :func:`eligible`.
     """
     shape = p.shape[:-1]
     n = p.shape[-1]
     p2 = p.reshape(-1, n)
     q2 = None if q is None else q.reshape(-1, n)
-    acc, sums_p, sums_q, negative = _run(p2, q2, base)
-    if negative:
+    acc = _run(p2, q2, base, check=check, widen=widen)
+    if acc is None:
         return None
-    tolerance = sum_tolerance(p.dtype)
-    with np.errstate(invalid="ignore"):
-        if not np.all(np.abs(sums_p - 1) <= tolerance):
-            return None
-        if sums_q is not None and not np.all(np.abs(sums_q - 1) <= tolerance):
-            return None
     _, scale = _logarithm(base)
     result = np.subtract(0.0, acc, out=acc)  # 0 - x, so that no -0.0 is returned
     if scale != 1.0:
@@ -245,7 +300,11 @@ def reduce_rows(p: np.ndarray, q: np.ndarray | None, *, base: float) -> np.ndarr
 
 
 def reduce_terms(
-    p: np.ndarray, q: np.ndarray, terms: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    p: np.ndarray,
+    q: np.ndarray,
+    terms: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    check: bool = True,
 ) -> np.ndarray | None:
     """``sum(terms(p, q), axis=-1)``, formed block by block while each block is in cache.
 
@@ -253,8 +312,9 @@ def reduce_terms(
     threads, under NumPy's error state ignoring division, invalid and overflow warnings,
     as the plain path does). Each row is summed whole by NumPy's pairwise sum, as the
     plain path's ``sum(axis=-1)`` sums it, so the results are the same. Returns ``None``
-    when some entry is negative, not finite, or a row does not sum to 1 (the caller's full
-    check then raises the error). ``p`` and ``q`` must satisfy :func:`eligible`.
+    when some entry is negative or NaN or, with ``check``, a row is not finite or does not
+    sum to 1 (the caller's full check then raises the error); ``check=False`` skips the
+    sums, as :func:`reduce_rows` does. ``p`` and ``q`` must satisfy :func:`eligible`.
     """
     shape = p.shape[:-1]
     n = p.shape[-1]
@@ -262,33 +322,33 @@ def reduce_terms(
     q2 = q.reshape(-1, n)
     rows = p2.shape[0]
     out = np.empty(rows, dtype=p.dtype)
-    sums_p = np.empty(rows, dtype=p.dtype)
-    sums_q = np.empty(rows, dtype=p.dtype)
     block_rows, task_rows, starts = _schedule(rows, n)
     row_sums = _row_sums(p.dtype, n)
-    negative = [False] * len(starts)
+    tolerance = sum_tolerance(p.dtype)
+    rejected = threading.Event()
 
     def task(index: int) -> None:
         start = starts[index]
         stop = min(start + task_rows, rows)
+        sums_p = np.empty(stop - start, dtype=p.dtype) if check else None
+        sums_q = np.empty(stop - start, dtype=p.dtype) if check else None
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             for r0 in range(start, stop, block_rows):
+                if rejected.is_set():
+                    return
                 r1 = min(r0 + block_rows, stop)
                 block_p, block_q = p2[r0:r1], q2[r0:r1]
-                row_sums(block_p, sums_p[r0:r1])
-                row_sums(block_q, sums_q[r0:r1])
+                if sums_p is not None and sums_q is not None:
+                    row_sums(block_p, sums_p[r0 - start : r1 - start])
+                    row_sums(block_q, sums_q[r0 - start : r1 - start])
                 if not (block_p.min() >= 0 and block_q.min() >= 0):
-                    negative[index] = True
-                    continue
+                    rejected.set()
+                    return
                 np.add.reduce(terms(block_p, block_q), axis=1, out=out[r0:r1])
+        if _sums_off(tolerance, sums_p, sums_q):
+            rejected.set()
 
     _map(task, len(starts))
-    if any(negative):
+    if rejected.is_set():
         return None
-    tolerance = sum_tolerance(p.dtype)
-    with np.errstate(invalid="ignore"):
-        if not (
-            np.all(np.abs(sums_p - 1) <= tolerance) and np.all(np.abs(sums_q - 1) <= tolerance)
-        ):
-            return None
     return out.reshape(shape)

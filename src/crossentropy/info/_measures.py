@@ -10,6 +10,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from crossentropy._tensors import readable
 from crossentropy.info import _blocked
 from crossentropy.info._validate import (
     _check_entries,
@@ -22,7 +23,6 @@ from crossentropy.info._validate import (
     check_flag,
     check_keepdims,
     check_outcomes,
-    has_values,
     log_function,
     promote_pair,
     validate_distribution,
@@ -67,8 +67,9 @@ def _device(x: Any) -> Any:
 
 def _checks_values(validate: Any, *arrays: Any) -> bool:
     """Whether to check the values: ``validate`` (a bool) and every array has values to
-    read (a torch meta tensor has none: shapes only)."""
-    return check_flag(validate, "validate") and all(has_values(a) for a in arrays)
+    read (:func:`crossentropy._tensors.readable`): a torch meta or fake tensor has none
+    (shapes only), nor has one inside a ``torch.func`` transform such as ``vmap``."""
+    return check_flag(validate, "validate") and all(readable(a) for a in arrays)
 
 
 def _as_pair(p: Any, q: Any) -> tuple[Any, Any, Any, Any, Any]:
@@ -220,7 +221,7 @@ def entropy(
     ax = check_axis(axis, array.ndim, "p")
     values = _checks_values(validate, array)
     if _blocked.eligible(array, axis=ax):
-        result = _blocked.reduce_rows(array, None, base=b)
+        result = _blocked.reduce_rows(array, None, base=b, check=values)
         if result is not None:
             return _finish(np.expand_dims(result, ax) if keepdims else result)
     if values:
@@ -303,7 +304,12 @@ def cross_entropy(
     xp, p_own, q_own, p_array, q_array = _as_pair(p, q)
     values = _checks_values(validate, p_own, q_own)
     blocked = _try_blocked(
-        p_array, q_array, axis, keepdims, lambda p, q: _blocked.reduce_rows(p, q, base=b)
+        xp,
+        (p_own, q_own, p_array, q_array),
+        axis,
+        keepdims,
+        values,
+        lambda p, q, check: _blocked.reduce_rows(p, q, base=b, check=check),
     )
     if blocked is not None:
         return blocked
@@ -317,18 +323,34 @@ def cross_entropy(
 
 
 def _try_blocked(
-    p: Any, q: Any, axis: Any, keepdims: bool, reduce: Callable[[Any, Any], Any]
+    xp: Any,
+    arrays: tuple[Any, Any, Any, Any],
+    axis: Any,
+    keepdims: bool,
+    values: bool,
+    reduce: Callable[[Any, Any, bool], Any],
 ) -> Any:
     """The blocked path's result for two large NumPy arrays of one shape (see
-    :func:`crossentropy.info._blocked.eligible`), reduced by ``reduce(p, q)`` along the
-    last axis; ``None`` where that path does not apply or finds input to reject (the
-    plain path then checks it and raises the detailed error)."""
+    :func:`crossentropy.info._blocked.eligible`), reduced by ``reduce(p, q, check)`` along
+    the last axis; ``None`` where that path does not apply or finds input to reject (the
+    plain path then checks it and raises the detailed error).
+
+    ``arrays`` is ``(p_own, q_own, p, q)`` as :func:`_as_pair` gives them. ``check`` asks
+    the blocked path to check the row sums: where ``values`` is on and both inputs are in
+    their common dtype. An input that was promoted (float32 beside float64) is checked
+    here first in its own dtype, against its own tolerance, as the plain path checks it,
+    and the blocked path then skips the sums; with ``values`` off it skips them too."""
+    p_own, q_own, p, q = arrays
     if p.shape != q.shape or not p.ndim:
         return None
     ax = check_axis(axis, p.ndim, subject="`p` and `q` broadcast together")
     if not _blocked.eligible(p, q, axis=ax):
         return None
-    result = reduce(p, q)
+    check = values
+    if values and (p_own.dtype != p.dtype or q_own.dtype != q.dtype):
+        _prepare_pair(xp, p_own, q_own, axis, values=True)
+        check = False
+    result = reduce(p, q, check)
     if result is None:
         return None
     return _finish(np.expand_dims(result, ax) if keepdims else result)
@@ -451,7 +473,12 @@ def kl_divergence(
         return _relative_terms(xp, p_rows, q_rows, log, b, branches=values)
 
     blocked = _try_blocked(
-        p_array, q_array, axis, keepdims, lambda p, q: _blocked.reduce_terms(p, q, terms)
+        xp,
+        (p_own, q_own, p_array, q_array),
+        axis,
+        keepdims,
+        values,
+        lambda p, q, check: _blocked.reduce_terms(p, q, terms, check=check),
     )
     if blocked is not None:
         return blocked
@@ -527,11 +554,11 @@ def js_divergence(
             xp, p_rows * 2.0, total, log, b, difference, branches=values
         ) + _relative_terms(xp, q_rows * 2.0, total, log, b, 0.0 - difference, branches=values)
 
-    def reduce(p_rows: Any, q_rows: Any) -> Any:
-        sums = _blocked.reduce_terms(p_rows, q_rows, terms)
+    def reduce(p_rows: Any, q_rows: Any, check: bool) -> Any:
+        sums = _blocked.reduce_terms(p_rows, q_rows, terms, check=check)
         return None if sums is None else sums * 0.25
 
-    blocked = _try_blocked(p_array, q_array, axis, keepdims, reduce)
+    blocked = _try_blocked(xp, (p_own, q_own, p_array, q_array), axis, keepdims, values, reduce)
     if blocked is not None:
         return blocked
     ax = _prepare_pair(xp, p_own, q_own, axis, values=values)
@@ -596,7 +623,8 @@ def perplexity(p: Any, *, axis: int = -1, keepdims: bool = False, validate: bool
     in float32, float16 or bfloat16 is computed in float64 and rounded once to its dtype
     (correctly rounded in practice: a uniform float32 distribution over 10 outcomes gives
     exactly 10); float64 input is computed in float64, within a few ulps (so
-    ``perplexity([0.1] * 10)`` is 9.999999999999998).
+    ``perplexity([0.1] * 10)`` is 9.999999999999998). Large NumPy inputs take the blocked
+    path of :func:`entropy` (float16 too), which widens one block at a time to float64.
 
     Args:
         p: distributions along ``axis``, e.g. (N, V).
@@ -632,7 +660,16 @@ def perplexity(p: Any, *, axis: int = -1, keepdims: bool = False, validate: bool
     keepdims = check_keepdims(keepdims)
     xp, array = as_float_array(p, "p")
     ax = check_axis(axis, array.ndim, "p")
-    if _checks_values(validate, array):
+    values = _checks_values(validate, array)
+    if _blocked.eligible(array, axis=ax, widen=True):
+        # Each block is widened to float64 in turn (no float64 copy of the whole array),
+        # its sums checked in p's own dtype as validate_distribution checks them.
+        bits = _blocked.reduce_rows(array, None, base=2, check=values, widen=True)
+        if bits is not None:
+            with np.errstate(over="ignore"):  # 2 ** 16 outcomes overflow float16: +inf
+                result = (2.0**bits).astype(array.dtype, copy=False)
+            return _finish(np.expand_dims(result, ax) if keepdims else result)
+    if values:
         validate_distribution(xp, array, "p", ax, axis_label=axis)
     wide = _widened(xp, array)
     # Checked above in p's own dtype: the entropy of the widened copy needs no second check.

@@ -19,8 +19,6 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from crossentropy._tensors import readable
-
 __all__ = [
     "as_float_array",
     "as_float_pair",
@@ -32,7 +30,6 @@ __all__ = [
     "check_keepdims",
     "check_outcomes",
     "check_probabilities",
-    "has_values",
     "log_function",
     "promote_pair",
     "sum_tolerance",
@@ -271,14 +268,6 @@ def check_flag(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"`{name}` must be True or False; got {_describe(value)}")
     return bool(value)
-
-
-def has_values(array: Any) -> bool:
-    """Whether the entries of ``array`` can be read (else its value checks are skipped):
-    not for a torch tensor on the meta device or a fake one (``FakeTensorMode``,
-    ``torch.export``), which have a shape and a dtype only, nor for a torch tensor inside a
-    ``torch.func`` transform (``vmap``), whose values the transform does not hand out."""
-    return readable(array)
 
 
 def check_base(base: Any) -> float:
