@@ -208,14 +208,15 @@ def _run(
                 size = (r1 - r0) * n
                 own_p = p[r0:r1]
                 own_q = None if q is None else q[r0:r1]
+                # p's passes, then q's: each block is read while it is still in cache.
                 if sums_p is not None:
                     row_sums(own_p, sums_p[r0 - start : r1 - start])
-                if sums_q is not None and own_q is not None:
-                    row_sums(own_q, sums_q[r0 - start : r1 - start])
                 lowest = own_p.min()
                 if not lowest >= 0:  # a negative entry, or NaN
                     rejected.set()
                     return
+                if sums_q is not None and own_q is not None:
+                    row_sums(own_q, sums_q[r0 - start : r1 - start])
                 block_p = own_p
                 if wide_p is not None:
                     block_p = wide_p[:size].reshape(r1 - r0, n)
