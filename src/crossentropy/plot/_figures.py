@@ -350,7 +350,7 @@ def plot_predictions(
             bar_axes.set_ylabel("predicted probability")
             keys = [(_GREY, "before"), (_BLUE, "after"), (_ACCENT, "after, true class")]
             handles = [Patch(color=colour, label=text) for colour, text in keys]
-            bar_axes.legend(handles=handles, loc="upper left", fontsize=8)
+            bar_axes.legend(handles=handles, loc="best", fontsize=8)  # clear of the bars
     figure.suptitle(
         "Three test images: predictions before (grey) and after training (true class in red)",
         fontsize=11,
