@@ -34,7 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: crossentropy measure 0.5,0.2,0.2,0.1 0.25,0.25,0.25,0.25",
     )
     # A list that starts with a minus sign (-0.5,1.5) is P or Q, not an unknown option:
-    # argparse's own test reads only a single number such as -0.5 as a value.
+    # argparse's own test reads only a single number such as -0.5 as a value. The test is
+    # a private attribute: were a later argparse to drop it, this assignment would do
+    # nothing and such a list would need `--` before it again;
+    # tests/cli/test_measure.py would show it.
     parser._negative_number_matcher = _NEGATIVE_LIST
     parser.add_argument("p", metavar="P", help="the true distribution, e.g. 0.5,0.2,0.2,0.1")
     parser.add_argument(
