@@ -2,7 +2,8 @@
 
 Shift invariance per row, gradient = softmax - (smoothed) target, change of base, one-hot
 targets against `info.cross_entropy`, ignored tokens as if removed, index targets against
-one-hot probability targets, and the class dimension anywhere against a flat (M, C) call.
+one-hot probability targets, the class dimension anywhere against a flat (M, C) call, and
+classes masked to -inf (and rows of zeros) in probability targets as if removed.
 """
 
 from __future__ import annotations
@@ -201,3 +202,32 @@ def test_z_loss_and_softcap_closed_forms():
     x = torch.tensor([[1e6, 0.0]], dtype=torch.float64)
     loss = cross_entropy(x, torch.tensor([1]), softcap=2.0)
     assert abs(loss.item() - math.log1p(math.exp(2.0))) < TOL
+
+
+@given(problems(max_classes=8), st.data(), st.sampled_from([0.0, 1e-3]))
+def test_masked_classes_and_zero_rows_behave_as_if_removed(problem, data, z_loss):
+    """Probability targets: classes whose logits are -inf and whose target mass is 0 are as
+    if absent (finite loss, zero gradient there), and a row of zeros is a token without a
+    target, in the full problem and in the one without those classes alike."""
+    logits, _, options = problem
+    options = {**options, "label_smoothing": 0.0, "z_loss": z_loss}  # smoothing gives them mass
+    n, c = logits.shape
+    masked = data.draw(st.lists(st.booleans(), min_size=c, max_size=c))
+    keep = [i for i in range(c) if not masked[i]] or [0]
+    masked = [i not in keep for i in range(c)]
+    zero_rows = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
+    probs = torch.zeros(n, c, dtype=torch.float64)
+    probs[:, keep] = torch.softmax(torch.randn(n, len(keep), generator=gen, dtype=torch.float64), 1)
+    probs[torch.tensor(zero_rows, dtype=torch.bool)] = 0.0
+    full = logits.clone()
+    full[:, torch.tensor(masked, dtype=torch.bool)] = -math.inf
+    loss, grad = _loss_and_grad(full, probs, **options)
+    reduced_options = dict(options)
+    if options["weight"] is not None:
+        reduced_options["weight"] = options["weight"][keep]
+    expected, expected_grad = _loss_and_grad(logits[:, keep], probs[:, keep], **reduced_options)
+    assert torch.isfinite(loss).all()
+    torch.testing.assert_close(loss, expected, rtol=TOL, atol=TOL)
+    torch.testing.assert_close(grad[:, keep], expected_grad, rtol=TOL, atol=TOL)
+    assert torch.count_nonzero(grad[:, torch.tensor(masked, dtype=torch.bool)]) == 0
