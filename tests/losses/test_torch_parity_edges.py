@@ -366,3 +366,19 @@ def test_torch_export_computes_what_eager_does():
         program.module()(hidden, targets), model(hidden, targets), strict=True
     ):
         torch.testing.assert_close(exported, eager.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("look", [True, False])
+def test_target_dot_both_ways(look):
+    """The masked dot of the row kernel, as on the CPU (look at the plain product first) and
+    as on a GPU (always masked, no synchronisation): the same numbers, 0 * -inf = 0."""
+    from crossentropy.losses._kernel import target_dot
+
+    logits, probs = _masked_case()
+    logits[3, 0] = math.nan  # a NaN logit where the target has mass stays NaN
+    out = torch.empty(4, dtype=DT)
+    target_dot(probs, logits, out, look=look)
+    keep = [0, 2, 3, 5]
+    expected = (probs[:, keep] * logits[:, keep]).sum(1)
+    torch.testing.assert_close(out, expected, rtol=1e-15, atol=0, equal_nan=True)
+    assert torch.isnan(out[3])

@@ -158,13 +158,23 @@ def default_slice_rows(num_classes: int, device: torch.device | str = "cpu") -> 
     return max(1, _DEVICE_SLICE_ELEMENTS // max(num_classes, 1))
 
 
-def target_dot(q: torch.Tensor, z: torch.Tensor, out: torch.Tensor, dim: int = -1) -> None:
+def target_dot(
+    q: torch.Tensor,
+    z: torch.Tensor,
+    out: torch.Tensor,
+    dim: int = -1,
+    *,
+    look: bool | None = None,
+) -> None:
     """``out = sum_c q_c z_c`` along ``dim``, with a class of no target mass adding 0 whatever
     its logit: 0 * -inf is 0 there (a masked class, logit -inf, that the target gives no
     probability), not NaN. A NaN logit still makes the row's log-sum-exp, and so its loss,
-    NaN. On the CPU the masked product is formed only for a slice whose plain product is
-    NaN; elsewhere always (no synchronisation)."""
-    if out.device.type == "cpu":
+    NaN. ``look`` (by default: on the CPU) forms the masked product only for a slice whose
+    plain product is NaN, which reads a value on the host; otherwise it is always formed
+    (no synchronisation, as on a GPU)."""
+    if look is None:
+        look = out.device.type == "cpu"
+    if look:
         torch.linalg.vecdot(q, z, dim=dim, out=out)
         if not bool(out.isnan().any()):
             return
