@@ -674,24 +674,10 @@ def cross_entropy(
         Gemma Team (2024), Gemma 2, logit soft-capping.
     """
     reduction = legacy_reduction(size_average, reduce, reduction)
-    num_classes = _num_classes(logits)
-    checked = validate and not functorch_active()  # a transform cannot read values
-    check_options(
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        base=base,
-        weight=weight,
-        num_classes=num_classes,
-        ignore_index=ignore_index,
-        validate=checked,
-        device=logits.device if isinstance(logits, torch.Tensor) else None,
-    )
-    plain = traced(logits, targets, constants=(weight,))  # see _composite.traced
-    prepared = _prepare(logits, targets, ignore_index, checked, plain)
-    options = _options(weight, prepared.probs, ignore_index, label_smoothing, z_loss, softcap, base)
-    out_dtype = loss_dtype(logits.dtype, logits.device)
+    prepared, options, plain, out_dtype = _begin(
+        logits, targets, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, base,
+        validate,
+    )  # fmt: skip
     if plain:
         loss = _composite_loss(prepared.logits, prepared.targets, options, reduction)
         loss = loss.to(out_dtype)
@@ -760,24 +746,10 @@ def cross_entropy_stats(
         >>> round(stats.logsumexp[0].item(), 6) == round(math.log(4), 6)
         True
     """
-    num_classes = _num_classes(logits)
-    checked = validate and not functorch_active()  # a transform cannot read values
-    check_options(
-        reduction="none",
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        base=base,
-        weight=weight,
-        num_classes=num_classes,
-        ignore_index=ignore_index,
-        validate=checked,
-        device=logits.device if isinstance(logits, torch.Tensor) else None,
-    )
-    plain = traced(logits, targets, constants=(weight,))  # see _composite.traced
-    prepared = _prepare(logits, targets, ignore_index, checked, plain)
-    options = _options(weight, prepared.probs, ignore_index, label_smoothing, z_loss, softcap, base)
-    out_dtype = loss_dtype(logits.dtype, logits.device)
+    prepared, options, plain, out_dtype = _begin(
+        logits, targets, weight, ignore_index, "none", label_smoothing, z_loss, softcap, base,
+        validate,
+    )  # fmt: skip
     if plain:
         flat_logits, flat_targets = _flatten(prepared.logits, prepared.targets, prepared.probs)
         stats = _composite_stats(flat_logits, flat_targets, options)
@@ -882,6 +854,43 @@ def _lse_entropy_grad(logits, entropy, grad_lse, grad_entropy, softcap, base):
     if tanh is not None:
         grad.mul_(1 - tanh.square())
     return grad
+
+
+def _begin(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: Reduction,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    base: float,
+    validate: bool,
+) -> tuple[_Prepared, _Options, bool, torch.dtype]:
+    """What :func:`cross_entropy` and :func:`cross_entropy_stats` do before computing:
+    check the options and the inputs (their values with ``validate``, except inside a
+    transform, which cannot read them), and return the prepared inputs, the options,
+    whether plain torch operations compute the loss (see :func:`_composite.traced`) and
+    the loss's dtype."""
+    num_classes = _num_classes(logits)
+    checked = validate and not functorch_active()  # a transform cannot read values
+    check_options(
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        base=base,
+        weight=weight,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        validate=checked,
+        device=logits.device,
+    )
+    plain = traced(logits, targets, constants=(weight,))
+    prepared = _prepare(logits, targets, ignore_index, checked, plain)
+    options = _options(weight, prepared.probs, ignore_index, label_smoothing, z_loss, softcap, base)
+    return prepared, options, plain, loss_dtype(logits.dtype, logits.device)
 
 
 def _num_classes(logits: object) -> int:
