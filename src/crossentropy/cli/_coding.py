@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple, TextIO
+from typing import NamedTuple
 
 from crossentropy import coding
 
@@ -188,11 +188,10 @@ def _write_all(write: Callable[[memoryview], int | None], data: bytes) -> None:
 def _write(name: str, data: bytes, *, force: bool, source: str) -> None:
     """Write ``data`` to OUT: stdout, straight into a FIFO, device or descriptor, or
     atomically to a regular file (a temporary file in the same folder, renamed)."""
-    if name == "-":
-        stdout = _stdout()
-        stdout.flush()
-        _write_all(stdout.buffer.write, data)
-        stdout.buffer.flush()
+    if name == "-":  # with fd 1 closed, `main` has put a stdout here that refuses writes
+        sys.stdout.flush()
+        _write_all(sys.stdout.buffer.write, data)
+        sys.stdout.buffer.flush()
         return
     output = _output(name, force=force, source=source)
     if output.stream:
@@ -221,13 +220,6 @@ def _write(name: str, data: bytes, *, force: bool, source: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-
-
-def _stdout() -> TextIO:
-    """``sys.stdout``, or an OSError where there is none (fd 1 closed: ``>&-``)."""
-    if sys.stdout is None:
-        raise OSError(errno.EBADF, "stdout is closed (`>&-`); nowhere to write OUT '-'")
-    return sys.stdout
 
 
 def _new_file_mode(target: Path) -> int:
