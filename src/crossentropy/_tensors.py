@@ -55,9 +55,6 @@ def readable(array: Any) -> bool:
     """Whether the entries of ``array`` (of any array kind) can be read: not for a torch
     tensor without values (:func:`without_values`) nor for one inside a ``torch.func``
     transform."""
-    device = getattr(array, "device", None)
-    if getattr(device, "type", None) == "meta":
-        return False
     torch = sys.modules.get("torch")  # no torch imported: no torch tensor
     if torch is None or not isinstance(array, torch.Tensor):
         return True

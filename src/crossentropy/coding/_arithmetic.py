@@ -9,7 +9,7 @@ import numpy as np
 
 from crossentropy._errors import DecodeError
 from crossentropy.coding._bytes import as_bytes
-from crossentropy.info._validate import sum_tolerance
+from crossentropy.info._validate import check_flag, sum_tolerance
 
 __all__ = ["arithmetic_decode", "arithmetic_encode", "information_content", "quantized_model"]
 
@@ -201,15 +201,7 @@ def information_content(symbols: Any, model: Any, *, quantized: bool = False) ->
         >>> information_content([1, 1, 1, 1], p, quantized=True)
         92.0
     """
-    if not isinstance(quantized, (bool, np.bool_)):
-        kind = type(quantized)
-        named = (
-            kind.__qualname__
-            if kind.__module__ == "builtins"
-            else f"{kind.__module__}.{kind.__qualname__}"
-        )
-        raise TypeError(f"`quantized` must be True or False (a bool or numpy.bool_); got {named}")
-    quantized = bool(quantized)
+    quantized = check_flag(quantized, "quantized")
     table = _check_model(model, None)
     array = _check_symbols(symbols, table.shape[-1])
     if table.ndim == 2 and table.shape[0] != array.shape[0]:

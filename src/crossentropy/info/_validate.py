@@ -262,11 +262,18 @@ def check_keepdims(keepdims: Any) -> bool:
 def check_flag(value: Any, name: str) -> bool:
     """Return the option ``name`` as a bool after checking it is one (``True``/``False``).
 
+    A NumPy bool is one. The message names a refused value's type in full
+    (``numpy.int64``, not ``int64``; ``str``), so that it never reads "got bool".
+
     Raises:
         TypeError: ``value`` is not a bool (a string such as ``"no"`` would be truthy).
     """
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be True or False; got {_describe(value)}")
+        kind = type(value)
+        named = kind.__qualname__
+        if kind.__module__ != "builtins":
+            named = f"{kind.__module__}.{named}"
+        raise TypeError(f"`{name}` must be True or False; got {named}")
     return bool(value)
 
 
