@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# oneDNN for the fused CPU engine of linear_cross_entropy (optional: without it the
+# engine stays off and the other engines run).
+ONEDNN := $(VENV)/.onednn
 
 .PHONY: demo test test-all lint typecheck bench setup clean
 
@@ -10,9 +13,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt $(ONEDNN)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[demo,test]"
 	touch $(STAMP)
+
+$(ONEDNN): $(BIN)/python scripts/fetch-onednn.sh
+	sh scripts/fetch-onednn.sh $(VENV)/lib || echo "oneDNN not installed: the fused CPU engine stays off"
+	touch $(ONEDNN)
 
 setup: $(STAMP)
 

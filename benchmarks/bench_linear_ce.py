@@ -3,8 +3,9 @@
 Contenders, all float32 forward + backward on the same inputs: torch eager
 (``F.cross_entropy(F.linear(hidden, weight), targets)``), torch's own
 ``F.linear_cross_entropy`` with ``LinearCrossEntropyOptions()`` (its default chunking) and
-with ``batch_chunk_size`` set to our chunk, and ours, on its default engine (oneDNN for
-float32 on CPU where torch has it) and on the ``torch.mm`` engine (``ours_mm``).
+with ``batch_chunk_size`` set to our chunk, and ours: on its default engine (the fused
+engine of ``crossentropy.losses._native`` where it runs), on torch's bundled oneDNN
+(``ours_onednn``) and on the ``torch.mm`` engine (``ours_mm``).
 
 - Memory: each contender runs once in a fresh process, so that its peak resident memory is
   its own; reported is the peak *above the inputs and their gradients* (peak RSS minus the
@@ -12,9 +13,10 @@ float32 on CPU where torch has it) and on the ``torch.mm`` engine (``ours_mm``).
 - Time: one more fresh process runs the contenders in interleaved rounds (best of the
   rounds each), with the matrix-multiply rate measured between them, so that a shared,
   busy machine loads every contender alike. The floor is 6·N·D·V floating-point
-  operations at the best float32 rate seen for a 2048³ product on either engine in this
-  torch: ``torch.mm`` (MKL, which on AMD CPUs runs its AVX2 path) or oneDNN's inner product
-  (AVX-512 wherever the CPU has it). The floor at ``torch.mm``'s rate alone is reported
+  operations at the best float32 rate seen for a 2048³ product on any engine at hand:
+  ``torch.mm`` (MKL, which on AMD CPUs runs its AVX2 path), torch's oneDNN inner product
+  (AVX-512 wherever the CPU has it) or the fused engine's ``dnnl_sgemm``. The floor at
+  ``torch.mm``'s rate alone is reported
   beside it, as ``floor_mm``: it is what eager and torch's fused loss run at. A third,
   ``floor_shapes``, is the measured time of the loss's three products at their own full
   sizes, as eager forms them (logits (N, D) x (D, V), hidden gradient (N, V) x (V, D),
@@ -43,13 +45,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import RESULTS, SMOKE, best_time, print_table, run_fresh, write_results
+from crossentropy.losses import _native
 
 RESULTS_FILE = RESULTS / "linear_ce.json"
 
 FULL_SHAPES = [(4096, 1024, 32000), (4096, 1024, 128256)]
 QUICK_SHAPES = [(2048, 512, 65536)]
 TARGETS = {"floor": 1.10, "eager": 0.9, "torch_lce": 1.0, "memory_vs_eager": 0.05}
-KINDS = ("eager", "torch_lce", "torch_lce_chunk", "ours", "ours_mm")
+KINDS = ("eager", "torch_lce", "torch_lce_chunk", "ours", "ours_onednn", "ours_mm")
+ENGINE_OF = {"ours_onednn": "onednn", "ours_mm": "torch"}
+"""Ours with its products forced onto one engine (``_products.CPU_ENGINE``)."""
 TIMED = KINDS
 
 
@@ -79,6 +84,8 @@ def _matmul_rates(size: int = 2048, repeat: int = 3) -> dict[str, float]:
         linear = torch.ops.mkldnn._linear_pointwise
         b_t = b.T.contiguous()
         products["onednn"] = lambda: linear(a, b_t, None, "none", [], "")
+    if _native.available():
+        products["onednn_sgemm"] = lambda: _native.gemm(a, b, out)
     return {
         name: 2 * size**3 / best_time(fn, repeat=repeat, warmup=1) for name, fn in products.items()
     }
@@ -109,6 +116,13 @@ def _product_seconds(hidden, weight, repeat: int = 2) -> dict[str, float]:
         engines["logits"].append(lambda: linear(h, w, None, "none", [], ""))
         engines["hidden_grad"].append(lambda: linear(g, w_t, None, "none", [], ""))
         engines["weight_grad"].append(lambda: linear(g_t, h_t, None, "none", [], ""))
+    if _native.available():  # the fused engine's layouts: vocabulary-major logits
+        z_t = torch.empty(w.shape[0], h.shape[0])
+        dh = torch.empty_like(h)
+        dw = torch.empty_like(w)
+        engines["logits"].append(lambda: _native.gemm(w, h_t, z_t))
+        engines["hidden_grad"].append(lambda: _native.gemm(g_t, w, dh, trans_a=True))
+        engines["weight_grad"].append(lambda: _native.gemm(g_t, h, dw))
     seconds = {
         name: min(best_time(fn, repeat=repeat, warmup=1) for fn in fns)
         for name, fns in engines.items()
@@ -134,18 +148,18 @@ def _loss_fn(kind: str, hidden, weight, targets, chunk: int):
         from crossentropy import losses
 
         return lambda: losses.linear_cross_entropy(hidden, weight, targets, impl="chunked")
-    if kind == "ours_mm":
+    if kind in ENGINE_OF:
         from crossentropy import losses
         from crossentropy.losses import _products
 
-        def ours_on_torch_mm():
-            previous, _products.CPU_ENGINE = _products.CPU_ENGINE, "torch"
+        def ours_on_engine():
+            previous, _products.CPU_ENGINE = _products.CPU_ENGINE, ENGINE_OF[kind]
             try:  # mean reduction: every product runs in this call
                 return losses.linear_cross_entropy(hidden, weight, targets, impl="chunked")
             finally:
                 _products.CPU_ENGINE = previous
 
-        return ours_on_torch_mm
+        return ours_on_engine
     if kind == "eager":
         return lambda: F.cross_entropy(F.linear(hidden, weight), targets)
     if kind in ("torch_lce", "torch_lce_chunk"):

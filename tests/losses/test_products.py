@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crossentropy import losses
-from crossentropy.losses import _products
+from crossentropy.losses import _native, _products
 from crossentropy.losses._products import (
     BLOCK_ROWS,
     ENGINES,
@@ -21,6 +21,7 @@ from crossentropy.losses._products import (
 from tests.losses.reference_losses import composed_torch_loss
 
 AVAILABLE = [e for e in ENGINES if e != "onednn" or onednn_available()]
+END_TO_END = [*(["fused"] if _native.available() else []), *AVAILABLE]
 
 
 def _tensors(rows, d, v, seed):
@@ -128,9 +129,10 @@ def test_products_of_a_chunk_slice_of_a_larger_buffer(engine):
         {"reduction": "mean"},
         {"reduction": "sum", "label_smoothing": 0.1, "z_loss": 1e-3},
         {"reduction": "none", "softcap": 4.0},
+        {"reduction": "mean", "class_weight": "random", "label_smoothing": 0.2},
     ],
 )
-def test_both_engines_give_the_float64_answer_end_to_end(options, monkeypatch):
+def test_every_engine_gives_the_float64_answer_end_to_end(options, monkeypatch):
     g = torch.Generator().manual_seed(7)
     n, d, v = 203, 48, 2 * BLOCK_ROWS + 301
     h64 = torch.randn(n, d, generator=g, dtype=torch.float64)
@@ -138,13 +140,19 @@ def test_both_engines_give_the_float64_answer_end_to_end(options, monkeypatch):
     b64 = torch.randn(v, generator=g, dtype=torch.float64)
     y = torch.randint(0, v, (n,), generator=g)
     y[::9] = -100
+    if options.get("class_weight") == "random":
+        options = {**options, "class_weight": torch.rand(v, generator=g) + 0.5}
     exact = [t.float().double().requires_grad_() for t in (h64, w64, b64)]
-    want = composed_torch_loss(torch.nn.functional.linear(*exact), y, **options)
+    reference_options = {
+        ("weight" if k == "class_weight" else k): (o.double() if k == "class_weight" else o)
+        for k, o in options.items()
+    }
+    want = composed_torch_loss(torch.nn.functional.linear(*exact), y, **reference_options)
     upstream = torch.ones_like(want) if want.dim() == 0 else torch.rand(want.shape, generator=g)
     want_grads = torch.autograd.grad(want, exact, upstream)
 
     results = {}
-    for engine in AVAILABLE:
+    for engine in END_TO_END:
         monkeypatch.setattr(_products, "CPU_ENGINE", engine)
         params = [t.float().requires_grad_() for t in (h64, w64, b64)]
         got = losses.linear_cross_entropy(
@@ -155,8 +163,8 @@ def test_both_engines_give_the_float64_answer_end_to_end(options, monkeypatch):
         torch.testing.assert_close(got.double(), want.detach(), rtol=2e-5, atol=2e-6)
         for a, b in zip(grads, want_grads, strict=True):
             torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
-    if len(results) == 2:
-        (v1, g1), (v2, g2) = results.values()
+    (v1, g1), *others = results.values()
+    for v2, g2 in others:
         torch.testing.assert_close(v1, v2, rtol=2e-5, atol=2e-6)
         for a, b in zip(g1, g2, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
@@ -176,7 +184,7 @@ def test_engine_choice(monkeypatch):
     with pytest.raises(RuntimeError, match="oneDNN float32 products are not usable"):
         choose_engine(torch.float64, cpu)
     monkeypatch.setattr(_products, "CPU_ENGINE", "fastest")
-    with pytest.raises(ValueError, match="CPU_ENGINE must be 'auto', 'onednn' or 'torch'"):
+    with pytest.raises(ValueError, match="CPU_ENGINE must be 'auto', 'fused', 'onednn' or 'torch'"):
         choose_engine(torch.float32, cpu)
 
 

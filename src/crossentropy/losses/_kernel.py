@@ -145,6 +145,61 @@ def row_scale(
     return (scale * inv_ln_b).expand(rows).contiguous()
 
 
+def index_grad_coefficients(
+    scale: torch.Tensor | float,
+    weight: torch.Tensor | None,
+    w_target: torch.Tensor | None,
+    eps: float,
+    z_loss: float,
+    num_classes: int,
+) -> tuple[torch.Tensor | float, torch.Tensor | float, torch.Tensor | float, torch.Tensor | float]:
+    """The per-row coefficients of the gradient for class-index targets, which do not
+    depend on the logits: ``(p_coef, target_coef, z_coef, smooth_coef)`` such that the
+    gradient of row ``i`` is ``(p_coef + z_coef * lse) * p - target_coef * onehot(y)
+    - smooth_coef * w`` (see :func:`cross_entropy_rows`). ``scale`` is ``grad_scale /
+    ln(base)`` per row (or one number); ``w_target`` is ``weight[y]``. Numbers stay numbers
+    where no per-row tensor enters."""
+    if weight is None:
+        p_coef: torch.Tensor | float = scale
+        target_coef: torch.Tensor | float = (1.0 - eps) * scale
+        z_coef: torch.Tensor | float = (2.0 * z_loss) * scale
+    else:
+        assert w_target is not None  # weight[y]
+        p_coef = ((1.0 - eps) * w_target + (eps / num_classes) * weight.sum()) * scale
+        target_coef = (1.0 - eps) * w_target * scale
+        z_coef = (2.0 * z_loss) * w_target * scale
+    return p_coef, target_coef, z_coef, (eps / num_classes) * scale
+
+
+def index_loss(
+    row_max: torch.Tensor,
+    log_sum: torch.Tensor,
+    z_target: torch.Tensor,
+    w_dot_z: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    w_target: torch.Tensor | None,
+    eps: float,
+    z_loss: float,
+    num_classes: int,
+) -> torch.Tensor:
+    """The per-row loss in nats for class-index targets from a row's statistics: its max
+    ``m``, ``log sum_c exp(z_c - m)``, the target logit, and (for ``eps`` > 0) ``sum_c w_c
+    z_c`` (``sum_c z_c`` without weights); see :func:`cross_entropy_rows`."""
+    nll = (row_max - z_target) + log_sum  # lse - z_y, without cancellation
+    loss = nll * w_target if w_target is not None else nll
+    lse = row_max + log_sum
+    if eps > 0:
+        assert w_dot_z is not None  # formed whenever eps > 0
+        loss = (1.0 - eps) * loss
+        total_w = weight.sum() if weight is not None else float(num_classes)
+        # sum_c w_c (lse - z_c) = W lse - sum_c w_c z_c
+        loss = loss + (eps / num_classes) * (total_w * lse - w_dot_z)
+    if z_loss > 0:
+        zterm = z_loss * lse.square()
+        loss = loss + (zterm * w_target if w_target is not None else zterm)
+    return loss
+
+
 def default_slice_rows(num_classes: int, device: torch.device | str = "cpu") -> int:
     """Rows processed together for a vocabulary of ``num_classes`` on ``device``.
 
@@ -348,16 +403,9 @@ def cross_entropy_rows(
         scale = row_scale(grad_scale, rows_shape, inv_ln_b, acc, device)
         grad = out if out is not None else torch.empty_like(logits)
         if not probs:
-            # Coefficients that do not depend on lse, for all rows at once.
-            if weight is None:
-                p_coef = scale
-                target_coef = (1.0 - eps) * scale
-                z_coef = (2.0 * zl) * scale
-            else:
-                assert w_target is not None  # weight[y]
-                p_coef = ((1.0 - eps) * w_target + (eps / num_classes) * weight.sum()) * scale
-                target_coef = (1.0 - eps) * w_target * scale
-                z_coef = (2.0 * zl) * w_target * scale
+            p_coef, target_coef, z_coef, smooth_coef = index_grad_coefficients(
+                scale, weight, w_target, eps, zl, num_classes
+            )
             # scatter_add_ takes a tensor: a per-row column, or for a Python number a
             # column as tall as a slice, made below.
             per_row_target = isinstance(target_coef, torch.Tensor)
@@ -366,7 +414,6 @@ def cross_entropy_rows(
                 if isinstance(target_coef, torch.Tensor)
                 else -target_coef
             )
-            smooth_coef = (eps / num_classes) * scale
     else:
         grad = None
 
@@ -495,17 +542,9 @@ def cross_entropy_rows(
         if zl > 0:
             loss = loss + zl * lse.square()
     else:
-        nll = (row_max - z_target) + neg_log_pmax  # lse - z_y, without cancellation
-        w_y = w_target
-        loss = nll * w_y if w_y is not None else nll
-        if w_dot_z is not None:  # eps > 0
-            loss = (1.0 - eps) * loss
-            total_w = weight.sum() if weight is not None else float(num_classes)
-            # sum_c w_c (lse - z_c) = W lse - sum_c w_c z_c
-            loss = loss + (eps / num_classes) * (total_w * lse - w_dot_z)
-        if zl > 0:
-            zterm = zl * lse.square()
-            loss = loss + (zterm * w_y if w_y is not None else zterm)
+        loss = index_loss(
+            row_max, neg_log_pmax, z_target, w_dot_z, weight, w_target, eps, zl, num_classes
+        )
     if inv_ln_b != 1.0:
         loss = loss * inv_ln_b
         if entropy is not None:
@@ -518,5 +557,7 @@ __all__ = [
     "accumulation_dtype",
     "cross_entropy_rows",
     "default_slice_rows",
+    "index_grad_coefficients",
+    "index_loss",
     "target_dot",
 ]

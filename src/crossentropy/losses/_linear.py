@@ -21,8 +21,12 @@ the incoming gradient is per token and unknown during the forward pass, so the f
 computes the losses only (2·N·D·V) and the backward recomputes the logits chunk by chunk
 (6·N·D·V more).
 
-The three products run on the engine :mod:`crossentropy.losses._products` picks: oneDNN
-for float32 on CPU where torch has it, ``torch.mm`` otherwise.
+The three products run on the engine :mod:`crossentropy.losses._products` picks. For
+float32 class-index targets without soft-capping on CPU that is, where it runs, the fused
+engine of :mod:`crossentropy.losses._native`: one native call per chunk does steps 1-3
+with oneDNN's ``sgemm``, the logits kept vocabulary-major and each block's softmax taken
+while it is in cache, with no copy of any block. Otherwise torch's bundled oneDNN for
+float32 on CPU where torch has it, and ``torch.mm``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,13 @@ from torch import nn
 
 from crossentropy._tensors import without_values
 from crossentropy.losses._composite import differentiate, functorch_active, traced
-from crossentropy.losses._kernel import accumulation_dtype, cross_entropy_rows
+from crossentropy.losses._kernel import (
+    accumulation_dtype,
+    cross_entropy_rows,
+    index_grad_coefficients,
+    index_loss,
+    row_scale,
+)
 from crossentropy.losses._options import (
     Reduction,
     autocast_inputs,
@@ -47,7 +57,7 @@ from crossentropy.losses._options import (
     no_autocast,
     without_autocast,
 )
-from crossentropy.losses._products import ChunkProducts, choose_engine
+from crossentropy.losses._products import ChunkProducts, choose_engine, use_fused
 
 Impl = Literal["auto", "chunked", "reference"]
 """How :func:`linear_cross_entropy` computes: ``"chunked"`` (fused), ``"reference"``
@@ -416,13 +426,27 @@ def _fused_pass(
             n, hidden_dim, num_classes, itemsize=w_c.element_size(), budget_bytes=budget
         )
     rows = min(rows, n)
+    loss_kept = loss if index is None else torch.empty(n, dtype=acc, device=device)
+    if (
+        not probs
+        and opts["softcap"] is None
+        and use_fused(cdt, device, w_c)
+        and bool(((y_kept >= 0) & (y_kept < num_classes)).all())  # read without checks
+    ):
+        _fused_engine_sweep(
+            h_kept, y_kept, w_c, b_c, opts, rows, grad_scale, index,
+            loss_kept, grad_hidden, grad_weight, grad_bias,
+        )  # fmt: skip
+        if index is not None:
+            loss.index_copy_(0, index, loss_kept)
+        return loss, grad_hidden, grad_weight, grad_bias
+
     logits = torch.empty(rows, num_classes, dtype=cdt, device=device)
     products = ChunkProducts(w_c, b_c, rows, choose_engine(cdt, device))
     kernel_opts = _kernel_options(opts)
     # Probability targets need a float32 copy of each step's targets: slice-sized steps.
     in_place = grads and opts["softcap"] is None and cdt == acc and not probs
     kernel_opts["slice_rows"] = _slice_rows(rows, num_classes, device, in_place=in_place)
-    loss_kept = loss if index is None else torch.empty(n, dtype=acc, device=device)
 
     for start in range(0, n, rows):
         stop = min(start + rows, n)
@@ -453,6 +477,85 @@ def _fused_pass(
     if index is not None:
         loss.index_copy_(0, index, loss_kept)
     return loss, grad_hidden, grad_weight, grad_bias
+
+
+def _per_row(value: torch.Tensor | float, rows: int) -> torch.Tensor:
+    """A per-row coefficient as a contiguous (rows,) float32 tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.to(torch.float32).expand(rows).contiguous()
+    return torch.full((rows,), value, dtype=torch.float32)
+
+
+def _fused_engine_sweep(
+    h_kept: torch.Tensor,
+    y_kept: torch.Tensor,
+    w_c: torch.Tensor,
+    b_c: torch.Tensor | None,
+    opts: _LinearOptions,
+    rows: int,
+    grad_scale: torch.Tensor | float | None,
+    index: torch.Tensor | None,
+    loss_kept: torch.Tensor,
+    grad_hidden: torch.Tensor | None,
+    grad_weight: torch.Tensor | None,
+    grad_bias: torch.Tensor | None,
+) -> None:
+    """:func:`_fused_pass`'s sweep on the fused CPU engine (:mod:`._native`): float32
+    products, class-index targets in range, no soft-capping. Writes ``loss_kept`` and the
+    gradients asked for, with the row kernel's formulas (:func:`index_grad_coefficients`,
+    :func:`index_loss`)."""
+    from crossentropy.losses._native import FusedChunks
+
+    n, hidden_dim = h_kept.shape
+    num_classes = w_c.shape[0]
+    eps = float(opts["label_smoothing"])
+    zl = float(opts["z_loss"])
+    inv_ln_b = 1.0 / math.log(opts["base"])
+    weight = opts["class_weight"]
+    weight = None if weight is None else weight.to(torch.float32)
+    chunks = FusedChunks(w_c, b_c, weight, rows, smoothing=eps > 0)
+    # The hidden gradient is written into place where it can be: every token kept, float32.
+    direct = grad_hidden is not None and index is None and grad_hidden.dtype == torch.float32
+    dh_buffer = None
+    if grad_hidden is not None and not direct:
+        dh_buffer = torch.empty(rows, hidden_dim)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        count = stop - start
+        h_c = h_kept[start:stop].to(torch.float32)
+        y_c = y_kept[start:stop].to(torch.long)
+        w_target = None if weight is None else weight[y_c]
+        coefficients = None
+        dh = None
+        if grad_scale is not None:
+            part = grad_scale[start:stop] if isinstance(grad_scale, torch.Tensor) else grad_scale
+            scale = row_scale(part, (count,), inv_ln_b, torch.float32, h_c.device)
+            p_coef, target_coef, z_coef, smooth_coef = index_grad_coefficients(
+                scale, weight, w_target, eps, zl, num_classes
+            )
+            coefficients = (
+                _per_row(p_coef, count),
+                _per_row(z_coef, count) if zl > 0 else None,
+                _per_row(target_coef, count),
+                _per_row(smooth_coef, count) if eps > 0 else None,
+            )
+            if grad_hidden is not None:
+                dh = grad_hidden[start:stop] if direct else dh_buffer[:count]  # type: ignore[index]
+        stats = chunks.run(
+            h_c, y_c, coefficients,
+            grad_hidden=dh, grad_weight=grad_weight, first=start == 0, grad_bias=grad_bias,
+        )  # fmt: skip
+        terms = index_loss(
+            stats.row_max, stats.log_sum, stats.z_target, stats.w_dot_z,
+            weight, w_target, eps, zl, num_classes,
+        )  # fmt: skip
+        loss_kept[start:stop] = terms * inv_ln_b if inv_ln_b != 1.0 else terms
+        if dh is not None and not direct:
+            assert grad_hidden is not None
+            if index is None:
+                grad_hidden[start:stop].copy_(dh)
+            else:
+                grad_hidden.index_copy_(0, index[start:stop], dh.to(grad_hidden.dtype))
 
 
 def mean_denominator(
@@ -647,9 +750,12 @@ def linear_cross_entropy(
     on a GPU), at least 16 rows, evened out over the chunks. E.g. 256 rows (131 MB of
     float32 logits) for D = 1024, V = 128256 on CPU.
 
-    Matrix products: float32 products on CPU run on torch's bundled oneDNN where it works
-    (AVX-512 wherever the CPU has it, about twice MKL's AVX2 rate on AMD CPUs), everything
-    else on ``torch.mm``; see :mod:`crossentropy.losses._products`.
+    Matrix products: float32 on CPU runs on oneDNN (AVX-512 wherever the CPU has it, about
+    twice MKL's AVX2 rate on AMD CPUs): for class-index targets without soft-capping on
+    the fused engine, which forms a whole chunk in one native call where a oneDNN library
+    and a C compiler are at hand (:mod:`crossentropy.losses._native`; ``make setup``
+    installs Debian's ``libdnnl2``), else on torch's bundled oneDNN; everything else on
+    ``torch.mm``; see :mod:`crossentropy.losses._products`.
 
     ``impl``: ``"chunked"`` is the fused path; ``"reference"`` the plain unfused
     ``cross_entropy(F.linear(hidden, weight, bias), targets)``, kept as the executable spec;

@@ -26,9 +26,16 @@ loss needs three products, which are almost all of its time:
     logits as products of weight blocks with ``h.T`` copied into place and the hidden
     gradient formed transposed; elsewhere plain products.
 
-``CPU_ENGINE`` (``"auto"``, ``"onednn"`` or ``"torch"``) overrides the choice on CPU, for
-tests and benchmarks. Disabling oneDNN in torch (``torch.backends.mkldnn.flags(
-enabled=False)``) makes ``"auto"`` take ``"torch"``.
+A third engine, ``"fused"`` (:mod:`crossentropy.losses._native`), forms a whole chunk
+(its three products and its softmax) in one native call, without the copies above; the
+fused head's sweep takes it through :func:`use_fused` for float32 class-index targets
+without soft-capping, where it runs.
+
+``CPU_ENGINE`` (``"auto"``, ``"fused"``, ``"onednn"`` or ``"torch"``) overrides the choice
+on CPU, for tests and benchmarks: ``"fused"`` raises where that engine cannot run, and
+``"onednn"`` and ``"torch"`` keep the fused head off it. Disabling oneDNN in torch
+(``torch.backends.mkldnn.flags(enabled=False)``) makes ``"auto"`` take ``"torch"`` for
+:class:`ChunkProducts`; the fused engine loads its own oneDNN and is not affected.
 """
 
 from __future__ import annotations
@@ -38,10 +45,14 @@ import functools
 import torch
 
 CPU_ENGINE = "auto"
-"""Which engine float32 products on CPU use: ``"auto"`` (oneDNN where it works), ``"onednn"``
-(raise if it does not) or ``"torch"``."""
+"""Which engine float32 products on CPU use: ``"auto"`` (the fused engine where it serves,
+else oneDNN where it works), ``"fused"`` (raise where the fused engine cannot run),
+``"onednn"`` (raise if it does not work) or ``"torch"``."""
 
 ENGINES = ("onednn", "torch")
+"""The engines of :class:`ChunkProducts`."""
+
+_CHOICES = ("auto", "fused", *ENGINES)
 
 BLOCK_ROWS = 1024
 """Weight rows per product when the logits are formed in blocks (both CPU engines)."""
@@ -74,10 +85,37 @@ def onednn_available() -> bool:
     return bool(torch.equal(plain, x @ w.T) and torch.equal(strided, x @ m))
 
 
+def _check_choice() -> None:
+    if CPU_ENGINE not in _CHOICES:
+        raise ValueError(
+            f"CPU_ENGINE must be 'auto', 'fused', 'onednn' or 'torch'; got {CPU_ENGINE!r}"
+        )
+
+
+def use_fused(dtype: torch.dtype, device: torch.device, weight: torch.Tensor) -> bool:
+    """Whether a chunked sweep with products of ``dtype`` on ``device`` and this ``weight``
+    runs on the fused engine; the caller has checked that its options are ones the engine
+    serves (class-index targets, no soft-capping). The engine serves float32 products with
+    a contiguous weight on the CPU; other cases keep the other engines, even under
+    ``CPU_ENGINE = "fused"``, which raises only where the engine itself cannot run."""
+    _check_choice()
+    if device.type != "cpu" or CPU_ENGINE in ENGINES:
+        return False
+    from crossentropy.losses import _native
+
+    if not _native.available():
+        if CPU_ENGINE == "fused":
+            raise RuntimeError(
+                f"CPU_ENGINE = 'fused' but the fused engine cannot run here: "
+                f"{_native.unavailable_reason()}"
+            )
+        return False
+    return dtype == torch.float32 and weight.is_contiguous()
+
+
 def choose_engine(dtype: torch.dtype, device: torch.device) -> str:
     """The engine for products of ``dtype`` on ``device`` (see the module docstring)."""
-    if CPU_ENGINE not in ("auto", *ENGINES):
-        raise ValueError(f"CPU_ENGINE must be 'auto', 'onednn' or 'torch'; got {CPU_ENGINE!r}")
+    _check_choice()
     if device.type != "cpu" or CPU_ENGINE == "torch":
         return "torch"
     enabled = bool(getattr(torch.backends.mkldnn, "enabled", True))
@@ -271,4 +309,5 @@ __all__ = [
     "add_weight_grad",
     "choose_engine",
     "onednn_available",
+    "use_fused",
 ]

@@ -1,0 +1,416 @@
+"""The fused CPU engine: a chunk's three products and its softmax in one native call.
+
+:mod:`crossentropy.losses._products` forms a chunk's products on torch's bundled oneDNN,
+whose operator returns a fresh tensor: each block of logits is then copied into the
+chunk's buffer, each block of the weight gradient is formed apart and added, and the
+softmax runs as torch operations over the whole buffer. Those copies and sweeps cost
+about a fifth of the time of the products themselves. This engine removes them. It calls
+oneDNN's ``dnnl_sgemm`` (a row-major BLAS-like product that writes into any strided
+destination and accumulates in place) from a small C helper, ``_native.c``, that keeps
+the logits vocabulary-major and takes each block's softmax statistics while the block is
+in cache (the algorithm is described at the top of that file).
+
+Where it comes from:
+
+- **oneDNN**: torch's copy hides its symbols, so a separate ``libdnnl`` (oneDNN 2.x or
+  3.x) is loaded: the file named by ``$CROSSENTROPY_ONEDNN``, else one in
+  ``<sys.prefix>/lib`` (where ``make setup`` puts Debian's ``libdnnl2``), else the
+  system's (``apt install libdnnl2`` on Debian and Ubuntu).
+- **The helper** is compiled at first use by the system's C compiler (``$CC``, else
+  ``cc``) with ``-O3 -march=native -fopenmp`` into ``$CROSSENTROPY_CACHE`` (default
+  ``~/.cache/crossentropy``), keyed by its source, the compiler and the CPU's features.
+  It shares torch's OpenMP runtime, so ``torch.set_num_threads`` governs it too.
+
+Either missing, or a self-check against float64 failing, leaves the engine unavailable
+and the other engines in use; :func:`unavailable_reason` says why. The engine serves
+float32 products on the CPU for class-index targets without soft-capping: the common
+case of a language model's head. Everything else keeps the other engines.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ONEDNN_ENV = "CROSSENTROPY_ONEDNN"
+"""Environment variable naming the oneDNN shared library to load (a ``libdnnl.so`` path)."""
+
+CACHE_ENV = "CROSSENTROPY_CACHE"
+"""Environment variable naming the folder for the compiled helper."""
+
+BLOCK_ROWS = 1024
+"""Vocabulary rows per block of a chunk's sweeps: one block of logits of a 256-row chunk
+is 1 MiB of float32, which stays in a core's cache between its product and its sweep
+(the product of such blocks runs at 430-480 GFLOP/s on a 2-core AVX-512 machine)."""
+
+_SOURCE = Path(__file__).with_name("_native.c")
+_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
+_reason: str | None = None
+
+
+class _Args(ctypes.Structure):
+    """``ce_chunk_args`` of ``_native.c``, field for field."""
+
+    _fields_ = [
+        ("sgemm", ctypes.c_void_p),
+        ("c", ctypes.c_int64),
+        ("D", ctypes.c_int64),
+        ("V", ctypes.c_int64),
+        ("block", ctypes.c_int64),
+        *((name, ctypes.c_void_p) for name in ("h", "hT", "W", "bias", "wclass", "y", "zT")),
+        *((name, ctypes.c_void_p) for name in ("row_max", "log_sum", "z_target", "w_dot_z")),
+        *((name, ctypes.c_void_p) for name in ("pcoef", "zcoef", "tcoef", "scoef")),
+        ("dh", ctypes.c_void_p),
+        ("dW", ctypes.c_void_p),
+        ("dW_first", ctypes.c_int),
+        ("dbias", ctypes.c_void_p),
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# Loading.
+
+
+def _onednn_candidates() -> list[str]:
+    named = os.environ.get(ONEDNN_ENV)
+    if named:
+        return [named]  # asked for by name: that one or none
+    found = [
+        str(p) for n in (3, 2) for p in sorted(Path(sys.prefix, "lib").glob(f"libdnnl.so.{n}"))
+    ]
+    system = ctypes.util.find_library("dnnl")
+    return [*found, *([system] if system else [])]
+
+
+def _load_onednn() -> ctypes.CDLL:
+    errors = []
+    for path in _onednn_candidates():
+        # Debian's build needs an OpenCL loader at load time (never used on the CPU); one
+        # beside the library is loaded first.
+        opencl = Path(path).with_name("libOpenCL.so.1")
+        try:
+            if opencl.is_file():
+                ctypes.CDLL(str(opencl), mode=ctypes.RTLD_GLOBAL)
+            library = ctypes.CDLL(path)
+            library.dnnl_sgemm  # noqa: B018 (raises AttributeError where it is missing)
+        except (OSError, AttributeError) as error:
+            errors.append(f"{path}: {error}")
+            continue
+        return library
+    if not errors:
+        raise OSError(f"no oneDNN library found (set ${ONEDNN_ENV}, or install Debian's libdnnl2)")
+    raise OSError("; ".join(errors))
+
+
+def _cpu_features() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compile_helper() -> Path:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise OSError("no C compiler found (set $CC)")
+    source = _SOURCE.read_bytes()
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    key = hashlib.sha256(
+        b"\0".join(s.encode() for s in (version, " ".join(_FLAGS), _cpu_features()))
+        + b"\0"
+        + source
+    ).hexdigest()[:16]
+    cache = Path(
+        os.environ.get(CACHE_ENV)
+        or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "crossentropy")
+    ).expanduser()
+    target = cache / f"native-{key}.so"
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    failures = []
+    # libmvec (glibc, x86-64) gives the vectorised expf; without it the loops stay scalar.
+    for extra in (["-DCE_LIBMVEC"], []):
+        with tempfile.NamedTemporaryFile(dir=cache, suffix=".so", delete=False) as handle:
+            partial = Path(handle.name)
+        libs = ["-lmvec", "-lm"] if extra else ["-lm"]
+        command = [compiler, *_FLAGS, *extra, str(_SOURCE), "-o", str(partial), *libs]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode == 0:
+            os.replace(partial, target)  # atomic: concurrent first uses agree
+            return target
+        partial.unlink(missing_ok=True)
+        failures.append(done.stderr.strip()[-500:])
+    raise OSError("compiling the helper failed: " + " | ".join(failures))
+
+
+class _Engine:
+    """The loaded helper and oneDNN's ``dnnl_sgemm``."""
+
+    def __init__(self) -> None:
+        self._onednn = _load_onednn()
+        address = ctypes.cast(self._onednn.dnnl_sgemm, ctypes.c_void_p).value
+        if not address:
+            raise OSError("oneDNN's dnnl_sgemm has no address")
+        self.sgemm: int = address
+        self._helper = ctypes.CDLL(str(_compile_helper()))
+        self._chunk = self._helper.ce_chunk
+        self._chunk.argtypes = [ctypes.POINTER(_Args)]
+        self._chunk.restype = ctypes.c_int
+
+    def run(self, args: _Args) -> None:
+        args.sgemm = self.sgemm
+        status = self._chunk(ctypes.byref(args))
+        if status == -1:
+            raise MemoryError("the fused CPU engine could not allocate its per-row arrays")
+        if status != 0:
+            raise RuntimeError(f"oneDNN's dnnl_sgemm failed with status {status}")
+
+
+@functools.cache
+def engine() -> _Engine | None:
+    """The engine, or None where it cannot run here (:func:`unavailable_reason` says why)."""
+    global _reason
+    if not sys.platform.startswith("linux"):
+        _reason = f"the fused CPU engine is built for Linux only (this is {sys.platform})"
+        return None
+    try:
+        found = _Engine()
+        _self_check(found)
+    except (OSError, RuntimeError, AssertionError, subprocess.SubprocessError) as error:
+        _reason = str(error) or type(error).__name__
+        return None
+    _reason = None
+    return found
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`engine` is None (None when it is available or not yet looked for)."""
+    return _reason
+
+
+def available() -> bool:
+    """Whether the fused CPU engine runs here."""
+    return engine() is not None
+
+
+def gemm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    beta: float = 0.0,
+) -> torch.Tensor:
+    """``out = op(a) @ op(b) + beta * out`` on the engine's ``dnnl_sgemm``, for contiguous
+    2-D float32 CPU tensors, ``op`` the transpose where asked (read in place). The fused
+    engine's own product, exposed for benchmarks and tests."""
+    found = engine()
+    if found is None:
+        raise RuntimeError(f"the fused CPU engine is unavailable: {unavailable_reason()}")
+    for name, t in (("a", a), ("b", b), ("out", out)):
+        if t.dtype != torch.float32 or t.dim() != 2 or not t.is_contiguous() or t.is_cuda:
+            raise ValueError(f"`{name}` must be a contiguous 2-D float32 CPU tensor")
+    m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    k2, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if k != k2 or tuple(out.shape) != (m, n):
+        raise ValueError(
+            f"shapes do not match: op(a) {(m, k)}, op(b) {(k2, n)}, out {tuple(out.shape)}"
+        )
+    function = ctypes.CFUNCTYPE(
+        ctypes.c_int, ctypes.c_char, ctypes.c_char, *(ctypes.c_int64,) * 3, ctypes.c_float,
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float,
+        ctypes.c_void_p, ctypes.c_int64,
+    )(found.sgemm)  # fmt: skip
+    status = function(
+        b"T" if trans_a else b"N", b"T" if trans_b else b"N", m, n, k, 1.0,
+        a.data_ptr(), a.shape[1], b.data_ptr(), b.shape[1], beta, out.data_ptr(), n,
+    )  # fmt: skip
+    if status != 0:
+        raise RuntimeError(f"oneDNN's dnnl_sgemm failed with status {status}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# One chunk.
+
+
+def _ptr(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+class ChunkRows:
+    """Per-row statistics of one chunk (views of reused buffers, valid until the next)."""
+
+    __slots__ = ("log_sum", "row_max", "w_dot_z", "z_target")
+
+    def __init__(self, rows: int, smoothing: bool):
+        self.row_max = torch.empty(rows)
+        self.log_sum = torch.empty(rows)
+        self.z_target = torch.empty(rows)
+        self.w_dot_z = torch.empty(rows) if smoothing else None
+
+
+class FusedChunks:
+    """Runs chunks of at most ``max_rows`` rows of a float32 head on the fused engine.
+
+    Args:
+        weight: (V, D) contiguous float32 head weight. bias: (V,) float32 or None.
+        class_weight: (V,) float32 class weights or None.
+        max_rows: Most token rows of a chunk (sizes the buffers).
+        smoothing: Whether the rows' ``sum_c w_c z_c`` is needed (label smoothing).
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        class_weight: torch.Tensor | None,
+        max_rows: int,
+        *,
+        smoothing: bool,
+    ):
+        found = engine()
+        if found is None:
+            raise RuntimeError(f"the fused CPU engine is unavailable: {unavailable_reason()}")
+        assert weight.dtype == torch.float32
+        assert weight.is_contiguous()
+        self._engine = found
+        self.weight = weight
+        self.bias = None if bias is None else bias.contiguous()
+        self.class_weight = None if class_weight is None else class_weight.contiguous()
+        num_classes, hidden_dim = weight.shape
+        self._zt = torch.empty(num_classes * max_rows)
+        self._ht = torch.empty(hidden_dim * max_rows)
+        self._rows = ChunkRows(max_rows, smoothing)
+
+    def run(
+        self,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        coefficients: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]
+        | None = None,
+        *,
+        grad_hidden: torch.Tensor | None = None,
+        grad_weight: torch.Tensor | None = None,
+        first: bool = False,
+        grad_bias: torch.Tensor | None = None,
+    ) -> ChunkRows:
+        """One chunk ``h`` (c, D) float32 with targets ``y`` (c,) int64.
+
+        ``coefficients`` (``p_coef, z_coef, target_coef, smooth_coef``, each (c,) float32
+        or None where that term is absent) asks for the gradient: ``grad_hidden`` (c, D)
+        float32 contiguous is written, ``grad_weight`` (V, D) float32 is written
+        (``first``) or added to, ``grad_bias`` (V,) float32 is added to; each may be None.
+        Returns the rows' statistics.
+        """
+        rows, hidden_dim = h.shape
+        h = h.contiguous()
+        y = y.contiguous()
+        h_t = self._ht[: rows * hidden_dim].view(hidden_dim, rows)
+        h_t.copy_(h.T)
+        stats = self._rows
+        args = _Args(
+            c=rows,
+            D=hidden_dim,
+            V=self.weight.shape[0],
+            block=BLOCK_ROWS,
+            h=_ptr(h),
+            hT=_ptr(h_t),
+            W=_ptr(self.weight),
+            bias=_ptr(self.bias),
+            wclass=_ptr(self.class_weight),
+            y=_ptr(y),
+            zT=_ptr(self._zt),
+            row_max=_ptr(stats.row_max),
+            log_sum=_ptr(stats.log_sum),
+            z_target=_ptr(stats.z_target),
+            w_dot_z=_ptr(stats.w_dot_z),
+        )
+        if coefficients is not None:
+            p_coef, z_coef, target_coef, smooth_coef = coefficients
+            args.pcoef, args.zcoef = _ptr(p_coef), _ptr(z_coef)
+            args.tcoef, args.scoef = _ptr(target_coef), _ptr(smooth_coef)
+            args.dh, args.dW, args.dbias = _ptr(grad_hidden), _ptr(grad_weight), _ptr(grad_bias)
+            args.dW_first = int(first)
+        self._engine.run(args)
+        out = ChunkRows.__new__(ChunkRows)
+        out.row_max = stats.row_max[:rows]
+        out.log_sum = stats.log_sum[:rows]
+        out.z_target = stats.z_target[:rows]
+        out.w_dot_z = None if stats.w_dot_z is None else stats.w_dot_z[:rows]
+        return out
+
+
+def _self_check(found: _Engine) -> None:
+    """A small chunk with every term, against float64 torch: a miscompiled helper or a
+    broken library must not produce numbers."""
+    generator = torch.Generator().manual_seed(0)
+    rows, hidden_dim, num_classes = 5, 7, 2 * BLOCK_ROWS + 3
+    h = torch.randn(rows, hidden_dim, generator=generator)
+    w = torch.randn(num_classes, hidden_dim, generator=generator)
+    b = torch.randn(num_classes, generator=generator)
+    y = torch.randint(0, num_classes, (rows,), generator=generator)
+    chunks = FusedChunks.__new__(FusedChunks)
+    chunks._engine = found
+    chunks.weight, chunks.bias, chunks.class_weight = w, b, None
+    chunks._zt = torch.empty(num_classes * rows)
+    chunks._ht = torch.empty(hidden_dim * rows)
+    chunks._rows = ChunkRows(rows, smoothing=True)
+    ones = torch.ones(rows)
+    grad_h = torch.empty(rows, hidden_dim)
+    grad_w = torch.empty(num_classes, hidden_dim)
+    grad_b = torch.zeros(num_classes)
+    stats = chunks.run(
+        h,
+        y,
+        (ones, None, ones, None),
+        grad_hidden=grad_h,
+        grad_weight=grad_w,
+        first=True,
+        grad_bias=grad_b,
+    )
+    h64, w64, b64 = h.double(), w.double(), b.double()
+    z = h64 @ w64.T + b64
+    g = torch.softmax(z, 1) - torch.nn.functional.one_hot(y, num_classes)
+    checks = {
+        "log-sum-exp": ((stats.row_max + stats.log_sum).double(), torch.logsumexp(z, 1)),
+        "target logit": (stats.z_target.double(), z.gather(1, y[:, None])[:, 0]),
+        "row sums": (stats.w_dot_z.double(), z.sum(1)),  # type: ignore[union-attr]
+        "hidden gradient": (grad_h.double(), g @ w64),
+        "weight gradient": (grad_w.double(), g.T @ h64),
+        "bias gradient": (grad_b.double(), g.sum(0)),
+    }
+    for name, (value, expected) in checks.items():
+        if not torch.allclose(value, expected, rtol=1e-4, atol=1e-3):
+            raise RuntimeError(f"the fused CPU engine's self-check failed: {name} is wrong")
+
+
+__all__ = [
+    "BLOCK_ROWS",
+    "CACHE_ENV",
+    "ONEDNN_ENV",
+    "ChunkRows",
+    "FusedChunks",
+    "available",
+    "engine",
+    "gemm",
+    "unavailable_reason",
+]
