@@ -34,6 +34,17 @@ def test_no_train_and_quiet(tmp_path, capsys):
     assert not (tmp_path / "classifier_loss_curve.png").exists()
 
 
+def test_no_train_removes_an_earlier_runs_classifier_figures(tmp_path):
+    """A run without the classifier leaves no figure of it from an earlier run behind, and
+    touches nothing else in the folder."""
+    for name in ("classifier_loss_curve.png", "classifier_predictions.png", "mine.png"):
+        (tmp_path / name).write_bytes(b"earlier")
+    assert main(["tour", "--out", str(tmp_path), "--no-train", "--quiet"]) == 0
+    assert not (tmp_path / "classifier_loss_curve.png").exists()
+    assert not (tmp_path / "classifier_predictions.png").exists()
+    assert (tmp_path / "mine.png").read_bytes() == b"earlier"
+
+
 @pytest.mark.parametrize("epochs", ["-1", "many"])
 def test_bad_epochs_is_a_usage_error(tmp_path, capsys, epochs):
     with pytest.raises(SystemExit) as exit_info:

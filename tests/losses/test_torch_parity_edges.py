@@ -382,3 +382,23 @@ def test_target_dot_both_ways(look):
     expected = (probs[:, keep] * logits[:, keep]).sum(1)
     torch.testing.assert_close(out, expected, rtol=1e-15, atol=0, equal_nan=True)
     assert torch.isnan(out[3])
+
+
+def test_a_0d_tensor_label_smoothing_is_taken_as_torch_takes_it():
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 5, (6,), generator=g)
+    smoothing = torch.tensor(0.2)
+    want = F.cross_entropy(logits, targets, label_smoothing=smoothing)
+    torch.testing.assert_close(
+        losses.cross_entropy(logits, targets, label_smoothing=smoothing), want
+    )
+    module = losses.CrossEntropyLoss(label_smoothing=smoothing)
+    assert module.label_smoothing == float(smoothing)  # as torch reads it: float32 0.2
+    assert isinstance(module.label_smoothing, float)
+    torch.testing.assert_close(module(logits, targets), want)
+    # torch refuses a 1-element 1-D tensor there; so do we, naming the argument.
+    with pytest.raises(TypeError, match="`label_smoothing` must be a real number; got Tensor"):
+        losses.cross_entropy(logits, targets, label_smoothing=torch.tensor([0.2]))
+    with pytest.raises(ValueError, match=r"`label_smoothing` must be in \[0, 1\]; got 1.5"):
+        losses.cross_entropy(logits, targets, label_smoothing=torch.tensor(1.5))

@@ -36,6 +36,7 @@ from crossentropy.losses._options import (
     probability_sum_message,
     probability_sum_tolerance,
     probability_sums_off,
+    real_option,
 )
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -875,6 +876,7 @@ def _begin(
     the loss's dtype."""
     num_classes = _num_classes(logits)
     checked = validate and not functorch_active()  # a transform cannot read values
+    label_smoothing = real_option(label_smoothing)  # type: ignore[assignment]  # checked next
     check_options(
         reduction=reduction,
         label_smoothing=label_smoothing,
@@ -954,6 +956,7 @@ class CrossEntropyLoss(nn.Module):
     ) -> None:
         super().__init__()
         reduction = legacy_reduction(size_average, reduce, reduction)
+        label_smoothing = real_option(label_smoothing)  # type: ignore[assignment]  # checked below
         if isinstance(weight, torch.Tensor) and weight.dim() != 1:
             raise ValueError(
                 f"`weight` must be 1-D, one entry per class; got shape {tuple(weight.shape)}"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal, cast, get_args
 import numpy as np
 import torch
 
-from crossentropy._tensors import without_values
+from crossentropy._tensors import readable, without_values
 
 if TYPE_CHECKING:  # read by type checkers only (typing has these from Python 3.11)
     from typing_extensions import TypeVarTuple, Unpack
@@ -35,6 +35,20 @@ REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 
 def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def real_option(value: object) -> object:
+    """A 0-d real tensor given for a number option (as torch takes ``label_smoothing``) as
+    the Python float it holds; anything else as it is, for :func:`check_options` to judge."""
+    if (
+        isinstance(value, torch.Tensor)
+        and value.dim() == 0
+        and not value.is_complex()
+        and value.dtype != torch.bool
+        and readable(value)
+    ):
+        return float(value)
+    return value
 
 
 def legacy_reduction(size_average: object, reduce: object, reduction: Reduction) -> Reduction:

@@ -15,7 +15,12 @@ from __future__ import annotations
 import pathlib
 from typing import Literal, TextIO
 
-from crossentropy.tour._classifier import DigitsResult, classifier_section, train_digits_classifier
+from crossentropy.tour._classifier import (
+    CLASSIFIER_FIGURES,
+    DigitsResult,
+    classifier_section,
+    train_digits_classifier,
+)
 from crossentropy.tour._coding import coding_section
 from crossentropy.tour._report import Erratum, Figure, Section, Table, Text, Tour
 from crossentropy.tour._seed import (
@@ -61,7 +66,8 @@ def run_tour(
 
     Args:
         out: folder for the PNG figures (created if missing).
-        train: train the digits classifier (the section is skipped when False).
+        train: train the digits classifier (the section is skipped when False, and the
+            classifier figures an earlier run left in ``out`` are removed).
         epochs: passes over the digits training split.
         seed: seeds the classifier's split, initial weights and batch order.
         stream: where the text goes; standard output when ``None``.
@@ -96,6 +102,11 @@ def run_tour(
     soft_targets_section(tour)
     if train:
         classifier_section(tour, epochs=epochs, seed=seed)
+    else:
+        # The classifier's figures from an earlier run would otherwise sit beside this
+        # run's as if they were part of it.
+        for stem in CLASSIFIER_FIGURES:
+            pathlib.Path(out, f"{stem}.png").unlink(missing_ok=True)
     summary_section(tour)
     tour.listing()
     return tour

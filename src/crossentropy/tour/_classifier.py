@@ -24,6 +24,9 @@ __all__ = ["DigitsResult", "classifier_section", "train_digits_classifier"]
 NUM_CLASSES = 10
 """The digits 0 to 9."""
 
+CLASSIFIER_FIGURES = ("classifier_loss_curve", "classifier_predictions")
+"""The figures the classifier section saves (file stems in the output folder)."""
+
 
 @dataclass(frozen=True)
 class DigitsResult:
@@ -310,7 +313,7 @@ def classifier_section(tour, *, epochs: int = 20, seed: int = 0) -> DigitsResult
     plot.plot_loss_curve(
         result.train_curve,
         result.test_curve,
-        path=tour.figure("classifier_loss_curve"),
+        path=tour.figure(CLASSIFIER_FIGURES[0]),
         floor=float(info.entropy(np.full(NUM_CLASSES, 0.1))),
     )
     plot.plot_predictions(
@@ -318,7 +321,7 @@ def classifier_section(tour, *, epochs: int = 20, seed: int = 0) -> DigitsResult
         result.example_labels,
         result.example_before,
         result.example_after,
-        path=tour.figure("classifier_predictions"),
+        path=tour.figure(CLASSIFIER_FIGURES[1]),
     )
     return result
 
