@@ -424,3 +424,18 @@ def test_the_helper_is_compiled_once_into_the_cache(tmp_path):
     assert len(list(cache.glob("native-*.so"))) == 1
     compiles = [line for line in log.read_text().splitlines() if "_native.c" in line]
     assert len(compiles) == 1, compiles  # the second process found it in the cache
+
+
+@needs_engine
+def test_buffers_of_the_wrong_shape_are_refused_before_the_native_call():
+    w = torch.randn(40, 6)
+    chunks = _native.FusedChunks(w, None, None, 8, smoothing=False)
+    h = torch.randn(8, 6)
+    y = torch.zeros(8, dtype=torch.long)
+    ones = torch.ones(8)
+    with pytest.raises(ValueError, match=r"`grad_weight` must be a contiguous torch.float32"):
+        chunks.run(h, y, (ones, None, ones, None), grad_weight=torch.empty(40, 5), first=True)
+    with pytest.raises(ValueError, match=r"`y` must be a contiguous torch.int64"):
+        chunks.run(h, y.int())
+    with pytest.raises(ValueError, match="9 rows exceed the buffers' chunk size"):
+        chunks.run(torch.randn(9, 6), torch.zeros(9, dtype=torch.long))

@@ -324,6 +324,7 @@ class FusedChunks:
         rows, hidden_dim = h.shape
         h = h.contiguous()
         y = y.contiguous()
+        self._check(h, y, coefficients, grad_hidden, grad_weight, grad_bias)
         h_t = self._ht[: rows * hidden_dim].view(hidden_dim, rows)
         h_t.copy_(h.T)
         stats = self._rows
@@ -357,6 +358,37 @@ class FusedChunks:
         out.z_target = stats.z_target[:rows]
         out.w_dot_z = None if stats.w_dot_z is None else stats.w_dot_z[:rows]
         return out
+
+    def _check(self, h, y, coefficients, grad_hidden, grad_weight, grad_bias) -> None:
+        """The C helper reads and writes through raw pointers: every buffer must have the
+        shape, dtype and layout it assumes (an internal invariant, checked for a few
+        microseconds per chunk rather than trusted)."""
+        num_classes, hidden_dim = self.weight.shape
+        rows = h.shape[0]
+        expected = [
+            ("h", h, (rows, hidden_dim), torch.float32),
+            ("y", y, (rows,), torch.int64),
+            ("grad_hidden", grad_hidden, (rows, hidden_dim), torch.float32),
+            ("grad_weight", grad_weight, (num_classes, hidden_dim), torch.float32),
+            ("grad_bias", grad_bias, (num_classes,), torch.float32),
+        ]
+        if coefficients is not None:
+            expected += [("coefficient", c, (rows,), torch.float32) for c in coefficients]
+        for name, tensor, shape, dtype in expected:
+            if tensor is None:
+                continue
+            if (
+                tuple(tensor.shape) != shape
+                or tensor.dtype != dtype
+                or tensor.device.type != "cpu"
+                or not tensor.is_contiguous()
+            ):
+                raise ValueError(
+                    f"fused engine: `{name}` must be a contiguous {dtype} CPU tensor of shape "
+                    f"{shape}; got {tuple(tensor.shape)} {tensor.dtype} on {tensor.device}"
+                )
+        if not 0 < rows * num_classes <= self._zt.numel():
+            raise ValueError(f"fused engine: {rows} rows exceed the buffers' chunk size")
 
 
 def _self_check(found: _Engine) -> None:
