@@ -129,7 +129,7 @@ def _compile_helper() -> Path:
         raise OSError("no C compiler found (set $CC)")
     source = _SOURCE.read_bytes()
     version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, check=False
+        [compiler, "--version"], capture_output=True, text=True, check=False, timeout=60
     ).stdout
     key = hashlib.sha256(
         b"\0".join(s.encode() for s in (version, " ".join(_FLAGS), _cpu_features()))
@@ -151,11 +151,13 @@ def _compile_helper() -> Path:
             partial = Path(handle.name)
         libs = ["-lmvec", "-lm"] if extra else ["-lm"]
         command = [compiler, *_FLAGS, *extra, str(_SOURCE), "-o", str(partial), *libs]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode == 0:
-            os.replace(partial, target)  # atomic: concurrent first uses agree
-            return target
-        partial.unlink(missing_ok=True)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+            if done.returncode == 0:
+                os.replace(partial, target)  # atomic: concurrent first uses agree
+                return target
+        finally:
+            partial.unlink(missing_ok=True)  # gone already where it became the target
         failures.append(done.stderr.strip()[-500:])
     raise OSError("compiling the helper failed: " + " | ".join(failures))
 
