@@ -439,3 +439,51 @@ def test_buffers_of_the_wrong_shape_are_refused_before_the_native_call():
         chunks.run(h, y.int())
     with pytest.raises(ValueError, match="9 rows exceed the buffers' chunk size"):
         chunks.run(torch.randn(9, 6), torch.zeros(9, dtype=torch.long))
+
+
+@needs_engine
+def test_two_shards_combined_equal_the_whole_head():
+    """The vocabulary-parallel use: each shard's stats about its own max, combined as the
+    collectives combine them, then each shard's gradient against the global lse."""
+    g = torch.Generator().manual_seed(21)
+    rows, hidden_dim, split, num_classes = 9, 12, BLOCK + 3, 2 * BLOCK + 40
+    h = torch.randn(rows, hidden_dim, generator=g)
+    w = torch.randn(num_classes, hidden_dim, generator=g) / math.sqrt(hidden_dim)
+    b = torch.randn(num_classes, generator=g)
+    y = torch.randint(0, num_classes, (rows,), generator=g)
+    y[:2] = torch.tensor([0, num_classes - 1])  # one target in each shard's edge
+    shards = [(0, split), (split, num_classes)]
+    chunks = [
+        _native.FusedChunks(w[a:z].contiguous(), b[a:z], None, rows, smoothing=True)
+        for a, z in shards
+    ]
+    local = []
+    for chunk, (first, _) in zip(chunks, shards, strict=True):
+        chunk.stats(h, y - first)  # targets as indices into the shard
+        local.append(chunk.local_sums())
+    row_max = torch.maximum(local[0][0], local[1][0])
+    sums = sum(s * torch.stack([torch.exp(m - row_max), torch.ones(rows), torch.ones(rows)])
+               for m, s in local)  # fmt: skip
+    lse = row_max + sums[0].log()
+    want = _float64_chunk(h, w, b, None, y, torch.ones(rows), 0.0, 0.0)
+    _close(lse, want["lse"], float(want["lse"].abs().max()))
+    _close(sums[1], want["z_target"], float(want["lse"].abs().max()))
+    _close(sums[2], want["w_dot_z"], num_classes * float(want["lse"].abs().max()))
+    ones = torch.ones(rows)
+    grad_hidden = torch.zeros(rows, hidden_dim)
+    grad_weight = torch.empty(num_classes, hidden_dim)
+    for c, (a, z) in zip(chunks, shards, strict=True):
+        part = torch.empty(rows, hidden_dim)
+        c.grads(lse, (ones, None, ones, None), grad_hidden=part, grad_weight=grad_weight[a:z],
+                first=True)  # fmt: skip
+        grad_hidden += part
+    _close(grad_hidden, want["grad_hidden"], float(want["grad_hidden"].abs().max()))
+    _close(grad_weight, want["grad_weight"], float(want["grad_weight"].abs().max()))
+
+
+@needs_engine
+def test_grads_without_stats_is_refused():
+    chunks = _native.FusedChunks(torch.randn(30, 4), None, None, 5, smoothing=False)
+    ones = torch.ones(5)
+    with pytest.raises(RuntimeError, match=r"grads\(\) needs a chunk swept by stats\(\) first"):
+        chunks.grads(ones, (ones, None, ones, None))

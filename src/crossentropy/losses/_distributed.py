@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -58,7 +59,10 @@ from crossentropy.losses._options import (
     probability_sums_off,
     without_autocast,
 )
-from crossentropy.losses._products import ChunkProducts, choose_engine
+from crossentropy.losses._products import ChunkProducts, choose_engine, use_fused
+
+if TYPE_CHECKING:
+    from crossentropy.losses._native import FusedChunks
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 _ACCELERATOR_SLICE_ELEMENTS = 1 << 26
@@ -361,6 +365,9 @@ class _Rows:
     lse: torch.Tensor  # (n,) global log-sum-exp of the (soft-capped) logits
     grad: torch.Tensor | None  # (n, V_r) grad of sum_i scale_i loss_i, in the logits' dtype
     q_sum: torch.Tensor | None = None  # (n,) sum_c q_c over the vocabulary (probabilities)
+    # With the fused engine (no grad block): the gradient's per-row coefficients
+    # (p_coef, target_coef (negative), smooth_coef), for FusedChunks.grads.
+    coefs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -384,7 +391,7 @@ def _target_weights(targets, counted, weight, acc):
 
 
 def _shard_rows(
-    logits: torch.Tensor,
+    logits: torch.Tensor | None,
     targets: torch.Tensor,
     spec: _Spec,
     *,
@@ -393,6 +400,7 @@ def _shard_rows(
     grad_scale: torch.Tensor | float | None = None,
     lse: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    fused: FusedChunks | None = None,
 ) -> _Rows:
     """Loss and gradient rows for this rank's columns of a block of logits.
 
@@ -412,10 +420,21 @@ def _shard_rows(
     backward) pass 1 and the collectives are skipped. On CUDA with Triton both passes run
     as one Triton program per row (:func:`crossentropy.losses._triton.shard_stats` and
     :func:`~crossentropy.losses._triton.shard_grad`), the collectives between them as here.
+    With ``fused`` (the fused CPU engine's chunk, float32, its :meth:`~crossentropy.losses.
+    _native.FusedChunks.stats` just taken with this rank's target indices, and ``logits``
+    None) pass 1 is the engine's, and ``_Rows`` carries the gradient's coefficients
+    (``coefs``) instead of a gradient block: the engine's pass 2 forms the chunk's
+    gradients from them (see :func:`_fused_chunk`).
     """
-    acc = accumulation_dtype(logits.dtype)
-    n, shard = logits.shape
-    device = logits.device
+    if fused is not None:
+        acc = torch.float32
+        n, shard = targets.shape[0], fused.weight.shape[0]
+        device = targets.device
+    else:
+        assert logits is not None  # given whenever the engine is not
+        acc = accumulation_dtype(logits.dtype)
+        n, shard = logits.shape
+        device = logits.device
     eps, lam, num_classes = spec.label_smoothing, spec.z_loss, spec.num_classes
     cap = spec.softcap
     counted = targets != spec.ignore_index
@@ -432,7 +451,7 @@ def _shard_rows(
     w_y = _target_weights(targets, counted, weight, acc)
 
     rows = min(_slice_rows(device, shard), max(n, 1))
-    z_slice = _z_slicer(logits, cap, rows)
+    z_slice = None if logits is None else _z_slicer(logits, cap, rows)
 
     def fill(r0: int, r1: int, zb: torch.Tensor, sums: torch.Tensor) -> None:
         """The target logit (0 off this shard) and, with smoothing, sum_c w_c z_c."""
@@ -444,11 +463,16 @@ def _shard_rows(
             else:
                 torch.mv(zb, w_loc, out=sums[2, r0:r1])
 
-    triton = shard > 0 and n > 0 and use_triton(device)
+    triton = shard > 0 and n > 0 and use_triton(device) and fused is None
     loss = None
     if lse is None:
-        local = _triton_stats(triton, logits, targets, w_loc, spec)
+        local = (
+            _triton_stats(triton, logits, targets, w_loc, spec)
+            if fused is None
+            else fused.local_sums()
+        )
         if local is None:
+            assert z_slice is not None  # logits given
             row_max, sums = _global_row_sums(z_slice, n, shard, rows, acc, device, group, fill)
         else:
             row_max, sums = _reduce_row_sums(local[0], local[1], group)
@@ -472,8 +496,12 @@ def _shard_rows(
     p_coef = (p_coef * scale).unsqueeze(1)
     target_coef = (-(1.0 - eps) * w_y * in_shard * scale).unsqueeze(1)
     smooth_coef = counted_f * scale * (eps / num_classes)
-    grad = out if out is not None else torch.empty_like(logits)
     coefs = (p_coef.squeeze(1), target_coef.squeeze(1), smooth_coef.expand(n))
+    if fused is not None:
+        return _Rows(loss, lse, None, coefs=coefs)
+    assert logits is not None  # given whenever the engine is not
+    assert z_slice is not None
+    grad = out if out is not None else torch.empty_like(logits)
     if _triton_grad(triton, logits, targets, w_loc, spec, lse, coefs, grad):
         return _Rows(loss, lse, grad)
     direct = grad.dtype == acc
@@ -1099,6 +1127,62 @@ def _chunk_rows(z, targets, plan: _LinearPlan, **kwargs) -> _Rows:
     return _shard_rows(z, targets, plan.spec, weight=plan.class_weight, group=plan.group, **kwargs)
 
 
+def _fused_engine(w_c, b_c, targets, plan: _LinearPlan, rows: int) -> FusedChunks | None:
+    """This rank's shard on the fused CPU engine (:mod:`crossentropy.losses._native`), where
+    it serves: class-index targets, no soft-capping, float32 products on the CPU, a
+    contiguous shard of at least one row."""
+    if (
+        targets.is_floating_point()
+        or plan.spec.softcap is not None
+        or w_c.shape[0] == 0
+        or rows == 0
+        or not use_fused(w_c.dtype, w_c.device, w_c)
+    ):
+        return None
+    from crossentropy.losses._native import FusedChunks
+
+    w_loc = None
+    if plan.class_weight is not None:
+        start = plan.spec.vocab_start
+        w_loc = plan.class_weight[start : start + w_c.shape[0]].to(torch.float32)
+    return FusedChunks(w_c, b_c, w_loc, rows, smoothing=plan.spec.label_smoothing > 0)
+
+
+def _fused_chunk(
+    fused: FusedChunks,
+    h_c: torch.Tensor,
+    y_c: torch.Tensor,
+    plan: _LinearPlan,
+    *,
+    grad_scale,
+    lse: torch.Tensor | None = None,
+    grad_hidden: torch.Tensor | None = None,
+    grad_weight: torch.Tensor | None = None,
+    grad_bias: torch.Tensor | None = None,
+) -> _Rows:
+    """One chunk of the sharded head on the fused engine: its pass 1, the collectives and
+    the loss (:func:`_shard_rows`, skipped with ``lse`` given), then, with ``grad_scale``,
+    its pass 2 into the gradients given (each added to)."""
+    fused.stats(h_c, y_c - plan.spec.vocab_start)
+    rows = _chunk_rows(None, y_c, plan, grad_scale=grad_scale, lse=lse, fused=fused)
+    if grad_scale is not None:
+        assert rows.coefs is not None  # formed whenever grad_scale is given
+        p_coef, target_coef, smooth_coef = rows.coefs
+        fused.grads(
+            rows.lse.to(torch.float32).contiguous(),
+            (
+                p_coef.contiguous(),
+                None,  # the z-loss term is in p_coef already
+                (-target_coef).contiguous(),
+                smooth_coef.contiguous() if plan.spec.label_smoothing > 0 else None,
+            ),
+            grad_hidden=grad_hidden,
+            grad_weight=grad_weight,
+            grad_bias=grad_bias,
+        )
+    return rows
+
+
 @without_autocast  # the products keep their designed dtypes
 def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, grad_scale):
     """One sweep over the chunks of kept tokens (``index``) of this rank's vocabulary rows.
@@ -1127,6 +1211,20 @@ def _sharded_pass(hidden, weight, bias, targets, plan: _LinearPlan, index, *, gr
     dw = torch.zeros(shard, hidden_dim, dtype=acc, device=device) if want_w else None
     db = torch.zeros(shard, dtype=acc, device=device) if want_b else None
     grads = want_h or want_w or want_b
+    fused = _fused_engine(w_c, b_c, targets, plan, min(plan.rows, n))
+    if fused is not None:
+        for start in range(0, n, plan.rows):
+            stop = min(start + plan.rows, n)
+            rows = _fused_chunk(
+                fused, h_kept[start:stop].to(cdt), y_kept[start:stop], plan,
+                grad_scale=grad_scale if grads else None,
+                grad_hidden=None if dh is None else dh[start:stop],
+                grad_weight=dw, grad_bias=db,
+            )  # fmt: skip
+            assert rows.loss is not None  # no lse passed: the loss is formed
+            loss[start:stop] = rows.loss
+            lse[start:stop] = rows.lse
+        return loss, lse, q_sum, dh, dw, db
     logits = torch.empty(min(plan.rows, n), shard, dtype=cdt, device=device)
     products = ChunkProducts(w_c, b_c, min(plan.rows, n), choose_engine(cdt, device))
     for start in range(0, n, plan.rows):
@@ -1172,6 +1270,16 @@ def _sharded_weight_grads(hidden, weight, bias, targets, plan, index, lse, q_sum
     b_c = None if bias is None else bias.to(cdt)
     dw = torch.zeros(shard, hidden_dim, dtype=acc, device=device) if want_w else None
     db = torch.zeros(shard, dtype=acc, device=device) if want_b else None
+    fused = _fused_engine(w_c, b_c, targets, plan, min(plan.rows, n))
+    if fused is not None:
+        for start in range(0, n, plan.rows):
+            stop = min(start + plan.rows, n)
+            _fused_chunk(
+                fused, h_kept[start:stop].to(cdt), y_kept[start:stop], plan,
+                grad_scale=scale[start:stop], lse=lse[start:stop],
+                grad_weight=dw if want_w else None, grad_bias=db if want_b else None,
+            )  # fmt: skip
+        return dw, db
     logits = torch.empty(min(plan.rows, n), shard, dtype=cdt, device=device)
     products = ChunkProducts(w_c, b_c, min(plan.rows, n), choose_engine(cdt, device))
     for start in range(0, n, plan.rows):

@@ -66,6 +66,8 @@ typedef struct {
     float *dW;           /* (V, D) or NULL */
     int dW_first;        /* write dW instead of adding to it */
     float *dbias;        /* (V) or NULL: added to */
+    float *ref;          /* (blocks, c) scratch: each block's max per row, from ce_stats */
+    const float *lse;    /* (c) the rows' log-sum-exp, for ce_grads */
 } ce_chunk_args;
 
 #define TILE 64
@@ -190,41 +192,54 @@ static void grad_block(const ce_chunk_args *a, int64_t v0, int64_t n, const floa
     }
 }
 
-/* Returns 0, a nonzero oneDNN status, or -1 when out of memory. */
-int ce_chunk(const ce_chunk_args *a) {
+/* Sweep 1 over the chunk's V rows: the logits and the rows' statistics against this
+   call's own max (row_max, log_sum = log sum_v exp(z - row_max), z_target, which stays 0
+   for a row whose target is not among the V rows, and w_dot_z). A vocabulary-parallel
+   caller combines them across ranks before ce_grads. Returns 0, a nonzero oneDNN status,
+   or -1 when out of memory. */
+int ce_stats(const ce_chunk_args *a) {
     const int64_t c = a->c, D = a->D, V = a->V;
-    const int64_t blocks = (V + a->block - 1) / a->block;
     int status = 0;
     double *sum = calloc((size_t)c, sizeof(double));
     double *wz = a->w_dot_z ? calloc((size_t)c, sizeof(double)) : NULL;
-    float *lse = malloc((size_t)c * sizeof(float));
-    float *coef = malloc((size_t)c * sizeof(float));
-    float *ref = malloc((size_t)(c * blocks) * sizeof(float));
-    if (!sum || !lse || !coef || !ref || (a->w_dot_z && !wz)) {
+    if (!sum || (a->w_dot_z && !wz)) {
         status = -1;
         goto done;
     }
-    for (int64_t i = 0; i < c; i++) a->row_max[i] = -INFINITY;
-
+    for (int64_t i = 0; i < c; i++) {
+        a->row_max[i] = -INFINITY;
+        a->z_target[i] = 0.0f;
+    }
     for (int64_t v0 = 0, k = 0; v0 < V; v0 += a->block, k++) {
         const int64_t n = min64(a->block, V - v0);
         status = a->sgemm('N', 'N', n, c, D, 1.0f, a->W + v0 * D, D, a->hT, c, 0.0f,
                           a->zT + v0 * c, c);
         if (status) goto done;
-        stats_block(a, v0, n, sum, wz, ref + k * c);
+        stats_block(a, v0, n, sum, wz, a->ref + k * c);
     }
     for (int64_t i = 0; i < c; i++) {
-        const double log_sum = log(sum[i]);
-        a->log_sum[i] = (float)log_sum;
-        lse[i] = (float)((double)a->row_max[i] + log_sum);
+        a->log_sum[i] = (float)log(sum[i]);
         if (wz) a->w_dot_z[i] = (float)wz[i];
-        if (a->pcoef) coef[i] = a->pcoef[i] + (a->zcoef ? a->zcoef[i] * lse[i] : 0.0f);
     }
-    if (!a->pcoef) goto done;
+done:
+    free(sum);
+    free(wz);
+    return status;
+}
 
+/* Sweep 2, after ce_stats on the same chunk: the gradient in place against the rows'
+   log-sum-exp lse (over the whole vocabulary), then the weight, bias and hidden
+   gradients of the chunk's V rows. Returns as ce_stats. */
+int ce_grads(const ce_chunk_args *a) {
+    const int64_t c = a->c, D = a->D, V = a->V;
+    int status = 0;
+    float *coef = malloc((size_t)c * sizeof(float));
+    if (!coef) return -1;
+    for (int64_t i = 0; i < c; i++)
+        coef[i] = a->pcoef[i] + (a->zcoef ? a->zcoef[i] * a->lse[i] : 0.0f);
     for (int64_t v0 = 0, k = 0; v0 < V; v0 += a->block, k++) {
         const int64_t n = min64(a->block, V - v0);
-        grad_block(a, v0, n, lse, coef, ref + k * c);
+        grad_block(a, v0, n, a->lse, coef, a->ref + k * c);
         if (a->dW) {
             status = a->sgemm('N', 'N', n, D, c, 1.0f, a->zT + v0 * c, c, a->h, D,
                               a->dW_first ? 0.0f : 1.0f, a->dW + v0 * D, D);
@@ -232,12 +247,7 @@ int ce_chunk(const ce_chunk_args *a) {
         }
     }
     if (a->dh) status = a->sgemm('T', 'N', c, D, V, 1.0f, a->zT, c, a->W, D, 0.0f, a->dh, D);
-
 done:
-    free(sum);
-    free(wz);
-    free(lse);
     free(coef);
-    free(ref);
     return status;
 }

@@ -21,6 +21,12 @@ Where it comes from:
   ``~/.cache/crossentropy``), keyed by its source, the compiler and the CPU's features.
   It shares torch's OpenMP runtime, so ``torch.set_num_threads`` governs it too.
 
+A chunk is two calls: :meth:`FusedChunks.stats` (the logits and each row's statistics
+against its own max) and :meth:`FusedChunks.grads` (the gradient against a given
+log-sum-exp, and the products). A single head joins them (:meth:`FusedChunks.run`); a
+head split by vocabulary across ranks (``linear_cross_entropy(group=...)``) puts its
+all-reduces between them, as :mod:`crossentropy.losses._distributed` does.
+
 Either missing, or a self-check against float64 failing, leaves the engine unavailable
 and the other engines in use; :func:`unavailable_reason` says why. The engine serves
 float32 products on the CPU for class-index targets without soft-capping: the common
@@ -75,6 +81,8 @@ class _Args(ctypes.Structure):
         ("dW", ctypes.c_void_p),
         ("dW_first", ctypes.c_int),
         ("dbias", ctypes.c_void_p),
+        ("ref", ctypes.c_void_p),
+        ("lse", ctypes.c_void_p),
     ]
 
 
@@ -172,13 +180,17 @@ class _Engine:
             raise OSError("oneDNN's dnnl_sgemm has no address")
         self.sgemm: int = address
         self._helper = ctypes.CDLL(str(_compile_helper()))
-        self._chunk = self._helper.ce_chunk
-        self._chunk.argtypes = [ctypes.POINTER(_Args)]
-        self._chunk.restype = ctypes.c_int
+        self._calls = {}
+        for name in ("ce_stats", "ce_grads"):
+            function = getattr(self._helper, name)
+            function.argtypes = [ctypes.POINTER(_Args)]
+            function.restype = ctypes.c_int
+            self._calls[name] = function
 
-    def run(self, args: _Args) -> None:
+    def call(self, name: str, args: _Args) -> None:
+        """``name`` (``"ce_stats"`` or ``"ce_grads"``) of ``_native.c`` on ``args``."""
         args.sgemm = self.sgemm
-        status = self._chunk(ctypes.byref(args))
+        status = self._calls[name](ctypes.byref(args))
         if status == -1:
             raise MemoryError("the fused CPU engine could not allocate its per-row arrays")
         if status != 0:
@@ -301,7 +313,12 @@ class FusedChunks:
         num_classes, hidden_dim = weight.shape
         self._zt = torch.empty(num_classes * max_rows)
         self._ht = torch.empty(hidden_dim * max_rows)
+        self._ref = torch.empty(-(-num_classes // BLOCK_ROWS) * max_rows)
+        self._lse = torch.empty(max_rows)
         self._rows = ChunkRows(max_rows, smoothing)
+        self._args: _Args | None = None
+        self._keep: tuple[torch.Tensor, ...] = ()
+        self._last: ChunkRows | None = None
 
     def run(
         self,
@@ -315,18 +332,28 @@ class FusedChunks:
         first: bool = False,
         grad_bias: torch.Tensor | None = None,
     ) -> ChunkRows:
-        """One chunk ``h`` (c, D) float32 with targets ``y`` (c,) int64.
+        """One chunk ``h`` (c, D) float32 with targets ``y`` (c,) int64 in [0, V), the whole
+        vocabulary being this head's: :meth:`stats`, then (given ``coefficients``)
+        :meth:`grads` against the rows' own log-sum-exp. Returns the rows' statistics."""
+        stats = self.stats(h, y)
+        if coefficients is not None:
+            lse = torch.add(stats.row_max, stats.log_sum, out=self._lse[: h.shape[0]])
+            self.grads(
+                lse, coefficients, grad_hidden=grad_hidden, grad_weight=grad_weight,
+                first=first, grad_bias=grad_bias,
+            )  # fmt: skip
+        return stats
 
-        ``coefficients`` (``p_coef, z_coef, target_coef, smooth_coef``, each (c,) float32
-        or None where that term is absent) asks for the gradient: ``grad_hidden`` (c, D)
-        float32 contiguous is written, ``grad_weight`` (V, D) float32 is written
-        (``first``) or added to, ``grad_bias`` (V,) float32 is added to; each may be None.
-        Returns the rows' statistics.
-        """
+    def stats(self, h: torch.Tensor, y: torch.Tensor) -> ChunkRows:
+        """Sweep 1 of a chunk ``h`` (c, D) float32 with targets ``y`` (c,) int64, indices into
+        this head's rows (a row whose target is not among them, a negative one included,
+        gets a target logit of 0): the logits, kept for :meth:`grads`, and the rows'
+        statistics against their max over this head's rows (views of reused buffers,
+        valid until the next chunk)."""
         rows, hidden_dim = h.shape
         h = h.contiguous()
         y = y.contiguous()
-        self._check(h, y, coefficients, grad_hidden, grad_weight, grad_bias)
+        self._check(h, y, None, None, None, None)
         h_t = self._ht[: rows * hidden_dim].view(hidden_dim, rows)
         h_t.copy_(h.T)
         stats = self._rows
@@ -346,20 +373,63 @@ class FusedChunks:
             log_sum=_ptr(stats.log_sum),
             z_target=_ptr(stats.z_target),
             w_dot_z=_ptr(stats.w_dot_z),
+            ref=_ptr(self._ref),
         )
-        if coefficients is not None:
-            p_coef, z_coef, target_coef, smooth_coef = coefficients
-            args.pcoef, args.zcoef = _ptr(p_coef), _ptr(z_coef)
-            args.tcoef, args.scoef = _ptr(target_coef), _ptr(smooth_coef)
-            args.dh, args.dW, args.dbias = _ptr(grad_hidden), _ptr(grad_weight), _ptr(grad_bias)
-            args.dW_first = int(first)
-        self._engine.run(args)
+        self._engine.call("ce_stats", args)
+        self._args, self._keep = args, (h, y)
         out = ChunkRows.__new__(ChunkRows)
         out.row_max = stats.row_max[:rows]
         out.log_sum = stats.log_sum[:rows]
         out.z_target = stats.z_target[:rows]
         out.w_dot_z = None if stats.w_dot_z is None else stats.w_dot_z[:rows]
+        self._last = out
         return out
+
+    def local_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last :meth:`stats` as one rank of a vocabulary-parallel head reports them:
+        ``(row_max, sums)``, ``sums`` (3, c) the sum of exponentials about ``row_max``,
+        the target logit (0 where the target is another rank's) and ``sum_c w_c z_c`` (0
+        without smoothing), new tensors."""
+        last = self._last
+        if last is None:
+            raise RuntimeError("fused engine: local_sums() needs a chunk swept by stats()")
+        rows = last.row_max.shape[0]
+        sums = torch.zeros(3, rows)
+        torch.exp(last.log_sum, out=sums[0])
+        sums[1].copy_(last.z_target)
+        if last.w_dot_z is not None:
+            sums[2].copy_(last.w_dot_z)
+        return last.row_max.clone(), sums
+
+    def grads(
+        self,
+        lse: torch.Tensor,
+        coefficients: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None],
+        *,
+        grad_hidden: torch.Tensor | None = None,
+        grad_weight: torch.Tensor | None = None,
+        first: bool = False,
+        grad_bias: torch.Tensor | None = None,
+    ) -> None:
+        """Sweep 2 of the chunk :meth:`stats` last swept: its gradient against the rows'
+        log-sum-exp ``lse`` (c,) float32 over the whole vocabulary, ``(p_coef + z_coef *
+        lse) * p - target_coef * onehot(y) - smooth_coef * w`` with the ``coefficients``
+        ``(p_coef, z_coef, target_coef, smooth_coef)``, each (c,) float32 or None where
+        that term is absent; then ``grad_hidden`` (c, D) is written, ``grad_weight`` (V, D)
+        written (``first``) or added to, ``grad_bias`` (V,) added to, each where given."""
+        args = self._args
+        if args is None:
+            raise RuntimeError("fused engine: grads() needs a chunk swept by stats() first")
+        h, y = self._keep
+        self._check(h, y, (*coefficients, lse), grad_hidden, grad_weight, grad_bias)
+        p_coef, z_coef, target_coef, smooth_coef = coefficients
+        args.pcoef, args.zcoef = _ptr(p_coef), _ptr(z_coef)
+        args.tcoef, args.scoef = _ptr(target_coef), _ptr(smooth_coef)
+        args.dh, args.dW, args.dbias = _ptr(grad_hidden), _ptr(grad_weight), _ptr(grad_bias)
+        args.dW_first = int(first)
+        args.lse = _ptr(lse)
+        self._engine.call("ce_grads", args)
+        self._args, self._keep = None, ()
 
     def _check(self, h, y, coefficients, grad_hidden, grad_weight, grad_bias) -> None:
         """The C helper reads and writes through raw pointers: every buffer must have the
@@ -407,7 +477,10 @@ def _self_check(found: _Engine) -> None:
     chunks.weight, chunks.bias, chunks.class_weight = w, b, None
     chunks._zt = torch.empty(num_classes * rows)
     chunks._ht = torch.empty(hidden_dim * rows)
+    chunks._ref = torch.empty(-(-num_classes // BLOCK_ROWS) * rows)
+    chunks._lse = torch.empty(rows)
     chunks._rows = ChunkRows(rows, smoothing=True)
+    chunks._args, chunks._keep, chunks._last = None, (), None
     ones = torch.ones(rows)
     grad_h = torch.empty(rows, hidden_dim)
     grad_w = torch.empty(num_classes, hidden_dim)
