@@ -15,6 +15,9 @@
  *     dbias[block] += sum over rows of g
  *   then dh = g^T . W                                 (one sgemm)
  *
+ * Sweep 1 is ce_stats, sweep 2 and the products after it ce_grads: a head split by
+ * vocabulary across ranks combines the rows' statistics between the two calls.
+ *
  * The logits are stored vocabulary-major, zT (V, c): each block's product is then a
  * plain row-major product whose output rows are contiguous, which runs at the product
  * engine's full rate, and the statistics of a block are taken while it is still in cache.

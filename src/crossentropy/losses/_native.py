@@ -1,4 +1,4 @@
-"""The fused CPU engine: a chunk's three products and its softmax in one native call.
+"""The fused CPU engine: a chunk's three products and its softmax in two native calls.
 
 :mod:`crossentropy.losses._products` forms a chunk's products on torch's bundled oneDNN,
 whose operator returns a fresh tensor: each block of logits is then copied into the
