@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_info.py
 	$(BIN)/python benchmarks/bench_loss.py
 	$(BIN)/python benchmarks/bench_linear_ce.py --quick
+	$(BIN)/python benchmarks/bench_vocab_parallel.py
 	$(BIN)/python benchmarks/bench_coding.py
 
 clean:

@@ -88,6 +88,18 @@ def test_bench_linear_ce(tmp_path):
     assert max(losses.values()) - min(losses.values()) <= 1e-5 * abs(losses["eager"])
 
 
+def test_bench_vocab_parallel(tmp_path):
+    pytest.importorskip("torch")
+    done = run_smoke("bench_vocab_parallel.py", tmp_path)
+    assert "gloo ranks" in done.stdout
+    document = load(tmp_path, "vocab_parallel")
+    assert document["shape"]["N"] == 48
+    assert {"onednn", "torch"} <= set(document["times_s"])
+    # Every engine's loss agrees (the script raises otherwise; checked here again).
+    values = list(document["losses"].values())
+    assert max(values) - min(values) <= 1e-4 * abs(values[0])
+
+
 def test_bench_coding(tmp_path):
     pytest.importorskip("constriction")
     run_smoke("bench_coding.py", tmp_path)
