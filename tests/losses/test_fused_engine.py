@@ -487,3 +487,11 @@ def test_grads_without_stats_is_refused():
     ones = torch.ones(5)
     with pytest.raises(RuntimeError, match=r"grads\(\) needs a chunk swept by stats\(\) first"):
         chunks.grads(ones, (ones, None, ones, None))
+
+
+@needs_engine
+def test_a_cache_folder_that_cannot_be_made_falls_back_to_the_temporary_folder(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = _fresh(PROBE, **{_native.CACHE_ENV: str(blocker / "cache")})
+    assert out.splitlines()[:3] == ["True", "None", "True"]

@@ -151,7 +151,18 @@ def _compile_helper() -> Path:
     target = cache / f"native-{key}.so"
     if target.is_file():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=cache)  # noqa: SIM115 (closed just below)
+        probe.close()
+    except OSError:
+        # A cache folder that cannot be written (a read-only home): the system's temporary
+        # folder, one per user, so that the engine still runs.
+        cache = Path(tempfile.gettempdir(), f"crossentropy-{os.getuid()}")
+        cache.mkdir(parents=True, exist_ok=True)
+        target = cache / target.name
+        if target.is_file():
+            return target
     failures = []
     # libmvec (glibc, x86-64) gives the vectorised expf; without it the loops stay scalar.
     for extra in (["-DCE_LIBMVEC"], []):
