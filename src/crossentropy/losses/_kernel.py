@@ -181,20 +181,26 @@ def index_loss(
     eps: float,
     z_loss: float,
     num_classes: int,
+    lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The per-row loss in nats for class-index targets from a row's statistics: its max
     ``m``, ``log sum_c exp(z_c - m)``, the target logit, and (for ``eps`` > 0) ``sum_c w_c
-    z_c`` (``sum_c z_c`` without weights); see :func:`cross_entropy_rows`."""
+    z_c`` (``sum_c z_c`` without weights); see :func:`cross_entropy_rows`. ``lse``, ``m +
+    log sum_c exp(z_c - m)``, is formed here where the smoothing or z-loss term needs it and
+    the caller has not."""
     nll = (row_max - z_target) + log_sum  # lse - z_y, without cancellation
     loss = nll * w_target if w_target is not None else nll
-    lse = row_max + log_sum
+    if lse is None and (eps > 0 or z_loss > 0):
+        lse = row_max + log_sum
     if eps > 0:
+        assert lse is not None  # formed above
         assert w_dot_z is not None  # formed whenever eps > 0
         loss = (1.0 - eps) * loss
         total_w = weight.sum() if weight is not None else float(num_classes)
         # sum_c w_c (lse - z_c) = W lse - sum_c w_c z_c
         loss = loss + (eps / num_classes) * (total_w * lse - w_dot_z)
     if z_loss > 0:
+        assert lse is not None  # formed above
         zterm = z_loss * lse.square()
         loss = loss + (zterm * w_target if w_target is not None else zterm)
     return loss
@@ -543,8 +549,9 @@ def cross_entropy_rows(
             loss = loss + zl * lse.square()
     else:
         loss = index_loss(
-            row_max, neg_log_pmax, z_target, w_dot_z, weight, w_target, eps, zl, num_classes
-        )
+            row_max, neg_log_pmax, z_target, w_dot_z, weight, w_target, eps, zl, num_classes,
+            lse,
+        )  # fmt: skip
     if inv_ln_b != 1.0:
         loss = loss * inv_ln_b
         if entropy is not None:

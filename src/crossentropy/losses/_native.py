@@ -301,6 +301,8 @@ class FusedChunks:
         class_weight: (V,) float32 class weights or None.
         max_rows: Most token rows of a chunk (sizes the buffers).
         smoothing: Whether the rows' ``sum_c w_c z_c`` is needed (label smoothing).
+        on: The loaded engine to run on (by default :func:`engine`'s; the self-check at
+            load passes the one it checks).
     """
 
     def __init__(
@@ -311,8 +313,9 @@ class FusedChunks:
         max_rows: int,
         *,
         smoothing: bool,
+        on: _Engine | None = None,
     ):
-        found = engine()
+        found = on or engine()
         if found is None:
             raise RuntimeError(f"the fused CPU engine is unavailable: {unavailable_reason()}")
         assert weight.dtype == torch.float32
@@ -364,7 +367,7 @@ class FusedChunks:
         rows, hidden_dim = h.shape
         h = h.contiguous()
         y = y.contiguous()
-        self._check(h, y, None, None, None, None)
+        self._check(rows, h=h, y=y)
         h_t = self._ht[: rows * hidden_dim].view(hidden_dim, rows)
         h_t.copy_(h.T)
         stats = self._rows
@@ -431,9 +434,12 @@ class FusedChunks:
         args = self._args
         if args is None:
             raise RuntimeError("fused engine: grads() needs a chunk swept by stats() first")
-        h, y = self._keep
-        self._check(h, y, (*coefficients, lse), grad_hidden, grad_weight, grad_bias)
         p_coef, z_coef, target_coef, smooth_coef = coefficients
+        self._check(  # h and y were checked by stats()
+            int(args.c), p_coef=p_coef, z_coef=z_coef, target_coef=target_coef,
+            smooth_coef=smooth_coef, lse=lse, grad_hidden=grad_hidden,
+            grad_weight=grad_weight, grad_bias=grad_bias,
+        )  # fmt: skip
         args.pcoef, args.zcoef = _ptr(p_coef), _ptr(z_coef)
         args.tcoef, args.scoef = _ptr(target_coef), _ptr(smooth_coef)
         args.dh, args.dW, args.dbias = _ptr(grad_hidden), _ptr(grad_weight), _ptr(grad_bias)
@@ -442,24 +448,22 @@ class FusedChunks:
         self._engine.call("ce_grads", args)
         self._args, self._keep = None, ()
 
-    def _check(self, h, y, coefficients, grad_hidden, grad_weight, grad_bias) -> None:
-        """The C helper reads and writes through raw pointers: every buffer must have the
-        shape, dtype and layout it assumes (an internal invariant, checked for a few
-        microseconds per chunk rather than trusted)."""
+    def _check(self, rows: int, **tensors: torch.Tensor | None) -> None:
+        """The C helper reads and writes through raw pointers: every buffer given must have
+        the shape, dtype and layout it assumes for a chunk of ``rows`` rows (an internal
+        invariant, checked for a few microseconds per chunk rather than trusted)."""
         num_classes, hidden_dim = self.weight.shape
-        rows = h.shape[0]
-        expected = [
-            ("h", h, (rows, hidden_dim), torch.float32),
-            ("y", y, (rows,), torch.int64),
-            ("grad_hidden", grad_hidden, (rows, hidden_dim), torch.float32),
-            ("grad_weight", grad_weight, (num_classes, hidden_dim), torch.float32),
-            ("grad_bias", grad_bias, (num_classes,), torch.float32),
-        ]
-        if coefficients is not None:
-            expected += [("coefficient", c, (rows,), torch.float32) for c in coefficients]
-        for name, tensor, shape, dtype in expected:
+        expected = {
+            "h": ((rows, hidden_dim), torch.float32),
+            "y": ((rows,), torch.int64),
+            "grad_hidden": ((rows, hidden_dim), torch.float32),
+            "grad_weight": ((num_classes, hidden_dim), torch.float32),
+            "grad_bias": ((num_classes,), torch.float32),
+        }
+        for name, tensor in tensors.items():
             if tensor is None:
                 continue
+            shape, dtype = expected.get(name, ((rows,), torch.float32))  # per-row arrays
             if (
                 tuple(tensor.shape) != shape
                 or tensor.dtype != dtype
@@ -483,15 +487,7 @@ def _self_check(found: _Engine) -> None:
     w = torch.randn(num_classes, hidden_dim, generator=generator)
     b = torch.randn(num_classes, generator=generator)
     y = torch.randint(0, num_classes, (rows,), generator=generator)
-    chunks = FusedChunks.__new__(FusedChunks)
-    chunks._engine = found
-    chunks.weight, chunks.bias, chunks.class_weight = w, b, None
-    chunks._zt = torch.empty(num_classes * rows)
-    chunks._ht = torch.empty(hidden_dim * rows)
-    chunks._ref = torch.empty(-(-num_classes // BLOCK_ROWS) * rows)
-    chunks._lse = torch.empty(rows)
-    chunks._rows = ChunkRows(rows, smoothing=True)
-    chunks._args, chunks._keep, chunks._last = None, (), None
+    chunks = FusedChunks(w, b, None, rows, smoothing=True, on=found)
     ones = torch.ones(rows)
     grad_h = torch.empty(rows, hidden_dim)
     grad_w = torch.empty(num_classes, hidden_dim)
