@@ -494,7 +494,7 @@ def test_validate_false_skips_the_target_range_check_only():
 def test_plan_examples_for_the_benchmark_shapes():
     assert plan_chunk_rows(4096, 1024, 128256) == 256
     assert plan_chunk_rows(4096, 1024, 32000) == 256
-    assert plan_chunk_rows(2048, 512, 65536) == 158
+    assert plan_chunk_rows(2048, 512, 65536) == 256
     assert plan_chunk_rows(0, 64, 10) == 1
 
 

@@ -77,7 +77,7 @@ gradient, which costs more there relative to the matrix products, so chunks are 
 MIN_CHUNK_ROWS = 16
 """Fewest token rows per chunk the planner picks (fewer only when there are fewer tokens)."""
 
-PRODUCT_ROWS = 160
+PRODUCT_ROWS = 256
 """Token rows per chunk from which the chunk's products run near their best rate, unless
 the budget says fewer (see :func:`plan_chunk_rows`)."""
 
@@ -103,13 +103,15 @@ def plan_chunk_rows(
     The rule, with N tokens (after ignored ones are dropped), D hidden units, V classes and
     ``itemsize`` bytes per logit of the compute dtype:
 
-    1. ``rows = max(D // 4, PRODUCT_ROWS)`` with ``PRODUCT_ROWS = 160``: each chunk's three
+    1. ``rows = max(D // 4, PRODUCT_ROWS)`` with ``PRODUCT_ROWS = 256``: each chunk's three
        products are (rows × D) by (D × V) and its relatives, whose small dimension is the
        chunk; they run near their best rate once it has a couple of hundred rows and a
-       sizeable fraction of D (measured on a 2-core AVX-512 machine with the oneDNN engine:
-       at D = 1024, V = 32000 a whole step takes 2.47 s with 128-row chunks and 2.13 s with
-       256 or 384; at D = 512, V = 65536, 1.48 s with 128 rows and 1.3 to 1.45 s with 160
-       to 256), and no more rows than that, since a chunk's logits are most of the memory;
+       sizeable fraction of D (measured on a 2-core AVX-512 machine with the fused
+       engine: at D = 512, V = 65536 a whole step takes 1.11 s with 158-row chunks, 1.08 s
+       with 205 and 1.04 s with 256; at D = 1024, V = 32000 and 128256, 256 to 512 rows
+       differ by less than the machine's noise; with the oneDNN engine, at D = 1024,
+       V = 32000, 2.47 s with 128 rows and 2.13 s with 256 or 384), and no more rows than
+       that, since a chunk's logits are most of the memory;
     2. at most ``budget_bytes // (V * itemsize)`` rows, so one chunk's logits stay
        within the budget (by default ``CHUNK_BUDGET_BYTES``, 128 MiB: 261 rows of float32
        at V = 128256; the fused path passes ``GPU_CHUNK_BUDGET_BYTES``, 512 MiB, on a GPU);
@@ -137,8 +139,8 @@ def plan_chunk_rows(
     Examples:
         >>> plan_chunk_rows(4096, 1024, 128256)
         256
-        >>> plan_chunk_rows(2048, 512, 65536)  # 13 chunks of 158 rows, not 12 of 160 + 128
-        158
+        >>> plan_chunk_rows(3000, 512, 65536)  # 12 chunks of 250 rows, not 11 of 256 + 184
+        250
         >>> plan_chunk_rows(300, 1024, 32000)  # two chunks of 150, not 256 + 44
         150
         >>> plan_chunk_rows(7, 64, 1000)
