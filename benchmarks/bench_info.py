@@ -12,6 +12,10 @@ on (they cannot be turned off). Anchors, measured in the same run on the same ar
 - for the perplexity of the same distributions in float32 (rows normalised in float32, so
   that their sums are off 1 by about 1e-7, as a float32 model's are)
   ``2 ** scipy.stats.entropy(p32, base=2, axis=1)``;
+- the same arrays as CPU torch tensors (``torch.from_numpy``, no copy), where torch is
+  installed: ours beside torch's own ``torch.special.entr(p).sum(1)`` and
+  ``F.kl_div(q.log(), p, reduction="none").sum(1)`` (nats), which allocate a temporary as
+  large as the input for each step;
 - the floor: one bare ``np.log(p)`` pass over the same array (the work cannot be less than
   one logarithm per element), and the same with a preallocated ``out=`` buffer.
 
@@ -134,6 +138,34 @@ def main() -> None:
             lambda: 2.0 ** scipy.stats.entropy(p32, base=2, axis=1)
         ),
     }
+    ratios_torch = {}
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        torch = None
+    if torch is not None:
+        p_t, q_t = torch.from_numpy(p), torch.from_numpy(q)
+        ln2 = float(np.log(2.0))
+        h_torch = info.entropy(p_t)
+        assert isinstance(h_torch, torch.Tensor)
+        torch.testing.assert_close(h_torch, torch.special.entr(p_t).sum(1) / ln2)
+        torch.testing.assert_close(
+            info.kl_divergence(p_t, q_t), F.kl_div(q_t.log(), p_t, reduction="none").sum(1) / ln2
+        )
+        del h_torch
+        t["ours: info.entropy(p), torch"] = timed(lambda: info.entropy(p_t))
+        t["torch.special.entr(p).sum(1)"] = timed(lambda: torch.special.entr(p_t).sum(1))
+        t["ours: info.kl_divergence(p, q), torch"] = timed(lambda: info.kl_divergence(p_t, q_t))
+        t["F.kl_div(q.log(), p).sum(1)"] = timed(
+            lambda: F.kl_div(q_t.log(), p_t, reduction="none").sum(1)
+        )
+        ratios_torch = {
+            "torch_entropy_speedup_vs_torch_entr": t["torch.special.entr(p).sum(1)"]
+            / t["ours: info.entropy(p), torch"],
+            "torch_kl_speedup_vs_torch_kl_div": t["F.kl_div(q.log(), p).sum(1)"]
+            / t["ours: info.kl_divergence(p, q), torch"],
+        }
     floor = t["floor: np.log(p)"]
     floor_out = t["floor: np.log(p, out=buf)"]
     rows = [[name, seconds, seconds / floor, seconds / floor_out] for name, seconds in t.items()]
@@ -168,6 +200,7 @@ def main() -> None:
         "perplexity_float32_speedup_vs_scipy_stats": t["2 ** scipy.stats.entropy(p32), float32"]
         / t["ours: info.perplexity(p32), float32"],
         "perplexity_float32_vs_floor": t["ours: info.perplexity(p32), float32"] / floor,
+        **ratios_torch,
     }
     targets = {
         "entropy: >= 2x faster than scipy.stats.entropy": ratios["entropy_speedup_vs_scipy_stats"]

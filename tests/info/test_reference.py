@@ -526,3 +526,89 @@ def test_perplexity_of_a_large_float32_array_allocates_no_float64_copy(rng):
         tracemalloc.stop()
     # NumPy reports its allocations to tracemalloc; a float64 copy would be twice p.
     assert peak < p.nbytes / 8, (peak, p.nbytes)
+
+
+# ---------------------------------------------------------------------------------------
+# torch tensors in the CPU's memory take the blocked path through a NumPy view.
+
+MEASURES = ("entropy", "perplexity", "cross_entropy", "kl_divergence", "js_divergence")
+
+
+def _measure_args(name: str, p, q) -> tuple:
+    return (p,) if name in ("entropy", "perplexity") else (p, q)
+
+
+def _recorded_blocked_calls(monkeypatch) -> list:
+    return _record_results(monkeypatch, "reduce_rows") + _record_results(
+        monkeypatch, "reduce_terms"
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", MEASURES)
+def test_large_cpu_tensors_take_the_blocked_path_with_numpys_numbers(rng, monkeypatch, name, dtype):
+    torch = pytest.importorskip("torch")
+    p = distributions(rng, (300, 1000), dtype=dtype)
+    q = positive_distributions(rng, (300, 1000), dtype=dtype)
+    rows = _record_results(monkeypatch, "reduce_rows")
+    terms = _record_results(monkeypatch, "reduce_terms")
+    function = getattr(info, name)
+    tensors = _measure_args(name, torch.from_numpy(p), torch.from_numpy(q))
+    result = function(*tensors)
+    kept = function(*tensors, keepdims=True)
+    assert len(rows + terms) == 2
+    assert all(r is not None for r in rows + terms)
+    assert isinstance(result, torch.Tensor)
+    assert result.dtype == tensors[0].dtype
+    assert result.shape == (300,)
+    assert kept.shape == (300, 1)
+    # The same blocked computation as for the NumPy arrays: the same numbers, to the bit.
+    np.testing.assert_array_equal(result.numpy(), function(*_measure_args(name, p, q)))
+    # And those of torch's own operations, which a tensor needing a gradient keeps.
+    with_grad = [t.clone().requires_grad_() for t in tensors]
+    plain = function(*with_grad)
+    assert plain.grad_fn is not None
+    assert len(rows + terms) == 3  # only the NumPy call above added to them
+    close(result.numpy(), plain.detach().numpy(), dtype)
+
+
+def test_a_tensor_needing_a_gradient_takes_the_blocked_path_under_no_grad(rng, monkeypatch):
+    torch = pytest.importorskip("torch")
+    p = torch.from_numpy(distributions(rng, (300, 1000))).requires_grad_()
+    rows = _record_results(monkeypatch, "reduce_rows")
+    differentiable = info.entropy(p)
+    assert not rows
+    differentiable.sum().backward()
+    assert p.grad is not None
+    with torch.no_grad():
+        result = info.entropy(p)
+    assert len(rows) == 1
+    assert result.grad_fn is None
+    close(result.numpy(), differentiable.detach().numpy(), np.float64)
+
+
+def test_tensors_the_blocked_path_cannot_read_in_place_keep_torchs_operations(rng, monkeypatch):
+    torch = pytest.importorskip("torch")
+    p = distributions(rng, (300, 1000))
+    calls = _recorded_blocked_calls(monkeypatch)
+    transposed = torch.from_numpy(np.ascontiguousarray(p.T)).T  # not C-contiguous
+    bfloat16 = torch.from_numpy(p).to(torch.bfloat16)  # no NumPy dtype
+    close(info.entropy(transposed).numpy(), info.entropy(p), np.float64)
+    info.entropy(bfloat16, validate=False)
+    assert not calls
+
+
+@pytest.mark.parametrize("name", MEASURES)
+def test_bad_large_cpu_tensors_get_numpys_error(rng, name):
+    torch = pytest.importorskip("torch")
+    p = distributions(rng, (300, 1000))
+    q = positive_distributions(rng, (300, 1000))
+    p[17, 3] = -0.25
+    p[17, 4] += 0.25
+    function = getattr(info, name)
+    rule = r"`p` must be non-negative; got -0.25 at index \(17, 3\)"
+    with pytest.raises(ValueError, match=rule) as from_numpy:
+        function(*_measure_args(name, p, q))
+    with pytest.raises(ValueError, match=rule) as from_torch:
+        function(*_measure_args(name, torch.from_numpy(p), torch.from_numpy(q)))
+    assert str(from_torch.value) == str(from_numpy.value)
