@@ -2,12 +2,14 @@
 
 Forward + backward of the mean loss on random logits [N, V], and [N, C, H, W] as in
 semantic segmentation (21 classes, PASCAL VOC's count, at 256 x 256), with random class
-targets, in float32 and bfloat16. Each (implementation, shape, dtype) case runs in a fresh process
-(`_harness.run_fresh`) so that its peak resident memory belongs to it alone; the time is the
-best of a few repeats after a warm-up. Ratios compare ours with torch measured in the same
-run. Results go to ``benchmarks/results/loss.json``.
+targets, in float32 and bfloat16. Small float32 blocks, which ``cross_entropy`` hands to
+torch's kernel after its checks (``TORCH_KERNEL_ELEMENTS``), are also timed on our own
+kernel (``ours_kernel``, the hand-off turned off). Each (implementation, shape, dtype) case
+runs in a fresh process (`_harness.run_fresh`) so that its peak resident memory belongs to
+it alone; the time is the best of a few repeats after a warm-up. Ratios compare ours with
+torch measured in the same run. Results go to ``benchmarks/results/loss.json``.
 
-    python benchmarks/bench_loss.py  # [128, 1000], [4096, 32000], [4096, 128256], [8, 21, 256, 256]
+    python benchmarks/bench_loss.py  # [32, 10] ... [4096, 128256], [8, 21, 256, 256]
     python benchmarks/bench_loss.py --quick    # small sizes, seconds
 """
 
@@ -30,12 +32,33 @@ from _harness import (
     write_results,
 )
 
-FULL_SHAPES = [(128, 1000), (4096, 32000), (4096, 128256), (8, 21, 256, 256)]
-# Shapes below this many logits are timed as loops of calls (a call takes microseconds).
-LOOP_BELOW = 1 << 22
+FULL_SHAPES = [
+    (32, 10),
+    (128, 1000),
+    (256, 1000),
+    (512, 1000),
+    (4096, 32000),
+    (4096, 128256),
+    (8, 21, 256, 256),
+]
+# Shapes below this many logits are timed as loops of calls (a call takes microseconds),
+# of at most MAX_CALLS calls, repeated at least SMALL_REPEAT times: a small call's time
+# varies with the state of torch's thread pool, and the best of many loops is steadier.
+LOOP_BELOW = 1 << 24
+MAX_CALLS = 4000
+SMALL_REPEAT = 15
 QUICK_SHAPES = [(512, 8000), (256, 32000), (2, 21, 64, 64)]
 DTYPES = ["float32", "bfloat16"]
 IMPLS = ["torch", "ours"]
+HANDED_OFF = 1 << 18
+"""``_cross_entropy.TORCH_KERNEL_ELEMENTS``: float32 blocks up to this size also run as
+``ours_kernel``."""
+
+
+def impls_for(shape: tuple[int, ...], dtype: str) -> list[str]:
+    """The implementations timed for a case: our own kernel too where ours hands off."""
+    small = len(shape) == 2 and shape[0] * shape[1] <= HANDED_OFF and dtype == "float32"
+    return [*IMPLS, "ours_kernel"] if small else IMPLS
 
 
 def best_cpu_time(step, *, repeat: int) -> float:
@@ -54,8 +77,11 @@ def run_case(impl: str, shape: tuple[int, ...], dtype_name: str, repeat: int, th
     import torch
     import torch.nn.functional as F
 
-    from crossentropy.losses import cross_entropy
+    from crossentropy.losses import _cross_entropy, cross_entropy
 
+    assert _cross_entropy.TORCH_KERNEL_ELEMENTS == HANDED_OFF
+    if impl == "ours_kernel":
+        _cross_entropy.TORCH_KERNEL_ELEMENTS = 0  # our own kernel at every size
     if threads:
         torch.set_num_threads(threads)
 
@@ -73,7 +99,9 @@ def run_case(impl: str, shape: tuple[int, ...], dtype_name: str, repeat: int, th
     inputs_rss = peak_rss_bytes()
     loss_fn = F.cross_entropy if impl == "torch" else cross_entropy
 
-    calls = max(1, LOOP_BELOW // logits.numel())
+    calls = min(max(1, LOOP_BELOW // logits.numel()), MAX_CALLS)
+    if calls > 1:
+        repeat = max(repeat, SMALL_REPEAT)
 
     def step() -> None:
         for _ in range(calls):
@@ -119,7 +147,7 @@ def main() -> None:
     for shape in shapes:
         label = str(list(shape))
         for dtype in DTYPES:
-            for impl in IMPLS:
+            for impl in impls_for(shape, dtype):
                 case = run_fresh(
                     Path(__file__),
                     [
@@ -146,6 +174,7 @@ def main() -> None:
                 c["impl"]: c for c in cases if (tuple(c["shape"]), c["dtype"]) == (shape, dtype)
             }
             ours, torch_case = found["ours"], found["torch"]
+            own = found.get("ours_kernel")
             time_ratio = ours["seconds"] / torch_case["seconds"]
             cpu_ratio = ours["cpu_seconds"] / torch_case["cpu_seconds"]
             memory_ratio = ours["peak_rss_bytes"] / torch_case["peak_rss_bytes"]
@@ -159,6 +188,7 @@ def main() -> None:
                     "cpu_time_ratio": cpu_ratio,
                     "peak_memory_ratio": memory_ratio,
                     "memory_above_inputs_ratio": extra_ours / extra_torch,
+                    "own_kernel_time_ratio": own and own["seconds"] / torch_case["seconds"],
                 }
             )
             rows.append(
@@ -167,6 +197,7 @@ def main() -> None:
                     dtype,
                     torch_case["seconds"],
                     ours["seconds"],
+                    own["seconds"] if own else "-",
                     round(time_ratio, 2),
                     round(cpu_ratio, 2),
                     round(torch_case["peak_rss_bytes"] / 1e9, 2),
@@ -182,6 +213,7 @@ def main() -> None:
             "dtype",
             "torch s",
             "ours s",
+            "own kernel s",
             "time ratio",
             "cpu-time ratio",
             "torch peak GB",

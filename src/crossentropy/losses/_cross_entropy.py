@@ -41,6 +41,18 @@ from crossentropy.losses._options import (
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
+TORCH_KERNEL_ELEMENTS = 1 << 18
+"""Most logits (N·C) for which :func:`cross_entropy` hands a CPU block to torch's own fused
+kernel, where the options are ones torch has (see :func:`_torch_kernel_applies`).
+
+Below this size a call's fixed cost dominates: this module's kernel is a few dozen torch
+operations and checks in Python. Measured on a 2-core AVX-512 machine, float32, forward +
+backward, interleaved in one process, handed to torch (with our checks) / our kernel /
+torch alone: [32, 10] 33 / 94 / 21 µs, [128, 1000] 87 / 140 / 72 µs, [256, 1000] 135 /
+181 / 117 µs. At [512, 1000] torch's kernel starts to split rows over the threads and
+its time varies twofold (249 to 449 µs; handed off, 422 µs) where ours takes 269 µs;
+above, ours is the faster and the leaner (one block instead of two)."""
+
 
 class TokenStats(NamedTuple):
     """Per-token statistics of a softmax prediction, each shaped like the targets.
@@ -464,6 +476,30 @@ class _CrossEntropyFunction(torch.autograd.Function):
         return grad_logits, grad_targets, *nones
 
 
+def _torch_kernel_applies(prepared: _Prepared, options: _Options, reduction: str) -> bool:
+    """Whether torch's own ``F.cross_entropy`` computes this loss, values and gradients
+    alike: a small block (at most :data:`TORCH_KERNEL_ELEMENTS` logits) of float32 or
+    float64 logits on the CPU, (C) or (N, C), with class-index targets, no z-loss and no
+    soft-capping (the base is a factor applied after), class weights that need no
+    gradient (torch gives them none for index targets), and under ``"mean"`` neither an
+    ignored token nor a class weight, so that the denominator is the token count, and
+    never 0 (torch's mean of an empty batch is NaN, this module's 0: no empty block goes
+    to torch)."""
+    logits = prepared.logits
+    weight = options.weight
+    return (
+        0 < logits.numel() <= TORCH_KERNEL_ELEMENTS
+        and logits.device.type == "cpu"
+        and logits.dtype in (torch.float32, torch.float64)
+        and logits.dim() <= 2
+        and not prepared.probs
+        and options.z_loss == 0.0
+        and options.softcap is None
+        and (weight is None or not weight.requires_grad)
+        and (reduction != "mean" or (prepared.all_counted and weight is None))
+    )
+
+
 def _is_cpu_one(value: torch.Tensor) -> bool:
     """Whether a scalar upstream gradient is 1, read only where that costs no device sync."""
     return value.device.type == "cpu" and float(value) == 1.0
@@ -614,6 +650,14 @@ def cross_entropy(
     plain operations from the start; target values are not checked inside transforms (a
     transform cannot inspect them).
 
+    Small blocks on the CPU (at most ``TORCH_KERNEL_ELEMENTS``, 2**18, float32 or float64
+    logits of shape (C) or (N, C)) in options torch has (class-index targets, no z-loss,
+    no soft-capping, under ``"mean"`` no ignored token and no class weight) are computed
+    by torch's own fused kernel after this function's checks: there a call's fixed cost
+    dominates, and torch's is about a quarter of this module's (33 µs against 94 µs
+    forward and backward at [32, 10]); its values equal this module's to rounding, and
+    its gradient is formed in backward, as torch forms it.
+
     Args:
         logits: Unnormalised scores, shape (C), (N, C) or (N, C, d1, ..., dk) with C = V
             classes; float64, float32, bfloat16 or float16 (computed in float32 at least).
@@ -682,6 +726,17 @@ def cross_entropy(
     if plain:
         loss = _composite_loss(prepared.logits, prepared.targets, options, reduction)
         loss = loss.to(out_dtype)
+    elif _torch_kernel_applies(prepared, options, reduction):
+        loss = torch.nn.functional.cross_entropy(
+            prepared.logits,
+            prepared.targets,
+            weight=options.weight,
+            ignore_index=options.ignore_index,
+            reduction=reduction,
+            label_smoothing=options.label_smoothing,
+        )
+        if options.base != math.e:
+            loss = loss * (1.0 / math.log(options.base))
     else:
         loss = _CrossEntropyFunction.apply(
             prepared.logits,

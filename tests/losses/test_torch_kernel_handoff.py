@@ -1,0 +1,194 @@
+"""Small CPU blocks go to torch's own kernel (``TORCH_KERNEL_ELEMENTS``): where they do, the
+values and gradients are this package's kernel's and the float64 reference's; where an
+option or a case is one torch has not, or treats otherwise, this package's kernel runs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import crossentropy.losses._cross_entropy as module
+from crossentropy.losses import CrossEntropyLoss, cross_entropy
+from tests.losses.reference_losses import reference_cross_entropy
+
+pytestmark = pytest.mark.torch_kernel_handoff
+
+
+@pytest.fixture
+def kernels(monkeypatch):
+    """Counts of the calls that reach torch's kernel and this package's."""
+    counts = {"torch": 0, "ours": 0}
+    torch_kernel, our_kernel = F.cross_entropy, module.cross_entropy_rows
+
+    def to_torch(*args, **kwargs):
+        counts["torch"] += 1
+        return torch_kernel(*args, **kwargs)
+
+    def to_ours(*args, **kwargs):
+        counts["ours"] += 1
+        return our_kernel(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", to_torch)
+    monkeypatch.setattr(module, "cross_entropy_rows", to_ours)
+    return counts
+
+
+def _value_and_grad(logits, targets, **options):
+    x = logits.detach().clone().requires_grad_()
+    loss = cross_entropy(x, targets, **options)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), grad
+
+
+@st.composite
+def cases(draw):
+    c = draw(st.integers(1, 12))
+    one_token = draw(st.booleans())
+    n = 1 if one_token else draw(st.integers(1, 9))
+    seed = draw(st.integers(0, 2**31 - 1))
+    dtype = draw(st.sampled_from([torch.float64, torch.float32]))
+    reduction = draw(st.sampled_from(["mean", "sum", "none"]))
+    generator = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, c, generator=generator) * 3).to(dtype)
+    targets = torch.randint(0, c, (n,), generator=generator)
+    options = {
+        "reduction": reduction,
+        "label_smoothing": draw(st.sampled_from([0.0, 0.1, 1.0])),
+        "base": draw(st.sampled_from([math.e, 2.0, 10.0])),
+    }
+    if reduction != "mean":  # a mean with weights or ignored tokens stays ours
+        if draw(st.booleans()):
+            options["weight"] = torch.rand(c, generator=generator, dtype=dtype) + 0.1
+        if n > 1 and draw(st.booleans()):
+            targets[0] = options["ignore_index"] = draw(st.sampled_from([-100, -1, c + 3]))
+    if one_token and draw(st.booleans()):
+        logits, targets = logits[0], targets[0]  # (C) logits and a 0-d target
+    return logits, targets, options
+
+
+@given(cases())
+def test_handed_off_blocks_equal_our_kernel_and_the_reference(case):
+    logits, targets, options = case
+    float64 = logits.dtype == torch.float64
+    counts = {"torch": 0}
+    torch_kernel = F.cross_entropy
+
+    def to_torch(*args, **kwargs):
+        counts["torch"] += 1
+        return torch_kernel(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.functional, "cross_entropy", to_torch)
+        value, grad = _value_and_grad(logits, targets, **options)
+    assert counts["torch"] == 1
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "TORCH_KERNEL_ELEMENTS", 0)
+        own_value, own_grad = _value_and_grad(logits, targets, **options)
+    tight = {"rtol": 1e-12, "atol": 1e-12} if float64 else {"rtol": 2e-6, "atol": 2e-6}
+    torch.testing.assert_close(value, own_value, **tight)
+    torch.testing.assert_close(grad, own_grad, **tight)
+    numpy_options = dict(options)
+    if "weight" in numpy_options:
+        numpy_options["weight"] = numpy_options["weight"].double().numpy()
+    flat_logits = logits.reshape(-1, logits.shape[-1]).double().numpy()
+    expected, expected_grad = reference_cross_entropy(
+        flat_logits, targets.reshape(-1).numpy(), **numpy_options
+    )
+    loose = {"rtol": 1e-10, "atol": 1e-12} if float64 else {"rtol": 1e-5, "atol": 1e-6}
+    value = value.double().numpy().reshape(np.shape(expected))
+    np.testing.assert_allclose(value, expected, **loose)
+    np.testing.assert_allclose(grad.double().reshape(-1, logits.shape[-1]), expected_grad, **loose)
+
+
+def test_the_module_hands_off_too(kernels):
+    logits = torch.randn(8, 5, requires_grad=True)
+    targets = torch.randint(0, 5, (8,))
+    loss = CrossEntropyLoss(label_smoothing=0.1, base=2)(logits, targets)
+    loss.backward()
+    assert kernels == {"torch": 1, "ours": 0}
+    expected = F.cross_entropy(logits, targets, label_smoothing=0.1) / math.log(2)
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "z_loss",
+        "softcap",
+        "probabilities",
+        "bfloat16",
+        "spatial",
+        "mean_with_weight",
+        "mean_with_ignored",
+        "weight_needing_grad",
+        "large",
+    ],
+)
+def test_cases_torch_has_not_or_treats_otherwise_stay_ours(kernels, case):
+    n, c = (512, 1024) if case == "large" else (6, 5)
+    logits = torch.randn(n, c)
+    targets = torch.randint(1, c, (n,))
+    options: dict = {}
+    if case == "z_loss":
+        options["z_loss"] = 1e-3
+    elif case == "softcap":
+        options["softcap"] = 5.0
+    elif case == "probabilities":
+        targets = torch.softmax(torch.randn(n, c), 1)
+    elif case == "bfloat16":
+        logits = logits.bfloat16()
+    elif case == "spatial":
+        logits, targets = torch.randn(2, c, 3), torch.randint(0, c, (2, 3))
+    elif case == "mean_with_weight":
+        options["weight"] = torch.rand(c)
+    elif case == "mean_with_ignored":
+        targets[2] = -100
+    elif case == "weight_needing_grad":
+        options["weight"] = torch.rand(c).requires_grad_()
+        options["reduction"] = "sum"
+    loss = cross_entropy(logits.requires_grad_(), targets, **options)
+    if case == "weight_needing_grad":  # the plain formulas, which give the weight its gradient
+        loss.backward()
+        assert options["weight"].grad is not None
+        assert kernels == {"torch": 0, "ours": 0}
+    else:
+        assert kernels == {"torch": 0, "ours": 1}
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_an_empty_or_all_ignored_batch_still_gives_zero_not_nan(kernels, reduction):
+    logits = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    loss = cross_entropy(logits, torch.full((3,), -100), reduction=reduction)
+    loss.sum().backward()
+    assert bool((loss == 0).all())
+    assert bool((logits.grad == 0).all())
+    empty = torch.zeros(0, 4, dtype=torch.float64, requires_grad=True)
+    loss = cross_entropy(empty, torch.zeros(0, dtype=torch.long), reduction=reduction)
+    loss.sum().backward()
+    assert bool((loss == 0).all())
+    assert kernels["torch"] == (1 if reduction != "mean" else 0)  # all ignored, not mean
+
+
+def test_bad_targets_get_our_error_before_the_hand_off(kernels):
+    logits = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"`targets` must be class indices in \[0, 3\)"):
+        cross_entropy(logits, torch.tensor([0, 1, 3, 2]))
+    assert kernels == {"torch": 0, "ours": 0}
+
+
+def test_second_order_through_the_hand_off_equals_torchs():
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    targets = torch.tensor([0, 3, 1, 2, 2])
+    grads = []
+    for loss_fn in (cross_entropy, F.cross_entropy):
+        (grad,) = torch.autograd.grad(loss_fn(x, targets), x, create_graph=True)
+        (penalty_grad,) = torch.autograd.grad(grad.square().sum(), x)
+        grads.append(penalty_grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
