@@ -56,16 +56,22 @@ def cases(draw):
     reduction = draw(st.sampled_from(["mean", "sum", "none"]))
     generator = torch.Generator().manual_seed(seed)
     logits = (torch.randn(n, c, generator=generator) * 3).to(dtype)
-    targets = torch.randint(0, c, (n,), generator=generator)
+    probabilities = draw(st.booleans())
+    if probabilities:  # rows of zeros too (a common mask), which both take
+        targets = torch.softmax(torch.randn(n, c, generator=generator, dtype=dtype) * 2, 1)
+        if n > 1 and draw(st.booleans()):
+            targets[0] = 0.0
+    else:
+        targets = torch.randint(0, c, (n,), generator=generator)
     options = {
         "reduction": reduction,
         "label_smoothing": draw(st.sampled_from([0.0, 0.1, 1.0])),
         "base": draw(st.sampled_from([math.e, 2.0, 10.0])),
     }
-    if reduction != "mean":  # a mean with weights or ignored tokens stays ours
+    if reduction != "mean" or probabilities:  # else weights and ignored tokens stay ours
         if draw(st.booleans()):
             options["weight"] = torch.rand(c, generator=generator, dtype=dtype) + 0.1
-        if n > 1 and draw(st.booleans()):
+        if n > 1 and not probabilities and draw(st.booleans()):
             targets[0] = options["ignore_index"] = draw(st.sampled_from([-100, -1, c + 3]))
     if one_token and draw(st.booleans()):
         logits, targets = logits[0], targets[0]  # (C) logits and a 0-d target
@@ -97,8 +103,11 @@ def test_handed_off_blocks_equal_our_kernel_and_the_reference(case):
     if "weight" in numpy_options:
         numpy_options["weight"] = numpy_options["weight"].double().numpy()
     flat_logits = logits.reshape(-1, logits.shape[-1]).double().numpy()
+    flat_targets = targets.reshape(flat_logits.shape if targets.is_floating_point() else -1)
     expected, expected_grad = reference_cross_entropy(
-        flat_logits, targets.reshape(-1).numpy(), **numpy_options
+        flat_logits,
+        flat_targets.double().numpy() if targets.is_floating_point() else flat_targets.numpy(),
+        **numpy_options,
     )
     loose = {"rtol": 1e-10, "atol": 1e-12} if float64 else {"rtol": 1e-5, "atol": 1e-6}
     value = value.double().numpy().reshape(np.shape(expected))
@@ -121,7 +130,7 @@ def test_the_module_hands_off_too(kernels):
     [
         "z_loss",
         "softcap",
-        "probabilities",
+        "wider_probabilities",
         "bfloat16",
         "spatial",
         "mean_with_weight",
@@ -139,8 +148,8 @@ def test_cases_torch_has_not_or_treats_otherwise_stay_ours(kernels, case):
         options["z_loss"] = 1e-3
     elif case == "softcap":
         options["softcap"] = 5.0
-    elif case == "probabilities":
-        targets = torch.softmax(torch.randn(n, c), 1)
+    elif case == "wider_probabilities":  # torch's loss would be float64, ours is float32
+        targets = torch.softmax(torch.randn(n, c, dtype=torch.float64), 1)
     elif case == "bfloat16":
         logits = logits.bfloat16()
     elif case == "spatial":
@@ -192,3 +201,19 @@ def test_second_order_through_the_hand_off_equals_torchs():
         (penalty_grad,) = torch.autograd.grad(grad.square().sum(), x)
         grads.append(penalty_grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+def test_probability_targets_get_the_same_gradient_through_the_hand_off(kernels, monkeypatch):
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 4, dtype=torch.float64, generator=generator)
+    teacher = torch.randn(6, 4, dtype=torch.float64, generator=generator)
+    grads = []
+    for elements in (module.TORCH_KERNEL_ELEMENTS, 0):
+        monkeypatch.setattr(module, "TORCH_KERNEL_ELEMENTS", elements)
+        x = logits.clone().requires_grad_()
+        t = teacher.clone().requires_grad_()
+        loss = cross_entropy(x, torch.softmax(t, 1), label_smoothing=0.1, base=2)
+        grads.append(torch.autograd.grad(loss, (x, t)))
+    assert kernels == {"torch": 1, "ours": 1}
+    for handed, own in zip(*grads, strict=True):
+        torch.testing.assert_close(handed, own, rtol=1e-12, atol=1e-12)

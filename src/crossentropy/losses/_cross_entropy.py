@@ -479,9 +479,10 @@ class _CrossEntropyFunction(torch.autograd.Function):
 def _torch_kernel_applies(prepared: _Prepared, options: _Options, reduction: str) -> bool:
     """Whether torch's own ``F.cross_entropy`` computes this loss, values and gradients
     alike: a small block (at most :data:`TORCH_KERNEL_ELEMENTS` logits) of float32 or
-    float64 logits on the CPU, (C) or (N, C), with class-index targets, no z-loss and no
-    soft-capping (the base is a factor applied after), class weights that need no
-    gradient (torch gives them none for index targets), and under ``"mean"`` neither an
+    float64 logits on the CPU, (C) or (N, C), with class-index targets or class
+    probabilities of the logits' dtype (checked already), no z-loss and no soft-capping
+    (the base is a factor applied after), class weights that need no gradient (torch
+    gives them none for index targets), and for index targets under ``"mean"`` neither an
     ignored token nor a class weight, so that the denominator is the token count, and
     never 0 (torch's mean of an empty batch is NaN, this module's 0: no empty block goes
     to torch)."""
@@ -492,11 +493,17 @@ def _torch_kernel_applies(prepared: _Prepared, options: _Options, reduction: str
         and logits.device.type == "cpu"
         and logits.dtype in (torch.float32, torch.float64)
         and logits.dim() <= 2
-        and not prepared.probs
+        # torch's loss takes the dtype of wider probability targets; this module's, the
+        # logits' own
+        and (not prepared.probs or prepared.targets.dtype == logits.dtype)
         and options.z_loss == 0.0
         and options.softcap is None
         and (weight is None or not weight.requires_grad)
-        and (reduction != "mean" or (prepared.all_counted and weight is None))
+        and (
+            reduction != "mean"
+            or prepared.probs  # a mean over the tokens, as torch's
+            or (prepared.all_counted and weight is None)
+        )
     )
 
 
@@ -651,8 +658,9 @@ def cross_entropy(
     transform cannot inspect them).
 
     Small blocks on the CPU (at most ``TORCH_KERNEL_ELEMENTS``, 2**18, float32 or float64
-    logits of shape (C) or (N, C)) in options torch has (class-index targets, no z-loss,
-    no soft-capping, under ``"mean"`` no ignored token and no class weight) are computed
+    logits of shape (C) or (N, C)) in options torch has (no z-loss, no soft-capping,
+    probability targets of the logits' dtype, and for class indices under ``"mean"`` no
+    ignored token and no class weight) are computed
     by torch's own fused kernel after this function's checks: there a call's fixed cost
     dominates, and torch's is about a quarter of this module's (33 µs against 94 µs
     forward and backward at [32, 10]); its values equal this module's to rounding, and
