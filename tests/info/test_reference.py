@@ -218,9 +218,10 @@ def test_broadcasting_one_truth_against_many_models(xp, rng):
     )
 
 
-def _record_results(monkeypatch, name: str) -> list:
-    """The results of each call of ``_blocked.<name>`` from now on (None: rejected)."""
-    results = []
+def _record_results(monkeypatch, name: str, results: list | None = None) -> list:
+    """The results of each call of ``_blocked.<name>`` from now on (None: rejected),
+    appended to ``results`` (a new list by default)."""
+    results = [] if results is None else results
     original = getattr(_blocked, name)
 
     def recorded(*args, **kwargs):
@@ -539,9 +540,9 @@ def _measure_args(name: str, p, q) -> tuple:
 
 
 def _recorded_blocked_calls(monkeypatch) -> list:
-    return _record_results(monkeypatch, "reduce_rows") + _record_results(
-        monkeypatch, "reduce_terms"
-    )
+    """The results of the blocked path's calls, of either kind, in one list."""
+    calls = _record_results(monkeypatch, "reduce_rows")
+    return _record_results(monkeypatch, "reduce_terms", calls)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -590,10 +591,11 @@ def test_a_tensor_needing_a_gradient_takes_the_blocked_path_under_no_grad(rng, m
 def test_tensors_the_blocked_path_cannot_read_in_place_keep_torchs_operations(rng, monkeypatch):
     torch = pytest.importorskip("torch")
     p = distributions(rng, (300, 1000))
+    expected = info.entropy(p)
     calls = _recorded_blocked_calls(monkeypatch)
     transposed = torch.from_numpy(np.ascontiguousarray(p.T)).T  # not C-contiguous
     bfloat16 = torch.from_numpy(p).to(torch.bfloat16)  # no NumPy dtype
-    close(info.entropy(transposed).numpy(), info.entropy(p), np.float64)
+    close(info.entropy(transposed).numpy(), expected, np.float64)
     info.entropy(bfloat16, validate=False)
     assert not calls
 
@@ -612,3 +614,42 @@ def test_bad_large_cpu_tensors_get_numpys_error(rng, name):
     with pytest.raises(ValueError, match=rule) as from_torch:
         function(*_measure_args(name, torch.from_numpy(p), torch.from_numpy(q)))
     assert str(from_torch.value) == str(from_numpy.value)
+
+
+@pytest.mark.parametrize("narrow", ["p", "q"])
+@pytest.mark.parametrize("name", ["cross_entropy", "kl_divergence", "js_divergence"])
+def test_a_float32_input_beside_a_float64_one_is_widened_block_by_block(
+    rng, monkeypatch, name, narrow
+):
+    import tracemalloc
+
+    shape = (2000, 1000)
+    p = distributions(rng, shape)
+    q = positive_distributions(rng, shape)
+    if narrow == "p":
+        p = _float32_rounded(rng, shape)
+    else:
+        q = (q / q.sum(axis=1, keepdims=True)).astype(np.float32)
+    function = getattr(info, name)
+    function(p, q)  # warms the pool and its buffers
+    calls = _recorded_blocked_calls(monkeypatch)
+    tracemalloc.start()
+    try:
+        blocked = function(p, q)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(calls) == 1
+    assert calls[0] is not None
+    assert blocked.dtype == np.float64
+    # A float64 copy of the float32 input (16 MB) would be twice its size; the blocks'
+    # temporaries on the pool's threads are a few MB.
+    narrow_bytes = (p if narrow == "p" else q).nbytes
+    assert peak < narrow_bytes / 2, (peak, narrow_bytes)
+    monkeypatch.setattr(_blocked, "MIN_ELEMENTS", p.size + 1)  # the plain path now
+    plain = function(p, q)  # on a float64 copy of the narrow input
+    assert len(calls) == 1
+    if name == "cross_entropy":  # a dot per row on one path, a pairwise sum on the other
+        np.testing.assert_allclose(blocked, plain, rtol=1e-13)
+    else:
+        np.testing.assert_array_equal(blocked, plain)

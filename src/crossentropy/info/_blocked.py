@@ -86,10 +86,11 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def eligible(*arrays: object, axis: int, widen: bool = False) -> bool:
+def eligible(*arrays: object, axis: int, widen: bool = False, mixed: bool = False) -> bool:
     """Whether the blocked path applies: large C-contiguous float32/float64 NumPy arrays of
     one shape and dtype, reduced along their last axis (float16 too with ``widen``, whose
-    blocks are computed in float64)."""
+    blocks are computed in float64; with ``mixed`` a float32 array beside a float64 one,
+    widened block by block)."""
     first = arrays[0]
     if not isinstance(first, np.ndarray):
         return False
@@ -101,7 +102,7 @@ def eligible(*arrays: object, axis: int, widen: bool = False) -> bool:
     return all(
         isinstance(a, np.ndarray)
         and a.shape == first.shape
-        and a.dtype == first.dtype
+        and (a.dtype == first.dtype or (mixed and a.dtype in (np.float64, np.float32)))
         and a.flags.c_contiguous
         for a in arrays
     )
@@ -184,8 +185,10 @@ def _run(
     """
     rows, n = p.shape
     log, _ = _logarithm(base)
-    work = np.dtype(np.float64) if widen else p.dtype
-    widened = work != p.dtype
+    mixed = q is not None and q.dtype != p.dtype
+    assert not (check and mixed)  # inputs of two dtypes are checked by the caller
+    work = np.dtype(np.float64) if widen or mixed else p.dtype
+    widened = work != p.dtype or (q is not None and work != q.dtype)
     acc = np.empty(rows, dtype=work)
     block_rows, task_rows, starts = _schedule(rows, n)
     row_sums = _row_sums(p.dtype, n)
@@ -199,8 +202,10 @@ def _run(
         start = starts[index]
         stop = min(start + task_rows, rows)
         scratch = _buffer(block_rows * n, work)
-        wide_p = _buffer(block_rows * n, work, "wide p") if widened else None
-        wide_q = _buffer(block_rows * n, work, "wide q") if widened and q is not None else None
+        wide_p = _buffer(block_rows * n, work, "wide p") if p.dtype != work else None
+        wide_q = (
+            _buffer(block_rows * n, work, "wide q") if q is not None and q.dtype != work else None
+        )
         # The task's row sums, checked once at its end (per block would cost more calls).
         sums_p = np.empty(stop - start, dtype=p.dtype) if check else None
         sums_q = np.empty(stop - start, dtype=p.dtype) if check and q is not None else None
@@ -289,8 +294,9 @@ def reduce_rows(
     that rows sum to 1, for a caller that has checked them already or was told not to
     (``validate=False``: rows off 1 are then reduced as they are); negative and NaN entries
     are still refused. ``widen`` computes in float64 (the result's dtype), one block at a
-    time, what a float64 copy of float32 or float16 input would give. ``p`` and ``q`` must
-    satisfy :func:`eligible`.
+    time, what a float64 copy of float32 or float16 input would give; so does a float32
+    input beside a float64 one (which the caller has checked: ``check`` must be off).
+    ``p`` and ``q`` must satisfy :func:`eligible`.
     """
     shape = p.shape[:-1]
     n = p.shape[-1]
@@ -328,7 +334,9 @@ def reduce_terms(
     p2 = p.reshape(-1, n)
     q2 = q.reshape(-1, n)
     rows = p2.shape[0]
-    out = np.empty(rows, dtype=p.dtype)
+    common = np.result_type(p.dtype, q.dtype)
+    assert not (check and p.dtype != q.dtype)  # inputs of two dtypes: checked by the caller
+    out = np.empty(rows, dtype=common)
     block_rows, task_rows, starts = _schedule(rows, n, TERMS_BLOCK_ELEMENTS)
     row_sums = _row_sums(p.dtype, n)
     tolerance = sum_tolerance(p.dtype)
@@ -351,6 +359,11 @@ def reduce_terms(
                 if not (block_p.min() >= 0 and block_q.min() >= 0):
                     rejected.set()
                     return
+                # A float32 block beside a float64 one is widened (a block, not the array).
+                block_p, block_q = (
+                    block_p.astype(common, copy=False),
+                    block_q.astype(common, copy=False),
+                )
                 np.add.reduce(terms(block_p, block_q), axis=1, out=out[r0:r1])
         if _sums_off(tolerance, sums_p, sums_q):
             rejected.set()

@@ -113,11 +113,12 @@ def _checks_values(validate: Any, *arrays: Any) -> bool:
     return check_flag(validate, "validate") and all(readable(a) for a in arrays)
 
 
-def _as_pair(p: Any, q: Any) -> tuple[Any, Any, Any, Any, Any]:
-    """``(xp, p, q, p_common, q_common)``: both inputs as floating arrays of one kind, each
-    in its own dtype (for its checks) and both in their common dtype (for the measure)."""
-    xp, p_own, q_own = as_float_pair(p, q, promote=False)
-    return (xp, p_own, q_own, *promote_pair(xp, p_own, q_own))
+def _as_pair(p: Any, q: Any) -> tuple[Any, Any, Any]:
+    """``(xp, p, q)``: both inputs as floating arrays of one kind, each in its own dtype
+    (for its checks; :func:`promote_pair` gives the common one for the plain path, and
+    the blocked path widens the narrower one block by block, with no copy of the
+    whole)."""
+    return as_float_pair(p, q, promote=False)
 
 
 def _prepare_pair(xp: Any, p: Any, q: Any, axis: Any, *, values: bool) -> int:
@@ -345,11 +346,11 @@ def cross_entropy(
     """
     b = check_base(base)
     keepdims = check_keepdims(keepdims)
-    xp, p_own, q_own, p_array, q_array = _as_pair(p, q)
+    xp, p_own, q_own = _as_pair(p, q)
     values = _checks_values(validate, p_own, q_own)
     blocked = _try_blocked(
         xp,
-        (p_own, q_own, p_array, q_array),
+        (p_own, q_own),
         axis,
         keepdims,
         values,
@@ -357,6 +358,7 @@ def cross_entropy(
     )
     if blocked is not None:
         return blocked
+    p_array, q_array = promote_pair(xp, p_own, q_own)
     ax = _prepare_pair(xp, p_own, q_own, axis, values=values)
     log = log_function(xp, b)
     with _quiet(p_array, divide="ignore", invalid="ignore"):
@@ -368,7 +370,7 @@ def cross_entropy(
 
 def _try_blocked(
     xp: Any,
-    arrays: tuple[Any, Any, Any, Any],
+    arrays: tuple[Any, Any],
     axis: Any,
     keepdims: bool,
     values: bool,
@@ -380,21 +382,26 @@ def _try_blocked(
     or finds input to reject (the plain path then checks it and raises the detailed
     error).
 
-    ``arrays`` is ``(p_own, q_own, p, q)`` as :func:`_as_pair` gives them. ``check`` asks
-    the blocked path to check the row sums: where ``values`` is on and both inputs are in
-    their common dtype. An input that was promoted (float32 beside float64) is checked
-    here first in its own dtype, against its own tolerance, as the plain path checks it,
-    and the blocked path then skips the sums; with ``values`` off it skips them too."""
-    p_own, q_own, p, q = arrays
+    ``arrays`` is ``(p, q)`` as :func:`_as_pair` gives them, each in its own dtype (a
+    float32 input beside a float64 one is widened by the blocked path block by block).
+    ``check`` asks the blocked path to check the row sums: where ``values`` is on and both
+    inputs share a dtype. Inputs of two dtypes are checked here first, each in its own
+    dtype against its own tolerance, as the plain path checks them, and the blocked path
+    then skips the sums; with ``values`` off it skips them too."""
+    p, q = arrays
     if p.shape != q.shape or not p.ndim:
         return None
     ax = check_axis(axis, p.ndim, subject="`p` and `q` broadcast together")
     host_p, host_q = _host(p), _host(q)
-    if host_p is None or host_q is None or not _blocked.eligible(host_p, host_q, axis=ax):
+    if (
+        host_p is None
+        or host_q is None
+        or not _blocked.eligible(host_p, host_q, axis=ax, mixed=True)
+    ):
         return None
     check = values
-    if values and (p_own.dtype != p.dtype or q_own.dtype != q.dtype):
-        _prepare_pair(xp, p_own, q_own, axis, values=True)
+    if values and p.dtype != q.dtype:
+        _prepare_pair(xp, p, q, axis, values=True)
         check = False
     result = reduce(host_p, host_q, check)
     if result is None:
@@ -511,7 +518,7 @@ def kl_divergence(
     """
     b = check_base(base)
     keepdims = check_keepdims(keepdims)
-    xp, p_own, q_own, p_array, q_array = _as_pair(p, q)
+    xp, p_own, q_own = _as_pair(p, q)
     values = _checks_values(validate, p_own, q_own)
 
     def terms_in(ns: Any) -> Callable[[Any, Any], Any]:
@@ -522,7 +529,7 @@ def kl_divergence(
     host_terms = terms_in(_NP)  # the blocked path's blocks are NumPy's
     blocked = _try_blocked(
         xp,
-        (p_own, q_own, p_array, q_array),
+        (p_own, q_own),
         axis,
         keepdims,
         values,
@@ -530,6 +537,7 @@ def kl_divergence(
     )
     if blocked is not None:
         return blocked
+    p_array, q_array = promote_pair(xp, p_own, q_own)
     ax = _prepare_pair(xp, p_own, q_own, axis, values=values)
     with _quiet(p_array, divide="ignore", invalid="ignore", over="ignore"):
         return _finish(xp.sum(terms_in(xp)(p_array, q_array), axis=ax, keepdims=keepdims))
@@ -587,7 +595,7 @@ def js_divergence(
     """
     b = check_base(base)
     keepdims = check_keepdims(keepdims)
-    xp, p_own, q_own, p_array, q_array = _as_pair(p, q)
+    xp, p_own, q_own = _as_pair(p, q)
     values = _checks_values(validate, p_own, q_own)
 
     def terms_in(ns: Any) -> Callable[[Any, Any], Any]:
@@ -613,9 +621,10 @@ def js_divergence(
         sums = _blocked.reduce_terms(p_rows, q_rows, host_terms, check=check)
         return None if sums is None else sums * 0.25
 
-    blocked = _try_blocked(xp, (p_own, q_own, p_array, q_array), axis, keepdims, values, reduce)
+    blocked = _try_blocked(xp, (p_own, q_own), axis, keepdims, values, reduce)
     if blocked is not None:
         return blocked
+    p_array, q_array = promote_pair(xp, p_own, q_own)
     ax = _prepare_pair(xp, p_own, q_own, axis, values=values)
     with _quiet(p_array, divide="ignore", invalid="ignore", over="ignore"):
         terms = terms_in(xp)(p_array, q_array)
