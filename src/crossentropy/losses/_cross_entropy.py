@@ -507,6 +507,28 @@ def _torch_kernel_applies(prepared: _Prepared, options: _Options, reduction: str
     )
 
 
+def _torch_kernel_loss(prepared: _Prepared, options: _Options, reduction: str) -> torch.Tensor:
+    """The loss by torch's ``F.cross_entropy``, where :func:`_torch_kernel_applies`."""
+    logits, targets, weight = prepared.logits, prepared.targets, options.weight
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        # Computed in float32 and rounded once, as this module's kernel computes half
+        # types; autograd rounds the gradient back to the logits' dtype.
+        logits = logits.float()
+        if prepared.probs:
+            targets = targets.float()
+    if weight is not None and weight.dtype != logits.dtype:
+        weight = weight.to(logits.dtype)  # as this module's kernel takes it
+    loss = torch.nn.functional.cross_entropy(
+        logits,
+        targets,
+        weight=weight,
+        ignore_index=options.ignore_index,
+        reduction=reduction,
+        label_smoothing=options.label_smoothing,
+    )
+    return loss if options.base == math.e else loss * (1.0 / math.log(options.base))
+
+
 def _is_cpu_one(value: torch.Tensor) -> bool:
     """Whether a scalar upstream gradient is 1, read only where that costs no device sync."""
     return value.device.type == "cpu" and float(value) == 1.0
@@ -660,11 +682,11 @@ def cross_entropy(
     Small blocks on the CPU (at most ``TORCH_KERNEL_ELEMENTS``, 2**18, logits of shape (C)
     or (N, C); half types computed in float32, as here) in options torch has (no z-loss,
     no soft-capping, probability targets of the logits' dtype, and for class indices
-    under ``"mean"`` no ignored token and no class weight) are computed
-    by torch's own fused kernel after this function's checks: there a call's fixed cost
-    dominates, and torch's is about a quarter of this module's (33 µs against 94 µs
-    forward and backward at [32, 10]); its values equal this module's to rounding, and
-    its gradient is formed in backward, as torch forms it.
+    under ``"mean"`` no ignored token and no class weight) are computed by torch's own
+    fused kernel after this function's checks: there a call's fixed cost dominates, and
+    torch's is about a quarter of this module's (33 µs against 94 µs forward and
+    backward at [32, 10]); its values equal this module's to rounding, and its gradient
+    is formed in backward, as torch forms it.
 
     Args:
         logits: Unnormalised scores, shape (C), (N, C) or (N, C, d1, ..., dk) with C = V
@@ -735,27 +757,7 @@ def cross_entropy(
         loss = _composite_loss(prepared.logits, prepared.targets, options, reduction)
         loss = loss.to(out_dtype)
     elif _torch_kernel_applies(prepared, options, reduction):
-        logits_in, targets_in = prepared.logits, prepared.targets
-        if logits_in.dtype in (torch.bfloat16, torch.float16):
-            # Computed in float32 and rounded once, as this module's kernel computes half
-            # types; autograd rounds the gradient back to the logits' dtype.
-            logits_in = logits_in.float()
-            if prepared.probs:
-                targets_in = targets_in.float()
-        weight = options.weight
-        if weight is not None and weight.dtype != logits_in.dtype:
-            weight = weight.to(logits_in.dtype)  # as this module's kernel takes it
-        loss = torch.nn.functional.cross_entropy(
-            logits_in,
-            targets_in,
-            weight=weight,
-            ignore_index=options.ignore_index,
-            reduction=reduction,
-            label_smoothing=options.label_smoothing,
-        )
-        if options.base != math.e:
-            loss = loss * (1.0 / math.log(options.base))
-        loss = loss.to(out_dtype)
+        loss = _torch_kernel_loss(prepared, options, reduction).to(out_dtype)
     else:
         loss = _CrossEntropyFunction.apply(
             prepared.logits,
