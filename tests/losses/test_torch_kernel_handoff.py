@@ -227,3 +227,29 @@ def test_probability_targets_get_the_same_gradient_through_the_hand_off(kernels,
     assert kernels == {"torch": 1, "ours": 1}
     for handed, own in zip(*grads, strict=True):
         torch.testing.assert_close(handed, own, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("case", ["masked", "all_masked", "nan", "posinf"])
+def test_edge_values_give_our_kernels_numbers(monkeypatch, case, reduction, label_smoothing):
+    # Classes masked to -inf (the target among them in one row), a row of -inf only, a NaN
+    # and a +inf logit: the same loss and gradient, inf and NaN included, on both paths.
+    inf = math.inf
+    logits = {
+        "masked": [[0.0, -inf, 1.0], [2.0, 0.5, -inf]],
+        "all_masked": [[-inf, -inf, -inf], [2.0, 0.5, 0.1]],
+        "nan": [[0.0, math.nan, 1.0], [2.0, 0.5, 0.2]],
+        "posinf": [[0.0, inf, 1.0], [2.0, 0.5, 0.2]],
+    }[case]
+    targets = torch.tensor([0, 1])
+    results = []
+    for elements in (module.TORCH_KERNEL_ELEMENTS, 0):
+        monkeypatch.setattr(module, "TORCH_KERNEL_ELEMENTS", elements)
+        results.append(
+            _value_and_grad(
+                torch.tensor(logits), targets, reduction=reduction, label_smoothing=label_smoothing
+            )
+        )
+    for handed, own in zip(*results, strict=True):
+        torch.testing.assert_close(handed, own, equal_nan=True)
