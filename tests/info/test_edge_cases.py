@@ -240,3 +240,14 @@ def test_small_divergences_keep_their_digits(xp, rng, spread):
         tolerance = 1e-15 / spread  # about eps / spread: the rounding of p - q itself
         assert kl == pytest.approx(_kl_decimal(p, q), rel=tolerance, abs=0)
         assert js == pytest.approx(_js_decimal(p, q), rel=tolerance, abs=0)
+
+
+@pytest.mark.parametrize("ratio", [1e-12, 1e-3, 0.2, 0.34, 0.5, 3.0, 1e9])
+def test_js_keeps_its_digits_on_both_sides_of_the_log1p_branch(xp, ratio):
+    # Each term switches from log1p(d) to the log of 2p / (p + q) where p < q / 3: entries
+    # at ratios p / q far below, near and above 1/3 all agree with exact decimal arithmetic.
+    q = np.array([0.25, 0.25, 0.5])
+    p = np.array([0.25 * ratio, 0.25, 0.5])
+    p /= p.sum()
+    js = float(info.js_divergence(xp.asarray(p), xp.asarray(q)))
+    assert js == pytest.approx(_js_decimal(p, q), rel=1e-14, abs=0)

@@ -557,9 +557,10 @@ def js_divergence(
     Symmetric, always finite (M > 0 wherever P or Q is), between 0 and 1 bit (log_base 2
     in general); 0 exactly when P = Q. This is the divergence itself, not its square root
     (the Jensen-Shannon distance that ``scipy.spatial.distance.jensenshannon`` returns).
-    Terms are formed as for :func:`kl_divergence`, with p - q in place of p - m, so
-    small divergences keep their digits too; large NumPy inputs take the same blocked
-    path.
+    With d = (p - q) / (p + q), the terms p log(p / m) and q log(q / m) are p log1p(d)
+    and q log1p(-d) (the log of the ratio 2p / (p + q) where p < q / 3, whose d would
+    lose digits), so small divergences keep their digits too, as in
+    :func:`kl_divergence`; large inputs take the same blocked path.
 
     Args:
         p: distributions along ``axis``, e.g. (N, V).
@@ -599,27 +600,44 @@ def js_divergence(
     values = _checks_values(validate, p_own, q_own)
 
     def terms_in(ns: Any) -> Callable[[Any, Any], Any]:
-        """The elementwise terms for arrays of namespace ``ns``."""
-        log = log_function(ns, b)
+        """The elementwise terms for arrays of namespace ``ns``, in nats, twice JS's."""
 
         def terms(p_rows: Any, q_rows: Any) -> Any:
-            # p log(p / m) with m = (p + q) / 2, written as ½ · 2p log(2p / (p + q)):
-            # halving p + q would round the smallest subnormal to 0 (an infinite term where
-            # p > 0), while p + q >= p > 0 and doubling is exact.
-            total = p_rows + q_rows
-            # 2p - (p + q) is taken as p - q: the rounding of p + q would cost digits.
-            difference = p_rows - q_rows
-            return _relative_terms(
-                ns, p_rows * 2.0, total, log, b, difference, branches=values
-            ) + _relative_terms(ns, q_rows * 2.0, total, log, b, 0.0 - difference, branches=values)
+            # p log(p / m) with m = (p + q) / 2 is p log1p(d) with d = (p - q) / (p + q),
+            # and q log(q / m) is q log1p(-d): p - q, not 2p - (p + q), keeps the digits of
+            # a small divergence, and no p + q is halved (which would round the smallest
+            # subnormal to 0). Where p < q / 3 (d < -1/2) log1p(d) would lose digits to
+            # the rounding of d, and the log is taken of the ratio 2p / (p + q) instead.
+            zero = _zero(ns, p_rows)
+            present_p, present_q = p_rows > 0, q_rows > 0
+            total = _where_else_one(ns, present_p | present_q, p_rows + q_rows)
+            d = (p_rows - q_rows) / total
+            # Masked where the term is 0: no -inf or NaN in the branch ``where`` drops,
+            # nor in its gradient (torch autograd differentiates both branches).
+            d_p = ns.where(present_p, d, zero)
+            d_q = ns.where(present_q, 0.0 - d, zero)
+            log_p, log_q = ns.log1p(d_p), ns.log1p(d_q)
+            for own, x, d_x in ((0, p_rows, d_p), (1, q_rows, d_q)):
+                far = d_x < -0.5
+                if values and not bool(ns.any(far)):
+                    continue
+                ratio = _where_else_one(ns, far, (x * 2.0) / total)
+                if own == 0:
+                    log_p = ns.where(far, ns.log(ratio), log_p)
+                else:
+                    log_q = ns.where(far, ns.log(ratio), log_q)
+            return ns.where(present_p, p_rows * log_p, zero) + ns.where(
+                present_q, q_rows * log_q, zero
+            )
 
         return terms
 
     host_terms = terms_in(_NP)  # the blocked path's blocks are NumPy's
+    scale = 0.5 / math.log(b)  # JS = ½ Σ terms, in units of the base
 
     def reduce(p_rows: Any, q_rows: Any, check: bool) -> Any:
         sums = _blocked.reduce_terms(p_rows, q_rows, host_terms, check=check)
-        return None if sums is None else sums * 0.25
+        return None if sums is None else sums * scale
 
     blocked = _try_blocked(xp, (p_own, q_own), axis, keepdims, values, reduce)
     if blocked is not None:
@@ -628,7 +646,7 @@ def js_divergence(
     ax = _prepare_pair(xp, p_own, q_own, axis, values=values)
     with _quiet(p_array, divide="ignore", invalid="ignore", over="ignore"):
         terms = terms_in(xp)(p_array, q_array)
-        return _finish(xp.sum(terms, axis=ax, keepdims=keepdims) * 0.25)
+        return _finish(xp.sum(terms, axis=ax, keepdims=keepdims) * scale)
 
 
 def binary_entropy(p: Any, *, base: float = 2, validate: bool = True) -> Any:
