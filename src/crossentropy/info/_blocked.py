@@ -86,11 +86,11 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def eligible(*arrays: object, axis: int, widen: bool = False, mixed: bool = False) -> bool:
+def eligible(*arrays: object, axis: int, widen: bool = False) -> bool:
     """Whether the blocked path applies: large C-contiguous float32/float64 NumPy arrays of
-    one shape and dtype, reduced along their last axis (float16 too with ``widen``, whose
-    blocks are computed in float64; with ``mixed`` a float32 array beside a float64 one,
-    widened block by block)."""
+    one shape, reduced along their last axis (float16 too with ``widen``, whose blocks are
+    computed in float64). A float32 array beside a float64 one is widened block by block
+    by :func:`reduce_rows` and :func:`reduce_terms`."""
     first = arrays[0]
     if not isinstance(first, np.ndarray):
         return False
@@ -102,7 +102,7 @@ def eligible(*arrays: object, axis: int, widen: bool = False, mixed: bool = Fals
     return all(
         isinstance(a, np.ndarray)
         and a.shape == first.shape
-        and (a.dtype == first.dtype or (mixed and a.dtype in (np.float64, np.float32)))
+        and (a.dtype == first.dtype or a.dtype in (np.float64, np.float32))
         and a.flags.c_contiguous
         for a in arrays
     )

@@ -393,11 +393,7 @@ def _try_blocked(
         return None
     ax = check_axis(axis, p.ndim, subject="`p` and `q` broadcast together")
     host_p, host_q = _host(p), _host(q)
-    if (
-        host_p is None
-        or host_q is None
-        or not _blocked.eligible(host_p, host_q, axis=ax, mixed=True)
-    ):
+    if host_p is None or host_q is None or not _blocked.eligible(host_p, host_q, axis=ax):
         return None
     check = values
     if values and p.dtype != q.dtype:
@@ -616,18 +612,18 @@ def js_divergence(
             # nor in its gradient (torch autograd differentiates both branches).
             d_p = ns.where(present_p, d, zero)
             d_q = ns.where(present_q, 0.0 - d, zero)
-            log_p, log_q = ns.log1p(d_p), ns.log1p(d_q)
-            for own, x, d_x in ((0, p_rows, d_p), (1, q_rows, d_q)):
+
+            def log_of_ratio(x: Any, d_x: Any) -> Any:
+                """log(2x / (p + q)): log1p(d_x), or the log of the ratio where d_x < -1/2."""
+                log_x = ns.log1p(d_x)
                 far = d_x < -0.5
                 if values and not bool(ns.any(far)):
-                    continue
+                    return log_x
                 ratio = _where_else_one(ns, far, (x * 2.0) / total)
-                if own == 0:
-                    log_p = ns.where(far, ns.log(ratio), log_p)
-                else:
-                    log_q = ns.where(far, ns.log(ratio), log_q)
-            return ns.where(present_p, p_rows * log_p, zero) + ns.where(
-                present_q, q_rows * log_q, zero
+                return ns.where(far, ns.log(ratio), log_x)
+
+            return ns.where(present_p, p_rows * log_of_ratio(p_rows, d_p), zero) + ns.where(
+                present_q, q_rows * log_of_ratio(q_rows, d_q), zero
             )
 
         return terms

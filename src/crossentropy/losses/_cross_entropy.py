@@ -491,7 +491,6 @@ def _torch_kernel_applies(prepared: _Prepared, options: _Options, reduction: str
     return (
         0 < logits.numel() <= TORCH_KERNEL_ELEMENTS
         and logits.device.type == "cpu"
-        and logits.dtype in _FLOAT_DTYPES
         and logits.dim() <= 2
         # torch's loss takes the dtype of wider probability targets; this module's, the
         # logits' own

@@ -549,7 +549,7 @@ def _fused_engine_sweep(
                 dh = grad_hidden[start:stop] if direct else dh_buffer[:count]  # type: ignore[index]
         stats = chunks.run(
             h_c, y_c, coefficients,
-            grad_hidden=dh, grad_weight=grad_weight, first=False, grad_bias=grad_bias,
+            grad_hidden=dh, grad_weight=grad_weight, grad_bias=grad_bias,
         )  # fmt: skip
         terms = index_loss(
             stats.row_max, stats.log_sum, stats.z_target, stats.w_dot_z,
