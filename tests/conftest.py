@@ -89,3 +89,14 @@ def xp(request: pytest.FixtureRequest) -> Backend:
 def rng() -> np.random.Generator:
     """A seeded generator, so every random test is reproducible."""
     return np.random.default_rng(20231126)
+
+
+@pytest.fixture
+def logging_compiler(tmp_path):
+    """``(compiler, log)``: a ``cc`` that appends each command line to ``log`` and then
+    compiles, to count the compilations of the C helpers (:mod:`crossentropy._build`)."""
+    log = tmp_path / "calls"
+    compiler = tmp_path / "cc"
+    compiler.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec cc "$@"\n')
+    compiler.chmod(0o755)
+    return compiler, log

@@ -412,11 +412,8 @@ def test_a_failing_compiler_leaves_the_engine_off_and_says_why(tmp_path):
 
 
 @needs_engine
-def test_the_helper_is_compiled_once_into_the_cache(tmp_path):
-    log = tmp_path / "calls"
-    compiler = tmp_path / "cc"
-    compiler.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec cc "$@"\n')
-    compiler.chmod(0o755)
+def test_the_helper_is_compiled_once_into_the_cache(tmp_path, logging_compiler):
+    compiler, log = logging_compiler
     cache = tmp_path / "cache"
     for _ in range(2):
         out = _fresh(PROBE, CC=str(compiler), **{_native.CACHE_ENV: str(cache)})

@@ -19,12 +19,18 @@ decode a full block) whatever the data. Colliding contexts share counts; on 1 Mi
 Python sources the model spends about 1.58 bits/byte (1.52 with exact, unbounded
 tables), against gzip -9's 1.78. A block that coding would not shrink is stored as is.
 
-Encoding needs no loop per byte: for every order and bit level the slots are combined
-with the position into one integer and sorted; within a run of equal slots, the rank is
-the count before and an exclusive cumulative sum of the bits is the count of ones
-before. Decoding must be sequential (each bit's context depends on the bits decoded
-before it) and runs bit by bit in Python over the same tables, so it is far slower than
-encoding.
+Where a C compiler is at hand both directions run compiled (``_context.c``, built at first
+use into the package's cache by :mod:`crossentropy._build`): the encoder's probabilities
+by one sequential pass, and the decoder with a range decoder of the same quantisation as
+constriction's. A self-check confirms both before the first use: the probabilities equal
+NumPy's bit for bit and the decoder reads back what constriction wrote. On 1 MiB of
+Python sources they take 0.6 s to encode and 0.6 s to decode. Elsewhere (or with
+:data:`NATIVE` set to ``"off"``) encoding runs vectorised in NumPy, with no loop per
+byte: for every order and bit level the slots are combined with the position into one
+integer and sorted; within a run of equal slots, the rank is the count before and an
+exclusive cumulative sum of the bits is the count of ones before (1.0 s for the same
+MiB). Decoding must then run bit by bit in Python over the same tables, since each bit's
+context depends on the bits decoded before it (11 s).
 
 All arithmetic on probabilities is +, * and / in float64, in the same order on both
 sides, so encoder and decoder compute bit-identical probabilities. Data are coded in
@@ -33,9 +39,14 @@ blocks of :data:`BLOCK` bytes, each with a fresh model, which bounds memory.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import mmap
 import struct
+import subprocess
 from array import array
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -45,6 +56,7 @@ from crossentropy.coding._arithmetic import _bytes_to_words, _quiet, _words_to_b
 __all__ = [
     "ALPHAS",
     "BLOCK",
+    "NATIVE",
     "ORDERS",
     "SLACK_BITS",
     "TABLE_BITS",
@@ -72,6 +84,10 @@ _HEAD = struct.Struct("<IBBB")  # block, table bits, extra slot bits, orders
 _REPORT_EVERY = 1 << 12  # bytes decoded between two progress reports (about 50 ms)
 _CODED, _STORED = 0, 1
 
+
+#: Which decoder runs: ``"auto"`` (the compiled one where it builds and passes its
+#: self-check, else Python's) or ``"off"`` (Python's).
+NATIVE = "auto"
 
 #: Short blocks get tables of about 8N * 2^SLACK_BITS slots (N bytes), fewer than 2^TABLE_BITS.
 SLACK_BITS = 3
@@ -206,6 +222,15 @@ def block_probabilities(
     return bits.T.ravel(), np.stack(blended, axis=1).ravel()
 
 
+def _range_code(bits: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """The range coder's words (uint32) for ``bits``, each a 1 with probability ``p``."""
+    import constriction
+
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(bits.astype(np.int32), constriction.stream.model.Bernoulli(perfect=False), p)
+    return encoder.get_compressed()
+
+
 def encode(data: np.ndarray, report: Callable[[int], object] = _quiet) -> tuple[bytes, bytes]:
     """(parameters, payload) for the bytes ``data`` (uint8, shape (N,)); ``report(bytes
     done)`` after each block.
@@ -213,8 +238,6 @@ def encode(data: np.ndarray, report: Callable[[int], object] = _quiet) -> tuple[
     Each block is ``method (u8), length (u32), bytes``: the range coder's words, or the
     block stored as it is when coding would not make it smaller (random data).
     """
-    import constriction
-
     params = (
         _HEAD.pack(BLOCK, TABLE_BITS, SLACK_BITS, len(ORDERS))
         + bytes(ORDERS)
@@ -223,18 +246,26 @@ def encode(data: np.ndarray, report: Callable[[int], object] = _quiet) -> tuple[
     chunks = []
     for start in range(0, data.size, BLOCK):
         block = data[start : start + BLOCK]
-        bits, p = block_probabilities(
-            block, ORDERS, ALPHAS, _block_table_bits(block.size, TABLE_BITS, SLACK_BITS)
-        )
-        encoder = constriction.stream.queue.RangeEncoder()
-        encoder.encode(bits.astype(np.int32), constriction.stream.model.Bernoulli(perfect=False), p)
-        words = _words_to_bytes(encoder.get_compressed())
+        table_bits = _block_table_bits(block.size, TABLE_BITS, SLACK_BITS)
+        native = _use_native()
+        if native is None:
+            bits, p = block_probabilities(block, ORDERS, ALPHAS, table_bits)
+        else:
+            bits, p = _probabilities_native(native, block, ORDERS, ALPHAS, table_bits)
+        words = _words_to_bytes(_range_code(bits, p))
         if len(words) < block.size:
             chunks.append(struct.pack("<BI", _CODED, len(words)) + words)
         else:
             chunks.append(struct.pack("<BI", _STORED, block.size) + block.tobytes())
         report(start + block.size)
     return params, b"".join(chunks)
+
+
+def _use_native() -> ctypes.CDLL | None:
+    """The compiled model and decoder where :data:`NATIVE` allows them and they run."""
+    if NATIVE not in ("auto", "off"):
+        raise ValueError(f"NATIVE must be 'auto' or 'off'; got {NATIVE!r}")
+    return _native() if NATIVE == "auto" else None
 
 
 def _read_params(params: bytes) -> tuple[int, int, int, tuple[int, ...], tuple[float, ...]]:
@@ -316,7 +347,10 @@ def _decode_block(
     alphas: tuple[float, ...],
     table_bits: int,
     report: Callable[[int], object] = _quiet,
-) -> list[int]:
+) -> list[int] | np.ndarray:
+    native = _use_native()
+    if native is not None:
+        return _decode_native(native, words, n, orders, alphas, table_bits, report)
     import constriction
 
     bernoulli = constriction.stream.model.Bernoulli
@@ -418,3 +452,165 @@ def _decode_four_orders(
         out.append(byte)
         history = ((history << 8) | byte) & history_mask
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# The compiled decoder.
+
+
+class _Decoder(ctypes.Structure):
+    """``ctx_decoder`` of ``_context.c``."""
+
+    _fields_ = [
+        ("words", ctypes.c_void_p),
+        ("num_words", ctypes.c_int64),
+        ("next_word", ctypes.c_int64),
+        ("lower", ctypes.c_uint64),
+        ("range", ctypes.c_uint64),
+        ("point", ctypes.c_uint64),
+        ("num_orders", ctypes.c_int64),
+        ("exact", ctypes.c_int64 * _MAX_ORDER),
+        ("context_mask", ctypes.c_uint64 * _MAX_ORDER),
+        ("alpha", ctypes.c_double * _MAX_ORDER),
+        ("spread", ctypes.c_void_p * _MAX_ORDER),
+        ("counts", ctypes.c_void_p * _MAX_ORDER),
+        ("hash_shift", ctypes.c_int64),
+        ("history", ctypes.c_uint64),
+        ("history_mask", ctypes.c_uint64),
+    ]
+
+
+_NATIVE_SOURCE = Path(__file__).with_name("_context.c")
+# No fused multiply-add: the blend must round as NumPy's encoder rounds it.
+_NATIVE_FLAGS = ("-O2", "-ffp-contract=off", "-fPIC", "-shared")
+_native_reason: str | None = None
+
+
+def _native_state(
+    orders: tuple[int, ...], alphas: tuple[float, ...], table_bits: int
+) -> tuple[_Decoder, list[object]]:
+    """A fresh model (empty tables) for the compiled code, and what it points into, which
+    must stay alive while it is used."""
+    state = _Decoder()
+    state.num_orders = len(orders)
+    state.hash_shift = 64 - (table_bits - 3)
+    keep: list[object] = []
+    for k, (j, alpha) in enumerate(zip(orders, alphas, strict=True)):
+        exact = _exact(j, table_bits)
+        slots = 1 << (8 * j + 8 if exact else table_bits)
+        spread = np.array(_node_spread(j, table_bits), dtype=np.uint32)
+        # Per slot: seen, ones. An anonymous map, its zero pages faulted in as they are
+        # first touched: a large NumPy array asks for huge pages, whose compaction stalls
+        # cost more than they save here (0.71 s against 0.65 s to decode 1 MiB of text).
+        table = mmap.mmap(-1, 8 * slots)
+        counts = np.frombuffer(table, dtype=np.uint32)
+        keep += [spread, counts, table]
+        state.exact[k] = exact
+        state.context_mask[k] = (1 << (8 * j)) - 1
+        state.alpha[k] = alpha
+        state.spread[k] = spread.ctypes.data
+        state.counts[k] = counts.ctypes.data
+    state.history_mask = (1 << (8 * max(orders))) - 1
+    return state, keep
+
+
+def _decode_native(
+    library: ctypes.CDLL,
+    words: np.ndarray,
+    n: int,
+    orders: tuple[int, ...],
+    alphas: tuple[float, ...],
+    table_bits: int,
+    report: Callable[[int], object] = _quiet,
+) -> np.ndarray:
+    """:func:`_decode_block` on the compiled decoder: the same bytes, far sooner."""
+    words = np.ascontiguousarray(words, dtype=np.uint32)
+    state, keep = _native_state(orders, alphas, table_bits)
+    keep.append(words)
+    state.words = words.ctypes.data
+    state.num_words = words.size
+    library.ctx_start(ctypes.byref(state))
+    out = np.empty(n, dtype=np.uint8)
+    for start in range(0, n, _REPORT_EVERY):
+        report(start)
+        count = min(_REPORT_EVERY, n - start)
+        status = library.ctx_decode(ctypes.byref(state), out[start:].ctypes.data, count)
+        if status != 0:
+            # Worded as the container words the Python decoder's failure.
+            raise DecodeError(
+                "corrupt container: the context payload does not decode (the coded bits "
+                "are not ones the model's encoder writes)"
+            )
+    return out
+
+
+def _probabilities_native(
+    library: ctypes.CDLL,
+    block: np.ndarray,
+    orders: tuple[int, ...],
+    alphas: tuple[float, ...],
+    table_bits: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`block_probabilities` on the compiled model: the same numbers, bit for bit."""
+    block = np.ascontiguousarray(block, dtype=np.uint8)
+    state, keep = _native_state(orders, alphas, table_bits)
+    p = np.empty(8 * block.size)
+    library.ctx_probabilities(ctypes.byref(state), block.ctypes.data, block.size, p.ctypes.data)
+    del keep  # the tables, no longer needed
+    return np.unpackbits(block), p
+
+
+def _self_check(library: ctypes.CDLL) -> None:
+    """Decode what this module's encoder writes, at the table sizes where slots collide
+    and where they do not; raise AssertionError on any difference."""
+    rng = np.random.default_rng(5)
+    vocabulary = [b"entropy", b"cross", b"bits", b"code", b"model", b"the", b"of", b" ", b"\n"]
+    text = b" ".join(vocabulary[i] for i in rng.integers(0, len(vocabulary), 3000))
+    data = np.frombuffer(text + rng.bytes(500) + text[:4000], dtype=np.uint8)
+    for table_bits in (16, _block_table_bits(data.size, TABLE_BITS, SLACK_BITS)):
+        bits, p = block_probabilities(data, ORDERS, ALPHAS, table_bits)
+        native_bits, native_p = _probabilities_native(library, data, ORDERS, ALPHAS, table_bits)
+        if not (np.array_equal(native_bits, bits) and np.array_equal(native_p, p)):
+            raise AssertionError("the compiled context model disagrees with NumPy's")
+        decoded = _decode_native(
+            library, _range_code(bits, p), data.size, ORDERS, ALPHAS, table_bits
+        )
+        if not np.array_equal(decoded, data):
+            raise AssertionError(
+                "the compiled context decoder disagrees with constriction's range coder"
+            )
+
+
+@functools.cache
+def _native() -> ctypes.CDLL | None:
+    """The compiled decoder, or None where it cannot run (:func:`native_unavailable_reason`)."""
+    global _native_reason
+    from crossentropy import _build
+
+    try:
+        path = _build.compile_helper(
+            _NATIVE_SOURCE, _NATIVE_FLAGS, name="context", what="the context decoder"
+        )
+        library = ctypes.CDLL(str(path))
+        library.ctx_start.argtypes = [ctypes.POINTER(_Decoder)]
+        library.ctx_start.restype = None
+        library.ctx_decode.argtypes = [ctypes.POINTER(_Decoder), ctypes.c_void_p, ctypes.c_int64]
+        library.ctx_decode.restype = ctypes.c_int
+        library.ctx_probabilities.argtypes = [
+            ctypes.POINTER(_Decoder),
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_void_p,
+        ]
+        library.ctx_probabilities.restype = None
+        _self_check(library)
+    except (OSError, AssertionError, DecodeError, subprocess.SubprocessError) as error:
+        _native_reason = str(error) or type(error).__name__
+        return None
+    _native_reason = None
+    return library
+
+
+def native_unavailable_reason() -> str | None:
+    """Why the compiled decoder is not in use (None where it is, or not yet looked for)."""
+    return _native_reason

@@ -38,21 +38,19 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import hashlib
 import os
-import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
+from crossentropy import _build
+
 ONEDNN_ENV = "CROSSENTROPY_ONEDNN"
 """Environment variable naming the oneDNN shared library to load (a ``libdnnl.so`` path)."""
 
-CACHE_ENV = "CROSSENTROPY_CACHE"
+CACHE_ENV = _build.CACHE_ENV
 """Environment variable naming the folder for the compiled helper."""
 
 BLOCK_ROWS = 1024
@@ -121,64 +119,14 @@ def _load_onednn() -> ctypes.CDLL:
     raise OSError("; ".join(errors))
 
 
-def _cpu_features() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def _compile_helper() -> Path:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise OSError("no C compiler found (set $CC)")
-    source = _SOURCE.read_bytes()
-    version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, check=False, timeout=60
-    ).stdout
-    key = hashlib.sha256(
-        b"\0".join(s.encode() for s in (version, " ".join(_FLAGS), _cpu_features()))
-        + b"\0"
-        + source
-    ).hexdigest()[:16]
-    cache = Path(
-        os.environ.get(CACHE_ENV)
-        or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "crossentropy")
-    ).expanduser()
-    target = cache / f"native-{key}.so"
-    if target.is_file():
-        return target
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=cache)  # noqa: SIM115 (closed just below)
-        probe.close()
-    except OSError:
-        # A cache folder that cannot be written (a read-only home): the system's temporary
-        # folder, one per user, so that the engine still runs.
-        cache = Path(tempfile.gettempdir(), f"crossentropy-{os.getuid()}")
-        cache.mkdir(parents=True, exist_ok=True)
-        target = cache / target.name
-        if target.is_file():
-            return target
-    failures = []
     # libmvec (glibc, x86-64) gives the vectorised expf; without it the loops stay scalar.
-    for extra in (["-DCE_LIBMVEC"], []):
-        with tempfile.NamedTemporaryFile(dir=cache, suffix=".so", delete=False) as handle:
-            partial = Path(handle.name)
-        libs = ["-lmvec", "-lm"] if extra else ["-lm"]
-        command = [compiler, *_FLAGS, *extra, str(_SOURCE), "-o", str(partial), *libs]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
-            if done.returncode == 0:
-                os.replace(partial, target)  # atomic: concurrent first uses agree
-                return target
-        finally:
-            partial.unlink(missing_ok=True)  # gone already where it became the target
-        failures.append(done.stderr.strip()[-500:])
-    raise OSError("compiling the helper failed: " + " | ".join(failures))
+    return _build.compile_helper(
+        _SOURCE,
+        _FLAGS,
+        ((["-DCE_LIBMVEC"], ["-lmvec", "-lm"]), ([], ["-lm"])),
+        name="native",
+    )
 
 
 class _Engine:
