@@ -95,7 +95,7 @@ def compress(
         model: one of :data:`MODELS`. ``"order0"`` codes each byte with the file's own
             byte frequencies (stored in the header), reaching the order-0 entropy;
             ``"context"`` predicts each bit from the preceding 1, 2, 4 and 6 bytes
-            (counts blended), learning as it goes: smaller, and slower (about 1.6 MB/s
+            (counts blended), learning as it goes: smaller, and slower (about 2 MB/s
             each way compiled, where a C compiler is at hand; elsewhere its decoder is a
             Python loop per bit, about 0.1 MB/s).
         progress: None, or a callable ``progress(done, total)`` told the bytes of ``data``

@@ -58,14 +58,17 @@ void ctx_start(ctx_decoder *d) {
 /* One bit with probability p of a 1; returns 0 or 1, or -1 for data no encoder wrote. */
 static inline int decode_bit(ctx_decoder *d, double p) {
     const double q = 1.0 - p;
-    const double scale_f = (double)((1u << PRECISION) - 2) / (q + p);
-    const double left = q * scale_f;
+    const double sum = q + p; /* 1, or 1 less an ulp */
+    const double free_weight = (double)((1u << PRECISION) - 2);
+    const double left = q * (sum == 1.0 ? free_weight : free_weight / sum);
     const uint64_t c1 = (left >= 4294967295.0 ? 4294967295u : (uint64_t)left) + 1;
     const uint64_t scale = d->range >> PRECISION;
-    const uint64_t quantile = (d->point - d->lower) / scale;
-    if (quantile >= (1ULL << PRECISION)) return -1;
+    /* quantile = (point - lower) / scale, compared without dividing: quantile >= k
+       exactly when point - lower >= k * scale */
+    const uint64_t offset = d->point - d->lower;
+    if (offset >= scale << PRECISION) return -1;
     int bit;
-    if (quantile >= c1) {
+    if (offset >= scale * c1) {
         bit = 1;
         d->lower += scale * c1;
         d->range = scale * ((1ULL << PRECISION) - c1);
