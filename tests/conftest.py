@@ -53,6 +53,12 @@ def _backends() -> list[str]:
         pass
     else:
         names.append("torch")
+    try:
+        import array_api_strict  # noqa: F401
+    except ImportError:  # pragma: no cover - array-api-strict is in the test environment
+        pass
+    else:
+        names.append("array_api_strict")
     return names
 
 
@@ -66,6 +72,12 @@ class Backend:
         array = np.asarray(data, dtype=dtype)
         if self.name == "numpy":
             return array
+        if self.name == "array_api_strict":
+            import array_api_strict
+
+            if array.dtype == np.float16:
+                pytest.skip("the array API standard has no float16")
+            return array_api_strict.asarray(array.copy())
         import torch
 
         return torch.from_numpy(array.copy())
@@ -73,6 +85,10 @@ class Backend:
     def to_numpy(self, value) -> np.ndarray:
         if self.name == "torch":
             return value.detach().cpu().numpy()
+        if self.name == "array_api_strict":
+            import array_api_strict
+
+            return np.asarray(array_api_strict.asarray(value)._array)
         return np.asarray(value)
 
     def __repr__(self) -> str:
@@ -81,7 +97,8 @@ class Backend:
 
 @pytest.fixture(params=_backends())
 def xp(request: pytest.FixtureRequest) -> Backend:
-    """Each array backend the measures must support: NumPy and torch."""
+    """Each array backend the measures must support: NumPy, torch, and array-api-strict
+    (the standard's reference library: only what the standard promises)."""
     return Backend(request.param)
 
 

@@ -94,12 +94,12 @@ def _zero(xp: Any, like: Any) -> Any:
 
 
 def _quiet(array: Any, **ignore: Any) -> contextlib.AbstractContextManager[Any]:
-    """NumPy's ``errstate(**ignore)`` for a NumPy array; nothing for other kinds (whose
-    libraries do not warn, and whose tracers, torch.compile's among them, cannot enter
-    NumPy's error state)."""
-    if isinstance(array, (np.ndarray, np.generic)):
-        return np.errstate(**ignore)
-    return contextlib.nullcontext()
+    """NumPy's ``errstate(**ignore)``, for NumPy arrays and the array libraries built on
+    NumPy (array-api-strict's arrays warn through it); nothing for torch, which does not
+    warn, and whose tracers (torch.compile's) cannot enter NumPy's error state."""
+    if array_api_compat.is_torch_array(array):
+        return contextlib.nullcontext()
+    return np.errstate(**ignore)
 
 
 def _device(x: Any) -> Any:
@@ -763,15 +763,20 @@ def perplexity(p: Any, *, axis: int = -1, keepdims: bool = False, validate: bool
 
 
 def _widened(xp: Any, array: Any) -> Any:
-    """``array`` in float64 where it is a narrower NumPy array or torch tensor (not on
-    Apple's MPS, which has no float64); else ``array`` itself."""
+    """``array`` in float64 where it is narrower and its library has float64 on its
+    device (not Apple's MPS, nor an array-API library without it); else ``array``."""
     if not _is_half(array.dtype) and str(array.dtype).rsplit(".", 1)[-1] != "float32":
         return array
-    if isinstance(array, np.ndarray) or (
-        array_api_compat.is_torch_array(array) and array.device.type != "mps"
-    ):
-        return xp.astype(array, xp.float64)
-    return array
+    if array_api_compat.is_torch_array(array):
+        wide = array.device.type != "mps"
+    elif isinstance(array, np.ndarray):
+        wide = True
+    else:
+        try:
+            wide = "float64" in xp.__array_namespace_info__().dtypes(device=_device(array))
+        except (AttributeError, TypeError, ValueError):  # no inspection API: keep it as is
+            wide = False
+    return xp.astype(array, xp.float64) if wide else array
 
 
 def normalize(x: Any, *, axis: int = -1, validate: bool = True) -> Any:
