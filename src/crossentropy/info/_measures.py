@@ -698,10 +698,11 @@ def perplexity(p: Any, *, axis: int = -1, keepdims: bool = False, validate: bool
     """Perplexity 2 ** H(P) (in bits; the same in every base): the effective number of outcomes.
 
     A distribution with perplexity k is as hard to predict as k equally likely outcomes:
-    n for the uniform distribution over n, 1 for a certain outcome. NumPy and torch input
-    in float32, float16 or bfloat16 is computed in float64 and rounded once to its dtype
-    (correctly rounded in practice: a uniform float32 distribution over 10 outcomes gives
-    exactly 10); float64 input is computed in float64, within a few ulps (so
+    n for the uniform distribution over n, 1 for a certain outcome. Input in float32,
+    float16 or bfloat16 is computed in float64 where its library has float64 on its device
+    (NumPy, torch outside Apple's MPS, array-API libraries that report it) and rounded once
+    to its dtype (correctly rounded in practice: a uniform float32 distribution over 10
+    outcomes gives exactly 10); float64 input is computed in float64, within a few ulps (so
     ``perplexity([0.1] * 10)`` is 9.999999999999998). Large inputs (NumPy, or CPU torch
     needing no gradient) take the blocked path of :func:`entropy` (float16 too), which
     widens one block at a time to float64.
