@@ -22,7 +22,7 @@ TEXT = pathlib.Path(coding.__file__).with_name("_prefix.py").read_bytes()[:6000]
 
 needs_native = pytest.mark.skipif(
     _context._native() is None,
-    reason=f"the compiled context decoder is unavailable: {_context.native_unavailable_reason()}",
+    reason=f"the compiled context model is unavailable: {_context.native_unavailable_reason()}",
 )
 
 
@@ -198,11 +198,11 @@ def _fresh(**env: str) -> list[str]:
 def test_without_a_compiler_the_python_decoder_runs_and_says_why(tmp_path):
     right, compiled, reason = _fresh(CC="false", **{CACHE_ENV: str(tmp_path)})
     assert (right, compiled) == ("True", "False")
-    assert reason.startswith("compiling the context decoder failed")
+    assert reason.startswith("compiling the context model failed")
 
 
 @needs_native
-def test_the_decoder_is_compiled_once_into_the_cache(tmp_path, logging_compiler):
+def test_the_model_is_compiled_once_into_the_cache(tmp_path, logging_compiler):
     compiler, log = logging_compiler
     cache = tmp_path / "cache"
     for _ in range(2):

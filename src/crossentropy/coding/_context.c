@@ -1,7 +1,8 @@
-/* The context model's decoder (crossentropy.coding._context), compiled.
+/* The context model (crossentropy.coding._context), compiled: its decoder, and the
+ * probabilities its encoder hands to the range coder.
  *
  * Decoding is sequential: each bit's probability depends on every bit decoded before it.
- * This file runs the same loop as the module's Python decoder, with the same arithmetic,
+ * ctx_decode runs the same loop as the module's Python decoder, with the same arithmetic,
  * so that it yields the same bytes from the same payload:
  *
  *   - the model: per order j, the slot of (context, node) is base_j ^ spread_j[node];
@@ -10,12 +11,15 @@
  *     after the bit, every order's slot counts it;
  *   - the range decoder: constriction's queue decoder with 32-bit words and a 64-bit
  *     state, and its Bernoulli model built with perfect=False: a 24-bit cumulative
- *     table [0, c1, 2^24] with c1 = trunc((1 - p) * (2^24 - 2) / ((1 - p) + p)) + 1.
+ *     table [0, c1, 2^24] with c1 = trunc((1 - p) * ((2^24 - 2) / ((1 - p) + p))) + 1.
  *
- * Python checks the payload's parameters, allocates the tables, and calls decode on
+ * ctx_probabilities runs the model alone over known bytes: the probabilities NumPy's
+ * vectorised encoder forms, bit for bit, in one sequential pass.
+ *
+ * Python checks the payload's parameters, allocates the tables, and calls these on
  * stretches of bytes (for its progress reports); the state carries over between calls.
- * A self-check against the Python encoder's output runs before the first use, so that a
- * range coder of another quantisation is never trusted.
+ * Before the first use a self-check compares both with NumPy's probabilities and
+ * constriction's encoder, so that a range coder of another quantisation is never trusted.
  */
 #include <stdint.h>
 
@@ -37,12 +41,12 @@ typedef struct {
     uint32_t *counts[MAX_ORDERS];    /* per slot: times seen, then times a 1 */
     int64_t hash_shift;              /* 64 - (table bits - 3) */
     uint64_t history, history_mask;
-} ctx_decoder;
+} ctx_model;
 
 static const uint64_t MULTIPLIER = 0x9E3779B97F4A7C15ULL;
 
 /* Loads the first two words (fewer if the payload is shorter), as constriction does. */
-void ctx_start(ctx_decoder *d) {
+void ctx_start(ctx_model *d) {
     uint64_t point = 0;
     int64_t read = 0;
     while (read < 2 && d->next_word < d->num_words) {
@@ -56,7 +60,7 @@ void ctx_start(ctx_decoder *d) {
 }
 
 /* One bit with probability p of a 1; returns 0 or 1, or -1 for data no encoder wrote. */
-static inline int decode_bit(ctx_decoder *d, double p) {
+static inline int decode_bit(ctx_model *d, double p) {
     const double q = 1.0 - p;
     const double sum = q + p; /* 1, or 1 less an ulp */
     const double free_weight = (double)((1u << PRECISION) - 2);
@@ -86,7 +90,7 @@ static inline int decode_bit(ctx_decoder *d, double p) {
 }
 
 /* Decodes `count` bytes into out; returns 0, or -1 where the data are invalid. */
-int ctx_decode(ctx_decoder *d, uint8_t *out, int64_t count) {
+int ctx_decode(ctx_model *d, uint8_t *out, int64_t count) {
     const int64_t orders = d->num_orders;
     uint64_t base[MAX_ORDERS];
     for (int64_t i = 0; i < count; i++) {
@@ -95,18 +99,9 @@ int ctx_decode(ctx_decoder *d, uint8_t *out, int64_t count) {
             base[k] = d->exact[k] ? context << 8
                                   : ((context * MULTIPLIER) >> d->hash_shift) << 3;
         }
-        for (int64_t k = 0; k < orders; k++)
-            for (uint32_t g = 1; g < 4; g++)
-                __builtin_prefetch(&d->counts[k][2 * (base[k] ^ d->spread[k][g])], 1);
         uint32_t node = 1;
         while (node < 256) {
             uint64_t slot[MAX_ORDERS];
-            if (node < 64) {
-                /* the grandchildren's slots, two bits ahead of their use */
-                for (int64_t k = 0; k < orders; k++)
-                    for (uint32_t g = 4 * node; g < 4 * node + 4; g++)
-                        __builtin_prefetch(&d->counts[k][2 * (base[k] ^ d->spread[k][g])], 1);
-            }
             double p = 0.5;
             for (int64_t k = 0; k < orders; k++) {
                 slot[k] = base[k] ^ d->spread[k][node];
@@ -134,7 +129,7 @@ int ctx_decode(ctx_decoder *d, uint8_t *out, int64_t count) {
    bit first), the counts kept as the decoder keeps them: what the encoder hands to the
    range coder. Each byte's slots are known before its first bit, so all are fetched at
    once. */
-void ctx_probabilities(ctx_decoder *d, const uint8_t *data, int64_t count, double *p_out) {
+void ctx_probabilities(ctx_model *d, const uint8_t *data, int64_t count, double *p_out) {
     const int64_t orders = d->num_orders;
     for (int64_t i = 0; i < count; i++) {
         const uint32_t byte = data[i];

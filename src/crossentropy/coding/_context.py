@@ -85,8 +85,8 @@ _REPORT_EVERY = 1 << 12  # bytes decoded between two progress reports (about 50 
 _CODED, _STORED = 0, 1
 
 
-#: Which decoder runs: ``"auto"`` (the compiled one where it builds and passes its
-#: self-check, else Python's) or ``"off"`` (Python's).
+#: Whether the model runs compiled: ``"auto"`` (where it builds and passes its self-check;
+#: else NumPy's encoder and Python's decoder) or ``"off"`` (NumPy's and Python's).
 NATIVE = "auto"
 
 #: Short blocks get tables of about 8N * 2^SLACK_BITS slots (N bytes), fewer than 2^TABLE_BITS.
@@ -455,11 +455,11 @@ def _decode_four_orders(
 
 
 # ---------------------------------------------------------------------------------------
-# The compiled decoder.
+# The compiled model: the encoder's probabilities and the decoder.
 
 
-class _Decoder(ctypes.Structure):
-    """``ctx_decoder`` of ``_context.c``."""
+class _Model(ctypes.Structure):
+    """``ctx_model`` of ``_context.c``: the model's tables and the range decoder's state."""
 
     _fields_ = [
         ("words", ctypes.c_void_p),
@@ -497,10 +497,10 @@ _native_reason: str | None = None
 
 def _native_state(
     orders: tuple[int, ...], alphas: tuple[float, ...], table_bits: int
-) -> tuple[_Decoder, list[object]]:
+) -> tuple[_Model, list[object]]:
     """A fresh model (empty tables) for the compiled code, and what it points into, which
     must stay alive while it is used."""
-    state = _Decoder()
+    state = _Model()
     state.num_orders = len(orders)
     state.hash_shift = 64 - (table_bits - 3)
     keep: list[object] = []
@@ -572,8 +572,9 @@ def _probabilities_native(
 
 
 def _self_check(library: ctypes.CDLL) -> None:
-    """Decode what this module's encoder writes, at the table sizes where slots collide
-    and where they do not; raise AssertionError on any difference."""
+    """Compare the compiled model's probabilities with NumPy's, and decode what
+    constriction's encoder wrote from them, at table sizes where slots collide and where
+    they do not; raise AssertionError on any difference."""
     rng = np.random.default_rng(5)
     vocabulary = [b"entropy", b"cross", b"bits", b"code", b"model", b"the", b"of", b" ", b"\n"]
     text = b" ".join(vocabulary[i] for i in rng.integers(0, len(vocabulary), 3000))
@@ -594,21 +595,21 @@ def _self_check(library: ctypes.CDLL) -> None:
 
 @functools.cache
 def _native() -> ctypes.CDLL | None:
-    """The compiled decoder, or None where it cannot run (:func:`native_unavailable_reason`)."""
+    """The compiled model, or None where it cannot run (:func:`native_unavailable_reason`)."""
     global _native_reason
     from crossentropy import _build
 
     try:
         path = _build.compile_helper(
-            _NATIVE_SOURCE, _NATIVE_FLAGS, name="context", what="the context decoder"
+            _NATIVE_SOURCE, _NATIVE_FLAGS, name="context", what="the context model"
         )
         library = ctypes.CDLL(str(path))
-        library.ctx_start.argtypes = [ctypes.POINTER(_Decoder)]
+        library.ctx_start.argtypes = [ctypes.POINTER(_Model)]
         library.ctx_start.restype = None
-        library.ctx_decode.argtypes = [ctypes.POINTER(_Decoder), ctypes.c_void_p, ctypes.c_int64]
+        library.ctx_decode.argtypes = [ctypes.POINTER(_Model), ctypes.c_void_p, ctypes.c_int64]
         library.ctx_decode.restype = ctypes.c_int
         library.ctx_probabilities.argtypes = [
-            ctypes.POINTER(_Decoder),
+            ctypes.POINTER(_Model),
             ctypes.c_void_p,
             ctypes.c_int64,
             ctypes.c_void_p,
@@ -623,5 +624,5 @@ def _native() -> ctypes.CDLL | None:
 
 
 def native_unavailable_reason() -> str | None:
-    """Why the compiled decoder is not in use (None where it is, or not yet looked for)."""
+    """Why the compiled model is not in use (None where it is, or not yet looked for)."""
     return _native_reason
