@@ -13,7 +13,7 @@
  *     with the m_i that block's e were taken against: one exponential per logit in all)
  *     dW[block] (+)= g . h                            (sgemm, accumulated in place)
  *     dbias[block] += sum over rows of g
- *   then dh = g^T . W                                 (one sgemm per thread, by columns)
+ *   then dh = g^T . W                                 (one sgemm)
  *
  * Sweep 1 is ce_stats, sweep 2 and the products after it ce_grads: a head split by
  * vocabulary across ranks combines the rows' statistics between the two calls.
@@ -195,26 +195,6 @@ static void grad_block(const ce_chunk_args *a, int64_t v0, int64_t n, const floa
     }
 }
 
-/* dh = g^T . W, (c, D), its columns split over the threads, each thread's share one
-   single-threaded product (oneDNN runs sequentially inside a parallel region). One
-   product over all the threads runs at about 0.77x the 2048^3 rate at c = 256, D = 1024,
-   V = 32000 on a 2-core AVX-512 machine; split so, at 0.91x (the same at V = 128256 and
-   at D = 512, about 0.88x and 0.9x). */
-static int hidden_grad(const ce_chunk_args *a) {
-    const int64_t c = a->c, D = a->D, V = a->V;
-    int status = 0;
-    #pragma omp parallel reduction(|:status)
-    {
-        const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
-        const int64_t per = ((D + threads - 1) / threads + 15) / 16 * 16;
-        const int64_t lo = min64(me * per, D), n = min64(lo + per, D) - lo;
-        if (n > 0)
-            status |= a->sgemm('T', 'N', c, n, V, 1.0f, a->zT, c, a->W + lo, D, 0.0f,
-                               a->dh + lo, D);
-    }
-    return status;
-}
-
 /* Sweep 1 over the chunk's V rows: the logits and the rows' statistics against this
    call's own max (row_max, log_sum = log sum_v exp(z - row_max), z_target, which stays 0
    for a row whose target is not among the V rows, and w_dot_z). A vocabulary-parallel
@@ -269,7 +249,7 @@ int ce_grads(const ce_chunk_args *a) {
             if (status) goto done;
         }
     }
-    if (a->dh) status = hidden_grad(a);
+    if (a->dh) status = a->sgemm('T', 'N', c, D, V, 1.0f, a->zT, c, a->W, D, 0.0f, a->dh, D);
 done:
     free(coef);
     return status;
