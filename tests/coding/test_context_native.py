@@ -26,6 +26,20 @@ needs_native = pytest.mark.skipif(
 )
 
 
+# Tables where slots collide (2^16), larger ones, and exact order-2 tables (2^24); the
+# default orders, a set reaching 8 bytes, and one order alone.
+TABLES = pytest.mark.parametrize("table_bits", [16, 19, 24])
+MODELS = pytest.mark.parametrize(
+    ("orders", "alphas"),
+    [(_context.ORDERS, _context.ALPHAS), ((1, 3, 8), (0.5, 1.0, 3.25)), ((2,), (1.0,))],
+)
+
+
+def _sample(rng) -> bytes:
+    """Text, random bytes and a run."""
+    return TEXT[:2500] + rng.integers(0, 256, 700, dtype=np.uint8).tobytes() + b"\0" * 300
+
+
 def _payload(data: bytes, table_bits: int, orders=_context.ORDERS, alphas=_context.ALPHAS):
     """One block's range-coder words, as the encoder writes them."""
     block = np.frombuffer(data, dtype=np.uint8)
@@ -49,28 +63,20 @@ def test_a_machine_with_a_compiler_decodes_compiled():
 
 
 @needs_native
-@pytest.mark.parametrize("table_bits", [16, 19, 24])
-@pytest.mark.parametrize(
-    ("orders", "alphas"),
-    [(_context.ORDERS, _context.ALPHAS), ((1, 3, 8), (0.5, 1.0, 3.25)), ((2,), (1.0,))],
-)
+@TABLES
+@MODELS
 def test_compiled_and_python_decoders_agree(table_bits, orders, alphas, rng, monkeypatch):
-    """Text, random bytes and runs, with tables where slots collide (2^16) and exact
-    order-2 tables (2^24), for the default orders, one reaching 8 bytes, and one alone."""
-    data = TEXT[:2500] + rng.integers(0, 256, 700, dtype=np.uint8).tobytes() + b"\0" * 300
+    data = _sample(rng)
     words = _payload(data, table_bits, orders, alphas)
     native, python = _both(words, len(data), orders, alphas, table_bits, monkeypatch)
     assert native == python == data
 
 
 @needs_native
-@pytest.mark.parametrize("table_bits", [16, 19, 24])
-@pytest.mark.parametrize(
-    ("orders", "alphas"),
-    [(_context.ORDERS, _context.ALPHAS), ((1, 3, 8), (0.5, 1.0, 3.25)), ((2,), (1.0,))],
-)
+@TABLES
+@MODELS
 def test_compiled_model_gives_numpys_probabilities_bit_for_bit(table_bits, orders, alphas, rng):
-    data = TEXT[:2500] + rng.integers(0, 256, 700, dtype=np.uint8).tobytes() + b"\0" * 300
+    data = _sample(rng)
     block = np.frombuffer(data, dtype=np.uint8)
     bits, p = _context.block_probabilities(block, orders, alphas, table_bits)
     native_bits, native_p = _context._probabilities_native(
