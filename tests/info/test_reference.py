@@ -653,3 +653,83 @@ def test_a_float32_input_beside_a_float64_one_is_widened_block_by_block(
         np.testing.assert_allclose(blocked, plain, rtol=1e-13)
     else:
         np.testing.assert_array_equal(blocked, plain)
+
+
+PAIR_MEASURES = ("cross_entropy", "kl_divergence", "js_divergence")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", PAIR_MEASURES)
+@pytest.mark.parametrize("row_shape", [(700,), (1, 700), (1, 1, 700)])
+@pytest.mark.parametrize("single", ["q", "p"])
+def test_one_row_against_many_takes_the_blocked_path(rng, monkeypatch, dtype, name, row_shape,
+                                                     single):  # fmt: skip
+    """One distribution against each of many rows: the blocked path broadcasts the single
+    row against every block, with the numbers of the same call on the row repeated (and
+    of the plain path), where before the plain path made full-size temporaries."""
+    full = distributions(rng, (3, 130, 700), dtype=dtype)
+    full[0, :40] = distributions(rng, (40, 700), zero_fraction=0.0, dtype=dtype)
+    row = distributions(rng, (700,), zero_fraction=0.0, dtype=dtype)
+    row[0] = np.finfo(dtype).smallest_subnormal  # ratios that overflow
+    row = (row / row.sum()).astype(dtype)
+    full[1, 7] = row * (1 + 1e-7 * rng.standard_normal(700))  # the log1p branches
+    full[1, 7] /= full[1, 7].sum()
+    one = row.reshape(row_shape)
+    if len(row_shape) > full.ndim:
+        pytest.skip("a row with more axes than the full array keeps the plain path")
+    p, q = (full, one) if single == "q" else (one, full)
+    measure = getattr(info, name)
+    calls = _record_results(
+        monkeypatch, "reduce_rows" if name == "cross_entropy" else "reduce_terms"
+    )
+    got = measure(p, q)
+    assert calls
+    assert calls[-1] is not None
+    assert got.shape == full.shape[:-1]
+    repeated = np.ascontiguousarray(np.broadcast_to(row, full.shape))
+    expanded = measure(*((full, repeated) if single == "q" else (repeated, full)))
+    np.testing.assert_array_equal(got, expanded)
+    monkeypatch.setattr(_blocked, "MIN_ELEMENTS", full.size + 1)  # the plain path now
+    np.testing.assert_allclose(got, measure(p, q), rtol=1e-13 if dtype == np.float64 else 1e-6)
+    keep = measure(p, q, keepdims=True)
+    assert keep.shape == (*full.shape[:-1], 1)
+
+
+def test_one_row_against_many_in_two_dtypes_and_as_torch(rng):
+    torch = pytest.importorskip("torch")
+    full = distributions(rng, (400, 700))
+    row = distributions(rng, (700,), zero_fraction=0.0)
+    repeated = np.ascontiguousarray(np.broadcast_to(row, full.shape))
+    for name in PAIR_MEASURES:
+        measure = getattr(info, name)
+        expected = measure(full, repeated.astype(np.float32))
+        np.testing.assert_array_equal(measure(full, row.astype(np.float32)), expected)
+        got = measure(torch.from_numpy(full), torch.from_numpy(row))
+        assert isinstance(got, torch.Tensor)
+        np.testing.assert_array_equal(got.numpy(), measure(full, repeated))
+
+
+def test_a_bad_single_row_gets_the_plain_path_s_error(rng):
+    full = distributions(rng, (400, 700))
+    row = distributions(rng, (700,), zero_fraction=0.0) * 1.01
+    with pytest.raises(ValueError, match=r"`q` must sum to 1 along axis -1.*got a sum of 1.01"):
+        info.kl_divergence(full, row)
+    row[3] = -0.1
+    with pytest.raises(ValueError, match=r"`p` must be non-negative; got -0.1 at index \(3,\)"):
+        info.cross_entropy(row, full)
+
+
+def test_one_row_with_a_zero_where_many_rows_are_positive(rng):
+    full = distributions(rng, (400, 700))
+    row = distributions(rng, (700,), zero_fraction=0.0)
+    row[5] = 0.0
+    row /= row.sum()
+    full[:10, 5] = 0.0  # these rows put no mass where the row has none
+    full[:10] /= full[:10].sum(axis=1, keepdims=True)
+    full[10:, 5] = np.maximum(full[10:, 5], 1e-3)
+    full[10:] /= full[10:].sum(axis=1, keepdims=True)
+    for name in ("cross_entropy", "kl_divergence"):
+        got = getattr(info, name)(full, row)
+        assert np.isfinite(got[:10]).all()
+        assert np.isinf(got[10:]).all()
+    assert np.isfinite(info.js_divergence(full, row)).all()

@@ -90,22 +90,34 @@ def eligible(*arrays: object, axis: int, widen: bool = False) -> bool:
     """Whether the blocked path applies: large C-contiguous float32/float64 NumPy arrays of
     one shape, reduced along their last axis (float16 too with ``widen``, whose blocks are
     computed in float64). A float32 array beside a float64 one is widened block by block
-    by :func:`reduce_rows` and :func:`reduce_terms`."""
-    first = arrays[0]
-    if not isinstance(first, np.ndarray):
+    by :func:`reduce_rows` and :func:`reduce_terms`. Beside a full array, the other of a
+    pair may be a single row (shape ``(n,)`` or ``(1, ..., 1, n)``: one distribution
+    against many), which every block then broadcasts against."""
+    hosts = [a for a in arrays if isinstance(a, np.ndarray)]
+    if len(hosts) != len(arrays):
         return False
+    full = max(hosts, key=lambda a: a.size)
     dtypes = (np.float64, np.float32, np.float16) if widen else (np.float64, np.float32)
-    if first.dtype not in dtypes or first.ndim == 0:
+    if full.dtype not in dtypes or full.ndim == 0:
         return False
-    if axis != first.ndim - 1 or first.size < MIN_ELEMENTS or first.shape[-1] == 0:
+    if axis != full.ndim - 1 or full.size < MIN_ELEMENTS or full.shape[-1] == 0:
         return False
     return all(
-        isinstance(a, np.ndarray)
-        and a.shape == first.shape
-        and (a.dtype == first.dtype or a.dtype in (np.float64, np.float32))
+        (a.shape == full.shape or _single_row_of(a, full.shape))
+        and (a.dtype == full.dtype or a.dtype in (np.float64, np.float32))
         and a.flags.c_contiguous
-        for a in arrays
+        for a in hosts
     )
+
+
+def _single_row_of(a: np.ndarray, shape: tuple[int, ...]) -> bool:
+    """Whether ``a`` is one row that broadcasts to ``shape`` along its last axis."""
+    return 0 < a.ndim <= len(shape) and a.shape[-1] == shape[-1] and a.size == shape[-1]
+
+
+def _block(x: np.ndarray, r0: int, r1: int) -> np.ndarray:
+    """Rows ``r0:r1`` of ``x`` (rows, n), or its one row where it has one (broadcast)."""
+    return x[r0:r1] if x.shape[0] > 1 else x
 
 
 def _buffer(size: int, dtype: np.dtype, slot: str = "logs") -> np.ndarray:
@@ -147,7 +159,9 @@ def _row_dots(
         return lambda a, b, out: np.einsum("ij,ij->i", a, b, out=out)
 
     def summed(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-        products = _buffer(a.size, a.dtype, "products")[: a.size].reshape(a.shape)
+        shape = np.broadcast_shapes(a.shape, b.shape)  # one of them may be a single row
+        size = math.prod(shape)
+        products = _buffer(size, a.dtype, "products")[:size].reshape(shape)
         np.multiply(a, b, out=products)
         np.add.reduce(products, axis=1, out=out)
 
@@ -183,19 +197,31 @@ def _run(
     float64, each block widened into a scratch buffer, and each row summed pairwise: the
     plain path's numbers on a float64 copy of the whole array, with memory for a block.
     """
-    rows, n = p.shape
+    n = p.shape[1]
+    rows = max(p.shape[0], 0 if q is None else q.shape[0])
     log, _ = _logarithm(base)
     mixed = q is not None and q.dtype != p.dtype
     assert not (check and mixed)  # inputs of two dtypes are checked by the caller
     work = np.dtype(np.float64) if widen or mixed else p.dtype
     widened = work != p.dtype or (q is not None and work != q.dtype)
+    tolerance = sum_tolerance(p.dtype)
+    # A single row beside many (one distribution against each of many) is checked and
+    # widened once here; every block broadcasts against it.
+    single_p = rows > 1 and p.shape[0] == 1
+    single_q = rows > 1 and q is not None and q.shape[0] == 1
+    row_sums = _row_sums(p.dtype, n)
+    for single, x in ((single_p, p), (single_q, q)):
+        if single and x is not None and not _single_row_passes(x, check, tolerance):
+            return None
+    if single_p and p.dtype != work:
+        p = p.astype(work)
+    if single_q and q is not None and q.dtype != work:
+        q = q.astype(work)
     acc = np.empty(rows, dtype=work)
     block_rows, task_rows, starts = _schedule(rows, n)
-    row_sums = _row_sums(p.dtype, n)
     # Widened blocks are summed pairwise: the numbers of the plain path on a float64 copy
     # (which perplexity took before). So are rows too long for the BLAS dot.
     row_dots = _row_dots(work, pairwise=widened or n > DOT_ELEMENTS)
-    tolerance = sum_tolerance(p.dtype)
     rejected = threading.Event()
 
     def task(index: int) -> None:
@@ -207,17 +233,25 @@ def _run(
             _buffer(block_rows * n, work, "wide q") if q is not None and q.dtype != work else None
         )
         # The task's row sums, checked once at its end (per block would cost more calls).
-        sums_p = np.empty(stop - start, dtype=p.dtype) if check else None
-        sums_q = np.empty(stop - start, dtype=p.dtype) if check and q is not None else None
+        sums_p = np.empty(stop - start, dtype=p.dtype) if check and not single_p else None
+        sums_q = (
+            np.empty(stop - start, dtype=p.dtype)
+            if check and q is not None and not single_q
+            else None
+        )
+        # The logs of a single q, taken once per task.
+        logs_q = None
         tiny = np.finfo(work).tiny
         with np.errstate(divide="ignore", invalid="ignore"):
+            if single_q and q is not None:
+                logs_q = log(q)
             for r0 in range(start, stop, block_rows):
                 if rejected.is_set():
                     return
                 r1 = min(r0 + block_rows, stop)
                 size = (r1 - r0) * n
-                own_p = p[r0:r1]
-                own_q = None if q is None else q[r0:r1]
+                own_p = _block(p, r0, r1)
+                own_q = None if q is None else _block(q, r0, r1)
                 # p's passes, then q's: each block is read while it is still in cache.
                 if sums_p is not None:
                     row_sums(own_p, sums_p[r0 - start : r1 - start])
@@ -244,14 +278,17 @@ def _run(
                     np.copyto(block_q, own_q)
                 else:
                     block_q = own_q
-                log(block_q, out=logs)
+                if logs_q is None:
+                    log(block_q, out=logs)
                 dots = acc[r0:r1]
-                row_dots(block_p, logs, dots)
+                row_dots(block_p, logs if logs_q is None else logs_q, dots)
                 if q is not None and math.isnan(np.add.reduce(dots)):
                     # 0 * log 0 (or the log of a negative q) made a NaN: mend it in cache.
                     if not block_q.min() >= 0:
                         rejected.set()
                         return
+                    if logs_q is not None:
+                        np.copyto(logs, logs_q)
                     np.copyto(logs, 0.0, where=block_p == 0)
                     row_dots(block_p, logs, dots)
         if _sums_off(tolerance, sums_p, sums_q):
@@ -259,6 +296,14 @@ def _run(
 
     _map(task, len(starts))
     return None if rejected.is_set() else acc
+
+
+def _single_row_passes(x: np.ndarray, check: bool, tolerance: float) -> bool:
+    """A single row's own checks, once: no negative or NaN entry, and with ``check`` a sum
+    within ``tolerance`` of 1 (taken in its own dtype)."""
+    if not x.min() >= 0:
+        return False
+    return not (check and _sums_off(tolerance, np.add.reduce(x, axis=1)))
 
 
 def _schedule(rows: int, n: int, elements: int = BLOCK_ELEMENTS) -> tuple[int, int, list[int]]:
@@ -298,7 +343,7 @@ def reduce_rows(
     input beside a float64 one (which the caller has checked: ``check`` must be off).
     ``p`` and ``q`` must satisfy :func:`eligible`.
     """
-    shape = p.shape[:-1]
+    shape = p.shape[:-1] if q is None else np.broadcast_shapes(p.shape, q.shape)[:-1]
     n = p.shape[-1]
     p2 = p.reshape(-1, n)
     q2 = None if q is None else q.reshape(-1, n)
@@ -329,32 +374,39 @@ def reduce_terms(
     sum to 1 (the caller's full check then raises the error); ``check=False`` skips the
     sums, as :func:`reduce_rows` does. ``p`` and ``q`` must satisfy :func:`eligible`.
     """
-    shape = p.shape[:-1]
+    shape = np.broadcast_shapes(p.shape, q.shape)[:-1]
     n = p.shape[-1]
     p2 = p.reshape(-1, n)
     q2 = q.reshape(-1, n)
-    rows = p2.shape[0]
+    rows = max(p2.shape[0], q2.shape[0])
     common = np.result_type(p.dtype, q.dtype)
     assert not (check and p.dtype != q.dtype)  # inputs of two dtypes: checked by the caller
     out = np.empty(rows, dtype=common)
     block_rows, task_rows, starts = _schedule(rows, n, TERMS_BLOCK_ELEMENTS)
     row_sums = _row_sums(p.dtype, n)
     tolerance = sum_tolerance(p.dtype)
+    # A single row beside many is checked once here; every block broadcasts against it.
+    single_p = rows > 1 and p2.shape[0] == 1
+    single_q = rows > 1 and q2.shape[0] == 1
+    for single, x in ((single_p, p2), (single_q, q2)):
+        if single and not _single_row_passes(x, check, tolerance):
+            return None
     rejected = threading.Event()
 
     def task(index: int) -> None:
         start = starts[index]
         stop = min(start + task_rows, rows)
-        sums_p = np.empty(stop - start, dtype=p.dtype) if check else None
-        sums_q = np.empty(stop - start, dtype=p.dtype) if check else None
+        sums_p = np.empty(stop - start, dtype=p.dtype) if check and not single_p else None
+        sums_q = np.empty(stop - start, dtype=p.dtype) if check and not single_q else None
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             for r0 in range(start, stop, block_rows):
                 if rejected.is_set():
                     return
                 r1 = min(r0 + block_rows, stop)
-                block_p, block_q = p2[r0:r1], q2[r0:r1]
-                if sums_p is not None and sums_q is not None:
+                block_p, block_q = _block(p2, r0, r1), _block(q2, r0, r1)
+                if sums_p is not None:
                     row_sums(block_p, sums_p[r0 - start : r1 - start])
+                if sums_q is not None:
                     row_sums(block_q, sums_q[r0 - start : r1 - start])
                 if not (block_p.min() >= 0 and block_q.min() >= 0):
                     rejected.set()

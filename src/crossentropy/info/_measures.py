@@ -296,10 +296,12 @@ def cross_entropy(
     H(P) + D(P‖Q), so it is at least H(P), with equality only when Q = P (Gibbs'
     inequality). With a one-hot P it is the classification loss -log_base q(true class).
 
-    Large NumPy inputs of one shape, and such torch tensors in the CPU's memory whose
-    result needs no gradient (float32/float64, C-contiguous, at least 2**18 entries,
-    ``axis`` last), take a blocked path on a thread pool that equals
-    ``-sum(where(p > 0, p * log_base(q), 0), axis=-1)`` with the same checks.
+    Large NumPy inputs of one shape, or one row against many (a ``q`` of shape (V,)
+    beside a ``p`` of shape (N, V), or the other way round), and such torch tensors in
+    the CPU's memory whose result needs no gradient (float32/float64, C-contiguous, at
+    least 2**18 entries, ``axis`` last), take a blocked path on a thread pool that equals
+    ``-sum(where(p > 0, p * log_base(q), 0), axis=-1)`` with the same checks and makes no
+    temporary the size of the input.
 
     Args:
         p: the true distributions along ``axis``, e.g. (N, V); NumPy, torch, any array-API
@@ -376,7 +378,8 @@ def _try_blocked(
     values: bool,
     reduce: Callable[[Any, Any, bool], Any],
 ) -> Any:
-    """The blocked path's result for two large arrays of one shape that it reads (see
+    """The blocked path's result for two large arrays of one shape, or a single row and a
+    large array, that it reads (see
     :func:`_host` and :func:`crossentropy.info._blocked.eligible`), reduced by
     ``reduce(p, q, check)`` along the last axis; ``None`` where that path does not apply
     or finds input to reject (the plain path then checks it and raises the detailed
@@ -389,11 +392,15 @@ def _try_blocked(
     dtype against its own tolerance, as the plain path checks them, and the blocked path
     then skips the sums; with ``values`` off it skips them too."""
     p, q = arrays
-    if p.shape != q.shape or not p.ndim:
-        return None
-    ax = check_axis(axis, p.ndim, subject="`p` and `q` broadcast together")
     host_p, host_q = _host(p), _host(q)
-    if host_p is None or host_q is None or not _blocked.eligible(host_p, host_q, axis=ax):
+    if host_p is None or host_q is None or not host_p.ndim or not host_q.ndim:
+        return None
+    # One shape, or a single row beside many: then the result has the other's shape.
+    full, full_host = (p, host_p) if host_p.size >= host_q.size else (q, host_q)
+    if full_host.ndim < max(host_p.ndim, host_q.ndim):
+        return None  # a single row with more axes than the full array: the plain path
+    ax = check_axis(axis, full_host.ndim, subject="`p` and `q` broadcast together")
+    if not _blocked.eligible(host_p, host_q, axis=ax):
         return None
     check = values
     if values and p.dtype != q.dtype:
@@ -402,7 +409,7 @@ def _try_blocked(
     result = reduce(host_p, host_q, check)
     if result is None:
         return None
-    return _as_kind(p, np.expand_dims(result, ax) if keepdims else result)
+    return _as_kind(full, np.expand_dims(result, ax) if keepdims else result)
 
 
 def _where_else_one(xp: Any, present: Any, x: Any) -> Any:
@@ -475,9 +482,9 @@ def kl_divergence(
     would lose about 1e-16 / δ²). Rounding can still leave a value of order -1e-16 where
     the true value is 0.
 
-    Large inputs of one shape (NumPy or CPU torch, as for :func:`cross_entropy`) form the
-    same terms block by block on a thread pool, while each block is in cache, and give
-    the same numbers.
+    Large inputs of one shape, or one row against many (NumPy or CPU torch, as for
+    :func:`cross_entropy`), form the same terms block by block on a thread pool, while
+    each block is in cache, and give the same numbers.
 
     Args:
         p: the true distributions along ``axis``, e.g. (N, V).
