@@ -138,6 +138,18 @@ def main() -> None:
             lambda: 2.0 ** scipy.stats.entropy(p32, base=2, axis=1)
         ),
     }
+    # One distribution against many: q's first row beside every row of p (broadcast).
+    q_row = np.ascontiguousarray(q[0])
+    np.testing.assert_allclose(
+        info.kl_divergence(p, q_row),
+        scipy.stats.entropy(p, np.broadcast_to(q_row, p.shape), base=2, axis=1),
+        rtol=1e-10,
+    )
+    t["ours: info.cross_entropy(p, q_row)"] = timed(lambda: info.cross_entropy(p, q_row))
+    t["ours: info.kl_divergence(p, q_row)"] = timed(lambda: info.kl_divergence(p, q_row))
+    t["scipy.stats.entropy(p, q_row)"] = timed(
+        lambda: scipy.stats.entropy(p, np.broadcast_to(q_row, p.shape), base=2, axis=1)
+    )
     ratios_torch = {}
     try:
         import torch
@@ -200,6 +212,9 @@ def main() -> None:
         "perplexity_float32_speedup_vs_scipy_stats": t["2 ** scipy.stats.entropy(p32), float32"]
         / t["ours: info.perplexity(p32), float32"],
         "perplexity_float32_vs_floor": t["ours: info.perplexity(p32), float32"] / floor,
+        "kl_one_row_speedup_vs_scipy_stats": t["scipy.stats.entropy(p, q_row)"]
+        / t["ours: info.kl_divergence(p, q_row)"],
+        "cross_entropy_one_row_vs_floor": t["ours: info.cross_entropy(p, q_row)"] / floor,
         **ratios_torch,
     }
     targets = {
