@@ -733,3 +733,40 @@ def test_one_row_with_a_zero_where_many_rows_are_positive(rng):
         assert np.isfinite(got[:10]).all()
         assert np.isinf(got[10:]).all()
     assert np.isfinite(info.js_divergence(full, row)).all()
+
+
+@pytest.mark.parametrize("name", ["entropy", "perplexity", *PAIR_MEASURES])
+@pytest.mark.parametrize(("shape", "axis"), [((300, 40), 0), ((5, 300, 7), 1), ((5, 300, 7), 0)])
+def test_an_axis_other_than_the_last_takes_the_blocked_path(rng, monkeypatch, name, shape, axis):
+    """Distributions along axis 0 (SciPy's default) or any other: the blocked path copies
+    chunks with the axis moved last, and gives the numbers of the same call on a copy
+    with the axis moved last, bit for bit."""
+    monkeypatch.setattr(_blocked, "MIN_ELEMENTS", 1)
+    monkeypatch.setattr(_blocked, "MOVED_CHUNK_ELEMENTS", 300 * 3)  # chunks of 3 rows
+    p = distributions(rng, shape, axis=axis)
+    q = distributions(rng, shape, axis=axis, zero_fraction=0.0)
+    measure = getattr(info, name)
+    args = (p,) if name in ("entropy", "perplexity") else (p, q)
+    reducer = "reduce_terms" if name in ("kl_divergence", "js_divergence") else "reduce_rows"
+    calls = _record_results(monkeypatch, reducer)
+    got = measure(*args, axis=axis)
+    assert len(calls) > 1  # chunk by chunk
+    assert all(result is not None for result in calls)
+    moved = [np.ascontiguousarray(np.moveaxis(a, axis, -1)) for a in args]
+    np.testing.assert_array_equal(got, measure(*moved))
+    assert measure(*args, axis=axis, keepdims=True).shape == (
+        *shape[:axis], 1, *shape[axis + 1 :]
+    )  # fmt: skip
+    monkeypatch.setattr(_blocked, "MIN_ELEMENTS", p.size + 1)  # the plain path now
+    np.testing.assert_allclose(got, measure(*args, axis=axis), rtol=1e-13)
+
+
+def test_an_axis_other_than_the_last_with_a_bad_column_gets_the_plain_path_s_error(
+    rng, monkeypatch
+):
+    monkeypatch.setattr(_blocked, "MIN_ELEMENTS", 1)
+    monkeypatch.setattr(_blocked, "MOVED_CHUNK_ELEMENTS", 600)
+    p = distributions(rng, (300, 40), axis=0)
+    p[:, 33] *= 1.01
+    with pytest.raises(ValueError, match=r"`p` must sum to 1 along axis 0.*got a sum of 1.01"):
+        info.entropy(p, axis=0)

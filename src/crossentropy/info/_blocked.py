@@ -37,8 +37,9 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,9 @@ BLOCK_ELEMENTS = 1 << 15
 # returned to the system at each free and faulted in again (about 420,000 page faults and
 # 0.6 s of system time per kl_divergence of a (100000, 1000) float64 pair).
 TERMS_BLOCK_ELEMENTS = 1 << 14
+# Elements per chunk of arrays reduced along an axis other than the last: each chunk is
+# copied with that axis moved last (16 MiB of float64).
+MOVED_CHUNK_ELEMENTS = 1 << 21
 # Scratch buffers up to this many elements stay allocated per thread between calls.
 KEEP_ELEMENTS = 1 << 20
 # Rows longer than this are not handed to a BLAS dot: OpenBLAS splits a ddot of more than
@@ -87,12 +91,13 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def eligible(*arrays: object, axis: int, widen: bool = False) -> bool:
-    """Whether the blocked path applies: large C-contiguous float32/float64 NumPy arrays of
-    one shape, reduced along their last axis (float16 too with ``widen``, whose blocks are
-    computed in float64). A float32 array beside a float64 one is widened block by block
-    by :func:`reduce_rows` and :func:`reduce_terms`. Beside a full array, the other of a
-    pair may be a single row (shape ``(n,)`` or ``(1, ..., 1, n)``: one distribution
-    against many), which every block then broadcasts against."""
+    """Whether the blocked path applies: large C-contiguous float32/float64 NumPy arrays
+    of one shape (float16 too with ``widen``, whose blocks are computed in float64),
+    reduced along any axis through :func:`along`. A float32 array beside a float64 one is
+    widened block by block by :func:`reduce_rows` and :func:`reduce_terms`. Beside a full
+    array reduced along its last axis, the other of a pair may be a single row (shape
+    ``(n,)`` or ``(1, ..., 1, n)``: one distribution against many), which every block then
+    broadcasts against."""
     hosts = [a for a in arrays if isinstance(a, np.ndarray)]
     if len(hosts) != len(arrays):
         return False
@@ -100,14 +105,43 @@ def eligible(*arrays: object, axis: int, widen: bool = False) -> bool:
     dtypes = (np.float64, np.float32, np.float16) if widen else (np.float64, np.float32)
     if full.dtype not in dtypes or full.ndim == 0:
         return False
-    if axis != full.ndim - 1 or full.size < MIN_ELEMENTS or full.shape[-1] == 0:
+    if full.size < MIN_ELEMENTS or full.shape[axis] == 0:
         return False
+    if axis != full.ndim - 1 and any(a.shape != full.shape for a in hosts):
+        return False  # a single row broadcasts along the last axis only
     return all(
         (a.shape == full.shape or _single_row_of(a, full.shape))
         and (a.dtype == full.dtype or a.dtype in (np.float64, np.float32))
         and a.flags.c_contiguous
         for a in hosts
     )
+
+
+def along(arrays: Sequence[np.ndarray], axis: int, reduce: Callable[..., Any]) -> Any:
+    """``reduce(*arrays)`` (a reducer of this module over the last axis, or ``None`` for
+    input it rejects) for arrays that :func:`eligible` passed, reduced along ``axis``.
+
+    Along the last axis the arrays go to ``reduce`` as they are. Along another (SciPy's
+    default is axis 0: distributions as columns), they go in chunks of about
+    ``MOVED_CHUNK_ELEMENTS``, each a C-contiguous copy with ``axis`` moved last: memory
+    for a chunk, not for the arrays. Returns the results in the shape of the arrays
+    without ``axis``, or ``None`` as soon as a chunk is rejected."""
+    if axis == max(a.ndim for a in arrays) - 1:  # a single row may have fewer axes
+        return reduce(*arrays)
+    moved = [np.moveaxis(a, axis, -1) for a in arrays]  # views, axis last
+    rest, n = moved[0].shape[:-1], moved[0].shape[-1]
+    step = max(1, MOVED_CHUNK_ELEMENTS // n)
+    result = None
+    for index in np.ndindex(*rest[:-1]):
+        parts = [m[index] for m in moved]  # (rest[-1], n) views
+        for b0 in range(0, rest[-1], step):
+            chunk = reduce(*(np.ascontiguousarray(part[b0 : b0 + step]) for part in parts))
+            if chunk is None:
+                return None
+            if result is None:
+                result = np.empty(rest, dtype=chunk.dtype)
+            result[index][b0 : b0 + step] = chunk
+    return result
 
 
 def _single_row_of(a: np.ndarray, shape: tuple[int, ...]) -> bool:

@@ -265,7 +265,9 @@ def entropy(
     values = _checks_values(validate, array)
     host = _host(array)
     if host is not None and _blocked.eligible(host, axis=ax):
-        result = _blocked.reduce_rows(host, None, base=b, check=values)
+        result = _blocked.along(
+            [host], ax, lambda x: _blocked.reduce_rows(x, None, base=b, check=values)
+        )
         if result is not None:
             return _as_kind(array, np.expand_dims(result, ax) if keepdims else result)
     if values:
@@ -299,9 +301,10 @@ def cross_entropy(
     Large NumPy inputs of one shape, or one row against many (a ``q`` of shape (V,)
     beside a ``p`` of shape (N, V), or the other way round), and such torch tensors in
     the CPU's memory whose result needs no gradient (float32/float64, C-contiguous, at
-    least 2**18 entries, ``axis`` last), take a blocked path on a thread pool that equals
-    ``-sum(where(p > 0, p * log_base(q), 0), axis=-1)`` with the same checks and makes no
-    temporary the size of the input.
+    least 2**18 entries), take a blocked path on a thread pool that equals
+    ``-sum(where(p > 0, p * log_base(q), 0), axis=axis)`` with the same checks and makes no
+    temporary the size of the input. Along an axis other than the last (SciPy's default is
+    0), it copies chunks of 16 MiB with the axis moved last.
 
     Args:
         p: the true distributions along ``axis``, e.g. (N, V); NumPy, torch, any array-API
@@ -406,7 +409,7 @@ def _try_blocked(
     if values and p.dtype != q.dtype:
         _prepare_pair(xp, p, q, axis, values=True)
         check = False
-    result = reduce(host_p, host_q, check)
+    result = _blocked.along([host_p, host_q], ax, lambda a, b: reduce(a, b, check))
     if result is None:
         return None
     return _as_kind(full, np.expand_dims(result, ax) if keepdims else result)
@@ -753,7 +756,9 @@ def perplexity(p: Any, *, axis: int = -1, keepdims: bool = False, validate: bool
     if host is not None and _blocked.eligible(host, axis=ax, widen=True):
         # Each block is widened to float64 in turn (no float64 copy of the whole array),
         # its sums checked in p's own dtype as validate_distribution checks them.
-        bits = _blocked.reduce_rows(host, None, base=2, check=values, widen=True)
+        bits = _blocked.along(
+            [host], ax, lambda x: _blocked.reduce_rows(x, None, base=2, check=values, widen=True)
+        )
         if bits is not None:
             with np.errstate(over="ignore"):  # 2 ** 16 outcomes overflow float16: +inf
                 result = (2.0**bits).astype(host.dtype, copy=False)
