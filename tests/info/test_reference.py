@@ -770,3 +770,31 @@ def test_an_axis_other_than_the_last_with_a_bad_column_gets_the_plain_path_s_err
     p[:, 33] *= 1.01
     with pytest.raises(ValueError, match=r"`p` must sum to 1 along axis 0.*got a sum of 1.01"):
         info.entropy(p, axis=0)
+
+
+@pytest.mark.parametrize("name", ["entropy", "perplexity", *PAIR_MEASURES])
+def test_the_transpose_of_a_c_array_along_axis_0_is_read_in_place(rng, monkeypatch, name):
+    monkeypatch.setattr(_blocked, "MIN_ELEMENTS", 1)
+    p = distributions(rng, (40, 300))
+    q = distributions(rng, (40, 300), zero_fraction=0.0)
+    args = (p,) if name in ("entropy", "perplexity") else (p, q)
+    measure = getattr(info, name)
+    reducer = "reduce_terms" if name in ("kl_divergence", "js_divergence") else "reduce_rows"
+    calls = _record_results(monkeypatch, reducer)
+    got = measure(*(a.T for a in args), axis=0)
+    assert len(calls) == 1  # one call on the arrays themselves: no chunk copies
+    assert calls[0] is not None
+    np.testing.assert_array_equal(got, measure(*args))
+
+
+def test_a_strided_single_row_keeps_the_plain_path(rng):
+    full = distributions(rng, (400, 700))
+    wide = distributions(rng, (1400,), zero_fraction=0.0)
+    wide[::2] /= wide[::2].sum()
+    row = wide[::2]  # a distribution, not contiguous
+    assert not _blocked.eligible(full, row, axis=1)
+    np.testing.assert_allclose(
+        info.kl_divergence(full, row),
+        info.kl_divergence(full, np.ascontiguousarray(row)),
+        rtol=1e-13,
+    )

@@ -93,7 +93,8 @@ def _executor() -> ThreadPoolExecutor:
 def eligible(*arrays: object, axis: int, widen: bool = False) -> bool:
     """Whether the blocked path applies: large C-contiguous float32/float64 NumPy arrays
     of one shape (float16 too with ``widen``, whose blocks are computed in float64),
-    reduced along any axis through :func:`along`. A float32 array beside a float64 one is
+    reduced along any axis through :func:`along`; or arrays that are C-contiguous once
+    that axis is moved last. A float32 array beside a float64 one is
     widened block by block by :func:`reduce_rows` and :func:`reduce_terms`. Beside a full
     array reduced along its last axis, the other of a pair may be a single row (shape
     ``(n,)`` or ``(1, ..., 1, n)``: one distribution against many), which every block then
@@ -112,7 +113,10 @@ def eligible(*arrays: object, axis: int, widen: bool = False) -> bool:
     return all(
         (a.shape == full.shape or _single_row_of(a, full.shape))
         and (a.dtype == full.dtype or a.dtype in (np.float64, np.float32))
-        and a.flags.c_contiguous
+        and (
+            a.flags.c_contiguous
+            or (a.ndim == full.ndim and np.moveaxis(a, axis, -1).flags.c_contiguous)
+        )
         for a in hosts
     )
 
@@ -121,14 +125,18 @@ def along(arrays: Sequence[np.ndarray], axis: int, reduce: Callable[..., Any]) -
     """``reduce(*arrays)`` (a reducer of this module over the last axis, or ``None`` for
     input it rejects) for arrays that :func:`eligible` passed, reduced along ``axis``.
 
-    Along the last axis the arrays go to ``reduce`` as they are. Along another (SciPy's
-    default is axis 0: distributions as columns), they go in chunks of about
+    Along the last axis the arrays go to ``reduce`` as they are, and so do arrays whose
+    ``axis`` moved last is C-contiguous (the transpose of a C-contiguous array, reduced
+    along axis 0). Along another axis (SciPy's default is axis 0: distributions as
+    columns), they go in chunks of about
     ``MOVED_CHUNK_ELEMENTS``, each a C-contiguous copy with ``axis`` moved last: memory
     for a chunk, not for the arrays. Returns the results in the shape of the arrays
     without ``axis``, or ``None`` as soon as a chunk is rejected."""
     if axis == max(a.ndim for a in arrays) - 1:  # a single row may have fewer axes
         return reduce(*arrays)
     moved = [np.moveaxis(a, axis, -1) for a in arrays]  # views, axis last
+    if all(m.flags.c_contiguous for m in moved):  # e.g. the transpose of a C array
+        return reduce(*moved)
     rest, n = moved[0].shape[:-1], moved[0].shape[-1]
     step = max(1, MOVED_CHUNK_ELEMENTS // n)
     result = None

@@ -304,7 +304,8 @@ def cross_entropy(
     least 2**18 entries), take a blocked path on a thread pool that equals
     ``-sum(where(p > 0, p * log_base(q), 0), axis=axis)`` with the same checks and makes no
     temporary the size of the input. Along an axis other than the last (SciPy's default is
-    0), it copies chunks of 16 MiB with the axis moved last.
+    0), it reads an array that is C-contiguous with that axis moved last (a transposed
+    view) in place, and copies others in chunks of 16 MiB with the axis moved last.
 
     Args:
         p: the true distributions along ``axis``, e.g. (N, V); NumPy, torch, any array-API
