@@ -588,16 +588,25 @@ def test_a_tensor_needing_a_gradient_takes_the_blocked_path_under_no_grad(rng, m
     close(result.numpy(), differentiable.detach().numpy(), np.float64)
 
 
-def test_tensors_the_blocked_path_cannot_read_in_place_keep_torchs_operations(rng, monkeypatch):
+def test_tensors_numpy_cannot_view_keep_torchs_operations(rng, monkeypatch):
     torch = pytest.importorskip("torch")
     p = distributions(rng, (300, 1000))
+    calls = _recorded_blocked_calls(monkeypatch)
+    bfloat16 = torch.from_numpy(p).to(torch.bfloat16)  # no NumPy dtype
+    info.entropy(bfloat16, validate=False)
+    assert not calls
+
+
+def test_strided_tensors_and_arrays_take_the_blocked_path_in_chunks(rng, monkeypatch):
+    torch = pytest.importorskip("torch")
+    p = distributions(rng, (600, 1000))
     expected = info.entropy(p)
     calls = _recorded_blocked_calls(monkeypatch)
     transposed = torch.from_numpy(np.ascontiguousarray(p.T)).T  # not C-contiguous
-    bfloat16 = torch.from_numpy(p).to(torch.bfloat16)  # no NumPy dtype
-    close(info.entropy(transposed).numpy(), expected, np.float64)
-    info.entropy(bfloat16, validate=False)
-    assert not calls
+    np.testing.assert_array_equal(info.entropy(transposed).numpy(), expected)
+    np.testing.assert_array_equal(info.entropy(np.asfortranarray(p)), expected)
+    np.testing.assert_array_equal(info.entropy(p[::2]), expected[::2])  # every other row
+    assert len(calls) == 3
 
 
 @pytest.mark.parametrize("name", MEASURES)

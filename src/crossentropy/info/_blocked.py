@@ -91,14 +91,13 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def eligible(*arrays: object, axis: int, widen: bool = False) -> bool:
-    """Whether the blocked path applies: large C-contiguous float32/float64 NumPy arrays
-    of one shape (float16 too with ``widen``, whose blocks are computed in float64),
-    reduced along any axis through :func:`along`; or arrays that are C-contiguous once
-    that axis is moved last. A float32 array beside a float64 one is
-    widened block by block by :func:`reduce_rows` and :func:`reduce_terms`. Beside a full
-    array reduced along its last axis, the other of a pair may be a single row (shape
-    ``(n,)`` or ``(1, ..., 1, n)``: one distribution against many), which every block then
-    broadcasts against."""
+    """Whether the blocked path applies: large float32/float64 NumPy arrays of one shape
+    (float16 too with ``widen``, whose blocks are computed in float64), reduced along any
+    axis, of any strides, through :func:`along`. A float32 array beside a float64 one is
+    widened block by block by :func:`reduce_rows` and :func:`reduce_terms`. Beside
+    C-contiguous arrays reduced along their last axis, the other of a pair may be a
+    C-contiguous single row (shape ``(n,)`` or ``(1, ..., 1, n)``: one distribution
+    against many), which every block then broadcasts against."""
     hosts = [a for a in arrays if isinstance(a, np.ndarray)]
     if len(hosts) != len(arrays):
         return False
@@ -108,15 +107,13 @@ def eligible(*arrays: object, axis: int, widen: bool = False) -> bool:
         return False
     if full.size < MIN_ELEMENTS or full.shape[axis] == 0:
         return False
-    if axis != full.ndim - 1 and any(a.shape != full.shape for a in hosts):
-        return False  # a single row broadcasts along the last axis only
-    return all(
-        (a.shape == full.shape or _single_row_of(a, full.shape))
-        and (a.dtype == full.dtype or a.dtype in (np.float64, np.float32))
-        and (
-            a.flags.c_contiguous
-            or (a.ndim == full.ndim and np.moveaxis(a, axis, -1).flags.c_contiguous)
-        )
+    if not all(a.dtype == full.dtype or a.dtype in (np.float64, np.float32) for a in hosts):
+        return False
+    if all(a.shape == full.shape for a in hosts):
+        return True
+    # A single row broadcasts along the last axis of C-contiguous arrays only.
+    return axis == full.ndim - 1 and all(
+        a.flags.c_contiguous and (a.shape == full.shape or _single_row_of(a, full.shape))
         for a in hosts
     )
 
@@ -125,18 +122,20 @@ def along(arrays: Sequence[np.ndarray], axis: int, reduce: Callable[..., Any]) -
     """``reduce(*arrays)`` (a reducer of this module over the last axis, or ``None`` for
     input it rejects) for arrays that :func:`eligible` passed, reduced along ``axis``.
 
-    Along the last axis the arrays go to ``reduce`` as they are, and so do arrays whose
-    ``axis`` moved last is C-contiguous (the transpose of a C-contiguous array, reduced
-    along axis 0). Along another axis (SciPy's default is axis 0: distributions as
-    columns), they go in chunks of about
+    Arrays that are C-contiguous with ``axis`` last go to ``reduce`` as they are: along
+    the last axis, or the transpose of a C-contiguous array along axis 0. Others (SciPy's
+    default is axis 0, distributions as columns; or a strided view) go in chunks of about
     ``MOVED_CHUNK_ELEMENTS``, each a C-contiguous copy with ``axis`` moved last: memory
     for a chunk, not for the arrays. Returns the results in the shape of the arrays
     without ``axis``, or ``None`` as soon as a chunk is rejected."""
     if axis == max(a.ndim for a in arrays) - 1:  # a single row may have fewer axes
-        return reduce(*arrays)
-    moved = [np.moveaxis(a, axis, -1) for a in arrays]  # views, axis last
-    if all(m.flags.c_contiguous for m in moved):  # e.g. the transpose of a C array
+        moved = list(arrays)
+    else:
+        moved = [np.moveaxis(a, axis, -1) for a in arrays]  # views, axis last
+    if all(m.flags.c_contiguous for m in moved):
         return reduce(*moved)
+    if moved[0].ndim == 1:  # one strided distribution: copied whole
+        return reduce(*(np.ascontiguousarray(m) for m in moved))
     rest, n = moved[0].shape[:-1], moved[0].shape[-1]
     step = max(1, MOVED_CHUNK_ELEMENTS // n)
     result = None

@@ -214,9 +214,9 @@ def entropy(
     certain outcome and log_base n for n equally likely outcomes, its maximum.
 
     Large NumPy inputs, and torch tensors in the CPU's memory whose result needs no
-    gradient (float32/float64, C-contiguous, at least 2**18 entries, ``axis`` last), take a
-    blocked path on a thread pool that equals
-    ``-sum(where(p > 0, p * log_base(p), 0), axis=-1)`` with the same checks.
+    gradient (float32/float64, at least 2**18 entries), take a blocked path on a thread
+    pool that equals ``-sum(where(p > 0, p * log_base(p), 0), axis=axis)`` with the same
+    checks, as :func:`cross_entropy` describes.
 
     Args:
         p: distributions along ``axis`` (entries >= 0 summing to 1), e.g. (N, V) for N
@@ -300,12 +300,14 @@ def cross_entropy(
 
     Large NumPy inputs of one shape, or one row against many (a ``q`` of shape (V,)
     beside a ``p`` of shape (N, V), or the other way round), and such torch tensors in
-    the CPU's memory whose result needs no gradient (float32/float64, C-contiguous, at
-    least 2**18 entries), take a blocked path on a thread pool that equals
+    the CPU's memory whose result needs no gradient (float32/float64, at least 2**18
+    entries), take a blocked path on a thread pool that equals
     ``-sum(where(p > 0, p * log_base(q), 0), axis=axis)`` with the same checks and makes no
-    temporary the size of the input. Along an axis other than the last (SciPy's default is
-    0), it reads an array that is C-contiguous with that axis moved last (a transposed
-    view) in place, and copies others in chunks of 16 MiB with the axis moved last.
+    temporary the size of the input. It reads arrays that are C-contiguous with ``axis``
+    last in place (along the last axis, or a transposed view along axis 0), and copies
+    others (another axis, SciPy's default being 0; a strided view) in chunks of 16 MiB
+    with the axis moved last. A single row broadcasts against C-contiguous arrays along
+    their last axis.
 
     Args:
         p: the true distributions along ``axis``, e.g. (N, V); NumPy, torch, any array-API
