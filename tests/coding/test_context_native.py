@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from hypothesis import strategies as st
 from crossentropy import coding
 from crossentropy._build import CACHE_ENV
 from crossentropy.coding import DecodeError, _context
+from tests._process import run_fresh
 
 TEXT = pathlib.Path(coding.__file__).with_name("_prefix.py").read_bytes()[:6000]
 
@@ -189,20 +188,9 @@ print(_context.native_unavailable_reason())
 """
 
 
-def _fresh(**env: str) -> list[str]:
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    return done.stdout.splitlines()
-
-
 def test_without_a_compiler_the_python_decoder_runs_and_says_why(tmp_path):
-    right, compiled, reason = _fresh(CC="false", **{CACHE_ENV: str(tmp_path)})
+    out = run_fresh(PROBE, CC="false", **{CACHE_ENV: str(tmp_path)})
+    right, compiled, reason = out.splitlines()
     assert (right, compiled) == ("True", "False")
     assert reason.startswith("compiling the context model failed")
 
@@ -212,7 +200,8 @@ def test_the_model_is_compiled_once_into_the_cache(tmp_path, logging_compiler):
     compiler, log = logging_compiler
     cache = tmp_path / "cache"
     for _ in range(2):
-        assert _fresh(CC=str(compiler), **{CACHE_ENV: str(cache)}) == ["True", "True", "None"]
+        out = run_fresh(PROBE, CC=str(compiler), **{CACHE_ENV: str(cache)})
+        assert out.splitlines() == ["True", "True", "None"]
     assert len(list(cache.glob("context-*.so"))) == 1
     compiles = [line for line in log.read_text().splitlines() if "_context.c" in line]
     assert len(compiles) == 1, compiles

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 
 from crossentropy import losses
 from crossentropy.losses import _native, _products
+from tests._process import run_fresh
 from tests.losses.reference_losses import composed_torch_loss
 
 AVAILABLE = _native.available()
@@ -362,19 +362,6 @@ def test_cases_the_engine_does_not_serve_take_the_other_engines(monkeypatch):
 # Loading, in fresh processes (the engine is looked for once per process).
 
 
-def _fresh(code: str, **env: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 PROBE = """
 import torch
 from crossentropy import losses
@@ -394,7 +381,7 @@ except RuntimeError as error:
 
 def test_a_missing_library_leaves_the_engine_off_and_says_why(tmp_path):
     missing = tmp_path / "libdnnl.so.2"
-    out = _fresh(PROBE, **{_native.ONEDNN_ENV: str(missing), _native.CACHE_ENV: str(tmp_path)})
+    out = run_fresh(PROBE, **{_native.ONEDNN_ENV: str(missing), _native.CACHE_ENV: str(tmp_path)})
     available, reason, right, error = out.splitlines()
     assert available == "False"
     assert str(missing) in reason
@@ -405,7 +392,7 @@ def test_a_missing_library_leaves_the_engine_off_and_says_why(tmp_path):
 
 @needs_engine
 def test_a_failing_compiler_leaves_the_engine_off_and_says_why(tmp_path):
-    out = _fresh(PROBE, CC="false", **{_native.CACHE_ENV: str(tmp_path)})
+    out = run_fresh(PROBE, CC="false", **{_native.CACHE_ENV: str(tmp_path)})
     available, reason, right, _ = out.splitlines()
     assert (available, right) == ("False", "True")
     assert "compiling the helper failed" in reason
@@ -416,7 +403,7 @@ def test_the_helper_is_compiled_once_into_the_cache(tmp_path, logging_compiler):
     compiler, log = logging_compiler
     cache = tmp_path / "cache"
     for _ in range(2):
-        out = _fresh(PROBE, CC=str(compiler), **{_native.CACHE_ENV: str(cache)})
+        out = run_fresh(PROBE, CC=str(compiler), **{_native.CACHE_ENV: str(cache)})
         assert out.splitlines()[:3] == ["True", "None", "True"]
     assert len(list(cache.glob("native-*.so"))) == 1
     compiles = [line for line in log.read_text().splitlines() if "_native.c" in line]
@@ -490,5 +477,5 @@ def test_grads_without_stats_is_refused():
 def test_a_cache_folder_that_cannot_be_made_falls_back_to_the_temporary_folder(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    out = _fresh(PROBE, **{_native.CACHE_ENV: str(blocker / "cache")})
+    out = run_fresh(PROBE, **{_native.CACHE_ENV: str(blocker / "cache")})
     assert out.splitlines()[:3] == ["True", "None", "True"]
