@@ -41,8 +41,9 @@ def _preferred_cache() -> Path:
     ).expanduser()
 
 
-def _writable_cache() -> Path:
-    cache = _preferred_cache()
+def _writable_cache(cache: Path) -> Path:
+    """``cache``, made if need be, where it can be written; else a folder of the user's
+    in the system's temporary folder."""
     try:
         cache.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=cache)  # noqa: SIM115 (closed just below)
@@ -88,9 +89,10 @@ def compile_helper(
         + source.read_bytes()
     ).hexdigest()[:16]
     file_name = f"{name}-{key}.so"
-    if (_preferred_cache() / file_name).is_file():
-        return _preferred_cache() / file_name
-    cache = _writable_cache()
+    preferred = _preferred_cache()
+    if (preferred / file_name).is_file():  # found even where the folder is read-only
+        return preferred / file_name
+    cache = _writable_cache(preferred)
     target = cache / file_name
     if target.is_file():
         return target
