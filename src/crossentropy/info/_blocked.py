@@ -246,18 +246,19 @@ def _run(
     work = np.dtype(np.float64) if widen or mixed else p.dtype
     widened = work != p.dtype or (q is not None and work != q.dtype)
     tolerance = sum_tolerance(p.dtype)
-    # A single row beside many (one distribution against each of many) is checked and
-    # widened once here; every block broadcasts against it.
-    single_p = rows > 1 and p.shape[0] == 1
-    single_q = rows > 1 and q is not None and q.shape[0] == 1
     row_sums = _row_sums(p.dtype, n)
-    for single, x in ((single_p, p), (single_q, q)):
-        if single and x is not None and not _single_row_passes(x, check, tolerance):
-            return None
+    singles = _single_rows(rows, check, tolerance, p, q)
+    if singles is None:
+        return None
+    single_p, single_q = singles
+    # A single row is widened once, and a single q's logs are taken once.
     if single_p and p.dtype != work:
         p = p.astype(work)
-    if single_q and q is not None and q.dtype != work:
-        q = q.astype(work)
+    logs_q = None
+    if single_q and q is not None:
+        q = q.astype(work, copy=False)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs_q = log(q)
     acc = np.empty(rows, dtype=work)
     block_rows, task_rows, starts = _schedule(rows, n)
     # Widened blocks are summed pairwise: the numbers of the plain path on a float64 copy
@@ -280,12 +281,8 @@ def _run(
             if check and q is not None and not single_q
             else None
         )
-        # The logs of a single q, taken once per task.
-        logs_q = None
         tiny = np.finfo(work).tiny
         with np.errstate(divide="ignore", invalid="ignore"):
-            if single_q and q is not None:
-                logs_q = log(q)
             for r0 in range(start, stop, block_rows):
                 if rejected.is_set():
                     return
@@ -339,12 +336,20 @@ def _run(
     return None if rejected.is_set() else acc
 
 
-def _single_row_passes(x: np.ndarray, check: bool, tolerance: float) -> bool:
-    """A single row's own checks, once: no negative or NaN entry, and with ``check`` a sum
-    within ``tolerance`` of 1 (taken in its own dtype)."""
-    if not x.min() >= 0:
-        return False
-    return not (check and _sums_off(tolerance, np.add.reduce(x, axis=1)))
+def _single_rows(
+    rows: int, check: bool, tolerance: float, *arrays: np.ndarray | None
+) -> list[bool] | None:
+    """Which of ``arrays`` (each (rows, n), (1, n) or None) is a single row beside
+    ``rows`` rows, which every block then broadcasts against; ``None`` where one of those
+    fails its checks, taken once here: a negative or NaN entry, or with ``check`` a sum
+    farther than ``tolerance`` from 1 (in its own dtype)."""
+    singles = [x is not None and rows > 1 and x.shape[0] == 1 for x in arrays]
+    for single, x in zip(singles, arrays, strict=True):
+        if not single or x is None:
+            continue
+        if not x.min() >= 0 or (check and _sums_off(tolerance, np.add.reduce(x, axis=1))):
+            return None
+    return singles
 
 
 def _schedule(rows: int, n: int, elements: int = BLOCK_ELEMENTS) -> tuple[int, int, list[int]]:
@@ -426,12 +431,10 @@ def reduce_terms(
     block_rows, task_rows, starts = _schedule(rows, n, TERMS_BLOCK_ELEMENTS)
     row_sums = _row_sums(p.dtype, n)
     tolerance = sum_tolerance(p.dtype)
-    # A single row beside many is checked once here; every block broadcasts against it.
-    single_p = rows > 1 and p2.shape[0] == 1
-    single_q = rows > 1 and q2.shape[0] == 1
-    for single, x in ((single_p, p2), (single_q, q2)):
-        if single and not _single_row_passes(x, check, tolerance):
-            return None
+    singles = _single_rows(rows, check, tolerance, p2, q2)
+    if singles is None:
+        return None
+    single_p, single_q = singles
     rejected = threading.Event()
 
     def task(index: int) -> None:
