@@ -32,6 +32,8 @@ from typing import NamedTuple, TypeVar
 
 import torch
 
+from crossentropy.losses import _rows
+
 TRITON = "auto"
 """Where rows go to the Triton kernel (:mod:`crossentropy.losses._triton`):
 ``"auto"`` (CUDA tensors, when Triton is installed), ``"always"`` (any device: with
@@ -378,6 +380,18 @@ def cross_entropy_rows(
         )
         if terms is not None:
             return terms
+    if (
+        not inner
+        and not probs
+        and softcap is None
+        and not with_entropy
+        and device.type == "cpu"
+        and logits.dtype in _rows.DTYPES
+        and _rows.available()
+    ):
+        return _compiled_rows(
+            logits, targets, weight, float(label_smoothing), float(z_loss), base, grad_scale, out
+        )
     acc = accumulation_dtype(logits.dtype)
     want_grad = grad_scale is not None
     eps = float(label_smoothing)
@@ -557,6 +571,45 @@ def cross_entropy_rows(
         if entropy is not None:
             entropy = entropy * inv_ln_b
     return RowTerms(loss, lse, entropy, grad)
+
+
+def _compiled_rows(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor | None,
+    eps: float,
+    zl: float,
+    base: float,
+    grad_scale: torch.Tensor | float | None,
+    out: torch.Tensor | None,
+) -> RowTerms:
+    """:func:`cross_entropy_rows` for a CPU block (n, V) with class-index targets, no
+    soft-capping and no entropy, on the compiled row kernel (:mod:`._rows`): the same
+    statistics, coefficients and loss formula as the torch operations."""
+    n, num_classes = logits.shape
+    logits = logits if logits.is_contiguous() else logits.contiguous()
+    inv_ln_b = 1.0 / math.log(base)
+    y = targets.to(dtype=torch.long)
+    if weight is not None:
+        weight = weight.to(dtype=torch.float32)
+    w_target = weight[y] if weight is not None else None
+    coefficients = None
+    grad = None
+    if grad_scale is not None:
+        scale = row_scale(grad_scale, (n,), inv_ln_b, torch.float32, logits.device)
+        coefficients = index_grad_coefficients(scale, weight, w_target, eps, zl, num_classes)
+        grad = out if out is not None else torch.empty_like(logits)
+    stats = _rows.rows(
+        logits, y, weight=weight, smoothing=eps > 0, coefficients=coefficients, grad=grad
+    )
+    lse = stats.row_max + stats.log_sum
+    loss = index_loss(
+        stats.row_max, stats.log_sum, stats.z_target, stats.w_dot_z, weight, w_target, eps, zl,
+        num_classes, lse,
+    )  # fmt: skip
+    if inv_ln_b != 1.0:
+        loss = loss * inv_ln_b
+    return RowTerms(loss, lse, None, grad)
 
 
 __all__ = [

@@ -1,0 +1,273 @@
+/* Softmax cross-entropy per row of a (n, V) block of logits, for class-index targets, on
+ * the CPU: the rows' statistics and, where asked, the gradient, in one call.
+ *
+ * Per row i, in blocks of BLK logits (read in their own dtype, float32, bfloat16 or
+ * float16, and widened to float32 in registers; float16 through a block-sized buffer):
+ *
+ *   pass 1: the row max m_i (NaN if any logit is NaN), the target logit z_{y_i}, and
+ *           sum_v w_v z_v (label smoothing only; w = 1 without class weights);
+ *   pass 2: s_i = sum_v exp(z_v - m_i), in float32 per block and float64 across blocks;
+ *   pass 3 (gradient): g_v = k_i exp(z_v - m_i) - sc_i w_v - tc_i [v == y_i], with
+ *           k_i = (pc_i + zc_i lse_i) / s_i and lse_i = m_i + log s_i, written in the
+ *           logits' dtype (rounded to nearest, ties to even, as torch converts).
+ *
+ * A row of 1000 float32 logits is 4 KB and stays in the first-level cache between its
+ * passes; each pass is one vectorised loop (the exponential from glibc's libmvec where it
+ * is declared below). Rows are split evenly over the OpenMP threads. The gradient may be
+ * written over the logits themselves (grad == z): pass 3 reads each logit before it
+ * writes its gradient.
+ *
+ * Semantics (the loss from these statistics, and the coefficients pc, zc, tc, sc) are
+ * those of crossentropy.losses._kernel; the torch operations there are the reference.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
+
+#ifdef CE_LIBMVEC
+#pragma omp declare simd notinbranch
+extern float expf(float);
+#endif
+
+#define BLK 1024
+#define F32 0
+#define BF16 1
+#define F16 2
+
+typedef struct {
+    int64_t n, V;
+    int64_t dtype;         /* F32, BF16 or F16: of the logits and of the gradient */
+    const void *z;         /* (n, V) logits, row-major */
+    const int64_t *y;      /* (n) class indices in [0, V) */
+    const float *wclass;   /* (V) class weights, or NULL */
+    /* per-row results (n) */
+    float *row_max;        /* m_i */
+    float *log_sum;        /* log s_i */
+    float *z_target;       /* z_{y_i} */
+    float *w_dot_z;        /* sum_v w_v z_v, or NULL (not formed) */
+    /* the gradient: per-row coefficients (n), each NULL for the number beside it */
+    void *grad;            /* (n, V) in the logits' dtype, or NULL for no gradient */
+    const float *pcoef, *zcoef, *tcoef, *scoef;
+    float pcoef_all, zcoef_all, tcoef_all, scoef_all;
+} ce_rows_args;
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Logit j of src, widened to float32 (bfloat16 is the upper half of a float32). Inlined
+   into each loop with the dtype a constant, so that every loop vectorises. */
+static inline __attribute__((always_inline)) float load(const void *src, int64_t j, int dtype) {
+    if (dtype == F32) return ((const float *)src)[j];
+    if (dtype == BF16) {
+        const uint32_t bits = (uint32_t)((const uint16_t *)src)[j] << 16;
+        float f;
+        memcpy(&f, &bits, sizeof f);
+        return f;
+    }
+    return (float)((const _Float16 *)src)[j];
+}
+
+/* float32 to bfloat16, rounded to nearest with ties to even; NaN to torch's quiet NaN. */
+static inline uint16_t to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    return (bits & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)0x7FC0u : (uint16_t)rounded;
+}
+
+/* float16 logits [0, len) of src widened into dst: eight at a time by the F16C
+   instructions where the compiler targets them (the scalar conversion does not
+   vectorise), else one at a time. */
+static void widen_f16(const _Float16 *src, int64_t len, float *dst) {
+    int64_t j = 0;
+#ifdef __F16C__
+    for (; j + 8 <= len; j += 8)
+        _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + j))));
+#endif
+    for (; j < len; j++) dst[j] = (float)src[j];
+}
+
+/* The gradient block g (float32, len values) into dst in the logits' dtype. */
+static void narrow(void *dst, int64_t len, const float *g, int dtype) {
+    if (dtype == BF16) {
+        uint16_t *out = dst;
+        #pragma omp simd
+        for (int64_t j = 0; j < len; j++) out[j] = to_bf16(g[j]);
+        return;
+    }
+    _Float16 *out = dst;
+    int64_t j = 0;
+#ifdef __F16C__
+    for (; j + 8 <= len; j += 8)
+        _mm_storeu_si128((__m128i *)(out + j),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(g + j), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; j < len; j++) out[j] = (_Float16)g[j];
+}
+
+/* Block [off, off + len) of a row's logits as (src, base, kind): logit j is
+   load(src, base + j, kind). float32 and bfloat16 are read in place; float16 is widened
+   into buf first. */
+#define BLOCK_SOURCE(row, off, len, buf, dtype, src, base, kind)                    \
+    const void *src = (row);                                                        \
+    int64_t base = (off);                                                           \
+    int kind = (dtype);                                                             \
+    if ((dtype) == F16) {                                                           \
+        widen_f16((const _Float16 *)(row) + (off), (len), (buf));                   \
+        src = (buf);                                                                \
+        base = 0;                                                                   \
+        kind = F32;                                                                 \
+    }
+
+static const int64_t ITEMSIZE[] = {4, 2, 2};
+
+/* Row i, with the logits' dtype a constant (see one_row). */
+static inline __attribute__((always_inline)) void row_as(const ce_rows_args *a, int64_t i,
+                                                          float *buf, float *ebuf, int dtype) {
+    const int64_t V = a->V, y = a->y[i];
+    const float *w = a->wclass;
+    const int smoothing = a->w_dot_z != NULL;
+    const void *row = (const char *)a->z + i * V * ITEMSIZE[dtype];
+
+    /* pass 1: max (NaN-propagating), target logit, sum_v w_v z_v */
+    float m = -INFINITY, zy = 0.0f;
+    int nan = 0;
+    double wz = 0.0;
+    for (int64_t off = 0; off < V; off += BLK) {
+        const int64_t len = min64(BLK, V - off);
+        BLOCK_SOURCE(row, off, len, buf, dtype, src, base, kind)
+        float top = -INFINITY, dot = 0.0f;
+        int bad = 0;
+        #pragma omp simd reduction(max : top) reduction(| : bad)
+        for (int64_t j = 0; j < len; j++) {
+            const float x = load(src, base + j, kind);
+            top = x > top ? x : top;
+            bad |= x != x;
+        }
+        if (smoothing) {
+            if (w) {
+                #pragma omp simd reduction(+ : dot)
+                for (int64_t j = 0; j < len; j++) dot += w[off + j] * load(src, base + j, kind);
+            } else {
+                #pragma omp simd reduction(+ : dot)
+                for (int64_t j = 0; j < len; j++) dot += load(src, base + j, kind);
+            }
+            wz += dot;
+        }
+        m = top > m ? top : m;
+        nan |= bad;
+        if (y >= off && y < off + len) zy = load(src, base + y - off, kind);
+    }
+    if (nan) m = NAN;
+
+    /* pass 2: e = exp(z - m), kept (in the gradient itself for float32, else in ebuf) where
+       the gradient is asked for, and their sum */
+    float *e = !a->grad ? NULL : dtype == F32 ? (float *)a->grad + i * V : ebuf;
+    double s = 0.0;
+    for (int64_t off = 0; off < V; off += BLK) {
+        const int64_t len = min64(BLK, V - off);
+        BLOCK_SOURCE(row, off, len, buf, dtype, src, base, kind)
+        float acc = 0.0f;
+        if (e) {
+            float *eb = e + off;
+            #pragma omp simd reduction(+ : acc)
+            for (int64_t j = 0; j < len; j++) {
+                const float v = expf(load(src, base + j, kind) - m);
+                eb[j] = v;
+                acc += v;
+            }
+        } else {
+            #pragma omp simd reduction(+ : acc)
+            for (int64_t j = 0; j < len; j++) acc += expf(load(src, base + j, kind) - m);
+        }
+        s += acc;
+    }
+    const float log_s = (float)log(s);
+    a->row_max[i] = m;
+    a->log_sum[i] = log_s;
+    a->z_target[i] = zy;
+    if (smoothing) a->w_dot_z[i] = (float)wz;
+    if (!e) return;
+
+    /* pass 3: the gradient, in place over e, then narrowed into the logits' dtype */
+    const float pc = a->pcoef ? a->pcoef[i] : a->pcoef_all;
+    const float zc = a->zcoef ? a->zcoef[i] : a->zcoef_all;
+    const float tc = a->tcoef ? a->tcoef[i] : a->tcoef_all;
+    const float sc = a->scoef ? a->scoef[i] : a->scoef_all;
+    const float lse = m + log_s;
+    const float k = (zc != 0.0f ? pc + zc * lse : pc) * (float)(1.0 / s);
+    if (dtype == BF16) { /* one loop: the gradient rounded straight from e */
+        uint16_t *out = (uint16_t *)a->grad + i * V;
+        if (sc != 0.0f && w) {
+            #pragma omp simd
+            for (int64_t v = 0; v < V; v++) out[v] = to_bf16(k * e[v] - sc * w[v]);
+        } else if (sc != 0.0f) {
+            #pragma omp simd
+            for (int64_t v = 0; v < V; v++) out[v] = to_bf16(k * e[v] - sc);
+        } else {
+            #pragma omp simd
+            for (int64_t v = 0; v < V; v++) out[v] = to_bf16(k * e[v]);
+        }
+        out[y] = to_bf16(k * e[y] - (sc != 0.0f ? sc * (w ? w[y] : 1.0f) : 0.0f) - tc);
+        return;
+    }
+    for (int64_t off = 0; off < V; off += BLK) {
+        const int64_t len = min64(BLK, V - off);
+        float *g = e + off;
+        if (sc != 0.0f && w) {
+            #pragma omp simd
+            for (int64_t j = 0; j < len; j++) g[j] = k * g[j] - sc * w[off + j];
+        } else if (sc != 0.0f) {
+            #pragma omp simd
+            for (int64_t j = 0; j < len; j++) g[j] = k * g[j] - sc;
+        } else {
+            #pragma omp simd
+            for (int64_t j = 0; j < len; j++) g[j] *= k;
+        }
+        if (y >= off && y < off + len) g[y - off] -= tc;
+        if (dtype != F32) narrow((char *)a->grad + (i * V + off) * ITEMSIZE[dtype], len, g, dtype);
+    }
+}
+
+/* Row i: one specialised copy of row_as per dtype. */
+static void one_row(const ce_rows_args *a, int64_t i, float *buf, float *ebuf) {
+    switch (a->dtype) {
+    case F32: row_as(a, i, buf, ebuf, F32); break;
+    case BF16: row_as(a, i, buf, ebuf, BF16); break;
+    default: row_as(a, i, buf, ebuf, F16); break;
+    }
+}
+
+/* Every row of the block. Returns -1; or the first row whose target is not in [0, V)
+   (that row's results are left unwritten; the caller raises); or -2 when out of memory. Rows go to the OpenMP
+   threads in even shares, unless the block is small enough that waking them would cost
+   more than its work. */
+int64_t ce_rows(const ce_rows_args *a) {
+    const int64_t n = a->n;
+    int64_t first_bad = n;
+    int failed = 0;
+    #pragma omp parallel if (n > 1 && n * a->V >= 16384) reduction(| : failed)
+    {
+        float buf[BLK];
+        /* a half-precision row's exponentials, kept between passes 2 and 3 */
+        float *ebuf = a->grad && a->dtype != F32 ? malloc((size_t)a->V * sizeof(float)) : NULL;
+        failed = a->grad && a->dtype != F32 && !ebuf;
+        #pragma omp for schedule(static) reduction(min : first_bad)
+        for (int64_t i = 0; i < n; i++) {
+            if (failed) continue;
+            if (a->y[i] < 0 || a->y[i] >= a->V) {
+                first_bad = i < first_bad ? i : first_bad;
+                continue;
+            }
+            one_row(a, i, buf, ebuf);
+        }
+        free(ebuf);
+    }
+    if (failed) return -2;
+    return first_bad < n ? first_bad : -1;
+}

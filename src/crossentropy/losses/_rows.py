@@ -1,0 +1,221 @@
+"""The compiled row kernel: a CPU block's softmax statistics and gradient in one call.
+
+:func:`crossentropy.losses._kernel.cross_entropy_rows` forms a block's loss and gradient
+from torch operations, a slice of rows at a time: a max, a gather, the softmax, a max of
+the softmax, the coefficients, and for half-precision logits a float32 copy in and a
+copy out, each a pass over the slice with its own call and, for a block of 512 rows of
+1000 classes, about as much fixed cost as work. This kernel, ``_rows.c``, makes the same
+numbers in three vectorised passes over each row while the row is in cache (its top
+comment gives them), reading bfloat16 and float16 logits in place and writing the
+gradient in their dtype.
+
+It serves the common case: rows (n, V) of float32, bfloat16 or float16 logits on the CPU
+with class-index targets, with any class weights, label smoothing, z-loss and base, and
+no soft-capping or entropy. Everything else, and float64, keeps the torch operations.
+
+The kernel is compiled at first use by the system's C compiler (``$CC``, else ``cc``)
+with ``-O3 -march=native -fopenmp`` into ``$CROSSENTROPY_CACHE`` (default
+``~/.cache/crossentropy``), as the fused head's helper is, and checked against the torch
+operations on a block with every term before it is used. Without a compiler, or where
+the check fails, the torch operations run and :func:`unavailable_reason` says why;
+:data:`NATIVE` set to ``"off"`` asks for them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import subprocess
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from crossentropy import _build
+
+NATIVE = "auto"
+"""Whether CPU blocks go to the compiled kernel where it runs (``"auto"``) or always to
+the torch operations (``"off"``)."""
+
+DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+"""The logits' dtypes the kernel reads, with its codes for them."""
+
+_SOURCE = Path(__file__).with_name("_rows.c")
+_FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
+_reason: str | None = None
+
+
+class _Args(ctypes.Structure):
+    """``ce_rows_args`` of ``_rows.c``, field for field."""
+
+    _fields_ = [
+        ("n", ctypes.c_int64),
+        ("V", ctypes.c_int64),
+        ("dtype", ctypes.c_int64),
+        *((name, ctypes.c_void_p) for name in ("z", "y", "wclass")),
+        *((name, ctypes.c_void_p) for name in ("row_max", "log_sum", "z_target", "w_dot_z")),
+        *((name, ctypes.c_void_p) for name in ("grad", "pcoef", "zcoef", "tcoef", "scoef")),
+        *((name, ctypes.c_float) for name in ("pcoef_all", "zcoef_all", "tcoef_all", "scoef_all")),
+    ]
+
+
+class RowStats(NamedTuple):
+    """Per-row results of :func:`rows` (n,), float32: ``row_max`` m, ``log_sum`` ``log
+    sum_v exp(z_v - m)``, ``z_target`` the target's logit, ``w_dot_z`` ``sum_v w_v z_v``
+    (None unless asked for)."""
+
+    row_max: torch.Tensor
+    log_sum: torch.Tensor
+    z_target: torch.Tensor
+    w_dot_z: torch.Tensor | None
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    global _reason
+    try:
+        path = _build.compile_helper(
+            _SOURCE,
+            _FLAGS,
+            ((["-DCE_LIBMVEC"], ["-lmvec", "-lm"]), ([], ["-lm"])),
+            name="rows",
+            what="the row kernel",
+        )
+        library = ctypes.CDLL(str(path))
+        library.ce_rows.argtypes = [ctypes.POINTER(_Args)]
+        library.ce_rows.restype = ctypes.c_int64
+        _self_check(library)
+    except (OSError, AssertionError, subprocess.SubprocessError) as error:
+        _reason = str(error) or type(error).__name__
+        return None
+    _reason = None
+    return library
+
+
+def available() -> bool:
+    """Whether CPU blocks go to the compiled kernel (:data:`NATIVE` allows it and it runs)."""
+    if NATIVE not in ("auto", "off"):
+        raise ValueError(f"NATIVE must be 'auto' or 'off'; got {NATIVE!r}")
+    return NATIVE == "auto" and _library() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the compiled kernel is not in use (None where it is, or not yet looked for)."""
+    return _reason
+
+
+def _coefficient(value: torch.Tensor | float, rows: int) -> tuple[torch.Tensor | None, float]:
+    """A gradient coefficient as the kernel takes it: a per-row float32 array, or a number
+    for every row."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0:
+            return None, float(value)
+        return value.to(torch.float32).expand(rows).contiguous(), 0.0
+    return None, float(value)
+
+
+def rows(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    weight: torch.Tensor | None,
+    smoothing: bool,
+    coefficients: tuple[
+        torch.Tensor | float, torch.Tensor | float, torch.Tensor | float, torch.Tensor | float
+    ]
+    | None,
+    grad: torch.Tensor | None,
+    library: ctypes.CDLL | None = None,
+) -> RowStats:
+    """The kernel on a contiguous CPU block ``logits`` (n, V) of a dtype in :data:`DTYPES`
+    with targets ``y`` (n,) in [0, V) (checked by the caller; one out of range raises
+    IndexError): the rows' statistics,
+    and, given ``coefficients`` ``(p_coef, target_coef, z_coef, smooth_coef)`` (see
+    :func:`crossentropy.losses._kernel.index_grad_coefficients`), the gradient written
+    into ``grad`` (the logits' shape and dtype; it may be ``logits`` itself).
+    ``weight`` is (V,) or None; ``smoothing`` asks for ``sum_v w_v z_v``."""
+    found = library or _library()
+    if found is None:
+        raise RuntimeError(f"the row kernel is unavailable: {unavailable_reason()}")
+    n, num_classes = logits.shape
+    assert logits.is_contiguous()
+    assert logits.dtype in DTYPES
+    y = y.to(torch.int64).contiguous()
+    w = None if weight is None else weight.to(torch.float32).contiguous()
+    stats = RowStats(
+        torch.empty(n),
+        torch.empty(n),
+        torch.empty(n),
+        torch.empty(n) if smoothing else None,
+    )
+    args = _Args(
+        n=n,
+        V=num_classes,
+        dtype=DTYPES[logits.dtype],
+        z=logits.data_ptr(),
+        y=y.data_ptr(),
+        wclass=None if w is None else w.data_ptr(),
+        row_max=stats.row_max.data_ptr(),
+        log_sum=stats.log_sum.data_ptr(),
+        z_target=stats.z_target.data_ptr(),
+        w_dot_z=None if stats.w_dot_z is None else stats.w_dot_z.data_ptr(),
+    )
+    keep = []
+    if coefficients is not None:
+        assert grad is not None
+        assert grad.shape == logits.shape
+        assert grad.dtype == logits.dtype
+        assert grad.is_contiguous()
+        args.grad = grad.data_ptr()
+        for name, value in zip(("pcoef", "tcoef", "zcoef", "scoef"), coefficients, strict=True):
+            column, number = _coefficient(value, n)
+            if column is not None:
+                keep.append(column)
+                setattr(args, name, column.data_ptr())
+            setattr(args, f"{name}_all", number)
+    bad = found.ce_rows(ctypes.byref(args))
+    if bad == -2:
+        raise MemoryError("the row kernel could not allocate a row's buffer")
+    if bad >= 0:  # the callers check targets; this keeps an unchecked call from lying
+        raise IndexError(f"target {int(y[bad])} is out of bounds for {num_classes} classes")
+    return stats
+
+
+def _self_check(library: ctypes.CDLL) -> None:
+    """A block with every term in each dtype, against float64 torch: a miscompiled kernel
+    must not produce numbers."""
+    generator = torch.Generator().manual_seed(0)
+    n, num_classes = 6, 2 * 1024 + 37  # rows of three blocks, the last one short
+    z = torch.randn(n, num_classes, generator=generator, dtype=torch.float64) * 3
+    y = torch.randint(0, num_classes, (n,), generator=generator)
+    y[0] = num_classes - 1
+    w = torch.rand(num_classes, generator=generator, dtype=torch.float64) + 0.5
+    pc = torch.rand(n, generator=generator, dtype=torch.float64) + 0.5
+    tc, zc, sc = 0.75, 0.125, 0.25
+    for dtype in DTYPES:
+        logits = z.to(dtype)
+        z64 = logits.double()
+        grad = torch.empty_like(logits)
+        stats = rows(
+            logits, y, weight=w, smoothing=True, coefficients=(pc, tc, zc, sc), grad=grad,
+            library=library,
+        )  # fmt: skip
+        lse = torch.logsumexp(z64, 1)
+        expected_grad = (
+            (pc + zc * lse)[:, None] * torch.softmax(z64, 1)
+            - tc * torch.nn.functional.one_hot(y, num_classes)
+            - sc * w
+        )
+        checks = {
+            "log-sum-exp": ((stats.row_max + stats.log_sum).double(), lse),
+            "target logit": (stats.z_target.double(), z64.gather(1, y[:, None])[:, 0]),
+            "weighted sum": (stats.w_dot_z.double(), z64 @ w),  # type: ignore[union-attr]
+            "gradient": (grad.double(), expected_grad.to(dtype).double()),
+        }
+        for name, (value, expected) in checks.items():
+            tolerance = 1e-4 if dtype == torch.float32 else 1e-2
+            if not torch.allclose(value, expected, rtol=tolerance, atol=tolerance):
+                raise AssertionError(f"the row kernel's self-check failed: {name} ({dtype})")
+
+
+__all__ = ["DTYPES", "NATIVE", "RowStats", "available", "rows", "unavailable_reason"]
