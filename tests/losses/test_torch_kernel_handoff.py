@@ -253,3 +253,37 @@ def test_edge_values_give_our_kernels_numbers(monkeypatch, case, reduction, labe
         )
     for handed, own in zip(*results, strict=True):
         torch.testing.assert_close(handed, own, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("n", "dtype", "probabilities", "to_torch"),
+    [
+        (64, torch.float32, False, True),  # 64000 logits: at most ROW_KERNEL_ELEMENTS
+        (128, torch.float32, False, False),  # above: the row kernel, where it runs
+        (128, torch.bfloat16, False, False),
+        (128, torch.float64, False, True),  # a dtype the row kernel does not read
+        (128, torch.float32, True, True),  # probability targets: not the row kernel's
+    ],
+)
+def test_blocks_the_row_kernel_serves_go_to_it_above_its_threshold(
+    kernels, n, dtype, probabilities, to_torch
+):
+    from crossentropy.losses import _rows
+
+    assert module.ROW_KERNEL_ELEMENTS < 128 * 1000 <= module.TORCH_KERNEL_ELEMENTS
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(n, 1000, generator=g).to(dtype)
+    targets = (
+        torch.softmax(torch.randn(n, 1000, generator=g), 1).to(dtype)
+        if probabilities
+        else torch.randint(0, 1000, (n,), generator=g)
+    )
+    loss, grad = _value_and_grad(logits, targets)
+    expected_torch = to_torch or not _rows.available()
+    assert (kernels["torch"], kernels["ours"]) == ((1, 0) if expected_torch else (0, 1))
+    x = logits.detach().double().requires_grad_()
+    want = F.cross_entropy(x, targets.double() if probabilities else targets)
+    (want_grad,) = torch.autograd.grad(want, x)
+    rtol = 1e-6 if dtype in (torch.float32, torch.float64) else 1e-2
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=rtol, atol=1e-6)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=rtol * 10, atol=rtol * 1e-3)

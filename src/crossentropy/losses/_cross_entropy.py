@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from crossentropy._tensors import without_values
+from crossentropy.losses import _rows
 from crossentropy.losses._composite import (
     composite_rows,
     differentiate,
@@ -51,7 +52,18 @@ backward, interleaved in one process, handed to torch (with our checks) / our ke
 torch alone: [32, 10] 33 / 94 / 21 µs, [128, 1000] 87 / 140 / 72 µs, [256, 1000] 135 /
 181 / 117 µs. At [512, 1000] torch's kernel starts to split rows over the threads and
 its time varies twofold (249 to 449 µs; handed off, 422 µs) where ours takes 269 µs;
-above, ours is the faster and the leaner (one block instead of two)."""
+above, ours is the faster and the leaner (one block instead of two).
+
+Where the compiled row kernel (:mod:`crossentropy.losses._rows`) serves a block (class
+indices, logits of float32 or a half type), it is faster than torch's from
+:data:`ROW_KERNEL_ELEMENTS` logits, and such a block goes to it from there."""
+
+ROW_KERNEL_ELEMENTS = 1 << 16
+"""Most logits for which a block the compiled row kernel serves still goes to torch's
+kernel (below :data:`TORCH_KERNEL_ELEMENTS`). Measured on a 2-core AVX-512 machine,
+forward + backward, loops of calls in one process, handed to torch / the row kernel:
+float32 [64, 1000] 71 / 85 µs, [128, 1000] 141 / 99 µs, [256, 1000] 187 / 124 µs;
+bfloat16 [64, 1000] 96 / 87 µs, [256, 1000] 488 / 130 µs."""
 
 
 class TokenStats(NamedTuple):
@@ -478,7 +490,8 @@ class _CrossEntropyFunction(torch.autograd.Function):
 
 def _torch_kernel_applies(prepared: _Prepared, options: _Options, reduction: str) -> bool:
     """Whether torch's own ``F.cross_entropy`` computes this loss, values and gradients
-    alike: a small block (at most :data:`TORCH_KERNEL_ELEMENTS` logits) of logits on the
+    alike: a small block (at most :data:`TORCH_KERNEL_ELEMENTS` logits, and at most
+    :data:`ROW_KERNEL_ELEMENTS` where the compiled row kernel serves it) of logits on the
     CPU (half types computed in float32, as here), (C) or (N, C), with class-index
     targets or class probabilities of the logits' dtype (checked already), no z-loss and
     no soft-capping (the base is a factor applied after), class weights that need no
@@ -498,6 +511,12 @@ def _torch_kernel_applies(prepared: _Prepared, options: _Options, reduction: str
         and options.z_loss == 0.0
         and options.softcap is None
         and (weight is None or not weight.requires_grad)
+        and not (  # a block the row kernel serves, and large enough that it is faster
+            logits.numel() > ROW_KERNEL_ELEMENTS
+            and not prepared.probs
+            and logits.dtype in _rows.DTYPES
+            and _rows.available()
+        )
         and (
             reduction != "mean"
             or prepared.probs  # a mean over the tokens, as torch's
