@@ -18,11 +18,11 @@ float32 one slice at a time; the gradient is written in the logits' dtype.
 
 On CUDA, when Triton is installed, the rows go instead to one Triton program per row
 (:mod:`crossentropy.losses._triton`), which reads the logits twice and writes the gradient
-once; ``TRITON`` below says where. On the CPU, rows (n, V) of float32, bfloat16 or float16
-logits with class-index targets and neither soft-capping nor entropy go to a compiled row
-kernel (:mod:`crossentropy.losses._rows`), which makes the same numbers in three
-vectorised passes per row, where a C compiler is at hand; the torch operations below are
-its reference and its fallback.
+once; ``TRITON`` below says where. On the CPU, blocks (n, V) or (n, V, S) of float32,
+bfloat16 or float16 logits with class-index targets and neither soft-capping nor entropy
+go to a compiled row kernel (:mod:`crossentropy.losses._rows`), which makes the same
+numbers in three vectorised passes per row, where a C compiler is at hand; the torch
+operations below are its reference and its fallback.
 """
 
 from __future__ import annotations
@@ -385,8 +385,7 @@ def cross_entropy_rows(
         if terms is not None:
             return terms
     if (
-        not inner
-        and not probs
+        not probs
         and softcap is None
         and not with_entropy
         and device.type == "cpu"
@@ -587,10 +586,11 @@ def _compiled_rows(
     grad_scale: torch.Tensor | float | None,
     out: torch.Tensor | None,
 ) -> RowTerms:
-    """:func:`cross_entropy_rows` for a CPU block (n, V) with class-index targets, no
-    soft-capping and no entropy, on the compiled row kernel (:mod:`._rows`): the same
-    statistics, coefficients and loss formula as the torch operations."""
-    n, num_classes = logits.shape
+    """:func:`cross_entropy_rows` for a CPU block (n, V) or (n, V, S) with class-index
+    targets, no soft-capping and no entropy, on the compiled row kernel (:mod:`._rows`):
+    the same statistics, coefficients and loss formula as the torch operations."""
+    num_classes = logits.shape[1]
+    rows_shape = (logits.shape[0], *logits.shape[2:])
     logits = logits if logits.is_contiguous() else logits.contiguous()
     inv_ln_b = 1.0 / math.log(base)
     y = targets.to(dtype=torch.long)
@@ -600,7 +600,7 @@ def _compiled_rows(
     coefficients = None
     grad = None
     if grad_scale is not None:
-        scale = row_scale(grad_scale, (n,), inv_ln_b, torch.float32, logits.device)
+        scale = row_scale(grad_scale, rows_shape, inv_ln_b, torch.float32, logits.device)
         coefficients = index_grad_coefficients(scale, weight, w_target, eps, zl, num_classes)
         grad = out if out is not None else torch.empty_like(logits)
     stats = _rows.rows(

@@ -11,6 +11,10 @@
  *           k_i = (pc_i + zc_i lse_i) / s_i and lse_i = m_i + log s_i, written in the
  *           logits' dtype (rounded to nearest, ties to even, as torch converts).
  *
+ * Blocks (n, V, S) (an image's V classes at each of its S pixels, S apart in memory) go
+ * the same way, each position a row of its own, in tiles of COLS positions vectorised
+ * across the positions (ce_positions).
+ *
  * A row of 1000 float32 logits is 4 KB and stays in the first-level cache between its
  * passes; each pass is one vectorised loop (the exponential from glibc's libmvec where it
  * is declared below). Rows are split evenly over the OpenMP threads. The gradient may be
@@ -41,18 +45,18 @@ extern float expf(float);
 #define F16 2
 
 typedef struct {
-    int64_t n, V;
+    int64_t n, V, S;       /* n rows of V classes, each at S positions (S = 1: plain rows) */
     int64_t dtype;         /* F32, BF16 or F16: of the logits and of the gradient */
-    const void *z;         /* (n, V) logits, row-major */
-    const int64_t *y;      /* (n) class indices in [0, V) */
+    const void *z;         /* (n, V, S) logits, row-major */
+    const int64_t *y;      /* (n, S) class indices in [0, V) */
     const float *wclass;   /* (V) class weights, or NULL */
-    /* per-row results (n) */
+    /* per-row results (n, S): a position of a row is a row of its own below */
     float *row_max;        /* m_i */
     float *log_sum;        /* log s_i */
     float *z_target;       /* z_{y_i} */
     float *w_dot_z;        /* sum_v w_v z_v, or NULL (not formed) */
-    /* the gradient: per-row coefficients (n), each NULL for the number beside it */
-    void *grad;            /* (n, V) in the logits' dtype, or NULL for no gradient */
+    /* the gradient: per-row coefficients (n, S), each NULL for the number beside it */
+    void *grad;            /* (n, V, S) in the logits' dtype, or NULL for no gradient */
     const float *pcoef, *zcoef, *tcoef, *scoef;
     float pcoef_all, zcoef_all, tcoef_all, scoef_all;
 } ce_rows_args;
@@ -243,11 +247,145 @@ static void one_row(const ce_rows_args *a, int64_t i, float *buf, float *ebuf) {
     }
 }
 
-/* Every row of the block. Returns -1; or the first row whose target is not in [0, V)
+/* Positions [s0, s0 + w) of row b of a block (n, V, S), w <= COLS, each a row of its own
+   whose classes lie S apart (an image's classes at its pixels): the same three passes,
+   vectorised across the positions, with per-position max, sum and target. float16 is
+   widened through buf; the exponentials are kept in the gradient for float32 and taken
+   again in pass 3 for half types. */
+#define COLS 256
+
+static inline __attribute__((always_inline)) void cols_as(const ce_rows_args *a, int64_t b,
+                                                           int64_t s0, int64_t w, float *buf,
+                                                           int dtype) {
+    const int64_t V = a->V, S = a->S, r0 = b * S + s0, item = ITEMSIZE[dtype];
+    const float *wc = a->wclass;
+    const int smoothing = a->w_dot_z != NULL;
+    const char *block = (const char *)a->z + b * V * S * item;
+    float m[COLS], zy[COLS], k[COLS], sc[COLS], tc[COLS], g[COLS];
+    double sum[COLS], wz[COLS];
+    int64_t yy[COLS];
+    int bad[COLS];
+    for (int64_t i = 0; i < w; i++) {
+        m[i] = -INFINITY;
+        zy[i] = 0.0f;
+        sum[i] = 0.0;
+        wz[i] = 0.0;
+        yy[i] = a->y[r0 + i];
+        bad[i] = 0;
+    }
+    /* pass 1 */
+    for (int64_t v = 0; v < V; v++) {
+        BLOCK_SOURCE(block + v * S * item, s0, w, buf, dtype, src, base, kind)
+        #pragma omp simd
+        for (int64_t i = 0; i < w; i++) {
+            const float x = load(src, base + i, kind);
+            m[i] = x > m[i] ? x : m[i];
+            bad[i] |= x != x;
+            zy[i] = yy[i] == v ? x : zy[i];
+        }
+        if (smoothing) {
+            const float wv = wc ? wc[v] : 1.0f;
+            #pragma omp simd
+            for (int64_t i = 0; i < w; i++) wz[i] += wv * load(src, base + i, kind);
+        }
+    }
+    for (int64_t i = 0; i < w; i++)
+        if (bad[i]) m[i] = NAN;
+    /* pass 2 */
+    float *e = a->grad && dtype == F32 ? (float *)a->grad + b * V * S + s0 : NULL;
+    for (int64_t v = 0; v < V; v++) {
+        BLOCK_SOURCE(block + v * S * item, s0, w, buf, dtype, src, base, kind)
+        if (e) {
+            float *ev = e + v * S;
+            #pragma omp simd
+            for (int64_t i = 0; i < w; i++) {
+                const float x = expf(load(src, base + i, kind) - m[i]);
+                ev[i] = x;
+                sum[i] += x;
+            }
+        } else {
+            #pragma omp simd
+            for (int64_t i = 0; i < w; i++) sum[i] += expf(load(src, base + i, kind) - m[i]);
+        }
+    }
+    for (int64_t i = 0; i < w; i++) {
+        const int64_t r = r0 + i;
+        const float log_s = (float)log(sum[i]);
+        a->row_max[r] = m[i];
+        a->log_sum[r] = log_s;
+        a->z_target[r] = zy[i];
+        if (smoothing) a->w_dot_z[r] = (float)wz[i];
+        if (!a->grad) continue;
+        const float pc = a->pcoef ? a->pcoef[r] : a->pcoef_all;
+        const float zc = a->zcoef ? a->zcoef[r] : a->zcoef_all;
+        const float lse = m[i] + log_s;
+        k[i] = (zc != 0.0f ? pc + zc * lse : pc) * (float)(1.0 / sum[i]);
+        tc[i] = a->tcoef ? a->tcoef[r] : a->tcoef_all;
+        sc[i] = a->scoef ? a->scoef[r] : a->scoef_all;
+    }
+    if (!a->grad) return;
+    /* pass 3 */
+    for (int64_t v = 0; v < V; v++) {
+        const float wv = wc ? wc[v] : 1.0f;
+        if (e) {
+            float *gv = e + v * S;
+            #pragma omp simd
+            for (int64_t i = 0; i < w; i++) {
+                const float x = k[i] * gv[i] - sc[i] * wv;
+                gv[i] = yy[i] == v ? x - tc[i] : x;
+            }
+            continue;
+        }
+        BLOCK_SOURCE(block + v * S * item, s0, w, buf, dtype, src, base, kind)
+        #pragma omp simd
+        for (int64_t i = 0; i < w; i++)
+            g[i] = k[i] * expf(load(src, base + i, kind) - m[i]) - sc[i] * wv;
+        #pragma omp simd /* apart: the call above vectorises only without the compare */
+        for (int64_t i = 0; i < w; i++) g[i] = yy[i] == v ? g[i] - tc[i] : g[i];
+        narrow((char *)a->grad + ((b * V + v) * S + s0) * item, w, g, dtype);
+    }
+}
+
+static void some_cols(const ce_rows_args *a, int64_t b, int64_t s0, int64_t w, float *buf) {
+    switch (a->dtype) {
+    case F32: cols_as(a, b, s0, w, buf, F32); break;
+    case BF16: cols_as(a, b, s0, w, buf, BF16); break;
+    default: cols_as(a, b, s0, w, buf, F16); break;
+    }
+}
+
+/* Every position of a block (n, V, S), S > 1, in tiles of COLS positions. Returns as
+   ce_rows, the first bad target counted in (n, S) order. */
+static int64_t ce_positions(const ce_rows_args *a) {
+    const int64_t n = a->n, V = a->V, S = a->S, per_row = (S + COLS - 1) / COLS;
+    int64_t first_bad = n * S;
+    #pragma omp parallel if (n * V * S >= 16384)
+    {
+        float buf[COLS];
+        #pragma omp for schedule(static) reduction(min : first_bad)
+        for (int64_t t = 0; t < n * per_row; t++) {
+            const int64_t b = t / per_row, s0 = (t % per_row) * COLS, w = min64(COLS, S - s0);
+            int ok = 1;
+            for (int64_t i = 0; i < w; i++) {
+                const int64_t y = a->y[b * S + s0 + i];
+                if (y < 0 || y >= V) {
+                    first_bad = min64(first_bad, b * S + s0 + i);
+                    ok = 0;
+                }
+            }
+            if (ok) some_cols(a, b, s0, w, buf);
+        }
+    }
+    return first_bad < n * S ? first_bad : -1;
+}
+
+/* Every row of the block (each position of each row where S > 1). Returns -1; or the
+   first row whose target is not in [0, V)
    (that row's results are left unwritten; the caller raises); or -2 when out of memory. Rows go to the OpenMP
    threads in even shares, unless the block is small enough that waking them would cost
    more than its work. */
 int64_t ce_rows(const ce_rows_args *a) {
+    if (a->S != 1) return ce_positions(a);
     const int64_t n = a->n;
     int64_t first_bad = n;
     int failed = 0;

@@ -11,7 +11,9 @@ gradient in their dtype.
 
 It serves the common case: rows (n, V) of float32, bfloat16 or float16 logits on the CPU
 with class-index targets, with any class weights, label smoothing, z-loss and base, and
-no soft-capping or entropy. Everything else, and float64, keeps the torch operations.
+no soft-capping or entropy; and blocks (n, V, S) of the same, an image's classes at each
+of its S pixels (segmentation's (N, C, H, W) logits), vectorised across the pixels.
+Everything else, and float64, keeps the torch operations.
 
 The kernel is compiled at first use by the system's C compiler (``$CC``, else ``cc``)
 with ``-O3 -march=native -fopenmp`` into ``$CROSSENTROPY_CACHE`` (default
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import subprocess
 from pathlib import Path
 from typing import NamedTuple
@@ -51,6 +54,7 @@ class _Args(ctypes.Structure):
     _fields_ = [
         ("n", ctypes.c_int64),
         ("V", ctypes.c_int64),
+        ("S", ctypes.c_int64),
         ("dtype", ctypes.c_int64),
         *((name, ctypes.c_void_p) for name in ("z", "y", "wclass")),
         *((name, ctypes.c_void_p) for name in ("row_max", "log_sum", "z_target", "w_dot_z")),
@@ -104,9 +108,11 @@ def unavailable_reason() -> str | None:
     return _reason
 
 
-def _coefficient(value: torch.Tensor | float, rows: int) -> tuple[torch.Tensor | None, float]:
-    """A gradient coefficient as the kernel takes it: a per-row float32 array, or a number
-    for every row."""
+def _coefficient(
+    value: torch.Tensor | float, rows: tuple[int, ...]
+) -> tuple[torch.Tensor | None, float]:
+    """A gradient coefficient as the kernel takes it: a float32 array of one value per row
+    (per position of a row), or a number for every row."""
     if isinstance(value, torch.Tensor):
         if value.dim() == 0:
             return None, float(value)
@@ -127,30 +133,36 @@ def rows(
     grad: torch.Tensor | None,
     library: ctypes.CDLL | None = None,
 ) -> RowStats:
-    """The kernel on a contiguous CPU block ``logits`` (n, V) of a dtype in :data:`DTYPES`
-    with targets ``y`` (n,) in [0, V) (checked by the caller; one out of range raises
-    IndexError): the rows' statistics,
-    and, given ``coefficients`` ``(p_coef, target_coef, z_coef, smooth_coef)`` (see
+    """The kernel on a contiguous CPU block ``logits`` of a dtype in :data:`DTYPES`, (n, V)
+    or (n, V, S) (the classes along dimension 1, each of the S positions a row of its
+    own), with targets ``y`` of shape (n,) or (n, S) in [0, V) (checked by the caller; one
+    out of range raises IndexError): the rows' statistics, shaped like ``y``, and, given
+    ``coefficients`` ``(p_coef, target_coef, z_coef, smooth_coef)`` (see
     :func:`crossentropy.losses._kernel.index_grad_coefficients`), the gradient written
     into ``grad`` (the logits' shape and dtype; it may be ``logits`` itself).
     ``weight`` is (V,) or None; ``smoothing`` asks for ``sum_v w_v z_v``."""
     found = library or _library()
     if found is None:
         raise RuntimeError(f"the row kernel is unavailable: {unavailable_reason()}")
-    n, num_classes = logits.shape
+    n, num_classes = logits.shape[:2]
+    positions = math.prod(logits.shape[2:])
+    shape = (n, *logits.shape[2:])
+    assert logits.dim() in (2, 3)
     assert logits.is_contiguous()
     assert logits.dtype in DTYPES
+    assert tuple(y.shape) == shape
     y = y.to(torch.int64).contiguous()
     w = None if weight is None else weight.to(torch.float32).contiguous()
     stats = RowStats(
-        torch.empty(n),
-        torch.empty(n),
-        torch.empty(n),
-        torch.empty(n) if smoothing else None,
+        torch.empty(shape),
+        torch.empty(shape),
+        torch.empty(shape),
+        torch.empty(shape) if smoothing else None,
     )
     args = _Args(
         n=n,
         V=num_classes,
+        S=positions,
         dtype=DTYPES[logits.dtype],
         z=logits.data_ptr(),
         y=y.data_ptr(),
@@ -168,7 +180,7 @@ def rows(
         assert grad.is_contiguous()
         args.grad = grad.data_ptr()
         for name, value in zip(("pcoef", "tcoef", "zcoef", "scoef"), coefficients, strict=True):
-            column, number = _coefficient(value, n)
+            column, number = _coefficient(value, shape)
             if column is not None:
                 keep.append(column)
                 setattr(args, name, column.data_ptr())
@@ -177,7 +189,9 @@ def rows(
     if bad == -2:
         raise MemoryError("the row kernel could not allocate a row's buffer")
     if bad >= 0:  # the callers check targets; this keeps an unchecked call from lying
-        raise IndexError(f"target {int(y[bad])} is out of bounds for {num_classes} classes")
+        raise IndexError(
+            f"target {int(y.reshape(-1)[bad])} is out of bounds for {num_classes} classes"
+        )
     return stats
 
 
@@ -212,6 +226,21 @@ def _self_check(library: ctypes.CDLL) -> None:
             "weighted sum": (stats.w_dot_z.double(), z64 @ w),  # type: ignore[union-attr]
             "gradient": (grad.double(), expected_grad.to(dtype).double()),
         }
+        # the same rows as 3 positions of 2 images, (2, V, 3)
+        images = logits.reshape(2, 3, num_classes).transpose(1, 2).contiguous()
+        image_grad = torch.empty_like(images)
+        image_stats = rows(
+            images, y.reshape(2, 3), weight=w, smoothing=True,
+            coefficients=(pc.reshape(2, 3), tc, zc, sc), grad=image_grad, library=library,
+        )  # fmt: skip
+        checks["log-sum-exp, images"] = (
+            (image_stats.row_max + image_stats.log_sum).double().reshape(-1),
+            lse,
+        )
+        checks["gradient, images"] = (
+            image_grad.transpose(1, 2).reshape(n, num_classes).double(),
+            expected_grad.to(dtype).double(),
+        )
         for name, (value, expected) in checks.items():
             tolerance = 1e-4 if dtype == torch.float32 else 1e-2
             if not torch.allclose(value, expected, rtol=tolerance, atol=tolerance):
