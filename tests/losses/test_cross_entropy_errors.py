@@ -258,3 +258,43 @@ def test_float64_probability_sum_error_shows_every_digit_of_the_sum():
     assert str(np.float32(total)) == "1.001"
     with pytest.raises(ValueError, match=re.escape(f"got a sum of {total!r} (off by 0.001)")):
         cross_entropy(torch.zeros(3, 4, dtype=torch.float64), targets)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("classes", [4, 3000])
+@pytest.mark.parametrize(
+    "offset",
+    # relative to the dtype's tolerance: inside, near its edge on both sides, outside;
+    # "zero" is a row of zeros (accepted), "tiny" a row of the smallest positive values
+    [0.0, 0.5, 0.97, -0.97, 1.03, -1.03, 2.0, "zero", "tiny"],
+)
+def test_half_probability_sums_are_judged_as_float32_sums_are(dtype, classes, offset):
+    """Half-precision targets are summed in their own dtype first (a float32 copy of the
+    block is slow); the decision is the exact rule's, on float32 sums, every time."""
+    from crossentropy.losses._options import probability_sum_tolerance
+
+    tol = probability_sum_tolerance(dtype)
+    g = torch.Generator().manual_seed(classes)
+    rows = torch.softmax(torch.randn(3, classes, generator=g), 1).to(dtype)
+    if offset == "zero":
+        rows[1] = 0
+    elif offset == "tiny":
+        rows[1] = 0
+        rows[1, :3] = torch.finfo(dtype).smallest_normal * 2.0**-4  # subnormal, > 0
+    else:
+        # scale row 1 so that its float32 sum is 1 + offset * tol
+        total = rows[1].float().sum()
+        rows[1] = (rows[1].float() * ((1 + offset * tol) / total)).to(dtype)
+    sums = rows.float().sum(1)
+    exact_ok = bool((((sums - 1).abs() <= tol) | (sums == 0)).all())
+    logits = torch.zeros(3, classes)
+    if exact_ok:
+        cross_entropy(logits, rows)
+    else:
+        with pytest.raises(ValueError, match="must be class probabilities that sum to 1"):
+            cross_entropy(logits, rows)
+    # the cases reach both sides of the rule
+    if offset in (0.0, 0.5, "zero"):
+        assert exact_ok
+    if offset in (2.0, "tiny"):
+        assert not exact_ok

@@ -39,15 +39,17 @@ def _both(monkeypatch, logits, targets, **options) -> tuple[_kernel.RowTerms, _k
     return kernel, plain
 
 
-def _count_kernel_calls(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    rows = _rows.rows
+def _count_kernel_calls(monkeypatch) -> list[str]:
+    """The names of the kernel's entry points called (class indices, probabilities)."""
+    calls: list[str] = []
+    for name in ("rows", "probability_rows"):
+        entry = getattr(_rows, name)
 
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return rows(*args, **kwargs)
+        def counted(*args, _entry=entry, _name=name, **kwargs):
+            calls.append(_name)
+            return _entry(*args, **kwargs)
 
-    monkeypatch.setattr(_rows, "rows", counted)
+        monkeypatch.setattr(_rows, name, counted)
     return calls
 
 
@@ -88,7 +90,7 @@ def test_kernel_equals_the_torch_operations_in_float32(monkeypatch, options, sha
         grad_scale = torch.linspace(0.0, 2.0, targets.numel()).reshape(targets.shape)
     calls = _count_kernel_calls(monkeypatch)
     kernel, plain = _both(monkeypatch, logits, targets, grad_scale=grad_scale, **options)
-    assert len(calls) == 1  # the kernel ran the first call, not the second
+    assert calls == ["rows"]  # the kernel ran the first call, not the second
     torch.testing.assert_close(kernel.loss, plain.loss, rtol=2e-6, atol=2e-6)
     torch.testing.assert_close(kernel.logsumexp, plain.logsumexp, rtol=2e-6, atol=2e-6)
     if grad_scale is None:
@@ -199,6 +201,86 @@ def test_kernel_keeps_the_torch_operations_infinities_and_nans(n, v, positions, 
     torch.testing.assert_close(kernel.grad, plain.grad, rtol=1e-5, atol=3e-7, equal_nan=True)
 
 
+def _probabilities(n: int, v: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Rows of class probabilities: a peaked one, flat ones, a row of zeros (a masked token)
+    and rows with classes of no mass."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.softmax(torch.randn(n, v, generator=g) * 4, 1)
+    t[t < 1e-3] = 0.0
+    t = t / t.sum(1, keepdim=True)
+    t[n // 2] = 0.0
+    return t.to(dtype)
+
+
+@needs_kernel
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("v", [10, 2 * 1024 + 37])
+@pytest.mark.parametrize("grad_scale", [None, 0.25, "per row"])
+@pytest.mark.parametrize(
+    ("dtype", "target_dtype"),
+    [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+     (torch.bfloat16, torch.float32), (torch.float16, torch.float16),
+     (torch.float16, torch.float32)],
+)  # fmt: skip
+def test_probability_targets_equal_the_torch_operations(
+    monkeypatch, options, v, grad_scale, dtype, target_dtype
+):
+    n = 6
+    logits = _logits(n, v, dtype)
+    targets = _probabilities(n, v, target_dtype, 1)
+    logits[0, targets[0] == 0] = -math.inf  # masked classes, with no mass: they add 0
+    options = dict(options)
+    if options.get("weight") == "w":
+        options["weight"] = torch.rand(v, generator=torch.Generator().manual_seed(2)) + 0.1
+    if grad_scale == "per row":
+        grad_scale = torch.linspace(0.0, 2.0, n)
+    calls = _count_kernel_calls(monkeypatch)
+    kernel, plain = _both(monkeypatch, logits, targets, grad_scale=grad_scale, **options)
+    assert calls == ["probability_rows"]  # the kernel ran the first call, not the second
+    # the masked classes of row 0 have no mass unless smoothing gives them some
+    assert bool(kernel.loss[0].isinf()) == ("label_smoothing" in options)
+    tol = {"rtol": 2e-6, "atol": 2e-6} if dtype == torch.float32 else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(kernel.loss, plain.loss, **tol)
+    torch.testing.assert_close(kernel.logsumexp, plain.logsumexp, **tol)
+    if grad_scale is None:
+        assert kernel.grad is None
+    elif dtype == torch.float32:
+        torch.testing.assert_close(kernel.grad, plain.grad, rtol=1e-5, atol=3e-7)
+    else:  # both round the same float32 gradient, up to its last bits, to the half type
+        torch.testing.assert_close(kernel.grad, plain.grad, rtol=2e-2, atol=1e-6)
+    # and against float64, the math as it reads
+    z = logits.double()
+    w = options.get("weight")
+    eps = options.get("label_smoothing", 0.0)
+    q = (1 - eps) * targets.double() + eps / v
+    if w is not None:
+        q = q * w.double()
+    lse = torch.logsumexp(z, 1)
+    expected = (q * torch.where(q == 0, 0.0, lse[:, None] - z)).sum(1)
+    expected = expected + options.get("z_loss", 0.0) * lse.square()
+    expected = expected / math.log(options.get("base", math.e))
+    torch.testing.assert_close(kernel.loss.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_probability_gradient_is_the_float32_gradient_rounded(dtype):
+    n, v = 5, 2 * 1024 + 37
+    logits = _logits(n, v, dtype)
+    targets = _probabilities(n, v, dtype, 3)
+    options = {"label_smoothing": 0.1, "z_loss": 1e-3}
+    half = _kernel.cross_entropy_rows(logits, targets, grad_scale=0.5, **options)
+    wide = _kernel.cross_entropy_rows(logits.float(), targets.float(), grad_scale=0.5, **options)
+    assert half.grad is not None
+    assert wide.grad is not None
+    rounded = wide.grad.to(dtype)
+    same_sign = torch.sign(half.grad) == torch.sign(rounded)
+    steps = half.grad.view(torch.int16).int() - rounded.view(torch.int16).int()
+    assert int(steps[same_sign].abs().max()) <= 1
+    assert bool((half.grad[~same_sign].abs() <= 2 * rounded.abs().min().clamp(min=1e-30)).all())
+    torch.testing.assert_close(half.loss, wide.loss, rtol=1e-6, atol=0.0)
+
+
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF])
 @pytest.mark.parametrize(("v", "positions"), [(1500, ()), (21, (100,))])
@@ -236,7 +318,10 @@ def test_a_target_out_of_range_raises_instead_of_reading_memory(bad, positions):
         ({"dtype": torch.float64}, False),
         ({"softcap": 30.0}, False),
         ({"with_entropy": True}, False),
-        ({"probabilities": True}, False),
+        ({"probabilities": True}, True),
+        ({"probabilities": True, "dtype": torch.bfloat16}, True),
+        ({"probabilities": True, "target_dtype": torch.float64}, False),
+        ({"probabilities": True, "spatial": True}, False),
         ({"spatial": True}, True),
         ({"spatial": True, "dtype": torch.float64}, False),
     ],
@@ -248,10 +333,11 @@ def test_the_kernel_serves_what_it_computes_and_nothing_else(monkeypatch, case, 
     targets = torch.tensor([1, 2, 3, 4])
     options = {k: case[k] for k in ("softcap", "with_entropy") if k in case}
     if case.get("probabilities"):
-        targets = torch.softmax(_logits(4, 30, dtype, seed=9), 1)
+        targets = torch.softmax(_logits(4, 30, torch.float32, 9), 1)
+        targets = targets.to(case.get("target_dtype", dtype))
     if case.get("spatial"):
         logits = logits.reshape(2, 30, 2)
-        targets = targets.reshape(2, 2)
+        targets = targets.reshape(2, 30, 2) if case.get("probabilities") else targets.reshape(2, 2)
     grad_scale = None if case.get("grad") is False else 1.0
     _kernel.cross_entropy_rows(logits, targets, grad_scale=grad_scale, **options)
     assert len(calls) == int(served)

@@ -262,7 +262,8 @@ def test_edge_values_give_our_kernels_numbers(monkeypatch, case, reduction, labe
         (128, torch.float32, False, False),  # above: the row kernel, where it runs
         (128, torch.bfloat16, False, False),
         (128, torch.float64, False, True),  # a dtype the row kernel does not read
-        (128, torch.float32, True, True),  # probability targets: not the row kernel's
+        (128, torch.float32, True, False),  # probability targets of the logits' dtype
+        (64, torch.float32, True, True),
     ],
 )
 def test_blocks_the_row_kernel_serves_go_to_it_above_its_threshold(

@@ -19,8 +19,9 @@ float32 one slice at a time; the gradient is written in the logits' dtype.
 On CUDA, when Triton is installed, the rows go instead to one Triton program per row
 (:mod:`crossentropy.losses._triton`), which reads the logits twice and writes the gradient
 once; ``TRITON`` below says where. On the CPU, blocks (n, V) or (n, V, S) of float32,
-bfloat16 or float16 logits with class-index targets and neither soft-capping nor entropy
-go to a compiled row kernel (:mod:`crossentropy.losses._rows`), which makes the same
+bfloat16 or float16 logits with class-index targets, or rows (n, V) with class
+probabilities of their dtype or float32, and neither soft-capping nor entropy go to a
+compiled row kernel (:mod:`crossentropy.losses._rows`), which makes the same
 numbers in three vectorised passes per row, where a C compiler is at hand; the torch
 operations below are its reference and its fallback.
 """
@@ -385,14 +386,15 @@ def cross_entropy_rows(
         if terms is not None:
             return terms
     if (
-        not probs
-        and softcap is None
+        softcap is None
         and not with_entropy
         and device.type == "cpu"
         and logits.dtype in _rows.DTYPES
+        and (not probs or (not inner and targets.dtype in (logits.dtype, torch.float32)))
         and _rows.available()
     ):
-        return _compiled_rows(
+        compiled = _compiled_probability_rows if probs else _compiled_rows
+        return compiled(
             logits, targets, weight, float(label_smoothing), float(z_loss), base, grad_scale, out
         )
     acc = accumulation_dtype(logits.dtype)
@@ -611,6 +613,41 @@ def _compiled_rows(
         stats.row_max, stats.log_sum, stats.z_target, stats.w_dot_z, weight, w_target, eps, zl,
         num_classes, lse,
     )  # fmt: skip
+    if inv_ln_b != 1.0:
+        loss = loss * inv_ln_b
+    return RowTerms(loss, lse, None, grad)
+
+
+def _compiled_probability_rows(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor | None,
+    eps: float,
+    zl: float,
+    base: float,
+    grad_scale: torch.Tensor | float | None,
+    out: torch.Tensor | None,
+) -> RowTerms:
+    """:func:`cross_entropy_rows` for a CPU block (n, V) with class-probability targets (of
+    the logits' dtype or float32), no soft-capping and no entropy, on the compiled row
+    kernel: the same statistics and loss formula as the torch operations."""
+    n = logits.shape[0]
+    logits = logits if logits.is_contiguous() else logits.contiguous()
+    inv_ln_b = 1.0 / math.log(base)
+    scale = None
+    grad = None
+    if grad_scale is not None:
+        scale = row_scale(grad_scale, (n,), inv_ln_b, torch.float32, logits.device)
+        grad = out if out is not None else torch.empty_like(logits)
+    stats = _rows.probability_rows(
+        logits, targets.contiguous(), weight=weight, label_smoothing=eps, z_loss=zl,
+        scale=scale, grad=grad,
+    )  # fmt: skip
+    lse = stats.row_max + stats.log_sum
+    # sum_c q_c (lse - z_c) = (sum_c q_c) lse - sum_c q_c z_c
+    loss = stats.q_sum * lse - stats.q_dot_z
+    if zl > 0:
+        loss = loss + zl * lse.square()
     if inv_ln_b != 1.0:
         loss = loss * inv_ln_b
     return RowTerms(loss, lse, None, grad)

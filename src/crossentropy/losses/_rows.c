@@ -21,6 +21,9 @@
  * written over the logits themselves (grad == z): pass 3 reads each logit before it
  * writes its gradient.
  *
+ * Class-probability targets t (rows only) take the same passes with q = w (keep t + add)
+ * in place of the one-hot: pass 1 also sums q and q z, pass 3 subtracts scale q.
+ *
  * Semantics (the loss from these statistics, and the coefficients pc, zc, tc, sc) are
  * those of crossentropy.losses._kernel; the torch operations there are the reference.
  */
@@ -59,6 +62,15 @@ typedef struct {
     void *grad;            /* (n, V, S) in the logits' dtype, or NULL for no gradient */
     const float *pcoef, *zcoef, *tcoef, *scoef;
     float pcoef_all, zcoef_all, tcoef_all, scoef_all;
+    /* class-probability targets, in place of y (rows only, S = 1): t (n, V) of tdtype (the
+       logits' dtype or F32), smoothed to t' = keep * t + add and weighted q = w t'; the
+       results q_sum = sum_v q_v and q_dot_z = sum_v q_v z_v (a class of q_v = 0 adds 0
+       whatever its logit); the gradient's factor is pcoef (the row's scale) and zl2 is
+       2 * z_loss. NULL for index targets. */
+    const void *t;
+    int64_t tdtype;
+    float keep, add, zl2;
+    float *q_sum, *q_dot_z;
 } ce_rows_args;
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -145,7 +157,8 @@ static inline __attribute__((always_inline)) void row_as(const ce_rows_args *a, 
     for (int64_t off = 0; off < V; off += BLK) {
         const int64_t len = min64(BLK, V - off);
         BLOCK_SOURCE(row, off, len, buf, dtype, src, base, kind)
-        float top = -INFINITY, dot = 0.0f;
+        float top = -INFINITY;
+        double dot = 0.0;
         int bad = 0;
         #pragma omp simd reduction(max : top) reduction(| : bad)
         for (int64_t j = 0; j < len; j++) {
@@ -156,10 +169,11 @@ static inline __attribute__((always_inline)) void row_as(const ce_rows_args *a, 
         if (smoothing) {
             if (w) {
                 #pragma omp simd reduction(+ : dot)
-                for (int64_t j = 0; j < len; j++) dot += w[off + j] * load(src, base + j, kind);
+                for (int64_t j = 0; j < len; j++)
+                    dot += (double)(w[off + j] * load(src, base + j, kind));
             } else {
                 #pragma omp simd reduction(+ : dot)
-                for (int64_t j = 0; j < len; j++) dot += load(src, base + j, kind);
+                for (int64_t j = 0; j < len; j++) dot += (double)load(src, base + j, kind);
             }
             wz += dot;
         }
@@ -238,8 +252,113 @@ static inline __attribute__((always_inline)) void row_as(const ce_rows_args *a, 
     }
 }
 
-/* Row i: one specialised copy of row_as per dtype. */
-static void one_row(const ce_rows_args *a, int64_t i, float *buf, float *ebuf) {
+/* Row i with probability targets, the logits' and the targets' dtypes constants: the same
+   passes, with q in place of the target's one-hot. */
+static inline __attribute__((always_inline)) void prob_row_as(const ce_rows_args *a,
+                                                               int64_t i, float *buf,
+                                                               float *tbuf, float *ebuf,
+                                                               int dtype, int tdtype) {
+    const int64_t V = a->V;
+    const float *w = a->wclass;
+    const float keep = a->keep, add = a->add;
+    const void *row = (const char *)a->z + i * V * ITEMSIZE[dtype];
+    const void *trow = (const char *)a->t + i * V * ITEMSIZE[tdtype];
+
+    /* pass 1: max (NaN-propagating), sum_v q_v, sum_v q_v z_v */
+    float m = -INFINITY;
+    int nan = 0;
+    double qs = 0.0, qz = 0.0;
+    for (int64_t off = 0; off < V; off += BLK) {
+        const int64_t len = min64(BLK, V - off);
+        BLOCK_SOURCE(row, off, len, buf, dtype, src, base, kind)
+        BLOCK_SOURCE(trow, off, len, tbuf, tdtype, tsrc, tbase, tkind)
+        float top = -INFINITY;
+        double sum_q = 0.0, dot = 0.0; /* float sums of like terms drift (each rounds alike) */
+        int bad = 0;
+        #pragma omp simd reduction(max : top) reduction(| : bad)
+        for (int64_t j = 0; j < len; j++) {
+            const float x = load(src, base + j, kind);
+            top = x > top ? x : top;
+            bad |= x != x;
+        }
+        #pragma omp simd reduction(+ : sum_q, dot)
+        for (int64_t j = 0; j < len; j++) {
+            const float tq = load(tsrc, tbase + j, tkind) * keep + add;
+            const float q = w ? tq * w[off + j] : tq;
+            sum_q += (double)q;
+            dot += q == 0.0f ? 0.0 : (double)(q * load(src, base + j, kind));
+        }
+        m = top > m ? top : m;
+        nan |= bad;
+        qs += sum_q;
+        qz += dot;
+    }
+    if (nan) m = NAN;
+
+    /* pass 2: as for index targets */
+    float *e = !a->grad ? NULL : dtype == F32 ? (float *)a->grad + i * V : ebuf;
+    double s = 0.0;
+    for (int64_t off = 0; off < V; off += BLK) {
+        const int64_t len = min64(BLK, V - off);
+        BLOCK_SOURCE(row, off, len, buf, dtype, src, base, kind)
+        float acc = 0.0f;
+        if (e) {
+            float *eb = e + off;
+            #pragma omp simd reduction(+ : acc)
+            for (int64_t j = 0; j < len; j++) {
+                const float v = expf(load(src, base + j, kind) - m);
+                eb[j] = v;
+                acc += v;
+            }
+        } else {
+            #pragma omp simd reduction(+ : acc)
+            for (int64_t j = 0; j < len; j++) acc += expf(load(src, base + j, kind) - m);
+        }
+        s += acc;
+    }
+    const float log_s = (float)log(s);
+    a->row_max[i] = m;
+    a->log_sum[i] = log_s;
+    a->q_sum[i] = (float)qs;
+    a->q_dot_z[i] = (float)qz;
+    if (!e) return;
+
+    /* pass 3: g = scale ((q_sum + 2 z_loss lse) p - q) */
+    const float sc = a->pcoef ? a->pcoef[i] : a->pcoef_all;
+    const float lse = m + log_s;
+    const float coef = a->zl2 != 0.0f ? (float)qs + a->zl2 * lse : (float)qs;
+    const float k = coef * sc * (float)(1.0 / s);
+    for (int64_t off = 0; off < V; off += BLK) {
+        const int64_t len = min64(BLK, V - off);
+        BLOCK_SOURCE(trow, off, len, tbuf, tdtype, tsrc, tbase, tkind)
+        float *g = e + off;
+        #pragma omp simd
+        for (int64_t j = 0; j < len; j++) {
+            const float tq = load(tsrc, tbase + j, tkind) * keep + add;
+            const float q = w ? tq * w[off + j] : tq;
+            g[j] = k * g[j] - sc * q;
+        }
+        if (dtype != F32) narrow((char *)a->grad + (i * V + off) * ITEMSIZE[dtype], len, g, dtype);
+    }
+}
+
+/* Row i: one specialised copy of row_as (of prob_row_as) per dtype (pair of dtypes). */
+static void one_row(const ce_rows_args *a, int64_t i, float *buf, float *tbuf, float *ebuf) {
+    if (a->t) {
+        const int same = a->tdtype == a->dtype;
+        switch (a->dtype) {
+        case F32: prob_row_as(a, i, buf, tbuf, ebuf, F32, F32); break;
+        case BF16:
+            if (same) prob_row_as(a, i, buf, tbuf, ebuf, BF16, BF16);
+            else prob_row_as(a, i, buf, tbuf, ebuf, BF16, F32);
+            break;
+        default:
+            if (same) prob_row_as(a, i, buf, tbuf, ebuf, F16, F16);
+            else prob_row_as(a, i, buf, tbuf, ebuf, F16, F32);
+            break;
+        }
+        return;
+    }
     switch (a->dtype) {
     case F32: row_as(a, i, buf, ebuf, F32); break;
     case BF16: row_as(a, i, buf, ebuf, BF16); break;
@@ -391,18 +510,18 @@ int64_t ce_rows(const ce_rows_args *a) {
     int failed = 0;
     #pragma omp parallel if (n > 1 && n * a->V >= 16384) reduction(| : failed)
     {
-        float buf[BLK];
+        float buf[BLK], tbuf[BLK];
         /* a half-precision row's exponentials, kept between passes 2 and 3 */
         float *ebuf = a->grad && a->dtype != F32 ? malloc((size_t)a->V * sizeof(float)) : NULL;
         failed = a->grad && a->dtype != F32 && !ebuf;
         #pragma omp for schedule(static) reduction(min : first_bad)
         for (int64_t i = 0; i < n; i++) {
             if (failed) continue;
-            if (a->y[i] < 0 || a->y[i] >= a->V) {
+            if (!a->t && (a->y[i] < 0 || a->y[i] >= a->V)) {
                 first_bad = i < first_bad ? i : first_bad;
                 continue;
             }
-            one_row(a, i, buf, ebuf);
+            one_row(a, i, buf, tbuf, ebuf);
         }
         free(ebuf);
     }

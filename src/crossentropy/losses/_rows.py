@@ -60,6 +60,11 @@ class _Args(ctypes.Structure):
         *((name, ctypes.c_void_p) for name in ("row_max", "log_sum", "z_target", "w_dot_z")),
         *((name, ctypes.c_void_p) for name in ("grad", "pcoef", "zcoef", "tcoef", "scoef")),
         *((name, ctypes.c_float) for name in ("pcoef_all", "zcoef_all", "tcoef_all", "scoef_all")),
+        ("t", ctypes.c_void_p),
+        ("tdtype", ctypes.c_int64),
+        *((name, ctypes.c_float) for name in ("keep", "add", "zl2")),
+        ("q_sum", ctypes.c_void_p),
+        ("q_dot_z", ctypes.c_void_p),
     ]
 
 
@@ -195,6 +200,78 @@ def rows(
     return stats
 
 
+class ProbabilityStats(NamedTuple):
+    """Per-row results of :func:`probability_rows` (n,), float32: ``row_max`` m,
+    ``log_sum`` ``log sum_v exp(z_v - m)``, ``q_sum`` ``sum_v q_v`` and ``q_dot_z`` ``sum_v
+    q_v z_v`` for the smoothed, weighted targets q."""
+
+    row_max: torch.Tensor
+    log_sum: torch.Tensor
+    q_sum: torch.Tensor
+    q_dot_z: torch.Tensor
+
+
+def probability_rows(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    weight: torch.Tensor | None,
+    label_smoothing: float,
+    z_loss: float,
+    scale: torch.Tensor | float | None,
+    grad: torch.Tensor | None,
+    library: ctypes.CDLL | None = None,
+) -> ProbabilityStats:
+    """The kernel on a contiguous CPU block ``logits`` (n, V) of a dtype in :data:`DTYPES`
+    with class-probability ``targets`` (n, V), contiguous, of the logits' dtype or float32:
+    with ``q = weight * ((1 - eps) targets + eps / V)``, the rows' statistics, and, given
+    ``scale`` (the gradient's factor per row, a number or (n,)), the gradient ``scale *
+    ((q_sum + 2 z_loss lse) softmax(z) - q)`` written into ``grad`` (the logits' shape and
+    dtype; it may be ``logits`` itself)."""
+    found = library or _library()
+    if found is None:
+        raise RuntimeError(f"the row kernel is unavailable: {unavailable_reason()}")
+    n, num_classes = logits.shape
+    assert logits.is_contiguous()
+    assert logits.dtype in DTYPES
+    assert targets.shape == logits.shape
+    assert targets.is_contiguous()
+    assert targets.dtype in (logits.dtype, torch.float32)
+    w = None if weight is None else weight.to(torch.float32).contiguous()
+    eps = float(label_smoothing)
+    stats = ProbabilityStats(torch.empty(n), torch.empty(n), torch.empty(n), torch.empty(n))
+    args = _Args(
+        n=n,
+        V=num_classes,
+        S=1,
+        dtype=DTYPES[logits.dtype],
+        z=logits.data_ptr(),
+        wclass=None if w is None else w.data_ptr(),
+        row_max=stats.row_max.data_ptr(),
+        log_sum=stats.log_sum.data_ptr(),
+        t=targets.data_ptr(),
+        tdtype=DTYPES[targets.dtype],
+        keep=1.0 - eps,
+        add=eps / num_classes,
+        zl2=2.0 * float(z_loss),
+        q_sum=stats.q_sum.data_ptr(),
+        q_dot_z=stats.q_dot_z.data_ptr(),
+    )
+    keep = None
+    if scale is not None:
+        assert grad is not None
+        assert grad.shape == logits.shape
+        assert grad.dtype == logits.dtype
+        assert grad.is_contiguous()
+        args.grad = grad.data_ptr()
+        keep, args.pcoef_all = _coefficient(scale, (n,))
+        if keep is not None:
+            args.pcoef = keep.data_ptr()
+    if found.ce_rows(ctypes.byref(args)) == -2:
+        raise MemoryError("the row kernel could not allocate a row's buffer")
+    return stats
+
+
 def _self_check(library: ctypes.CDLL) -> None:
     """A block with every term in each dtype, against float64 torch: a miscompiled kernel
     must not produce numbers."""
@@ -241,10 +318,36 @@ def _self_check(library: ctypes.CDLL) -> None:
             image_grad.transpose(1, 2).reshape(n, num_classes).double(),
             expected_grad.to(dtype).double(),
         )
+        # probability targets, smoothed and weighted, with a z-loss
+        t = torch.softmax(z64 / 2, 1)
+        t[1] = 0.0  # a masked row: no target mass at all
+        prob_grad = torch.empty_like(logits)
+        prob = probability_rows(
+            logits, t.float(), weight=w, label_smoothing=0.25, z_loss=0.125, scale=pc,
+            grad=prob_grad, library=library,
+        )  # fmt: skip
+        q = w * (0.75 * t.float().double() + 0.25 / num_classes)
+        checks["probability sums"] = (prob.q_sum.double(), q.sum(1))
+        checks["probability dot"] = (prob.q_dot_z.double(), (q * z64).sum(1))
+        checks["probability gradient"] = (
+            prob_grad.double(),
+            (pc[:, None] * ((q.sum(1) + 0.25 * lse)[:, None] * torch.softmax(z64, 1) - q))
+            .to(dtype)
+            .double(),
+        )
         for name, (value, expected) in checks.items():
             tolerance = 1e-4 if dtype == torch.float32 else 1e-2
             if not torch.allclose(value, expected, rtol=tolerance, atol=tolerance):
                 raise AssertionError(f"the row kernel's self-check failed: {name} ({dtype})")
 
 
-__all__ = ["DTYPES", "NATIVE", "RowStats", "available", "rows", "unavailable_reason"]
+__all__ = [
+    "DTYPES",
+    "NATIVE",
+    "ProbabilityStats",
+    "RowStats",
+    "available",
+    "probability_rows",
+    "rows",
+    "unavailable_reason",
+]
