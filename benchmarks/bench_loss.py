@@ -2,12 +2,14 @@
 
 Forward + backward of the mean loss on random logits [N, V], and [N, C, H, W] as in
 semantic segmentation (21 classes, PASCAL VOC's count, at 256 x 256), with random class
-targets, in float32 and bfloat16. Small blocks, which ``cross_entropy`` hands to
-torch's kernel after its checks (``TORCH_KERNEL_ELEMENTS``), are also timed on our own
-kernel (``ours_kernel``, the hand-off turned off). Each (implementation, shape, dtype) case
-runs in a fresh process (`_harness.run_fresh`) so that its peak resident memory belongs to
-it alone; the time is the best of a few repeats after a warm-up. Ratios compare ours with
-torch measured in the same run. Results go to ``benchmarks/results/loss.json``.
+targets, in float32 and bfloat16; and on [N, V] with class-probability targets (a
+teacher's distribution, as in distillation; "p" in the table). Small blocks, which
+``cross_entropy`` hands to torch's kernel after its checks (``TORCH_KERNEL_ELEMENTS``),
+are also timed on our own kernel (``ours_kernel``, the hand-off turned off). Each
+(implementation, shape, dtype, targets) case runs in a fresh process
+(`_harness.run_fresh`) so that its peak resident memory belongs to it alone; the time is
+the best of a few repeats after a warm-up. Ratios compare ours with torch measured in
+the same run. Results go to ``benchmarks/results/loss.json``.
 
     python benchmarks/bench_loss.py  # [32, 10] ... [4096, 128256], [8, 21, 256, 256]
     python benchmarks/bench_loss.py --quick    # small sizes, seconds
@@ -48,6 +50,9 @@ LOOP_BELOW = 1 << 24
 MAX_CALLS = 4000
 SMALL_REPEAT = 15
 QUICK_SHAPES = [(512, 8000), (256, 32000), (2, 21, 64, 64)]
+# Class-probability targets (a teacher's distribution, for distillation), rows only.
+PROBABILITY_SHAPES = [(512, 1000), (4096, 32000)]
+QUICK_PROBABILITY_SHAPES = [(512, 8000)]
 DTYPES = ["float32", "bfloat16"]
 IMPLS = ["torch", "ours"]
 
@@ -61,6 +66,11 @@ def impls_for(shape: tuple[int, ...]) -> list[str]:
     return [*IMPLS, "ours_kernel"] if small else IMPLS
 
 
+def _label(shape: tuple[int, ...], kind: str) -> str:
+    """A case's name in the table: its shape, marked "p" for probability targets."""
+    return str(list(shape)) + (" p" if kind == "probabilities" else "")
+
+
 def best_cpu_time(step, *, repeat: int) -> float:
     """The smallest process CPU time (user + system, all threads) of ``repeat`` calls (s)."""
     times = []
@@ -71,9 +81,18 @@ def best_cpu_time(step, *, repeat: int) -> float:
     return min(times)
 
 
-def run_case(impl: str, shape: tuple[int, ...], dtype_name: str, repeat: int, threads: int) -> dict:
+def run_case(
+    impl: str,
+    shape: tuple[int, ...],
+    dtype_name: str,
+    repeat: int,
+    threads: int,
+    targets_kind: str = "index",
+) -> dict:
     """One case in this process: time of forward + backward and peak memory, for logits of
-    ``shape`` (N, V) or (N, C, d1, ...), the classes along dimension 1."""
+    ``shape`` (N, V) or (N, C, d1, ...), the classes along dimension 1, and class-index
+    targets or (``targets_kind="probabilities"``) class probabilities of the logits'
+    dtype."""
     import torch
     import torch.nn.functional as F
 
@@ -94,7 +113,13 @@ def run_case(impl: str, shape: tuple[int, ...], dtype_name: str, repeat: int, th
         rows = logits[start : start + step]
         rows.copy_(torch.randn(rows.shape, generator=gen, dtype=torch.float32))
     logits.requires_grad_()
-    targets = torch.randint(0, v, (n, *shape[2:]), generator=gen)
+    if targets_kind == "probabilities":
+        targets = torch.empty(shape, dtype=dtype)
+        for start in range(0, n, step):
+            rows = targets[start : start + step]
+            rows.copy_(torch.softmax(torch.randn(rows.shape, generator=gen), 1))
+    else:
+        targets = torch.randint(0, v, (n, *shape[2:]), generator=gen)
     inputs_rss = peak_rss_bytes()
     loss_fn = F.cross_entropy if impl == "torch" else cross_entropy
 
@@ -115,6 +140,7 @@ def run_case(impl: str, shape: tuple[int, ...], dtype_name: str, repeat: int, th
         "impl": impl,
         "shape": list(shape),
         "dtype": dtype_name,
+        "targets": targets_kind,
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
         "peak_rss_bytes": peak_rss_bytes(),
@@ -129,22 +155,30 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="timed repeats per case")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
-        "--case", nargs=3, metavar=("IMPL", "SHAPE", "DTYPE"), help="internal (SHAPE: 8x21x256x256)"
+        "--case",
+        nargs=4,
+        metavar=("IMPL", "SHAPE", "DTYPE", "TARGETS"),
+        help="internal (SHAPE: 8x21x256x256; TARGETS: index or probabilities)",
     )
     args = parser.parse_args()
 
     if args.case:
-        impl, shape, dtype = args.case
+        impl, shape, dtype, kind = args.case
         shape = tuple(int(size) for size in shape.split("x"))
-        print(json.dumps(run_case(impl, shape, dtype, args.repeat, args.threads)))
+        print(json.dumps(run_case(impl, shape, dtype, args.repeat, args.threads, kind)))
         return
 
-    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    shapes = [(shape, "index") for shape in (QUICK_SHAPES if args.quick else FULL_SHAPES)]
+    shapes += [
+        (shape, "probabilities")
+        for shape in (QUICK_PROBABILITY_SHAPES if args.quick else PROBABILITY_SHAPES)
+    ]
     if SMOKE:
-        shapes, args.repeat = [(64, 500), (2, 5, 4, 4)], 1
+        shapes, args.repeat = [((64, 500), "index"), ((2, 5, 4, 4), "index")], 1
+        shapes.append(((64, 500), "probabilities"))
     cases = []
-    for shape in shapes:
-        label = str(list(shape))
+    for shape, kind in shapes:
+        label = _label(shape, kind)
         for dtype in DTYPES:
             for impl in impls_for(shape):
                 case = run_fresh(
@@ -156,6 +190,7 @@ def main() -> None:
                         impl,
                         "x".join(str(size) for size in shape),
                         dtype,
+                        kind,
                     ],
                 )
                 cases.append(case)
@@ -167,10 +202,12 @@ def main() -> None:
 
     rows = []
     comparisons = []
-    for shape in shapes:
+    for shape, kind in shapes:
         for dtype in DTYPES:
             found = {
-                c["impl"]: c for c in cases if (tuple(c["shape"]), c["dtype"]) == (shape, dtype)
+                c["impl"]: c
+                for c in cases
+                if (tuple(c["shape"]), c["dtype"], c["targets"]) == (shape, dtype, kind)
             }
             ours, torch_case = found["ours"], found["torch"]
             own = found.get("ours_kernel")
@@ -183,6 +220,7 @@ def main() -> None:
                 {
                     "shape": list(shape),
                     "dtype": dtype,
+                    "targets": kind,
                     "time_ratio": time_ratio,
                     "cpu_time_ratio": cpu_ratio,
                     "peak_memory_ratio": memory_ratio,
@@ -192,7 +230,7 @@ def main() -> None:
             )
             rows.append(
                 [
-                    str(list(shape)),
+                    _label(shape, kind),
                     dtype,
                     torch_case["seconds"],
                     ours["seconds"],
@@ -228,7 +266,8 @@ def main() -> None:
         "loss",
         {
             "description": "forward + backward of the mean cross-entropy on random logits "
-            "[N, V] or [N, C, H, W] (requires_grad) and random class targets; best of "
+            "[N, V] or [N, C, H, W] (requires_grad) and random class targets, or (targets: "
+            "probabilities) softmax rows of random numbers in the logits' dtype; best of "
             f"{args.repeat} after one warm-up; each case in a fresh process; peak = ru_maxrss "
             "of that process (inputs included); above-inputs = peak minus the RSS after the "
             "inputs were created",

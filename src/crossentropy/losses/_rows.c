@@ -166,14 +166,18 @@ static inline __attribute__((always_inline)) void row_as(const ce_rows_args *a, 
             top = x > top ? x : top;
             bad |= x != x;
         }
-        if (smoothing) {
-            if (w) {
-                #pragma omp simd reduction(+ : dot)
-                for (int64_t j = 0; j < len; j++)
-                    dot += (double)(w[off + j] * load(src, base + j, kind));
-            } else {
-                #pragma omp simd reduction(+ : dot)
-                for (int64_t j = 0; j < len; j++) dot += (double)load(src, base + j, kind);
+        if (smoothing) { /* float within 64 terms, then double (as in prob_row_as) */
+            for (int64_t j0 = 0; j0 < len; j0 += 64) {
+                const int64_t j1 = min64(j0 + 64, len);
+                float part = 0.0f;
+                if (w) {
+                    #pragma omp simd reduction(+ : part)
+                    for (int64_t j = j0; j < j1; j++) part += w[off + j] * load(src, base + j, kind);
+                } else {
+                    #pragma omp simd reduction(+ : part)
+                    for (int64_t j = j0; j < j1; j++) part += load(src, base + j, kind);
+                }
+                dot += part;
             }
             wz += dot;
         }
@@ -263,6 +267,7 @@ static inline __attribute__((always_inline)) void prob_row_as(const ce_rows_args
     const float keep = a->keep, add = a->add;
     const void *row = (const char *)a->z + i * V * ITEMSIZE[dtype];
     const void *trow = (const char *)a->t + i * V * ITEMSIZE[tdtype];
+    float qbuf[BLK];
 
     /* pass 1: max (NaN-propagating), sum_v q_v, sum_v q_v z_v */
     float m = -INFINITY;
@@ -273,7 +278,7 @@ static inline __attribute__((always_inline)) void prob_row_as(const ce_rows_args
         BLOCK_SOURCE(row, off, len, buf, dtype, src, base, kind)
         BLOCK_SOURCE(trow, off, len, tbuf, tdtype, tsrc, tbase, tkind)
         float top = -INFINITY;
-        double sum_q = 0.0, dot = 0.0; /* float sums of like terms drift (each rounds alike) */
+        double sum_q = 0.0, dot = 0.0; /* long float sums of like terms drift (each rounds alike) */
         int bad = 0;
         #pragma omp simd reduction(max : top) reduction(| : bad)
         for (int64_t j = 0; j < len; j++) {
@@ -281,12 +286,26 @@ static inline __attribute__((always_inline)) void prob_row_as(const ce_rows_args
             top = x > top ? x : top;
             bad |= x != x;
         }
-        #pragma omp simd reduction(+ : sum_q, dot)
-        for (int64_t j = 0; j < len; j++) {
-            const float tq = load(tsrc, tbase + j, tkind) * keep + add;
-            const float q = w ? tq * w[off + j] : tq;
-            sum_q += (double)q;
-            dot += q == 0.0f ? 0.0 : (double)(q * load(src, base + j, kind));
+        /* q first, into qbuf: formed inside the sums' loop it keeps them from vectorising */
+        if (w) {
+            #pragma omp simd
+            for (int64_t j = 0; j < len; j++)
+                qbuf[j] = (load(tsrc, tbase + j, tkind) * keep + add) * w[off + j];
+        } else {
+            #pragma omp simd
+            for (int64_t j = 0; j < len; j++) qbuf[j] = load(tsrc, tbase + j, tkind) * keep + add;
+        }
+        for (int64_t j0 = 0; j0 < len; j0 += 64) { /* float within 64 terms, then double */
+            const int64_t j1 = min64(j0 + 64, len);
+            float part_q = 0.0f, part_dot = 0.0f;
+            #pragma omp simd reduction(+ : part_q, part_dot)
+            for (int64_t j = j0; j < j1; j++) {
+                const float qz = qbuf[j] * load(src, base + j, kind);
+                part_q += qbuf[j];
+                part_dot += qbuf[j] != 0.0f ? qz : 0.0f;
+            }
+            sum_q += part_q;
+            dot += part_dot;
         }
         m = top > m ? top : m;
         nan |= bad;
@@ -332,11 +351,14 @@ static inline __attribute__((always_inline)) void prob_row_as(const ce_rows_args
         const int64_t len = min64(BLK, V - off);
         BLOCK_SOURCE(trow, off, len, tbuf, tdtype, tsrc, tbase, tkind)
         float *g = e + off;
-        #pragma omp simd
-        for (int64_t j = 0; j < len; j++) {
-            const float tq = load(tsrc, tbase + j, tkind) * keep + add;
-            const float q = w ? tq * w[off + j] : tq;
-            g[j] = k * g[j] - sc * q;
+        if (w) {
+            #pragma omp simd
+            for (int64_t j = 0; j < len; j++)
+                g[j] = k * g[j] - sc * ((load(tsrc, tbase + j, tkind) * keep + add) * w[off + j]);
+        } else {
+            #pragma omp simd
+            for (int64_t j = 0; j < len; j++)
+                g[j] = k * g[j] - sc * (load(tsrc, tbase + j, tkind) * keep + add);
         }
         if (dtype != F32) narrow((char *)a->grad + (i * V + off) * ITEMSIZE[dtype], len, g, dtype);
     }
