@@ -1,28 +1,35 @@
-/* Softmax cross-entropy per row of a (n, V) block of logits, for class-index targets, on
- * the CPU: the rows' statistics and, where asked, the gradient, in one call.
+/* Softmax cross-entropy per row of a block of logits on the CPU, for class-index or
+ * class-probability targets: the rows' statistics and, where asked, the gradient, in one
+ * call.
  *
  * Per row i, in blocks of BLK logits (read in their own dtype, float32, bfloat16 or
  * float16, and widened to float32 in registers; float16 through a block-sized buffer):
  *
  *   pass 1: the row max m_i (NaN if any logit is NaN), the target logit z_{y_i}, and
- *           sum_v w_v z_v (label smoothing only; w = 1 without class weights);
- *   pass 2: s_i = sum_v exp(z_v - m_i), in float32 per block and float64 across blocks;
- *   pass 3 (gradient): g_v = k_i exp(z_v - m_i) - sc_i w_v - tc_i [v == y_i], with
+ *           sum_v w_v z_v (label smoothing only; w = 1 without class weights), summed
+ *           in float32 over 64 terms and in float64 across them;
+ *   pass 2: e_v = exp(z_v - m_i) and s_i = sum_v e_v (float32 per block, float64 across
+ *           blocks); e is kept for pass 3, in the gradient itself for float32 logits and
+ *           in a row-sized buffer for half types;
+ *   pass 3 (gradient): g_v = k_i e_v - sc_i w_v - tc_i [v == y_i], with
  *           k_i = (pc_i + zc_i lse_i) / s_i and lse_i = m_i + log s_i, written in the
  *           logits' dtype (rounded to nearest, ties to even, as torch converts).
  *
- * Blocks (n, V, S) (an image's V classes at each of its S pixels, S apart in memory) go
- * the same way, each position a row of its own, in tiles of COLS positions vectorised
- * across the positions (ce_positions).
+ * Class-probability targets t (rows (n, V) only, of the logits' dtype or float32) take
+ * the same passes with q = w (keep t + add) in place of the one-hot: pass 1 also sums q
+ * and q z (a class of q = 0 adds 0 whatever its logit), pass 3 subtracts scale q.
+ *
+ * Blocks (n, V, S) with class indices (an image's V classes at each of its S pixels, S
+ * apart in memory) go the same way, each position a row of its own, in tiles of COLS
+ * positions vectorised across the positions (ce_positions); there pass 3 takes the
+ * exponentials again for half types.
  *
  * A row of 1000 float32 logits is 4 KB and stays in the first-level cache between its
  * passes; each pass is one vectorised loop (the exponential from glibc's libmvec where it
  * is declared below). Rows are split evenly over the OpenMP threads. The gradient may be
- * written over the logits themselves (grad == z): pass 3 reads each logit before it
- * writes its gradient.
- *
- * Class-probability targets t (rows only) take the same passes with q = w (keep t + add)
- * in place of the one-hot: pass 1 also sums q and q z, pass 3 subtracts scale q.
+ * written over the logits themselves (grad == z): each pass reads a logit before it
+ * writes there. Compiled with -ffp-contract=off, so that every copy of a loop (one per
+ * dtype) rounds alike.
  *
  * Semantics (the loss from these statistics, and the coefficients pc, zc, tc, sc) are
  * those of crossentropy.losses._kernel; the torch operations there are the reference.
