@@ -323,6 +323,7 @@ def test_a_target_out_of_range_raises_instead_of_reading_memory(bad, positions):
         ({"probabilities": True, "target_dtype": torch.float64}, False),
         ({"probabilities": True, "spatial": True}, False),
         ({"spatial": True}, True),
+        ({"strided_out": True}, False),  # a gradient buffer the kernel cannot write in order
         ({"spatial": True, "dtype": torch.float64}, False),
     ],
 )
@@ -339,8 +340,14 @@ def test_the_kernel_serves_what_it_computes_and_nothing_else(monkeypatch, case, 
         logits = logits.reshape(2, 30, 2)
         targets = targets.reshape(2, 30, 2) if case.get("probabilities") else targets.reshape(2, 2)
     grad_scale = None if case.get("grad") is False else 1.0
-    _kernel.cross_entropy_rows(logits, targets, grad_scale=grad_scale, **options)
+    if case.get("strided_out"):
+        options["out"] = torch.empty(30, 4, dtype=dtype).T  # (4, 30), not contiguous
+    terms = _kernel.cross_entropy_rows(logits, targets, grad_scale=grad_scale, **options)
     assert len(calls) == int(served)
+    if case.get("strided_out"):
+        assert terms.grad is options["out"]
+        want = _kernel.cross_entropy_rows(logits, targets, grad_scale=1.0).grad
+        torch.testing.assert_close(terms.grad, want, rtol=1e-5, atol=3e-7)
 
 
 @needs_kernel

@@ -391,6 +391,7 @@ def cross_entropy_rows(
         and device.type == "cpu"
         and logits.dtype in _rows.DTYPES
         and (not probs or (not inner and targets.dtype in (logits.dtype, torch.float32)))
+        and (out is None or (out.is_contiguous() and logits.is_contiguous()))
         and _rows.available()
     ):
         compiled = _compiled_probability_rows if probs else _compiled_rows
