@@ -283,18 +283,60 @@ def test_half_probability_gradient_is_the_float32_gradient_rounded(dtype):
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+@pytest.mark.parametrize("probabilities", [False, True])
+@pytest.mark.parametrize("base", [math.e, 2.0])
+def test_entropy_of_the_prediction(monkeypatch, dtype, probabilities, base):
+    """The entropy of softmax(z) per row, beside the loss: the torch operations' and the
+    float64 one, for flat rows, peaked rows (an entropy near 0, which keeps its digits),
+    masked classes and a NaN row."""
+    n, v = 6, 2 * 1024 + 37
+    logits = _logits(n, v, torch.float32)
+    logits[1] *= 30  # peaked
+    logits[2, 0] = 200.0  # one class takes nearly all the mass
+    logits[3, ::2] = -math.inf  # masked classes
+    logits[4, 5] = math.nan
+    logits = logits.to(dtype)
+    targets = (
+        _probabilities(n, v, dtype, 1)
+        if probabilities
+        else torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(1))
+    )
+    if not probabilities:
+        targets[3] = 1  # an unmasked class
+    kernel, plain = _both(
+        monkeypatch, logits, targets, grad_scale=1.0, with_entropy=True, base=base
+    )
+    assert kernel.entropy is not None
+    torch.testing.assert_close(kernel.entropy, plain.entropy, rtol=1e-5, atol=1e-6, equal_nan=True)
+    z = logits.double()
+    p = torch.softmax(z, 1)
+    expected = torch.special.entr(p).sum(1) / math.log(base)
+    finite = expected.isfinite()
+    assert not bool(finite[4])
+    assert bool(kernel.entropy[4].isnan())
+    torch.testing.assert_close(
+        kernel.entropy[finite].double(), expected[finite], rtol=1e-5, atol=1e-7
+    )
+    # the peaked rows: small entropies, each to a few units in the last place of its own
+    assert float(expected[1]) < 0.2 * math.log(v) / math.log(base)  # a flat row: log(v)
+    torch.testing.assert_close(kernel.entropy[1].double(), expected[1], rtol=1e-4, atol=0.0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
 @pytest.mark.parametrize(("v", "positions"), [(1500, ()), (21, (100,))])
 def test_gradient_written_over_the_logits(dtype, v, positions):
     logits = _logits(9, v, dtype, 0, *positions)
     targets = torch.randint(0, v, (9, *positions), generator=torch.Generator().manual_seed(4))
-    fresh = _kernel.cross_entropy_rows(logits, targets, grad_scale=1.0, label_smoothing=0.1)
+    options = {"grad_scale": 1.0, "label_smoothing": 0.1, "with_entropy": not positions}
+    fresh = _kernel.cross_entropy_rows(logits, targets, **options)
     block = logits.clone()
-    inplace = _kernel.cross_entropy_rows(
-        block, targets, grad_scale=1.0, label_smoothing=0.1, out=block
-    )
+    inplace = _kernel.cross_entropy_rows(block, targets, out=block, **options)
     assert inplace.grad is block
     assert torch.equal(block, fresh.grad)
     assert torch.equal(inplace.loss, fresh.loss)
+    if not positions:  # the entropy reads the logits after their exponentials are formed
+        assert torch.equal(inplace.entropy, fresh.entropy)
 
 
 @needs_kernel
@@ -317,7 +359,9 @@ def test_a_target_out_of_range_raises_instead_of_reading_memory(bad, positions):
         ({"dtype": torch.float16, "grad": False}, True),
         ({"dtype": torch.float64}, False),
         ({"softcap": 30.0}, False),
-        ({"with_entropy": True}, False),
+        ({"with_entropy": True}, True),
+        ({"with_entropy": True, "probabilities": True}, True),
+        ({"with_entropy": True, "spatial": True}, False),  # the entropy of images: torch's
         ({"probabilities": True}, True),
         ({"probabilities": True, "dtype": torch.bfloat16}, True),
         ({"probabilities": True, "target_dtype": torch.float64}, False),

@@ -20,10 +20,10 @@ On CUDA, when Triton is installed, the rows go instead to one Triton program per
 (:mod:`crossentropy.losses._triton`), which reads the logits twice and writes the gradient
 once; ``TRITON`` below says where. On the CPU, blocks (n, V) or (n, V, S) of float32,
 bfloat16 or float16 logits with class-index targets, or rows (n, V) with class
-probabilities of their dtype or float32, and neither soft-capping nor entropy go to a
-compiled row kernel (:mod:`crossentropy.losses._rows`), which makes the same
-numbers in three vectorised passes per row, where a C compiler is at hand; the torch
-operations below are its reference and its fallback.
+probabilities of their dtype or float32, without soft-capping (and without the entropy
+for (n, V, S)), go to a compiled row kernel (:mod:`crossentropy.losses._rows`), which
+makes the same numbers in three vectorised passes per row, where a C compiler is at
+hand; the torch operations below are its reference and its fallback.
 """
 
 from __future__ import annotations
@@ -387,7 +387,7 @@ def cross_entropy_rows(
             return terms
     if (
         softcap is None
-        and not with_entropy
+        and (not with_entropy or not inner)
         and device.type == "cpu"
         and logits.dtype in _rows.DTYPES
         and (not probs or (not inner and targets.dtype in (logits.dtype, torch.float32)))
@@ -396,8 +396,9 @@ def cross_entropy_rows(
     ):
         compiled = _compiled_probability_rows if probs else _compiled_rows
         return compiled(
-            logits, targets, weight, float(label_smoothing), float(z_loss), base, grad_scale, out
-        )
+            logits, targets, weight, float(label_smoothing), float(z_loss), base, grad_scale, out,
+            with_entropy,
+        )  # fmt: skip
     acc = accumulation_dtype(logits.dtype)
     want_grad = grad_scale is not None
     eps = float(label_smoothing)
@@ -588,10 +589,12 @@ def _compiled_rows(
     base: float,
     grad_scale: torch.Tensor | float | None,
     out: torch.Tensor | None,
+    with_entropy: bool,
 ) -> RowTerms:
     """:func:`cross_entropy_rows` for a CPU block (n, V) or (n, V, S) with class-index
-    targets, no soft-capping and no entropy, on the compiled row kernel (:mod:`._rows`):
-    the same statistics, coefficients and loss formula as the torch operations."""
+    targets and no soft-capping (and the entropy for rows only), on the compiled row kernel
+    (:mod:`._rows`): the same statistics, coefficients and loss formula as the torch
+    operations."""
     num_classes = logits.shape[1]
     rows_shape = (logits.shape[0], *logits.shape[2:])
     logits = logits if logits.is_contiguous() else logits.contiguous()
@@ -607,16 +610,20 @@ def _compiled_rows(
         coefficients = index_grad_coefficients(scale, weight, w_target, eps, zl, num_classes)
         grad = out if out is not None else torch.empty_like(logits)
     stats = _rows.rows(
-        logits, y, weight=weight, smoothing=eps > 0, coefficients=coefficients, grad=grad
-    )
+        logits, y, weight=weight, smoothing=eps > 0, coefficients=coefficients, grad=grad,
+        entropy=with_entropy,
+    )  # fmt: skip
     lse = stats.row_max + stats.log_sum
     loss = index_loss(
         stats.row_max, stats.log_sum, stats.z_target, stats.w_dot_z, weight, w_target, eps, zl,
         num_classes, lse,
     )  # fmt: skip
+    entropy = stats.entropy
     if inv_ln_b != 1.0:
         loss = loss * inv_ln_b
-    return RowTerms(loss, lse, None, grad)
+        if entropy is not None:
+            entropy = entropy * inv_ln_b
+    return RowTerms(loss, lse, entropy, grad)
 
 
 def _compiled_probability_rows(
@@ -628,10 +635,11 @@ def _compiled_probability_rows(
     base: float,
     grad_scale: torch.Tensor | float | None,
     out: torch.Tensor | None,
+    with_entropy: bool,
 ) -> RowTerms:
     """:func:`cross_entropy_rows` for a CPU block (n, V) with class-probability targets (of
-    the logits' dtype or float32), no soft-capping and no entropy, on the compiled row
-    kernel: the same statistics and loss formula as the torch operations."""
+    the logits' dtype or float32) and no soft-capping, on the compiled row kernel: the same
+    statistics and loss formula as the torch operations."""
     n = logits.shape[0]
     logits = logits if logits.is_contiguous() else logits.contiguous()
     inv_ln_b = 1.0 / math.log(base)
@@ -642,16 +650,19 @@ def _compiled_probability_rows(
         grad = out if out is not None else torch.empty_like(logits)
     stats = _rows.probability_rows(
         logits, targets.contiguous(), weight=weight, label_smoothing=eps, z_loss=zl,
-        scale=scale, grad=grad,
+        scale=scale, grad=grad, entropy=with_entropy,
     )  # fmt: skip
     lse = stats.row_max + stats.log_sum
     # sum_c q_c (lse - z_c) = (sum_c q_c) lse - sum_c q_c z_c
     loss = stats.q_sum * lse - stats.q_dot_z
     if zl > 0:
         loss = loss + zl * lse.square()
+    entropy = stats.entropy
     if inv_ln_b != 1.0:
         loss = loss * inv_ln_b
-    return RowTerms(loss, lse, None, grad)
+        if entropy is not None:
+            entropy = entropy * inv_ln_b
+    return RowTerms(loss, lse, entropy, grad)
 
 
 __all__ = [

@@ -34,6 +34,7 @@
  * Semantics (the loss from these statistics, and the coefficients pc, zc, tc, sc) are
  * those of crossentropy.losses._kernel; the torch operations there are the reference.
  */
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stddef.h>
@@ -78,6 +79,8 @@ typedef struct {
     int64_t tdtype;
     float keep, add, zl2;
     float *q_sum, *q_dot_z;
+    /* the entropy of the prediction per row, in nats, or NULL (rows only, S = 1) */
+    float *entropy;
 } ce_rows_args;
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -149,6 +152,92 @@ static void narrow(void *dst, int64_t len, const float *g, int dtype) {
 
 static const int64_t ITEMSIZE[] = {4, 2, 2};
 
+/* Pass 2 of row i (logits at row, max m): e_v = exp(z_v - m), kept in e where it is not
+   NULL (the gradient itself for float32, else a row buffer), and s = sum_v e_v, returned.
+   Where the entropy of the prediction is asked for (a->entropy), entropy_pass does it. */
+static inline __attribute__((always_inline)) double exp_pass(const ce_rows_args *a,
+                                                            const void *row, float m,
+                                                            float *e, float *buf, int dtype) {
+    const int64_t V = a->V;
+    double s = 0.0;
+    for (int64_t off = 0; off < V; off += BLK) {
+        const int64_t len = min64(BLK, V - off);
+        BLOCK_SOURCE(row, off, len, buf, dtype, src, base, kind)
+        float acc = 0.0f;
+        if (e) {
+            float *eb = e + off;
+            #pragma omp simd reduction(+ : acc)
+            for (int64_t j = 0; j < len; j++) {
+                const float v = expf(load(src, base + j, kind) - m);
+                eb[j] = v;
+                acc += v;
+            }
+        } else {
+            #pragma omp simd reduction(+ : acc)
+            for (int64_t j = 0; j < len; j++) acc += expf(load(src, base + j, kind) - m);
+        }
+        s += acc;
+    }
+    return s;
+}
+
+/* exp_pass with the entropy of the prediction too, written to a->entropy[i] in nats:
+   H = log s - sum_v e_v (z_v - m) / s, each term about the max (a class of e_v = 0 adds
+   0), so that a peaked row's small entropy keeps its digits. Two loops per block (a
+   select beside the exponential's call keeps one loop from vectorising), the
+   exponentials kept in vbuf between them (e may be the logits themselves, which the
+   second loop still reads). Kept out of line: inlined beside exp_pass's loops, it made
+   them run 5 times slower. */
+static inline __attribute__((always_inline)) double entropy_pass_as(const ce_rows_args *a,
+                                                                   int64_t i, const void *row,
+                                                                   float m, float *e,
+                                                                   float *buf, int dtype) {
+    const int64_t V = a->V;
+    double s = 0.0, ez = 0.0;
+    float vbuf[BLK];
+    for (int64_t off = 0; off < V; off += BLK) {
+        const int64_t len = min64(BLK, V - off);
+        BLOCK_SOURCE(row, off, len, buf, dtype, src, base, kind)
+        float acc = 0.0f, dot = 0.0f;
+        #pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < len; j++) {
+            const float v = expf(load(src, base + j, kind) - m);
+            vbuf[j] = v;
+            acc += v;
+        }
+        #pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < len; j++) {
+            const float d = load(src, base + j, kind) - m;
+            dot += vbuf[j] * (d > -FLT_MAX ? d : -FLT_MAX); /* e = 0 at -inf adds 0 */
+        }
+        if (e) memcpy(e + off, vbuf, (size_t)len * sizeof(float));
+        s += acc;
+        ez += dot;
+    }
+    a->entropy[i] = (float)(log(s) - ez / s);
+    return s;
+}
+
+#define ENTROPY_PASS(name, dtype)                                                          \
+    static __attribute__((noinline)) double name(const ce_rows_args *a, int64_t i,         \
+                                                 const void *row, float m, float *e,       \
+                                                 float *buf) {                             \
+        return entropy_pass_as(a, i, row, m, e, buf, dtype);                              \
+    }
+ENTROPY_PASS(entropy_pass_f32, F32)
+ENTROPY_PASS(entropy_pass_bf16, BF16)
+ENTROPY_PASS(entropy_pass_f16, F16)
+
+/* Pass 2 of row i: exp_pass, or entropy_pass where the entropy is asked for. */
+static inline __attribute__((always_inline)) double sum_pass(const ce_rows_args *a, int64_t i,
+                                                            const void *row, float m,
+                                                            float *e, float *buf, int dtype) {
+    if (!a->entropy) return exp_pass(a, row, m, e, buf, dtype);
+    if (dtype == F32) return entropy_pass_f32(a, i, row, m, e, buf);
+    if (dtype == BF16) return entropy_pass_bf16(a, i, row, m, e, buf);
+    return entropy_pass_f16(a, i, row, m, e, buf);
+}
+
 /* Row i, with the logits' dtype a constant (see one_row). */
 static inline __attribute__((always_inline)) void row_as(const ce_rows_args *a, int64_t i,
                                                           float *buf, float *ebuf, int dtype) {
@@ -194,28 +283,9 @@ static inline __attribute__((always_inline)) void row_as(const ce_rows_args *a, 
     }
     if (nan) m = NAN;
 
-    /* pass 2: e = exp(z - m), kept (in the gradient itself for float32, else in ebuf) where
-       the gradient is asked for, and their sum */
+    /* pass 2 */
     float *e = !a->grad ? NULL : dtype == F32 ? (float *)a->grad + i * V : ebuf;
-    double s = 0.0;
-    for (int64_t off = 0; off < V; off += BLK) {
-        const int64_t len = min64(BLK, V - off);
-        BLOCK_SOURCE(row, off, len, buf, dtype, src, base, kind)
-        float acc = 0.0f;
-        if (e) {
-            float *eb = e + off;
-            #pragma omp simd reduction(+ : acc)
-            for (int64_t j = 0; j < len; j++) {
-                const float v = expf(load(src, base + j, kind) - m);
-                eb[j] = v;
-                acc += v;
-            }
-        } else {
-            #pragma omp simd reduction(+ : acc)
-            for (int64_t j = 0; j < len; j++) acc += expf(load(src, base + j, kind) - m);
-        }
-        s += acc;
-    }
+    const double s = sum_pass(a, i, row, m, e, buf, dtype);
     const float log_s = (float)log(s);
     a->row_max[i] = m;
     a->log_sum[i] = log_s;
@@ -321,27 +391,9 @@ static inline __attribute__((always_inline)) void prob_row_as(const ce_rows_args
     }
     if (nan) m = NAN;
 
-    /* pass 2: as for index targets */
+    /* pass 2 */
     float *e = !a->grad ? NULL : dtype == F32 ? (float *)a->grad + i * V : ebuf;
-    double s = 0.0;
-    for (int64_t off = 0; off < V; off += BLK) {
-        const int64_t len = min64(BLK, V - off);
-        BLOCK_SOURCE(row, off, len, buf, dtype, src, base, kind)
-        float acc = 0.0f;
-        if (e) {
-            float *eb = e + off;
-            #pragma omp simd reduction(+ : acc)
-            for (int64_t j = 0; j < len; j++) {
-                const float v = expf(load(src, base + j, kind) - m);
-                eb[j] = v;
-                acc += v;
-            }
-        } else {
-            #pragma omp simd reduction(+ : acc)
-            for (int64_t j = 0; j < len; j++) acc += expf(load(src, base + j, kind) - m);
-        }
-        s += acc;
-    }
+    const double s = sum_pass(a, i, row, m, e, buf, dtype);
     const float log_s = (float)log(s);
     a->row_max[i] = m;
     a->log_sum[i] = log_s;

@@ -65,18 +65,20 @@ class _Args(ctypes.Structure):
         *((name, ctypes.c_float) for name in ("keep", "add", "zl2")),
         ("q_sum", ctypes.c_void_p),
         ("q_dot_z", ctypes.c_void_p),
+        ("entropy", ctypes.c_void_p),
     ]
 
 
 class RowStats(NamedTuple):
     """Per-row results of :func:`rows` (n,), float32: ``row_max`` m, ``log_sum`` ``log
     sum_v exp(z_v - m)``, ``z_target`` the target's logit, ``w_dot_z`` ``sum_v w_v z_v``
-    (None unless asked for)."""
+    and ``entropy`` the entropy of ``softmax(z)`` in nats (each None unless asked for)."""
 
     row_max: torch.Tensor
     log_sum: torch.Tensor
     z_target: torch.Tensor
     w_dot_z: torch.Tensor | None
+    entropy: torch.Tensor | None = None
 
 
 @functools.cache
@@ -136,6 +138,7 @@ def rows(
     ]
     | None,
     grad: torch.Tensor | None,
+    entropy: bool = False,
     library: ctypes.CDLL | None = None,
 ) -> RowStats:
     """The kernel on a contiguous CPU block ``logits`` of a dtype in :data:`DTYPES`, (n, V)
@@ -145,7 +148,8 @@ def rows(
     ``coefficients`` ``(p_coef, target_coef, z_coef, smooth_coef)`` (see
     :func:`crossentropy.losses._kernel.index_grad_coefficients`), the gradient written
     into ``grad`` (the logits' shape and dtype; it may be ``logits`` itself).
-    ``weight`` is (V,) or None; ``smoothing`` asks for ``sum_v w_v z_v``."""
+    ``weight`` is (V,) or None; ``smoothing`` asks for ``sum_v w_v z_v``, ``entropy`` (rows
+    only) for the entropy of the prediction."""
     found = library or _library()
     if found is None:
         raise RuntimeError(f"the row kernel is unavailable: {unavailable_reason()}")
@@ -158,11 +162,13 @@ def rows(
     assert tuple(y.shape) == shape
     y = y.to(torch.int64).contiguous()
     w = None if weight is None else weight.to(torch.float32).contiguous()
+    assert not (entropy and positions != 1)  # the entropy of images: not formed here
     stats = RowStats(
         torch.empty(shape),
         torch.empty(shape),
         torch.empty(shape),
         torch.empty(shape) if smoothing else None,
+        torch.empty(shape) if entropy else None,
     )
     args = _Args(
         n=n,
@@ -176,6 +182,7 @@ def rows(
         log_sum=stats.log_sum.data_ptr(),
         z_target=stats.z_target.data_ptr(),
         w_dot_z=None if stats.w_dot_z is None else stats.w_dot_z.data_ptr(),
+        entropy=None if stats.entropy is None else stats.entropy.data_ptr(),
     )
     keep = []
     if coefficients is not None:
@@ -203,12 +210,14 @@ def rows(
 class ProbabilityStats(NamedTuple):
     """Per-row results of :func:`probability_rows` (n,), float32: ``row_max`` m,
     ``log_sum`` ``log sum_v exp(z_v - m)``, ``q_sum`` ``sum_v q_v`` and ``q_dot_z`` ``sum_v
-    q_v z_v`` for the smoothed, weighted targets q."""
+    q_v z_v`` for the smoothed, weighted targets q, and ``entropy`` the entropy of
+    ``softmax(z)`` in nats (None unless asked for)."""
 
     row_max: torch.Tensor
     log_sum: torch.Tensor
     q_sum: torch.Tensor
     q_dot_z: torch.Tensor
+    entropy: torch.Tensor | None = None
 
 
 def probability_rows(
@@ -220,6 +229,7 @@ def probability_rows(
     z_loss: float,
     scale: torch.Tensor | float | None,
     grad: torch.Tensor | None,
+    entropy: bool = False,
     library: ctypes.CDLL | None = None,
 ) -> ProbabilityStats:
     """The kernel on a contiguous CPU block ``logits`` (n, V) of a dtype in :data:`DTYPES`
@@ -227,7 +237,8 @@ def probability_rows(
     with ``q = weight * ((1 - eps) targets + eps / V)``, the rows' statistics, and, given
     ``scale`` (the gradient's factor per row, a number or (n,)), the gradient ``scale *
     ((q_sum + 2 z_loss lse) softmax(z) - q)`` written into ``grad`` (the logits' shape and
-    dtype; it may be ``logits`` itself)."""
+    dtype; it may be ``logits`` itself); ``entropy`` asks for the entropy of the
+    prediction."""
     found = library or _library()
     if found is None:
         raise RuntimeError(f"the row kernel is unavailable: {unavailable_reason()}")
@@ -239,7 +250,13 @@ def probability_rows(
     assert targets.dtype in (logits.dtype, torch.float32)
     w = None if weight is None else weight.to(torch.float32).contiguous()
     eps = float(label_smoothing)
-    stats = ProbabilityStats(torch.empty(n), torch.empty(n), torch.empty(n), torch.empty(n))
+    stats = ProbabilityStats(
+        torch.empty(n),
+        torch.empty(n),
+        torch.empty(n),
+        torch.empty(n),
+        torch.empty(n) if entropy else None,
+    )
     args = _Args(
         n=n,
         V=num_classes,
@@ -256,6 +273,7 @@ def probability_rows(
         zl2=2.0 * float(z_loss),
         q_sum=stats.q_sum.data_ptr(),
         q_dot_z=stats.q_dot_z.data_ptr(),
+        entropy=None if stats.entropy is None else stats.entropy.data_ptr(),
     )
     keep = None
     if scale is not None:
