@@ -213,6 +213,34 @@ def index_loss(
     return loss
 
 
+def probability_loss(
+    q_sum: torch.Tensor, q_dot_z: torch.Tensor, lse: torch.Tensor, z_loss: float
+) -> torch.Tensor:
+    """The per-row loss in nats for class-probability targets from a row's statistics: ``sum_c
+    q_c (lse - z_c) = (sum_c q_c) lse - sum_c q_c z_c``, plus ``z_loss * lse**2`` (see
+    :func:`cross_entropy_rows`)."""
+    loss = q_sum * lse - q_dot_z
+    if z_loss > 0:
+        loss = loss + z_loss * lse.square()
+    return loss
+
+
+def _in_base(
+    loss: torch.Tensor,
+    lse: torch.Tensor,
+    entropy: torch.Tensor | None,
+    grad: torch.Tensor | None,
+    inv_ln_b: float,
+) -> RowTerms:
+    """The results in units of the base (``inv_ln_b = 1 / ln(base)``): loss and entropy
+    scaled, the log-sum-exp left in nats."""
+    if inv_ln_b != 1.0:
+        loss = loss * inv_ln_b
+        if entropy is not None:
+            entropy = entropy * inv_ln_b
+    return RowTerms(loss, lse, entropy, grad)
+
+
 def default_slice_rows(num_classes: int, device: torch.device | str = "cpu") -> int:
     """Rows processed together for a vocabulary of ``num_classes`` on ``device``.
 
@@ -564,20 +592,13 @@ def cross_entropy_rows(
 
     lse = row_max + neg_log_pmax
     if probs:
-        # sum_c q_c (lse - z_c) = (sum_c q_c) lse - sum_c q_c z_c
-        loss = q_sum * lse - q_dot_z
-        if zl > 0:
-            loss = loss + zl * lse.square()
+        loss = probability_loss(q_sum, q_dot_z, lse, zl)
     else:
         loss = index_loss(
             row_max, neg_log_pmax, z_target, w_dot_z, weight, w_target, eps, zl, num_classes,
             lse,
         )  # fmt: skip
-    if inv_ln_b != 1.0:
-        loss = loss * inv_ln_b
-        if entropy is not None:
-            entropy = entropy * inv_ln_b
-    return RowTerms(loss, lse, entropy, grad)
+    return _in_base(loss, lse, entropy, grad, inv_ln_b)
 
 
 def _compiled_rows(
@@ -618,12 +639,7 @@ def _compiled_rows(
         stats.row_max, stats.log_sum, stats.z_target, stats.w_dot_z, weight, w_target, eps, zl,
         num_classes, lse,
     )  # fmt: skip
-    entropy = stats.entropy
-    if inv_ln_b != 1.0:
-        loss = loss * inv_ln_b
-        if entropy is not None:
-            entropy = entropy * inv_ln_b
-    return RowTerms(loss, lse, entropy, grad)
+    return _in_base(loss, lse, stats.entropy, grad, inv_ln_b)
 
 
 def _compiled_probability_rows(
@@ -653,16 +669,8 @@ def _compiled_probability_rows(
         scale=scale, grad=grad, entropy=with_entropy,
     )  # fmt: skip
     lse = stats.row_max + stats.log_sum
-    # sum_c q_c (lse - z_c) = (sum_c q_c) lse - sum_c q_c z_c
-    loss = stats.q_sum * lse - stats.q_dot_z
-    if zl > 0:
-        loss = loss + zl * lse.square()
-    entropy = stats.entropy
-    if inv_ln_b != 1.0:
-        loss = loss * inv_ln_b
-        if entropy is not None:
-            entropy = entropy * inv_ln_b
-    return RowTerms(loss, lse, entropy, grad)
+    loss = probability_loss(stats.q_sum, stats.q_dot_z, lse, zl)
+    return _in_base(loss, lse, stats.entropy, grad, inv_ln_b)
 
 
 __all__ = [
@@ -672,5 +680,6 @@ __all__ = [
     "default_slice_rows",
     "index_grad_coefficients",
     "index_loss",
+    "probability_loss",
     "target_dot",
 ]

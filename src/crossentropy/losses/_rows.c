@@ -152,6 +152,23 @@ static void narrow(void *dst, int64_t len, const float *g, int dtype) {
 
 static const int64_t ITEMSIZE[] = {4, 2, 2};
 
+/* Raises *m to the largest of len logits (load(src, base + j, kind)) and sets *nan where
+   one of them is NaN: pass 1's max, for both kinds of target. */
+static inline __attribute__((always_inline)) void raise_max(const void *src, int64_t base,
+                                                            int kind, int64_t len, float *m,
+                                                            int *nan) {
+    float top = -INFINITY;
+    int bad = 0;
+    #pragma omp simd reduction(max : top) reduction(| : bad)
+    for (int64_t j = 0; j < len; j++) {
+        const float x = load(src, base + j, kind);
+        top = x > top ? x : top;
+        bad |= x != x;
+    }
+    *m = top > *m ? top : *m;
+    *nan |= bad;
+}
+
 /* Pass 2 of row i (logits at row, max m): e_v = exp(z_v - m), kept in e where it is not
    NULL (the gradient itself for float32, else a row buffer), and s = sum_v e_v, returned.
    Where the entropy of the prediction is asked for (a->entropy), entropy_pass does it. */
@@ -253,15 +270,8 @@ static inline __attribute__((always_inline)) void row_as(const ce_rows_args *a, 
     for (int64_t off = 0; off < V; off += BLK) {
         const int64_t len = min64(BLK, V - off);
         BLOCK_SOURCE(row, off, len, buf, dtype, src, base, kind)
-        float top = -INFINITY;
+        raise_max(src, base, kind, len, &m, &nan);
         double dot = 0.0;
-        int bad = 0;
-        #pragma omp simd reduction(max : top) reduction(| : bad)
-        for (int64_t j = 0; j < len; j++) {
-            const float x = load(src, base + j, kind);
-            top = x > top ? x : top;
-            bad |= x != x;
-        }
         if (smoothing) { /* float within 64 terms, then double (as in prob_row_as) */
             for (int64_t j0 = 0; j0 < len; j0 += 64) {
                 const int64_t j1 = min64(j0 + 64, len);
@@ -277,8 +287,6 @@ static inline __attribute__((always_inline)) void row_as(const ce_rows_args *a, 
             }
             wz += dot;
         }
-        m = top > m ? top : m;
-        nan |= bad;
         if (y >= off && y < off + len) zy = load(src, base + y - off, kind);
     }
     if (nan) m = NAN;
@@ -354,15 +362,8 @@ static inline __attribute__((always_inline)) void prob_row_as(const ce_rows_args
         const int64_t len = min64(BLK, V - off);
         BLOCK_SOURCE(row, off, len, buf, dtype, src, base, kind)
         BLOCK_SOURCE(trow, off, len, tbuf, tdtype, tsrc, tbase, tkind)
-        float top = -INFINITY;
+        raise_max(src, base, kind, len, &m, &nan);
         double sum_q = 0.0, dot = 0.0; /* long float sums of like terms drift (each rounds alike) */
-        int bad = 0;
-        #pragma omp simd reduction(max : top) reduction(| : bad)
-        for (int64_t j = 0; j < len; j++) {
-            const float x = load(src, base + j, kind);
-            top = x > top ? x : top;
-            bad |= x != x;
-        }
         /* q first, into qbuf: formed inside the sums' loop it keeps them from vectorising */
         if (w) {
             #pragma omp simd
@@ -384,8 +385,6 @@ static inline __attribute__((always_inline)) void prob_row_as(const ce_rows_args
             sum_q += part_q;
             dot += part_dot;
         }
-        m = top > m ? top : m;
-        nan |= bad;
         qs += sum_q;
         qz += dot;
     }

@@ -127,6 +127,25 @@ def _coefficient(
     return None, float(value)
 
 
+def _give_grad(args: _Args, grad: torch.Tensor | None, logits: torch.Tensor) -> None:
+    """Points ``args`` at the gradient buffer, which the callers make in the logits' shape,
+    dtype and layout (an internal invariant: the C code writes it through a pointer)."""
+    assert grad is not None
+    assert grad.shape == logits.shape
+    assert grad.dtype == logits.dtype
+    assert grad.is_contiguous()
+    args.grad = grad.data_ptr()
+
+
+def _run(library: ctypes.CDLL, args: _Args) -> int:
+    """``ce_rows`` on ``args``: -1, or the first row whose class index is out of range;
+    MemoryError where a row's buffer could not be allocated."""
+    status = int(library.ce_rows(ctypes.byref(args)))
+    if status == -2:
+        raise MemoryError("the row kernel could not allocate a row's buffer")
+    return status
+
+
 def rows(
     logits: torch.Tensor,
     y: torch.Tensor,
@@ -186,20 +205,14 @@ def rows(
     )
     keep = []
     if coefficients is not None:
-        assert grad is not None
-        assert grad.shape == logits.shape
-        assert grad.dtype == logits.dtype
-        assert grad.is_contiguous()
-        args.grad = grad.data_ptr()
+        _give_grad(args, grad, logits)
         for name, value in zip(("pcoef", "tcoef", "zcoef", "scoef"), coefficients, strict=True):
             column, number = _coefficient(value, shape)
             if column is not None:
                 keep.append(column)
                 setattr(args, name, column.data_ptr())
             setattr(args, f"{name}_all", number)
-    bad = found.ce_rows(ctypes.byref(args))
-    if bad == -2:
-        raise MemoryError("the row kernel could not allocate a row's buffer")
+    bad = _run(found, args)
     if bad >= 0:  # the callers check targets; this keeps an unchecked call from lying
         raise IndexError(
             f"target {int(y.reshape(-1)[bad])} is out of bounds for {num_classes} classes"
@@ -277,16 +290,11 @@ def probability_rows(
     )
     keep = None
     if scale is not None:
-        assert grad is not None
-        assert grad.shape == logits.shape
-        assert grad.dtype == logits.dtype
-        assert grad.is_contiguous()
-        args.grad = grad.data_ptr()
+        _give_grad(args, grad, logits)
         keep, args.pcoef_all = _coefficient(scale, (n,))
         if keep is not None:
             args.pcoef = keep.data_ptr()
-    if found.ce_rows(ctypes.byref(args)) == -2:
-        raise MemoryError("the row kernel could not allocate a row's buffer")
+    _run(found, args)
     return stats
 
 
