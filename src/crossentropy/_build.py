@@ -1,9 +1,10 @@
 """Compiling the package's small C helpers at first use, into a cache shared by processes.
 
-Two parts of the package run a C helper where a compiler is at hand, and plain Python or
-torch where not: the fused linear head's CPU engine (``losses/_native.c``) and the context
-model's decoder (``coding/_context.c``). Each is compiled by the system's C compiler
-(``$CC``, else ``cc``, else ``gcc``) into ``$CROSSENTROPY_CACHE`` (default
+Four parts of the package run a C helper where a compiler is at hand, and plain Python,
+NumPy or torch where not: the fused linear head's CPU engine (``losses/_native.c``), the
+loss's row kernel (``losses/_rows.c``), the divergences' kernel (``info/_divergences.c``)
+and the context model's decoder (``coding/_context.c``). Each is compiled by the system's
+C compiler (``$CC``, else ``cc``, else ``gcc``) into ``$CROSSENTROPY_CACHE`` (default
 ``~/.cache/crossentropy``, else a folder in the system's temporary folder where that
 cannot be written), under a name keyed by its source, the compiler's version, the flags
 and the CPU's features, so that a second process finds it there.

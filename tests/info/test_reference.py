@@ -8,9 +8,14 @@ import numpy as np
 import pytest
 
 from crossentropy import info
-from crossentropy.info import _blocked
+from crossentropy.info import _blocked, _native
 from tests import reference
-from tests.info._data import TOLERANCE, distributions, positive_distributions
+from tests.info._data import (
+    TOLERANCE,
+    assert_same_divergence,
+    distributions,
+    positive_distributions,
+)
 
 DTYPES = [np.float64, np.float32]
 # Odd shapes: a single outcome, primes, a batch dimension of 1, three dimensions.
@@ -21,6 +26,16 @@ BASES = [2, math.e, 10, 0.5]
 def close(actual, expected, dtype) -> None:
     tol = TOLERANCE[dtype]
     np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol)
+
+
+def same_as_plain(name: str, got, plain, p, q, dtype: type = np.float64) -> None:
+    """The blocked path's result against the plain path's: bit for bit, but for the
+    divergences on the compiled kernel (other logs, float64 sums), which must agree within
+    a few roundings of the sum of their terms' sizes."""
+    if name in ("kl_divergence", "js_divergence") and _native.available():
+        assert_same_divergence(name, got, plain, p, q, dtype=dtype)
+    else:
+        np.testing.assert_array_equal(got, plain)
 
 
 @pytest.fixture(params=[False, True], ids=["plain", "blocked"])
@@ -249,11 +264,23 @@ def test_large_input_takes_the_blocked_path_and_agrees_with_scipy(rng, monkeypat
     assert all(result is not None for result in results)
 
 
+@pytest.mark.parametrize("kernel", ["auto", "off"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_divergences_take_the_blocked_path_and_equal_the_plain_one(rng, monkeypatch, dtype):
-    # The blocked path forms the same terms block by block and sums each row whole, so
-    # it gives the plain path's numbers exactly: rows far apart, rows within a relative
-    # 1e-7 (the log1p branch), zeros in p, and p / q overflowing, all in one array.
+def test_divergences_take_the_blocked_path_and_equal_the_plain_one(rng, monkeypatch, dtype, kernel):
+    # Rows far apart, rows within a relative 1e-7 (the log1p branch), zeros in p, and
+    # p / q overflowing, all in one array. On NumPy's operations ("off") the blocked path
+    # forms the same terms block by block and sums each row whole, so it gives the plain
+    # path's numbers exactly; the compiled kernel agrees within roundings of the terms.
+    monkeypatch.setattr(_native, "NATIVE", kernel)
+    if kernel == "auto" and not _native.available():
+        pytest.skip(f"no divergence kernel here: {_native.unavailable_reason()}")
+    kernel_calls = []
+    original = _native.divergence_rows
+    monkeypatch.setattr(
+        _native,
+        "divergence_rows",
+        lambda *args: kernel_calls.append(args[0]) or original(*args),
+    )
     scipy_stats = pytest.importorskip("scipy.stats")
     distance = pytest.importorskip("scipy.spatial.distance")
     p = distributions(rng, (400, 700), dtype=dtype)
@@ -268,9 +295,14 @@ def test_divergences_take_the_blocked_path_and_equal_the_plain_one(rng, monkeypa
     blocked = {name: getattr(info, name)(p, q) for name in ("kl_divergence", "js_divergence")}
     assert len(calls) == 2
     assert all(result is not None for result in calls)
+    assert set(kernel_calls) == ({"kl", "js"} if kernel == "auto" else set())
     monkeypatch.setattr(_blocked, "MIN_ELEMENTS", p.size + 1)  # the plain path now
     for name, result in blocked.items():
-        np.testing.assert_array_equal(result, getattr(info, name)(p, q))
+        plain = getattr(info, name)(p, q)
+        if kernel == "off":
+            np.testing.assert_array_equal(result, plain)
+        else:
+            assert_same_divergence(name, result, plain, p, q, dtype=dtype)
     assert len(calls) == 2
     p64, q64 = p.astype(np.float64), q.astype(np.float64)
     close(blocked["kl_divergence"], scipy_stats.entropy(p64, q64, base=2, axis=1), dtype)
@@ -471,7 +503,7 @@ def test_unvalidated_rows_off_one_take_the_blocked_path(rng, monkeypatch):
         args = (p,) if name == "entropy" else (p, q)
         plain = getattr(info, name)(*args, validate=False)
         if name in ("kl_divergence", "js_divergence"):
-            np.testing.assert_array_equal(results[name], plain)
+            same_as_plain(name, results[name], plain, p, q)
         else:  # a SIMD dot per row on the blocked path, a pairwise sum on the plain one
             np.testing.assert_allclose(results[name], plain, rtol=1e-13)
 
@@ -488,7 +520,7 @@ def test_a_float32_input_beside_a_float64_one_takes_the_blocked_path(rng, monkey
     assert len(rows + terms) == 2
     monkeypatch.setattr(_blocked, "MIN_ELEMENTS", p.size + 1)  # the plain path now
     np.testing.assert_allclose(results[0], info.cross_entropy(p, q), rtol=1e-13)
-    np.testing.assert_array_equal(results[1], info.kl_divergence(q, p))
+    same_as_plain("kl_divergence", results[1], info.kl_divergence(q, p), q, p)
     bad = p.copy()
     bad[7] *= 1.01
     with pytest.raises(ValueError, match=r"`p` must sum to 1 .*float32"):
@@ -661,7 +693,7 @@ def test_a_float32_input_beside_a_float64_one_is_widened_block_by_block(
     if name == "cross_entropy":  # a dot per row on one path, a pairwise sum on the other
         np.testing.assert_allclose(blocked, plain, rtol=1e-13)
     else:
-        np.testing.assert_array_equal(blocked, plain)
+        same_as_plain(name, blocked, plain, p, q)
 
 
 PAIR_MEASURES = ("cross_entropy", "kl_divergence", "js_divergence")
@@ -697,7 +729,10 @@ def test_one_row_against_many_takes_the_blocked_path(rng, monkeypatch, dtype, na
     expanded = measure(*((full, repeated) if single == "q" else (repeated, full)))
     np.testing.assert_array_equal(got, expanded)
     monkeypatch.setattr(_blocked, "MIN_ELEMENTS", full.size + 1)  # the plain path now
-    np.testing.assert_allclose(got, measure(p, q), rtol=1e-13 if dtype == np.float64 else 1e-6)
+    if name == "cross_entropy" or not _native.available():
+        np.testing.assert_allclose(got, measure(p, q), rtol=1e-13 if dtype == np.float64 else 1e-6)
+    else:
+        assert_same_divergence(name, got, measure(p, q), p, q, dtype=dtype)
     keep = measure(p, q, keepdims=True)
     assert keep.shape == (*full.shape[:-1], 1)
 

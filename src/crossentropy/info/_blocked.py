@@ -27,9 +27,13 @@ NaN and inf fail the sum check. Whenever anything is off the function returns ``
 (the first task to see it stops the others) and the caller's full check raises the
 detailed error.
 
-The divergences (:func:`reduce_terms`) take their elementwise terms from the caller, who
-forms them as on the plain path, one block at a time: several passes over a block in
-cache instead of over the whole array in memory.
+The divergences (:func:`reduce_terms`) hand each block to the compiled kernel of
+:mod:`crossentropy.info._native` where it runs (the plain path's terms in float64, in three
+vectorised loops per piece of a row: about 7 times faster than NumPy's dozen passes, and
+as close to the exact sum, not equal to NumPy's to the bit); else they take their
+elementwise terms from the caller, who forms them as on the plain path, one block at a
+time: several passes over a block in cache instead of over the whole array in memory,
+and the plain path's numbers exactly.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from crossentropy.info import _native
 from crossentropy.info._validate import sum_tolerance
 
 # Below this many elements the plain path is as fast and has no thread start-up.
@@ -409,6 +414,7 @@ def reduce_terms(
     terms: Callable[[np.ndarray, np.ndarray], np.ndarray],
     *,
     check: bool = True,
+    native: tuple[str, float] | None = None,
 ) -> np.ndarray | None:
     """``sum(terms(p, q), axis=-1)``, formed block by block while each block is in cache.
 
@@ -419,7 +425,16 @@ def reduce_terms(
     when some entry is negative or NaN or, with ``check``, a row is not finite or does not
     sum to 1 (the caller's full check then raises the error); ``check=False`` skips the
     sums, as :func:`reduce_rows` does. ``p`` and ``q`` must satisfy :func:`eligible`.
+
+    ``native``, a divergence's kind and base (``("kl", base)`` or ``("js", base)``), hands
+    each block's terms and their sums to the compiled kernel of
+    :mod:`crossentropy.info._native` where it runs: the same terms, as close to the exact
+    sum but not NumPy's numbers to the bit, several times faster (``terms`` then serves
+    where it does not). The row-sum check stays NumPy's, so a row is refused or taken as
+    the plain path's check would.
     """
+    if native is not None and not _native.available():
+        native = None
     shape = np.broadcast_shapes(p.shape, q.shape)[:-1]
     n = p.shape[-1]
     p2 = p.reshape(-1, n)
@@ -428,7 +443,9 @@ def reduce_terms(
     common = np.result_type(p.dtype, q.dtype)
     assert not (check and p.dtype != q.dtype)  # inputs of two dtypes: checked by the caller
     out = np.empty(rows, dtype=common)
-    block_rows, task_rows, starts = _schedule(rows, n, TERMS_BLOCK_ELEMENTS)
+    # The kernel keeps no temporaries: its blocks are as large as the entropy's.
+    elements = TERMS_BLOCK_ELEMENTS if native is None else BLOCK_ELEMENTS
+    block_rows, task_rows, starts = _schedule(rows, n, elements)
     row_sums = _row_sums(p.dtype, n)
     tolerance = sum_tolerance(p.dtype)
     singles = _single_rows(rows, check, tolerance, p2, q2)
@@ -452,7 +469,7 @@ def reduce_terms(
                     row_sums(block_p, sums_p[r0 - start : r1 - start])
                 if sums_q is not None:
                     row_sums(block_q, sums_q[r0 - start : r1 - start])
-                if not (block_p.min() >= 0 and block_q.min() >= 0):
+                if native is None and not (block_p.min() >= 0 and block_q.min() >= 0):
                     rejected.set()
                     return
                 # A float32 block beside a float64 one is widened (a block, not the array).
@@ -460,7 +477,17 @@ def reduce_terms(
                     block_p.astype(common, copy=False),
                     block_q.astype(common, copy=False),
                 )
-                np.add.reduce(terms(block_p, block_q), axis=1, out=out[r0:r1])
+                if native is None:
+                    np.add.reduce(terms(block_p, block_q), axis=1, out=out[r0:r1])
+                    continue
+                # The kernel's sums are float64; a float32 result is rounded from them.
+                sums = out[r0:r1] if common == np.float64 else np.empty(r1 - r0)
+                kind, base = native
+                if not _native.divergence_rows(kind, block_p, block_q, sums, base):
+                    rejected.set()  # a negative or NaN entry
+                    return
+                if sums is not out[r0:r1]:
+                    out[r0:r1] = sums
         if _sums_off(tolerance, sums_p, sums_q):
             rejected.set()
 

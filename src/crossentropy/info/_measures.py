@@ -490,7 +490,9 @@ def kl_divergence(
 
     Large inputs of one shape, or one row against many (NumPy or CPU torch, as for
     :func:`cross_entropy`), form the same terms block by block on a thread pool, while
-    each block is in cache, and give the same numbers.
+    each block is in cache, in a compiled kernel where a C compiler is at hand (float64
+    terms, glibc's vector logs): numbers within a few roundings of the terms' sizes of
+    those of smaller inputs, which NumPy's operations form.
 
     Args:
         p: the true distributions along ``axis``, e.g. (N, V).
@@ -542,7 +544,7 @@ def kl_divergence(
         axis,
         keepdims,
         values,
-        lambda p, q, check: _blocked.reduce_terms(p, q, host_terms, check=check),
+        lambda p, q, check: _blocked.reduce_terms(p, q, host_terms, check=check, native=("kl", b)),
     )
     if blocked is not None:
         return blocked
@@ -645,7 +647,7 @@ def js_divergence(
     scale = 0.5 / math.log(b)  # JS = ½ Σ terms, in units of the base
 
     def reduce(p_rows: Any, q_rows: Any, check: bool) -> Any:
-        sums = _blocked.reduce_terms(p_rows, q_rows, host_terms, check=check)
+        sums = _blocked.reduce_terms(p_rows, q_rows, host_terms, check=check, native=("js", b))
         return None if sums is None else sums * scale
 
     blocked = _try_blocked(xp, (p_own, q_own), axis, keepdims, values, reduce)
