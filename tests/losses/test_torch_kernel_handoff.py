@@ -258,12 +258,12 @@ def test_edge_values_give_our_kernels_numbers(monkeypatch, case, reduction, labe
 @pytest.mark.parametrize(
     ("n", "dtype", "probabilities", "to_torch"),
     [
-        (64, torch.float32, False, True),  # 64000 logits: at most ROW_KERNEL_ELEMENTS
-        (128, torch.float32, False, False),  # above: the row kernel, where it runs
-        (128, torch.bfloat16, False, False),
-        (128, torch.float64, False, True),  # a dtype the row kernel does not read
-        (128, torch.float32, True, False),  # probability targets of the logits' dtype
-        (64, torch.float32, True, True),
+        (128, torch.float32, False, True),  # 128000 logits: at most ROW_KERNEL_ELEMENTS
+        (256, torch.float32, False, False),  # above: the row kernel, where it runs
+        (256, torch.bfloat16, False, False),
+        (256, torch.float64, False, True),  # a dtype the row kernel does not read
+        (256, torch.float32, True, False),  # probability targets of the logits' dtype
+        (128, torch.float32, True, True),
     ],
 )
 def test_blocks_the_row_kernel_serves_go_to_it_above_its_threshold(
@@ -271,7 +271,7 @@ def test_blocks_the_row_kernel_serves_go_to_it_above_its_threshold(
 ):
     from crossentropy.losses import _rows
 
-    assert module.ROW_KERNEL_ELEMENTS < 128 * 1000 <= module.TORCH_KERNEL_ELEMENTS
+    assert module.ROW_KERNEL_ELEMENTS < 256 * 1000 <= module.TORCH_KERNEL_ELEMENTS
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(n, 1000, generator=g).to(dtype)
     targets = (
@@ -288,3 +288,100 @@ def test_blocks_the_row_kernel_serves_go_to_it_above_its_threshold(
     rtol = 1e-6 if dtype in (torch.float32, torch.float64) else 1e-2
     torch.testing.assert_close(loss.double(), want.detach(), rtol=rtol, atol=1e-6)
     torch.testing.assert_close(grad.double(), want_grad, rtol=rtol * 10, atol=rtol * 1e-3)
+
+
+@pytest.fixture
+def full_checks(monkeypatch):
+    """Counts of the calls that take the full checks (``_begin``)."""
+    count = [0]
+    begin = module._begin
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return begin(*args, **kwargs)
+
+    monkeypatch.setattr(module, "_begin", counted)
+    return count
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2, 1])
+def test_the_common_small_call_goes_to_torch_before_the_full_checks(
+    monkeypatch, kernels, full_checks, reduction, dtype, label_smoothing
+):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(32, 10, generator=g, dtype=dtype)
+    targets = torch.randint(0, 10, (32,), generator=g)
+    options = {"reduction": reduction, "label_smoothing": label_smoothing}
+    loss, grad = _value_and_grad(logits, targets, **options)
+    assert (kernels["torch"], kernels["ours"], full_checks[0]) == (1, 0, 0)
+    module_loss = CrossEntropyLoss(**options)(logits, targets)  # the module too
+    torch.testing.assert_close(module_loss, loss)
+    assert (kernels["torch"], full_checks[0]) == (2, 0)
+    monkeypatch.setattr(module, "TORCH_KERNEL_ELEMENTS", 0)  # this package's kernel now
+    own_loss, own_grad = _value_and_grad(logits, targets, **options)
+    assert (kernels["ours"], full_checks[0]) == (1, 1)
+    torch.testing.assert_close(loss, own_loss)
+    torch.testing.assert_close(grad, own_grad)
+
+
+def _other_calls():
+    """Calls the short path leaves to the full checks, each with what they give."""
+    logits = torch.randn(8, 5)
+    targets = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    return {
+        "an ignored token": (logits, targets.where(targets != 3, -100), {}),
+        "ignore_index among the classes": (logits, targets, {"ignore_index": 4}),
+        "a class weight": (logits, targets, {"weight": torch.rand(5)}),
+        "z-loss": (logits, targets, {"z_loss": 1e-3}),
+        "soft-capping": (logits, targets, {"softcap": 5.0}),
+        "bits": (logits, targets, {"base": 2}),
+        "bfloat16 logits": (logits.bfloat16(), targets, {}),
+        "int32 targets": (logits, targets.int(), {}),
+        "one token": (logits[0], targets[0], {}),
+        "an image": (logits.reshape(2, 5, 4), targets[:8].reshape(2, 4) % 5, {}),
+        "probabilities": (logits, torch.softmax(torch.randn(8, 5), 1), {}),
+    }
+
+
+@pytest.mark.parametrize("case", list(_other_calls()))
+def test_other_calls_take_the_full_checks(full_checks, case):
+    logits, targets, options = _other_calls()[case]
+    loss = cross_entropy(logits, targets, **options)
+    assert full_checks[0] == 1
+    reference = cross_entropy(logits.double(), targets, **options)  # the full path again
+    torch.testing.assert_close(loss.double(), reference, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("targets", "options", "message"),
+    [
+        (torch.tensor([0, 1, 5]), {}, r"class indices in \[0, 5\).*got 5"),
+        (torch.tensor([0, -1, 2]), {}, r"class indices in \[0, 5\).*got -1"),
+        (torch.tensor([0, 1, 2]), {"reduction": "average"}, "reduction"),
+        (torch.tensor([0, 1, 2]), {"label_smoothing": 1.5}, "label_smoothing"),
+        (torch.tensor([0, 1, 2]), {"label_smoothing": float("nan")}, "label_smoothing"),
+        (torch.tensor([0, 1, 2]), {"ignore_index": 1.0}, "ignore_index"),
+        (torch.tensor([0, 1]), {}, r"`targets` must have shape \(3,\)"),
+    ],
+)
+def test_bad_small_calls_get_the_full_checks_errors(full_checks, targets, options, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        cross_entropy(torch.randn(3, 5), targets, **options)
+    assert full_checks[0] == 1
+
+
+def test_transforms_and_dual_levels_take_the_full_path(full_checks):
+    from torch.autograd import forward_ad
+
+    logits, targets = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    grad = torch.func.grad(lambda z: cross_entropy(z, targets))(logits)
+    torch.testing.assert_close(grad, (torch.softmax(logits, 1) - F.one_hot(targets, 3)) / 4)
+    assert full_checks[0] == 1
+    tangent = torch.randn_like(logits)
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(logits, tangent)
+        derivative = forward_ad.unpack_dual(cross_entropy(dual, targets)).tangent
+    assert full_checks[0] == 2
+    torch.testing.assert_close(derivative, (grad * tangent).sum())
