@@ -258,12 +258,13 @@ def test_edge_values_give_our_kernels_numbers(monkeypatch, case, reduction, labe
 @pytest.mark.parametrize(
     ("n", "dtype", "probabilities", "to_torch"),
     [
-        (128, torch.float32, False, True),  # 128000 logits: at most ROW_KERNEL_ELEMENTS
-        (256, torch.float32, False, False),  # above: the row kernel, where it runs
-        (256, torch.bfloat16, False, False),
-        (256, torch.float64, False, True),  # a dtype the row kernel does not read
-        (256, torch.float32, True, False),  # probability targets of the logits' dtype
-        (128, torch.float32, True, True),
+        (64, torch.float32, False, True),  # 64000 logits: at most ROW_KERNEL_ELEMENTS
+        (128, torch.float32, False, True),  # above, but the short path's (SMALL_CALL_ELEMENTS)
+        (256, torch.float32, False, False),  # above both: the row kernel, where it runs
+        (128, torch.bfloat16, False, False),
+        (128, torch.float64, False, True),  # a dtype the row kernel does not read
+        (128, torch.float32, True, False),  # probability targets of the logits' dtype
+        (64, torch.float32, True, True),
     ],
 )
 def test_blocks_the_row_kernel_serves_go_to_it_above_its_threshold(
@@ -271,7 +272,8 @@ def test_blocks_the_row_kernel_serves_go_to_it_above_its_threshold(
 ):
     from crossentropy.losses import _rows
 
-    assert module.ROW_KERNEL_ELEMENTS < 256 * 1000 <= module.TORCH_KERNEL_ELEMENTS
+    assert module.ROW_KERNEL_ELEMENTS < 128 * 1000 <= module.SMALL_CALL_ELEMENTS
+    assert module.SMALL_CALL_ELEMENTS < 256 * 1000 <= module.TORCH_KERNEL_ELEMENTS
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(n, 1000, generator=g).to(dtype)
     targets = (

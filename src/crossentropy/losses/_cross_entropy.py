@@ -62,15 +62,22 @@ Where the compiled row kernel (:mod:`crossentropy.losses._rows`) serves a block 
 of float32 or a half type, class indices or probabilities), it is faster than torch's from
 :data:`ROW_KERNEL_ELEMENTS` logits, and such a block goes to it from there."""
 
-ROW_KERNEL_ELEMENTS = 1 << 17
+ROW_KERNEL_ELEMENTS = 1 << 16
 """Most logits for which a block the compiled row kernel serves still goes to torch's
 kernel (below :data:`TORCH_KERNEL_ELEMENTS`). Measured on a 2-core AVX-512 machine,
-float32, forward + backward, loops of calls interleaved in one process (three processes
-agreeing), handed to torch / the row kernel / torch alone: [64, 1000] 58-73 / 59-72 /
-50-64 µs, [128, 1000] 103-105 / 117-121 / 95-98 µs, [256, 1000] 157-165 / 150-156 /
-151-172 µs (torch alone 352 µs in some rounds, where it splits the rows over the
-threads). An earlier measurement, before the small calls' shorter checks, had the row
-kernel ahead from [128, 1000] (141 / 99 µs)."""
+forward + backward, loops of calls in one process, handed to torch / the row kernel:
+float32 [64, 1000] 71 / 85 µs, [128, 1000] 141 / 99 µs, [256, 1000] 187 / 124 µs;
+bfloat16 [64, 1000] 96 / 87 µs, [256, 1000] 488 / 130 µs. The commonest float32 calls
+go to torch's kernel up to :data:`SMALL_CALL_ELEMENTS` on a shorter path."""
+
+SMALL_CALL_ELEMENTS = 1 << 17
+"""Most logits of the commonest small call (see :func:`_plain_small_loss`) that goes to
+torch's kernel after a check of the targets' range alone. Measured on a 2-core AVX-512
+machine, float32, forward + backward, loops of calls interleaved in one process (three
+processes agreeing), on that path / the row kernel / torch alone: [64, 1000] 58-73 /
+59-72 / 50-64 µs, [128, 1000] 103-105 / 117-121 / 95-98 µs, [256, 1000] 157-165 /
+150-156 / 151-172 µs (torch alone 352 µs in some rounds, where it splits the rows over
+the threads)."""
 
 
 class TokenStats(NamedTuple):
@@ -590,7 +597,7 @@ def _plain_small_loss(
 ) -> torch.Tensor | None:
     """The loss of the most common small call, by torch's kernel at once, or None.
 
-    A (N, C) float32 or float64 block on the CPU of at most :data:`ROW_KERNEL_ELEMENTS`
+    A (N, C) float32 or float64 block on the CPU of at most :data:`SMALL_CALL_ELEMENTS`
     logits (and :data:`TORCH_KERNEL_ELEMENTS`, which turns the hand-off off at 0), with
     int64 class indices all in [0, C) (none equal to ``ignore_index``), no class weight,
     no z-loss, soft-capping nor other base, and plain options, outside every transform,
@@ -615,7 +622,7 @@ def _plain_small_loss(
         and logits.dim() == 2
         and logits.dtype in (torch.float32, torch.float64)
         and logits.device.type == "cpu"
-        and 0 < logits.numel() <= min(TORCH_KERNEL_ELEMENTS, ROW_KERNEL_ELEMENTS)
+        and 0 < logits.numel() <= min(TORCH_KERNEL_ELEMENTS, SMALL_CALL_ELEMENTS)
         and targets.dtype == torch.int64
         and targets.device.type == "cpu"
         and targets.shape == logits.shape[:1]
