@@ -307,7 +307,7 @@ def full_checks(monkeypatch):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2, 1])
 def test_the_common_small_call_goes_to_torch_before_the_full_checks(
     monkeypatch, kernels, full_checks, reduction, dtype, label_smoothing
@@ -324,8 +324,19 @@ def test_the_common_small_call_goes_to_torch_before_the_full_checks(
     monkeypatch.setattr(module, "TORCH_KERNEL_ELEMENTS", 0)  # this package's kernel now
     own_loss, own_grad = _value_and_grad(logits, targets, **options)
     assert (kernels["ours"], full_checks[0]) == (1, 1)
+    assert loss.dtype == own_loss.dtype == dtype
     torch.testing.assert_close(loss, own_loss)
     torch.testing.assert_close(grad, own_grad)
+
+
+def test_a_small_half_call_under_autocast_gives_a_float32_loss(kernels, full_checks):
+    logits = torch.randn(16, 7).bfloat16()
+    targets = torch.randint(0, 7, (16,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = cross_entropy(logits, targets)
+    assert (kernels["torch"], full_checks[0]) == (1, 0)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, F.cross_entropy(logits.float(), targets))
 
 
 def _other_calls():
@@ -339,7 +350,11 @@ def _other_calls():
         "z-loss": (logits, targets, {"z_loss": 1e-3}),
         "soft-capping": (logits, targets, {"softcap": 5.0}),
         "bits": (logits, targets, {"base": 2}),
-        "bfloat16 logits": (logits.bfloat16(), targets, {}),
+        "float16 logits above ROW_KERNEL_ELEMENTS": (
+            torch.randn(80, 1000).half(),
+            torch.randint(0, 1000, (80,)),
+            {},
+        ),
         "int32 targets": (logits, targets.int(), {}),
         "one token": (logits[0], targets[0], {}),
         "an image": (logits.reshape(2, 5, 4), targets[:8].reshape(2, 4) % 5, {}),

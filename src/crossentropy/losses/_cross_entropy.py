@@ -67,8 +67,9 @@ ROW_KERNEL_ELEMENTS = 1 << 16
 kernel (below :data:`TORCH_KERNEL_ELEMENTS`). Measured on a 2-core AVX-512 machine,
 forward + backward, loops of calls in one process, handed to torch / the row kernel:
 float32 [64, 1000] 71 / 85 µs, [128, 1000] 141 / 99 µs, [256, 1000] 187 / 124 µs;
-bfloat16 [64, 1000] 96 / 87 µs, [256, 1000] 488 / 130 µs. The commonest float32 calls
-go to torch's kernel up to :data:`SMALL_CALL_ELEMENTS` on a shorter path."""
+bfloat16 [64, 1000] 96 / 87 µs, [256, 1000] 488 / 130 µs. The commonest float32 and
+float64 calls go to torch's kernel up to :data:`SMALL_CALL_ELEMENTS` on a shorter path
+(half types up to this limit)."""
 
 SMALL_CALL_ELEMENTS = 1 << 17
 """Most logits of the commonest small call (see :func:`_plain_small_loss`) that goes to
@@ -597,8 +598,9 @@ def _plain_small_loss(
 ) -> torch.Tensor | None:
     """The loss of the most common small call, by torch's kernel at once, or None.
 
-    A (N, C) float32 or float64 block on the CPU of at most :data:`SMALL_CALL_ELEMENTS`
-    logits (and :data:`TORCH_KERNEL_ELEMENTS`, which turns the hand-off off at 0), with
+    A (N, C) block on the CPU of at most :data:`SMALL_CALL_ELEMENTS` logits (and
+    :data:`TORCH_KERNEL_ELEMENTS`, which turns the hand-off off at 0; half types, computed
+    in float32 as on the full path, at most :data:`ROW_KERNEL_ELEMENTS`), with
     int64 class indices all in [0, C) (none equal to ``ignore_index``), no class weight,
     no z-loss, soft-capping nor other base, and plain options, outside every transform,
     trace and forward-mode level: :func:`_torch_kernel_applies` would send it to torch's
@@ -620,7 +622,7 @@ def _plain_small_loss(
         and reduction in ("mean", "sum", "none")
         and type(ignore_index) is int
         and logits.dim() == 2
-        and logits.dtype in (torch.float32, torch.float64)
+        and logits.dtype in _FLOAT_DTYPES
         and logits.device.type == "cpu"
         and 0 < logits.numel() <= min(TORCH_KERNEL_ELEMENTS, SMALL_CALL_ELEMENTS)
         and targets.dtype == torch.int64
@@ -631,12 +633,19 @@ def _plain_small_loss(
         and getattr(forward_ad, "_current_level", 0) < 0  # no dual level entered
     ):
         return None
+    half = logits.dtype in (torch.bfloat16, torch.float16)
+    if half and logits.numel() > ROW_KERNEL_ELEMENTS:
+        return None  # the row kernel is the faster there
     low, high = torch.stack(torch.aminmax(targets)).tolist()
     if not (low >= 0 and high < logits.shape[1]) or low <= ignore_index <= high:
         return None
-    return torch.nn.functional.cross_entropy(
-        logits, targets, reduction=reduction, label_smoothing=float(label_smoothing)
+    loss = torch.nn.functional.cross_entropy(
+        logits.float() if half else logits,  # half types in float32, rounded once
+        targets,
+        reduction=reduction,
+        label_smoothing=float(label_smoothing),
     )
+    return loss.to(loss_dtype(logits.dtype, logits.device)) if half else loss
 
 
 def _is_cpu_one(value: torch.Tensor) -> bool:
@@ -796,8 +805,8 @@ def cross_entropy(
     fused kernel after this function's checks: there a call's fixed cost dominates, and
     torch's is about a quarter of this module's (33 µs against 94 µs forward and
     backward at [32, 10]); its values equal this module's to rounding, and its gradient
-    is formed in backward, as torch forms it. The most common of them (float32 or float64
-    rows with class indices in range, no class weight and no option beyond torch's) go
+    is formed in backward, as torch forms it. The most common of them (rows with class
+    indices in range, no class weight and no option beyond torch's) go
     there after a check of the targets' range alone, before the full checks (which run
     for anything else and word every error): 28 µs at [32, 10], torch's own 22 µs.
 
