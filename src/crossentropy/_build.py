@@ -12,17 +12,25 @@ and the CPU's features, so that a second process finds it there.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 CACHE_ENV = "CROSSENTROPY_CACHE"
 """Environment variable naming the folder for the compiled helpers."""
+
+WITH_LIBMVEC: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("-DCE_LIBMVEC",), ("-lmvec", "-lm")),
+    ((), ("-lm",)),
+)
+"""Attempts for a helper whose loops call the math library: with glibc's vector
+functions (libmvec, declared by the helper under ``CE_LIBMVEC``) first, plain after."""
 
 
 def _cpu_features() -> str:
@@ -111,3 +119,25 @@ def compile_helper(
             partial.unlink(missing_ok=True)  # gone already where it became the target
         failures.append(done.stderr.strip()[-500:])
     raise OSError(f"compiling {what} failed: " + " | ".join(failures))
+
+
+def load_helper(
+    source: Path,
+    flags: Sequence[str],
+    attempts: Sequence[tuple[Sequence[str], Sequence[str]]],
+    *,
+    name: str,
+    what: str,
+    prepare: Callable[[ctypes.CDLL], None],
+) -> tuple[ctypes.CDLL | None, str | None]:
+    """``(library, None)``: the helper compiled (:func:`compile_helper`), loaded, and
+    readied by ``prepare`` (which declares its functions' types and checks its results,
+    raising AssertionError on a wrong one); or ``(None, why)`` where any of that fails, so
+    that the caller runs its plain path and can say why."""
+    try:
+        path = compile_helper(source, flags, attempts, name=name, what=what)
+        library = ctypes.CDLL(str(path))
+        prepare(library)
+    except (OSError, AssertionError, subprocess.SubprocessError) as error:
+        return None, str(error) or type(error).__name__
+    return library, None

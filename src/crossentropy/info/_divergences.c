@@ -155,6 +155,20 @@ KL_ROW_OVERFLOW(kl_row_overflow_f32, float)
 JS_ROW(js_row_f64, double)
 JS_ROW(js_row_f32, float)
 
+/* Row i of one dtype's arrays: the kernel of kind (and base), then the scalar loop where
+   p / q overflowed. Sets status. */
+#define ROW(T, SUFFIX)                                                                         \
+    do {                                                                                       \
+        const T *pi = (const T *)p + i * p_step, *qi = (const T *)q + i * q_step;              \
+        if (kind == 1)                                                                         \
+            status = js_row_##SUFFIX(pi, qi, n, out + i);                                      \
+        else                                                                                   \
+            status = bits ? kl_row_##SUFFIX##_bits(pi, qi, n, scale, out + i)                  \
+                          : kl_row_##SUFFIX(pi, qi, n, scale, out + i);                        \
+        if (status == 2)                                                                       \
+            out[i] = kl_row_overflow_##SUFFIX(pi, qi, n, bits, scale);                         \
+    } while (0)
+
 /* rows rows of n entries: p's row i at p + i * p_step (p_step 0: one row against many),
    q's likewise; the sums into out[0 .. rows). kind 0 is KL (in units of the base: bits
    when bits is set, else natural logs times scale), kind 1 is JS (in nats, twice the
@@ -164,25 +178,10 @@ int ce_divergence_rows(int kind, int f32, const void *p, int64_t p_step, const v
                        double *out) {
     for (int64_t i = 0; i < rows; i++) {
         int status;
-        if (f32) {
-            const float *pi = (const float *)p + i * p_step, *qi = (const float *)q + i * q_step;
-            if (kind == 1)
-                status = js_row_f32(pi, qi, n, out + i);
-            else
-                status = bits ? kl_row_f32_bits(pi, qi, n, scale, out + i)
-                              : kl_row_f32(pi, qi, n, scale, out + i);
-            if (status == 2)
-                out[i] = kl_row_overflow_f32(pi, qi, n, bits, scale);
-        } else {
-            const double *pi = (const double *)p + i * p_step, *qi = (const double *)q + i * q_step;
-            if (kind == 1)
-                status = js_row_f64(pi, qi, n, out + i);
-            else
-                status = bits ? kl_row_f64_bits(pi, qi, n, scale, out + i)
-                              : kl_row_f64(pi, qi, n, scale, out + i);
-            if (status == 2)
-                out[i] = kl_row_overflow_f64(pi, qi, n, bits, scale);
-        }
+        if (f32)
+            ROW(float, f32);
+        else
+            ROW(double, f64);
         if (status == 1)
             return 1;
     }

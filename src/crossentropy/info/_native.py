@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -55,35 +54,33 @@ _reason: str | None = None
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     global _reason
-    try:
-        path = _build.compile_helper(
-            _SOURCE,
-            _FLAGS,
-            ((["-DCE_LIBMVEC"], ["-lmvec", "-lm"]), ([], ["-lm"])),
-            name="divergences",
-            what="the divergence kernel",
-        )
-        library = ctypes.CDLL(str(path))
-        library.ce_divergence_rows.argtypes = [
-            ctypes.c_int,
-            ctypes.c_int,
-            ctypes.c_void_p,
-            ctypes.c_int64,
-            ctypes.c_void_p,
-            ctypes.c_int64,
-            ctypes.c_int64,
-            ctypes.c_int64,
-            ctypes.c_int,
-            ctypes.c_double,
-            ctypes.c_void_p,
-        ]
-        library.ce_divergence_rows.restype = ctypes.c_int
-        _self_check(library)
-    except (OSError, AssertionError, subprocess.SubprocessError) as error:
-        _reason = str(error) or type(error).__name__
-        return None
-    _reason = None
+    library, _reason = _build.load_helper(
+        _SOURCE,
+        _FLAGS,
+        _build.WITH_LIBMVEC,
+        name="divergences",
+        what="the divergence kernel",
+        prepare=_prepare,
+    )
     return library
+
+
+def _prepare(library: ctypes.CDLL) -> None:
+    library.ce_divergence_rows.argtypes = [
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int,
+        ctypes.c_double,
+        ctypes.c_void_p,
+    ]
+    library.ce_divergence_rows.restype = ctypes.c_int
+    _self_check(library)
 
 
 def available() -> bool:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
@@ -84,23 +83,16 @@ class RowStats(NamedTuple):
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     global _reason
-    try:
-        path = _build.compile_helper(
-            _SOURCE,
-            _FLAGS,
-            ((["-DCE_LIBMVEC"], ["-lmvec", "-lm"]), ([], ["-lm"])),
-            name="rows",
-            what="the row kernel",
-        )
-        library = ctypes.CDLL(str(path))
-        library.ce_rows.argtypes = [ctypes.POINTER(_Args)]
-        library.ce_rows.restype = ctypes.c_int64
-        _self_check(library)
-    except (OSError, AssertionError, subprocess.SubprocessError) as error:
-        _reason = str(error) or type(error).__name__
-        return None
-    _reason = None
+    library, _reason = _build.load_helper(
+        _SOURCE, _FLAGS, _build.WITH_LIBMVEC, name="rows", what="the row kernel", prepare=_prepare
+    )
     return library
+
+
+def _prepare(library: ctypes.CDLL) -> None:
+    library.ce_rows.argtypes = [ctypes.POINTER(_Args)]
+    library.ce_rows.restype = ctypes.c_int64
+    _self_check(library)
 
 
 def available() -> bool:
