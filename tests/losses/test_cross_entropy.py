@@ -124,15 +124,17 @@ def test_parity_when_no_token_is_ignored(shape, reduction, weighted, ignore_inde
 @pytest.mark.parametrize(
     ("targets", "ignore_index", "facts"),
     [
-        ([0, 3, 4], -100, (True, True)),  # told by the range
-        ([0, 3, 4], 7, (True, True)),
-        ([0, 1, 4], 2, (True, False)),  # the range cannot rule 2 out: the per-token path
-        ([0, -100, 4], -100, (True, False)),  # told element-wise
-        ([0, 2, 4], 2, (True, False)),
-        ([0, 5, 4], -100, (False, True)),
-        ([-1, 3], -100, (False, True)),
-        ([5, -100], -100, (False, False)),
-        ([], -100, (True, True)),
+        ([0, 3, 4], -100, (True, True, True)),  # told by the range
+        ([0, 3, 4], 7, (True, True, True)),
+        ([0, 1, 4], 2, (True, False, True)),  # the range cannot rule 2 out: the per-token path
+        ([0, -100, 4], -100, (True, False, True)),  # told element-wise
+        ([0, 2, 4], 2, (True, False, True)),
+        ([2, 2], 2, (True, False, False)),  # in range, and every token ignored
+        ([-100, -100], -100, (True, False, False)),
+        ([0, 5, 4], -100, (False, True, True)),
+        ([-1, 3], -100, (False, True, True)),
+        ([5, -100], -100, (False, False, True)),
+        ([], -100, (True, True, False)),
     ],
 )
 def test_index_facts(targets, ignore_index, facts):

@@ -146,7 +146,6 @@ def test_the_module_hands_off_too(kernels):
         "wider_probabilities",
         "spatial",
         "mean_with_weight",
-        "mean_with_ignored",
         "weight_needing_grad",
         "large",
     ],
@@ -166,8 +165,6 @@ def test_cases_torch_has_not_or_treats_otherwise_stay_ours(kernels, case):
         logits, targets = torch.randn(2, c, 3), torch.randint(0, c, (2, 3))
     elif case == "mean_with_weight":
         options["weight"] = torch.rand(c)
-    elif case == "mean_with_ignored":
-        targets[2] = -100
     elif case == "weight_needing_grad":
         options["weight"] = torch.rand(c).requires_grad_()
         options["reduction"] = "sum"
@@ -329,6 +326,42 @@ def test_the_common_small_call_goes_to_torch_before_the_full_checks(
     torch.testing.assert_close(grad, own_grad)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(
+    ("ignore_index", "ignored"),
+    [(-100, [0, 5, 6]), (0, [1, 2]), (9, [3]), (4, [0, 7]), (-1, [])],
+    ids=["padding", "the least class", "the largest class", "a middle class", "none"],
+)
+def test_small_calls_with_ignored_tokens_take_the_short_path(
+    monkeypatch, kernels, full_checks, reduction, ignore_index, ignored
+):
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(8, 10, generator=g)
+    targets = torch.tensor([1, 2, 3, 5, 6, 7, 8, 4])  # no 0, 9 or -1: those stand for ignored
+    targets[ignored] = ignore_index
+    loss, grad = _value_and_grad(logits, targets, ignore_index=ignore_index, reduction=reduction)
+    assert (kernels["torch"], full_checks[0]) == (1, 0)
+    monkeypatch.setattr(module, "TORCH_KERNEL_ELEMENTS", 0)  # this package's kernel now
+    own_loss, own_grad = _value_and_grad(
+        logits, targets, ignore_index=ignore_index, reduction=reduction
+    )
+    assert (kernels["ours"], full_checks[0]) == (1, 1)
+    torch.testing.assert_close(loss, own_loss)
+    torch.testing.assert_close(grad, own_grad)
+    assert bool((grad[ignored] == 0).all())
+
+
+def test_a_mean_with_ignored_tokens_goes_to_torch_after_the_full_checks(kernels, full_checks):
+    # In bits: not the short path's, but torch's kernel still computes it, the base a factor.
+    logits = torch.randn(6, 5, dtype=torch.float64)
+    targets = torch.tensor([0, -100, 4, 3, -100, 1])
+    loss, grad = _value_and_grad(logits, targets, base=2)
+    assert (kernels["torch"], kernels["ours"], full_checks[0]) == (1, 0, 1)
+    expected = F.cross_entropy(logits, targets) / math.log(2)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    assert bool((grad[[1, 4]] == 0).all())
+
+
 def test_a_small_half_call_under_autocast_gives_a_float32_loss(kernels, full_checks):
     logits = torch.randn(16, 7).bfloat16()
     targets = torch.randint(0, 7, (16,))
@@ -344,8 +377,12 @@ def _other_calls():
     logits = torch.randn(8, 5)
     targets = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
     return {
-        "an ignored token": (logits, targets.where(targets != 3, -100), {}),
-        "ignore_index among the classes": (logits, targets, {"ignore_index": 4}),
+        "every token ignored": (logits, torch.full((8,), -100), {}),
+        "every token ignored, ignore_index a class": (
+            logits,
+            torch.full((8,), 4),
+            {"ignore_index": 4},
+        ),
         "a class weight": (logits, targets, {"weight": torch.rand(5)}),
         "z-loss": (logits, targets, {"z_loss": 1e-3}),
         "soft-capping": (logits, targets, {"softcap": 5.0}),
