@@ -68,12 +68,15 @@ def cases(draw):
         "label_smoothing": draw(st.sampled_from([0.0, 0.1, 1.0])),
         "base": draw(st.sampled_from([math.e, 2.0, 10.0])),
     }
-    if reduction != "mean" or probabilities:  # else weights and ignored tokens stay ours
-        if draw(st.booleans()):  # of any floating dtype, as the kernel takes it
-            weight_dtype = draw(st.sampled_from([dtype, torch.float64, torch.float32]))
-            options["weight"] = torch.rand(c, generator=generator, dtype=weight_dtype) + 0.1
-        if n > 1 and not probabilities and draw(st.booleans()):
-            targets[0] = options["ignore_index"] = draw(st.sampled_from([-100, -1, c + 3]))
+    # Under "mean" class weights stay ours; ignored tokens go to torch beside a counted one.
+    if (reduction != "mean" or probabilities) and draw(st.booleans()):
+        weight_dtype = draw(st.sampled_from([dtype, torch.float64, torch.float32]))
+        options["weight"] = torch.rand(c, generator=generator, dtype=weight_dtype) + 0.1
+    if n > 1 and not probabilities and draw(st.booleans()):
+        ignored = draw(st.sampled_from([-100, -1, c + 3] + ([0] if c > 1 else [])))
+        targets[0] = options["ignore_index"] = ignored
+        if ignored == 0:  # a class: ignored wherever it stands; the other tokens counted
+            targets[1:] = targets[1:].clamp(min=1)
     if one_token and draw(st.booleans()):
         logits, targets = logits[0], targets[0]  # (C) logits and a 0-d target
     return logits, targets, options
