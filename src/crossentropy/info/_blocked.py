@@ -481,12 +481,13 @@ def reduce_terms(
                     np.add.reduce(terms(block_p, block_q), axis=1, out=out[r0:r1])
                     continue
                 # The kernel's sums are float64; a float32 result is rounded from them.
-                sums = out[r0:r1] if common == np.float64 else np.empty(r1 - r0)
+                in_place = common == np.float64
+                sums = out[r0:r1] if in_place else np.empty(r1 - r0)
                 kind, base = native
                 if not _native.divergence_rows(kind, block_p, block_q, sums, base):
                     rejected.set()  # a negative or NaN entry
                     return
-                if sums is not out[r0:r1]:
+                if not in_place:
                     out[r0:r1] = sums
         if _sums_off(tolerance, sums_p, sums_q):
             rejected.set()

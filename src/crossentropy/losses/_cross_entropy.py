@@ -15,7 +15,6 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.autograd import forward_ad
 
 from crossentropy._tensors import without_values
 from crossentropy.losses import _rows
@@ -211,16 +210,23 @@ def _index_facts(
     ``ignore_index``, some index is not ``ignore_index``), read from the device once; the
     second is False also where the range cannot rule ``ignore_index`` out.
 
-    On the CPU the range of the targets (one reduction) tells both in the common case of
-    indices all in range; elsewhere, and on the CPU when the range cannot tell, the two
-    element-wise tests travel to the host together.
+    On the CPU the range of the targets (one reduction) tells all three in the common
+    cases: indices all in range, or ``ignore_index`` at one end of the range (padding's
+    -100 is the least), where the range of the counted indices is taken again; elsewhere,
+    and on the CPU when the range cannot tell, the element-wise tests travel to the host
+    together.
     """
     if targets.numel() == 0:
         return True, True, False
     if targets.device.type == "cpu":
         low, high = torch.stack(torch.aminmax(targets)).tolist()
+        if low == high == ignore_index:
+            return True, False, False
+        if ignore_index in (low, high):
+            low, high = torch.stack(torch.aminmax(targets[targets != ignore_index])).tolist()
+            return low >= 0 and high < num_classes, False, True
         if low >= 0 and high < num_classes:
-            return True, not low <= ignore_index <= high, not low == high == ignore_index
+            return True, not low <= ignore_index <= high, True
     ignored = targets == ignore_index
     bad = ((targets < 0) | (targets >= num_classes)) & ~ignored
     facts = torch.stack([bad.any(), ignored.any(), ignored.all()]).tolist()
@@ -606,12 +612,13 @@ def _plain_small_loss(
     :data:`TORCH_KERNEL_ELEMENTS`, which turns the hand-off off at 0; half types, computed
     in float32 as on the full path, at most :data:`ROW_KERNEL_ELEMENTS`), with
     int64 class indices in [0, C) or ``ignore_index`` (not every one), no class weight,
-    no z-loss, soft-capping nor other base, and plain options, outside every transform,
-    trace and forward-mode level: :func:`_torch_kernel_applies` would send it to torch's
-    kernel after the full checks, which for such a call cost more than the loss (about
-    10 µs at [32, 10]). Here the only check that reads values is the range of the targets
-    (one reduction); anything else, and every bad input, returns None, and the full path
-    checks, words the error or computes."""
+    no z-loss, soft-capping nor other base, and plain options, outside every transform
+    and trace and without a forward-mode tangent (:func:`traced`):
+    :func:`_torch_kernel_applies` would send it to torch's kernel after the full checks,
+    which for such a call cost more than the loss (about 10 µs at [32, 10]). Here the only
+    check that reads values is :func:`_index_facts` (the range of the targets); anything
+    else, and every bad input, returns None, and the full path checks, words the error or
+    computes."""
     if not (
         type(logits) is torch.Tensor
         and type(targets) is torch.Tensor
@@ -632,20 +639,15 @@ def _plain_small_loss(
         and targets.dtype == torch.int64
         and targets.device.type == "cpu"
         and targets.shape == logits.shape[:1]
-        and not functorch_active()
         and not torch.compiler.is_compiling()
-        and getattr(forward_ad, "_current_level", 0) < 0  # no dual level entered
+        and not traced(logits, targets)
     ):
         return None
     half = logits.dtype in (torch.bfloat16, torch.float16)
     if half and logits.numel() > ROW_KERNEL_ELEMENTS:
         return None  # the row kernel is the faster there
-    low, high = torch.stack(torch.aminmax(targets)).tolist()
-    if low == high == ignore_index:
-        return None  # every token ignored: torch's mean is NaN, this module's 0
-    if ignore_index in (low, high):  # ignored tokens (padding): the counted ones' range
-        low, high = torch.stack(torch.aminmax(targets[targets != ignore_index])).tolist()
-    if not (low >= 0 and high < logits.shape[1]):
+    valid, _, any_counted = _index_facts(targets, logits.shape[1], ignore_index)
+    if not (valid and any_counted):  # torch's mean of no token is NaN, this module's 0
         return None
     loss = torch.nn.functional.cross_entropy(
         logits.float() if half else logits,  # half types in float32, rounded once
